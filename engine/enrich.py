@@ -1,0 +1,108 @@
+"""Enrichment: the derived fields computed from a transaction before windows, model and rules.
+
+`Enricher` is built once per rule set (currency table, time zone) and turns a
+`Transaction` into the flat field map that windows, the model and rules read.
+The catalog of these fields, with types and meanings, is `FIELDS`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from engine.iso import CURRENCY_EXPONENTS
+from engine.transaction import Transaction
+from engine.validation import InvalidTransaction
+
+NUMBER, STRING, BOOL = "number", "string", "bool"
+
+#: Every field of the enriched transaction: name -> (type, meaning).
+FIELDS: dict[str, tuple[str, str]] = {
+    "amount": (NUMBER, "amount in major units of the base currency (e.g. 12.5 USD)"),
+    "amount_original": (NUMBER, "amount in major units of the transaction currency"),
+    "amount_minor": (NUMBER, "amount in minor units of the transaction currency, as sent"),
+    "amount_base_minor": (NUMBER, "amount in minor units of the base currency, rounded"),
+    "currency": (STRING, "ISO 4217 code, e.g. 'CNY'"),
+    "user_id": (STRING, "user or account id ('' when not sent)"),
+    "card_id": (STRING, "card token ('' when not sent)"),
+    "device_id": (STRING, "device fingerprint ('' when not sent)"),
+    "ip": (STRING, "IP address as sent ('' when not sent)"),
+    "country": (STRING, "ISO 3166-1 alpha-2 country of the card or account ('' when not sent)"),
+    "merchant_id": (STRING, "merchant id ('' when not sent)"),
+    "channel": (STRING, "'app', 'web', 'qr_code', 'mini_program' or 'unspecified'"),
+    "hour": (NUMBER, "hour of day 0-23 in the rule set's time zone"),
+    "day_of_week": (NUMBER, "0 Monday ... 6 Sunday, in the rule set's time zone"),
+    "is_night": (BOOL, "hour <= 6"),
+    "is_weekend": (BOOL, "Saturday or Sunday"),
+    "ip_version": (NUMBER, "4, 6, or 0 when no IP was sent"),
+    "ip_is_private": (BOOL, "private, loopback, link-local or reserved address"),
+    "has_device": (BOOL, "a device fingerprint was sent"),
+    "has_ip": (BOOL, "an IP address was sent"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    """Conversion of amounts to the base currency.
+
+    `rates[code]` is the value of one major unit of `code` in major units of
+    `base` (e.g. base USD, rates {"EUR": 1.08}).
+    """
+
+    base: str
+    rates: dict[str, float]
+
+    def to_base_minor(self, amount_minor: int, currency: str) -> int:
+        if currency == self.base:
+            return amount_minor
+        rate = self.rates.get(currency)
+        if rate is None:
+            raise InvalidTransaction("currency", f"no exchange rate to {self.base} is configured for {currency!r}")
+        shift = CURRENCY_EXPONENTS[self.base] - CURRENCY_EXPONENTS[currency]
+        return round(amount_minor * rate * 10.0**shift)
+
+
+class Enricher:
+    """Computes the enriched field map of a transaction."""
+
+    def __init__(self, money: Money, timezone: str = "UTC") -> None:
+        self.money = money
+        self.timezone = ZoneInfo(timezone)
+        self._base_scale = 10.0 ** -CURRENCY_EXPONENTS[money.base]
+
+    def enrich(self, txn: Transaction) -> dict[str, Any]:
+        base_minor = self.money.to_base_minor(txn.amount_minor, txn.currency)
+        local = datetime.fromtimestamp(txn.event_time_ms / 1000.0, self.timezone)
+        hour = local.hour
+        dow = local.weekday()
+        ip_version = 0
+        ip_private = False
+        if txn.ip:
+            addr = ipaddress.ip_address(txn.ip)
+            ip_version = addr.version
+            ip_private = addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved
+        return {
+            "amount": base_minor * self._base_scale,
+            "amount_original": txn.amount_minor * 10.0 ** -CURRENCY_EXPONENTS[txn.currency],
+            "amount_minor": txn.amount_minor,
+            "amount_base_minor": base_minor,
+            "currency": txn.currency,
+            "user_id": txn.user_id,
+            "card_id": txn.card_id,
+            "device_id": txn.device_id,
+            "ip": txn.ip,
+            "country": txn.country,
+            "merchant_id": txn.merchant_id,
+            "channel": txn.channel.value,
+            "hour": hour,
+            "day_of_week": dow,
+            "is_night": hour <= 6,
+            "is_weekend": dow >= 5,
+            "ip_version": ip_version,
+            "ip_is_private": ip_private,
+            "has_device": bool(txn.device_id),
+            "has_ip": bool(txn.ip),
+        }

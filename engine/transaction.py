@@ -1,0 +1,144 @@
+"""The domain types that every door of the engine shares.
+
+A `Transaction` is what the gateway sends, already mapped out of the wire
+format; a `ScoreResult` is what the engine answers. Both are plain, immutable
+values with no knowledge of gRPC, Redis or files.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Channel(enum.Enum):
+    """Where the payment came from. Values are the names rules compare with."""
+
+    UNSPECIFIED = "unspecified"
+    APP = "app"
+    WEB = "web"
+    QR_CODE = "qr_code"
+    MINI_PROGRAM = "mini_program"
+
+
+class Action(enum.IntEnum):
+    """What a rule, the model or a fallback asks for; also the final decision.
+
+    The integer order is the severity order used by the decision precedence
+    (see `engine.decision`).
+    """
+
+    ALLOW = 1
+    REVIEW = 2
+    DENY = 3
+
+
+class ReasonSource(enum.Enum):
+    RULE = "rule"
+    MODEL = "model"
+    SYSTEM = "system"
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One payment attempt as the gateway describes it.
+
+    `event_time_ms` is the event time in milliseconds since the Unix epoch
+    (UTC). Empty strings mean "not sent".
+    """
+
+    transaction_id: str
+    event_time_ms: int
+    amount_minor: int
+    currency: str
+    user_id: str = ""
+    card_id: str = ""
+    device_id: str = ""
+    ip: str = ""
+    country: str = ""
+    merchant_id: str = ""
+    channel: Channel = Channel.UNSPECIFIED
+    attributes: tuple[tuple[str, str], ...] = ()
+
+    def fingerprint(self) -> str:
+        """A digest of the content, to tell a retry from a reused id."""
+        payload = json.dumps(
+            [
+                self.transaction_id,
+                self.event_time_ms,
+                self.amount_minor,
+                self.currency,
+                self.user_id,
+                self.card_id,
+                self.device_id,
+                self.ip,
+                self.country,
+                self.merchant_id,
+                self.channel.value,
+                sorted(self.attributes),
+            ],
+            separators=(",", ":"),
+        )
+        return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    code: str
+    source: ReasonSource
+    message: str
+    action: Action
+    rule_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    """The engine's answer for one transaction."""
+
+    transaction_id: str
+    decision: Action
+    score: float
+    reasons: tuple[Reason, ...]
+    ruleset_version: str
+    model_version: str
+    degraded: bool
+    features: dict[str, float] = field(default_factory=dict)
+    elapsed_us: int = 0
+
+    def to_json(self) -> str:
+        """Serialise for the idempotency record (a retry gets this back)."""
+        return json.dumps(
+            {
+                "t": self.transaction_id,
+                "d": int(self.decision),
+                "s": self.score,
+                "r": [[r.code, r.source.value, r.message, int(r.action), r.rule_id] for r in self.reasons],
+                "rv": self.ruleset_version,
+                "mv": self.model_version,
+                "g": self.degraded,
+                "f": self.features,
+                "e": self.elapsed_us,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ScoreResult:
+        data: dict[str, Any] = json.loads(text)
+        return cls(
+            transaction_id=data["t"],
+            decision=Action(data["d"]),
+            score=data["s"],
+            reasons=tuple(
+                Reason(code=c, source=ReasonSource(s), message=m, action=Action(a), rule_id=rid)
+                for c, s, m, a, rid in data["r"]
+            ),
+            ruleset_version=data["rv"],
+            model_version=data["mv"],
+            degraded=data["g"],
+            features=data["f"],
+            elapsed_us=data["e"],
+        )

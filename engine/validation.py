@@ -1,0 +1,105 @@
+"""Input validation: every malformed transaction is refused with the field and the reason.
+
+Nothing that fails here reaches the window store. The limits are
+configurable (`Limits`); the defaults suit a card gateway.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from engine.iso import COUNTRIES, CURRENCY_EXPONENTS
+from engine.transaction import Transaction
+
+
+class InvalidTransaction(ValueError):
+    """A field of the transaction is malformed. `field` names it as in the proto."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_id_length: int = 128
+    max_attributes: int = 32
+    max_attribute_key_length: int = 64
+    max_attribute_value_length: int = 256
+    #: Amounts above this many minor units are refused as absurd.
+    max_amount_minor: int = 10**13
+    #: How far the event time may lie behind / ahead of the server clock.
+    max_event_age_s: float = 7 * 86400.0
+    max_event_lead_s: float = 300.0
+
+
+_ID_FIELDS = ("user_id", "card_id", "device_id", "merchant_id")
+
+
+def _check_id(field: str, value: str, limits: Limits, required: bool = False) -> None:
+    if not value:
+        if required:
+            raise InvalidTransaction(field, "is required")
+        return
+    if len(value) > limits.max_id_length:
+        raise InvalidTransaction(field, f"is {len(value)} characters long, the limit is {limits.max_id_length}")
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise InvalidTransaction(field, "must be printable ASCII without spaces")
+
+
+def validate(txn: Transaction, limits: Limits, now_ms: int | None) -> None:
+    """Raise InvalidTransaction for the first malformed field.
+
+    `now_ms` is the server clock; None skips the clock check (replay of
+    history).
+    """
+    _check_id("transaction_id", txn.transaction_id, limits, required=True)
+    if txn.event_time_ms <= 0:
+        raise InvalidTransaction("event_time", "is required")
+    if now_ms is not None:
+        age_s = (now_ms - txn.event_time_ms) / 1000.0
+        if age_s > limits.max_event_age_s:
+            raise InvalidTransaction(
+                "event_time", f"is {age_s:.0f} s in the past, more than the allowed {limits.max_event_age_s:.0f} s"
+            )
+        if -age_s > limits.max_event_lead_s:
+            raise InvalidTransaction(
+                "event_time", f"is {-age_s:.0f} s in the future, more than the allowed {limits.max_event_lead_s:.0f} s"
+            )
+    if txn.amount_minor < 0:
+        raise InvalidTransaction("amount_minor", "must not be negative")
+    if txn.amount_minor > limits.max_amount_minor:
+        raise InvalidTransaction("amount_minor", f"exceeds the limit of {limits.max_amount_minor} minor units")
+    if not txn.currency:
+        raise InvalidTransaction("currency", "is required")
+    if txn.currency not in CURRENCY_EXPONENTS:
+        raise InvalidTransaction("currency", f"{txn.currency[:8]!r} is not an ISO 4217 currency code")
+    for name in _ID_FIELDS:
+        _check_id(name, getattr(txn, name), limits)
+    if not (txn.user_id or txn.card_id):
+        raise InvalidTransaction("card_id", "card_id or user_id is required")
+    if txn.country and txn.country not in COUNTRIES:
+        raise InvalidTransaction("country", f"{txn.country[:8]!r} is not an ISO 3166-1 alpha-2 code")
+    if txn.ip:
+        if len(txn.ip) > 64:
+            raise InvalidTransaction("ip", "is too long for an IP address")
+        try:
+            ipaddress.ip_address(txn.ip)
+        except ValueError:
+            raise InvalidTransaction("ip", f"{txn.ip[:64]!r} is not an IPv4 or IPv6 address") from None
+    if len(txn.attributes) > limits.max_attributes:
+        raise InvalidTransaction(
+            "attributes", f"has {len(txn.attributes)} entries, the limit is {limits.max_attributes}"
+        )
+    for key, value in txn.attributes:
+        if not key or len(key) > limits.max_attribute_key_length or not key.isidentifier() or not key.isascii():
+            raise InvalidTransaction(
+                "attributes",
+                f"key {key[:64]!r} must be an ASCII identifier of at most {limits.max_attribute_key_length} characters",
+            )
+        if len(value) > limits.max_attribute_value_length:
+            raise InvalidTransaction(
+                f"attributes[{key}]", f"is longer than {limits.max_attribute_value_length} characters"
+            )

@@ -1,0 +1,158 @@
+"""In-process window store: the embedded default and the store of offline replay.
+
+Same semantics as the Redis store (a property test holds them equal): per
+entity value, events ordered by (event time, transaction id), each with its
+payload; trimmed behind the newest event by the group's retention.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict
+
+from engine.windows.spec import AGG_CODES, Aggregate, BoundWindows, WindowPlan
+from engine.windows.store import IdempotencyConflict, WindowsOutcome
+
+_COUNT = AGG_CODES[Aggregate.COUNT]
+_SUM = AGG_CODES[Aggregate.SUM]
+_MIN = AGG_CODES[Aggregate.MIN]
+_MAX = AGG_CODES[Aggregate.MAX]
+_DISTINCT = AGG_CODES[Aggregate.DISTINCT]
+_MAX_ID = "\U0010ffff"  # sorts after every transaction id (ids are printable ASCII)
+_SWEEP_EVERY = 10_000  # applies between sweeps of idle entities
+
+
+class _Series:
+    """Events of one entity value in one group, in (event time, transaction id) order.
+
+    `values` runs parallel to `events` so that sums, extremes and distinct
+    counts work on plain slices.
+    """
+
+    __slots__ = ("events", "times", "values")
+
+    def __init__(self) -> None:
+        self.events: list[tuple[int, str]] = []  # sorted (event_time_ms, transaction_id)
+        self.values: list[int | str] = []  # the aggregated value of each event ('' for counts)
+        self.times: dict[str, int] = {}  # transaction id -> event time, to find a re-added id
+
+
+class MemoryStore:
+    """Window and idempotency state in this process's memory.
+
+    Thread-safe (one lock). `idempotency_ttl_s` bounds how long responses are
+    remembered (wall clock, like Redis key expiry); `remember_responses=False`
+    keeps no idempotency records at all, for replay over history where memory
+    matters (window updates are idempotent by transaction id regardless).
+    """
+
+    name = "memory"
+
+    def __init__(self, idempotency_ttl_s: float = 86400.0, remember_responses: bool = True) -> None:
+        self._series: dict[tuple[str, str], _Series] = {}
+        self._retention: dict[str, int] = {}  # group storage name -> retention
+        self._seen: OrderedDict[str, tuple[float, str, str | None]] = OrderedDict()
+        self._ttl = idempotency_ttl_s
+        self._remember = remember_responses
+        self._lock = threading.Lock()
+        self._newest = -(2**62)  # newest event time seen, for the sweep of idle entities
+        self._applies = 0
+
+    def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
+        with self._lock:
+            if self._remember:
+                now = time.monotonic()
+                self._expire(now)
+                seen = self._seen.get(bound.transaction_id)
+                if seen is not None:
+                    if seen[1] != fingerprint:
+                        raise IdempotencyConflict(bound.transaction_id)
+                    if seen[2] is not None:
+                        return WindowsOutcome(replay=seen[2], raw=())
+                else:
+                    self._seen[bound.transaction_id] = (now + self._ttl, fingerprint, None)
+            raw = self._update_and_read(plan, bound)
+            self._newest = max(self._newest, bound.event_time_ms)
+            self._applies += 1
+            if self._applies % _SWEEP_EVERY == 0:
+                self._sweep()
+            return WindowsOutcome(replay=None, raw=raw)
+
+    def remember(self, transaction_id: str, fingerprint: str, response: str) -> None:
+        if not self._remember:
+            return
+        with self._lock:
+            self._seen[transaction_id] = (time.monotonic() + self._ttl, fingerprint, response)
+            self._seen.move_to_end(transaction_id)
+
+    def close(self) -> None:
+        pass
+
+    def _sweep(self) -> None:
+        """Forget entities idle for longer than their retention (Redis lets such keys expire)."""
+        stale = [
+            key
+            for key, series in self._series.items()
+            if series.events[-1][0] < self._newest - self._retention.get(key[0], 0)
+        ]
+        for key in stale:
+            del self._series[key]
+
+    def _expire(self, now: float) -> None:
+        while self._seen:
+            key, (expires, _, _) = next(iter(self._seen.items()))
+            if expires > now:
+                break
+            del self._seen[key]
+
+    def _update_and_read(self, plan: WindowPlan, bound: BoundWindows) -> tuple[int, ...]:
+        raw = [0] * plan.raw_size
+        t = bound.event_time_ms
+        txid = bound.transaction_id
+        for bg in bound.groups:
+            group = bg.group
+            storage = group.storage
+            self._retention[storage] = group.retention_ms
+            key = (storage, bg.entity_value)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = _Series()
+            events, values, times = series.events, series.values, series.times
+            old = times.get(txid)
+            if old is not None:  # the same id again: replace, as ZADD does
+                i = bisect_left(events, (old, txid))
+                del events[i]
+                del values[i]
+            i = bisect_left(events, (t, txid))
+            events.insert(i, (t, txid))
+            values.insert(i, int(bg.value) if group.numeric else bg.value)
+            times[txid] = t
+            # Drop what no window can need any more: older than the newest event minus
+            # the retention, but never what this (possibly late) event's own windows hold.
+            cutoff = min(events[-1][0] - group.retention_ms, t - group.longest_ms)
+            if events[0][0] < cutoff:
+                # Events with time < cutoff, as Redis drops scores in [-inf, cutoff).
+                n = bisect_left(events, (cutoff, ""))
+                for _, dropped in events[:n]:
+                    del times[dropped]
+                del events[:n]
+                del values[:n]
+            hi = bisect_right(events, (t, _MAX_ID))
+            for w in group.windows:
+                lo = bisect_right(events, (t - w.duration_ms, _MAX_ID))
+                code = w.agg_code
+                if code == _COUNT:
+                    raw[w.output] = hi - lo
+                elif code == _DISTINCT:
+                    distinct = set(values[lo:hi])
+                    distinct.discard("")
+                    raw[w.output] = len(distinct)
+                elif code == _SUM:
+                    raw[w.output] = sum(values[lo:hi])  # type: ignore[arg-type]
+                elif code == _MIN:
+                    raw[w.output] = min(values[lo:hi], default=0)  # type: ignore[type-var,assignment]
+                elif code == _MAX:
+                    raw[w.output] = max(values[lo:hi], default=0)  # type: ignore[type-var,assignment]
+        return tuple(raw)

@@ -1,0 +1,138 @@
+"""Window store in Redis: one Lua call per transaction, with a strict time budget.
+
+Key layout (prefix `P`, entity fields `card_id`, value `c1`):
+- `{P:card_id:c1}:n`          sorted set of the entity's events (counts)
+- `{P:card_id:c1}:z:FIELD`    sorted set of the events whose FIELD is aggregated
+- `{P:card_id:c1}:h:FIELD`    hash transaction id -> FIELD value
+- `P:idem:{TXID}`             idempotency record: fingerprint, then the response
+The braces are Redis Cluster hash tags: all keys of one entity value share a
+slot. Every key expires after its retention (window keys) or the idempotency
+TTL (records), so idle entities cost nothing.
+
+Failure policy: socket timeouts equal to the budget, no client retries (a
+payment cannot wait for redis-py's defaults), and after a failure the store
+fails fast for `cooldown_s` before it tries Redis again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from importlib import resources
+from typing import NoReturn
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from engine.windows.spec import BoundWindows, WindowPlan
+from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowsOutcome
+
+LUA_SOURCE = resources.files("engine.windows").joinpath("windows.lua").read_text()
+
+
+class RedisStore:
+    """Window and idempotency state in a standalone Redis."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "risk",
+        budget_s: float = 0.05,
+        connect_budget_s: float | None = None,
+        cooldown_s: float = 0.5,
+        idempotency_ttl_s: float = 86400.0,
+        max_connections: int = 64,
+    ) -> None:
+        self.prefix = prefix
+        self._client = redis.Redis.from_url(
+            url,
+            socket_timeout=budget_s,
+            socket_connect_timeout=connect_budget_s if connect_budget_s is not None else budget_s,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            max_connections=max_connections,
+            health_check_interval=0,
+        )
+        self._script = self._client.register_script(LUA_SOURCE)
+        self._ttl_ms = int(idempotency_ttl_s * 1000)
+        self._cooldown = cooldown_s
+        self._open_until = 0.0
+        self._lock = threading.Lock()
+        self.last_error = ""
+
+    # -- keys --------------------------------------------------------------
+    def _idem_key(self, transaction_id: str) -> str:
+        return f"{self.prefix}:idem:{{{transaction_id}}}"
+
+    def _entity_tag(self, entity: tuple[str, ...], value: str) -> str:
+        return f"{{{self.prefix}:{'+'.join(entity)}:{value}}}"
+
+    # -- store protocol ----------------------------------------------------
+    def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
+        keys = [self._idem_key(bound.transaction_id)]
+        args: list[str | int] = [
+            bound.transaction_id,
+            bound.event_time_ms,
+            fingerprint,
+            self._ttl_ms,
+            len(bound.groups),
+            plan.raw_size,
+        ]
+        for bg in bound.groups:
+            g = bg.group
+            tag = self._entity_tag(g.entity, bg.entity_value)
+            if g.value_field is None:
+                keys.append(f"{tag}:n")
+            else:
+                keys.append(f"{tag}:z:{g.value_field}")
+                keys.append(f"{tag}:h:{g.value_field}")
+            args += [0 if g.value_field is None else 1, bg.value, g.retention_ms, g.retention_ms, len(g.windows)]
+            for w in g.windows:
+                args += [w.output, w.agg_code, w.duration_ms]
+        reply = self._call(keys, args)
+        kind = int(reply[0])
+        if kind == 0:
+            raise IdempotencyConflict(bound.transaction_id)
+        if kind == 1:
+            body = reply[1]
+            return WindowsOutcome(replay=body.decode() if isinstance(body, bytes) else str(body), raw=())
+        return WindowsOutcome(replay=None, raw=tuple(int(v) for v in reply[1:]))
+
+    def remember(self, transaction_id: str, fingerprint: str, response: str) -> None:
+        self._guard()
+        try:
+            self._client.set(self._idem_key(transaction_id), f"{fingerprint}\n{response}", px=self._ttl_ms)
+        except redis.RedisError as exc:
+            self._trip(exc)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._client.ping())
+        except redis.RedisError:
+            return False
+
+    # -- failure handling --------------------------------------------------
+    def _call(self, keys: list[str], args: list[str | int]) -> list[bytes | int]:
+        self._guard()
+        try:
+            return self._script(keys=keys, args=args)  # type: ignore[no-any-return]
+        except redis.RedisError as exc:
+            self._trip(exc)
+        raise AssertionError("unreachable")
+
+    def _guard(self) -> None:
+        if time.monotonic() < self._open_until:
+            raise StoreUnavailable(f"redis unavailable (cooling down after: {self.last_error})")
+
+    def _trip(self, exc: Exception) -> NoReturn:
+        with self._lock:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._open_until = time.monotonic() + self._cooldown
+        raise StoreUnavailable(self.last_error) from exc

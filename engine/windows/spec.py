@@ -1,0 +1,183 @@
+"""Window definitions and the plan that groups them by entity.
+
+Windows that share an entity (e.g. every window keyed by `card_id`) share one
+piece of state in the store: one sorted set of events per entity value, each
+event carrying the few values its windows aggregate. The plan is compiled once
+per rule set; per transaction it is only *bound* to the field values.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: Character that joins an entity's field values and an event's payload
+#: values. Validation rejects control characters in every id, so it cannot
+#: appear inside a value.
+SEPARATOR = "\x1f"
+
+
+class Aggregate(enum.Enum):
+    COUNT = "count"
+    SUM = "sum"
+    AVG = "avg"
+    MIN = "min"
+    MAX = "max"
+    DISTINCT = "distinct"
+
+
+#: Store codes for aggregates; AVG is computed from SUM and COUNT.
+AGG_CODES = {Aggregate.COUNT: 1, Aggregate.SUM: 2, Aggregate.MIN: 3, Aggregate.MAX: 4, Aggregate.DISTINCT: 5}
+
+#: Numeric fields a window may aggregate, and the integer the store keeps for
+#: each (exact sums, identical in Lua and Python); `scale` turns it back.
+NUMERIC_FIELDS = {"amount": "amount_base_minor"}
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
+    """One window: `aggregate` of `field` over events of `entity` in the last `duration_ms`."""
+
+    name: str
+    entity: tuple[str, ...]
+    aggregate: Aggregate
+    duration_ms: int
+    field: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredWindow:
+    """How the store computes one window: aggregate code and duration."""
+
+    output: int  # position in the plan's raw output vector
+    agg_code: int
+    duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Windows that share an entity and an aggregated field, hence one series of events.
+
+    Each entity value has one series per group: its events ordered by time,
+    each with the one value the group aggregates (none for counts). Keeping
+    one series per (entity, field) means adding a window over a new field
+    starts a new series without touching the history of the others.
+    """
+
+    entity: tuple[str, ...]
+    value_field: str | None  # the enriched field stored with each event
+    windows: tuple[StoredWindow, ...]
+    longest_ms: int  # longest window of the group
+    retention_ms: int  # longest window + allowed lateness
+
+    @property
+    def numeric(self) -> bool:
+        """Whether the stored value is an integer (sums, extremes) rather than a string."""
+        return self.value_field in NUMERIC_FIELDS.values()
+
+    @property
+    def storage(self) -> str:
+        """Stable name of the series, used in store keys: 'card_id' or 'card_id#amount_base_minor'."""
+        tag = "+".join(self.entity)
+        return tag if self.value_field is None else f"{tag}#{self.value_field}"
+
+
+@dataclass(frozen=True, slots=True)
+class BoundGroup:
+    """A group bound to one transaction: its entity value and the value it stores."""
+
+    group: Group
+    entity_value: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class BoundWindows:
+    """The windows of one transaction, ready for a store."""
+
+    transaction_id: str
+    event_time_ms: int
+    groups: tuple[BoundGroup, ...]  # only groups whose entity is present
+
+
+class WindowPlan:
+    """Compiled window definitions of a rule set.
+
+    The store returns one raw integer per stored window (count, sum, min,
+    max, distinct); `finish` turns them into the feature values that rules
+    and the model read: amounts in base-currency major units, averages from
+    sum and count, 0 where the entity was not sent.
+    """
+
+    def __init__(self, specs: Sequence[WindowSpec], allowed_lateness_ms: int, amount_scale: float) -> None:
+        self.specs = tuple(specs)
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.amount_scale = amount_scale
+        self.names = tuple(s.name for s in self.specs)
+
+        # What each spec needs from the store: (series key, aggregate code, duration).
+        needs: list[list[tuple[tuple[tuple[str, ...], str | None], int, int]]] = []
+        for spec in self.specs:
+            count_key = (spec.entity, None)
+            value_key = (spec.entity, None if spec.field is None else NUMERIC_FIELDS.get(spec.field, spec.field))
+            d = spec.duration_ms
+            if spec.aggregate is Aggregate.COUNT:
+                needs.append([(count_key, AGG_CODES[Aggregate.COUNT], d)])
+            elif spec.aggregate is Aggregate.AVG:
+                needs.append([(value_key, AGG_CODES[Aggregate.SUM], d), (count_key, AGG_CODES[Aggregate.COUNT], d)])
+            else:
+                needs.append([(value_key, AGG_CODES[spec.aggregate], d)])
+
+        # One group per series key; identical needs share one stored window.
+        per_group: dict[tuple[tuple[str, ...], str | None], list[tuple[int, int]]] = {}
+        for need in needs:
+            for key, code, d in need:
+                if (code, d) not in per_group.setdefault(key, []):
+                    per_group[key].append((code, d))
+        index: dict[tuple[tuple[tuple[str, ...], str | None], int, int], int] = {}
+        groups = []
+        for key, wins in per_group.items():
+            stored = []
+            for code, d in wins:
+                index[(key, code, d)] = len(index)
+                stored.append(StoredWindow(index[(key, code, d)], code, d))
+            longest = max(d for _, d in wins)
+            groups.append(Group(key[0], key[1], tuple(stored), longest, longest + allowed_lateness_ms))
+        self.groups = tuple(groups)
+        self.raw_size = len(index)
+
+        # _finish[i] = (is_avg, raw index a, raw index b, scale) for spec i
+        self._finish: list[tuple[bool, int, int, float]] = []
+        for spec, need in zip(self.specs, needs, strict=True):
+            scale = amount_scale if spec.field in NUMERIC_FIELDS else 1.0
+            a = index[need[0]]
+            b = index[need[1]] if len(need) > 1 else 0
+            self._finish.append((spec.aggregate is Aggregate.AVG, a, b, scale))
+
+    def bind(self, transaction_id: str, event_time_ms: int, fields: Mapping[str, Any]) -> BoundWindows:
+        bound = []
+        for g in self.groups:
+            parts = [fields[f] for f in g.entity]
+            if "" in parts:
+                continue  # entity not sent: this group is neither updated nor read
+            entity_value = parts[0] if len(parts) == 1 else SEPARATOR.join(parts)
+            value = "" if g.value_field is None else str(fields[g.value_field])
+            bound.append(BoundGroup(g, entity_value, value))
+        return BoundWindows(transaction_id, event_time_ms, tuple(bound))
+
+    def finish(self, raw: Sequence[int]) -> dict[str, float]:
+        """Turn the store's raw integers (0 where absent) into named window values."""
+        out: dict[str, float] = {}
+        for name, (is_avg, a, b, scale) in zip(self.names, self._finish, strict=True):
+            if is_avg:
+                count = raw[b]
+                out[name] = raw[a] * scale / count if count else 0.0
+            else:
+                out[name] = raw[a] * scale
+        return out
+
+    def missing(self) -> dict[str, float]:
+        """Window values when the store could not be reached: NaN, never a guess."""
+        return {name: float("nan") for name in self.names}

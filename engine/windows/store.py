@@ -1,0 +1,54 @@
+"""The window store interface shared by the Redis and in-process stores.
+
+A store does two things for a transaction, atomically and in one call:
+check the idempotency record, and (for a new transaction) add the event to
+the windows of each of its entities and read them back. A second call
+remembers the response for retries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from engine.windows.spec import BoundWindows, WindowPlan
+
+
+class StoreUnavailable(Exception):
+    """The store could not answer within its budget (down, slow, broken)."""
+
+
+class IdempotencyConflict(Exception):
+    """The transaction id was seen before with different content."""
+
+    def __init__(self, transaction_id: str) -> None:
+        super().__init__(f"transaction_id {transaction_id!r} was already scored with different content")
+        self.transaction_id = transaction_id
+
+
+@dataclass(frozen=True, slots=True)
+class WindowsOutcome:
+    """What `apply` found: a stored response to replay, or the raw window values."""
+
+    replay: str | None  # the remembered response, for a retry
+    raw: tuple[int, ...]  # one integer per stored window (plan.raw_size), when not a replay
+
+
+class WindowStore(Protocol):
+    """Keeps window state and idempotency records (see engine.windows for semantics)."""
+
+    name: str
+
+    def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
+        """Idempotency check, then add the event and read its windows, atomically.
+
+        Raises IdempotencyConflict when the id was seen with another
+        fingerprint, StoreUnavailable when the store cannot answer.
+        """
+        ...
+
+    def remember(self, transaction_id: str, fingerprint: str, response: str) -> None:
+        """Keep the response of a scored transaction for its retries."""
+        ...
+
+    def close(self) -> None: ...

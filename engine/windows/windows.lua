@@ -1,0 +1,127 @@
+-- Idempotency check, window update and window read for one transaction, atomically.
+--
+-- KEYS[1]       idempotency record of the transaction
+-- KEYS[2..]     per bound group: its sorted set (member = transaction id,
+--               score = event time ms) and, for groups that aggregate a
+--               value, the hash transaction id -> value
+-- ARGV[1..6]    transaction id, event time ms, fingerprint, record TTL ms,
+--               number of groups, size of the output vector
+-- ARGV[7..]     per group: has_value (0/1), value, retention ms, key TTL ms,
+--               number of windows, then per window: output index (0-based),
+--               aggregate code (1 count, 2 sum, 3 min, 4 max, 5 distinct),
+--               duration ms
+--
+-- Returns {0} on an id reused with other content, {1, response} for a retry
+-- of a scored transaction, {2, v1, v2, ...} with the raw window values.
+-- The in-process store (engine/windows/memory.py) implements the same steps.
+
+local txid = ARGV[1]
+local t = tonumber(ARGV[2])
+local seen = redis.call('GET', KEYS[1])
+if seen then
+  local nl = string.find(seen, '\n', 1, true)
+  local fp = seen
+  if nl then fp = string.sub(seen, 1, nl - 1) end
+  if fp ~= ARGV[3] then return {0} end
+  if nl then return {1, string.sub(seen, nl + 1)} end
+  -- Seen but not answered (in flight, or its answer was lost): score again;
+  -- re-adding the same transaction id changes no window.
+else
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+end
+
+local CHUNK = 1000
+local function num(x) return string.format('%.0f', x) end
+
+local out = {2}
+for i = 1, tonumber(ARGV[6]) do out[i + 1] = 0 end
+
+local a = 7
+local k = 2
+for _ = 1, tonumber(ARGV[5]) do
+  local has_value = ARGV[a] == '1'
+  local value = ARGV[a + 1]
+  local retention = tonumber(ARGV[a + 2])
+  local ttl = ARGV[a + 3]
+  local nwin = tonumber(ARGV[a + 4])
+  a = a + 5
+  local z = KEYS[k]
+  k = k + 1
+  local h = nil
+  if has_value then
+    h = KEYS[k]
+    k = k + 1
+  end
+
+  redis.call('ZADD', z, ARGV[2], txid)
+  if h then redis.call('HSET', h, txid, value) end
+
+  -- The group's windows; all are read in one pass over the longest range.
+  local wins = {}
+  local longest = 0
+  for w = 1, nwin do
+    local d = tonumber(ARGV[a + 2])
+    wins[w] = {tonumber(ARGV[a]) + 2, tonumber(ARGV[a + 1]), t - d}
+    if d > longest then longest = d end
+    a = a + 3
+  end
+  -- Trim what no window can need any more: older than the newest event minus
+  -- the retention, but never what this (possibly late) event's own windows hold.
+  local newest = tonumber(redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')[2])
+  local cutoff = '(' .. num(math.min(newest - retention, t - longest))
+  if h then
+    local old = redis.call('ZRANGEBYSCORE', z, '-inf', cutoff)
+    for i = 1, #old, CHUNK do
+      redis.call('HDEL', h, unpack(old, i, math.min(i + CHUNK - 1, #old)))
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
+  redis.call('PEXPIRE', z, ttl)
+  if h then redis.call('PEXPIRE', h, ttl) end
+
+  -- Read.
+  local m = redis.call('ZRANGEBYSCORE', z, '(' .. num(t - longest), ARGV[2], 'WITHSCORES')
+  local n = #m / 2
+  local vals = nil
+  if h and n > 0 then
+    vals = {}
+    local ids = {}
+    for i = 1, n do ids[i] = m[2 * i - 1] end
+    for i = 1, n, CHUNK do
+      local got = redis.call('HMGET', h, unpack(ids, i, math.min(i + CHUNK - 1, n)))
+      for j = 1, #got do vals[i + j - 1] = got[j] end
+    end
+  end
+  for w = 1, nwin do
+    local pos, code, lower = wins[w][1], wins[w][2], wins[w][3]
+    local acc = 0
+    local seen_values = nil
+    if code == 5 then seen_values = {} end
+    local first = true
+    for i = 1, n do
+      if tonumber(m[2 * i]) > lower then
+        if code == 1 then
+          acc = acc + 1
+        elseif code == 5 then
+          local v = vals[i]
+          if v and v ~= '' and not seen_values[v] then
+            seen_values[v] = true
+            acc = acc + 1
+          end
+        else
+          local v = tonumber(vals[i])
+          if v == nil then
+            -- a value lost behind our back (manual edit): skip, never fail the payment
+          elseif code == 2 then
+            acc = acc + v
+          elseif first or (code == 3 and v < acc) or (code == 4 and v > acc) then
+            acc = v
+            first = false
+          end
+        end
+      end
+    end
+    out[pos] = acc
+  end
+end
+return out

@@ -1,0 +1,194 @@
+"""Window semantics at every edge, in both stores (real Redis and in-process).
+
+Semantics under test (engine/windows/__init__.py): the window d of an event at
+t covers (t - d, t]; the event is in its own window; the same transaction id
+never counts twice; late events read their own past and count for later ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from engine.windows.memory import MemoryStore
+from engine.windows.redis_store import RedisStore
+from engine.windows.spec import Aggregate, WindowPlan, WindowSpec
+from engine.windows.store import IdempotencyConflict, WindowStore
+
+MIN = 60_000
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def plan() -> WindowPlan:
+    return WindowPlan(
+        [
+            WindowSpec("card_count_10m", ("card_id",), Aggregate.COUNT, 10 * MIN),
+            WindowSpec("card_sum_10m", ("card_id",), Aggregate.SUM, 10 * MIN, "amount"),
+            WindowSpec("card_avg_10m", ("card_id",), Aggregate.AVG, 10 * MIN, "amount"),
+            WindowSpec("card_min_10m", ("card_id",), Aggregate.MIN, 10 * MIN, "amount"),
+            WindowSpec("card_max_10m", ("card_id",), Aggregate.MAX, 10 * MIN, "amount"),
+            WindowSpec("card_count_1h", ("card_id",), Aggregate.COUNT, 60 * MIN),
+            WindowSpec("device_cards_1h", ("device_id",), Aggregate.DISTINCT, 60 * MIN, "card_id"),
+            WindowSpec("pair_count_1h", ("card_id", "merchant_id"), Aggregate.COUNT, 60 * MIN),
+        ],
+        allowed_lateness_ms=5 * MIN,
+        amount_scale=0.01,
+    )
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[WindowStore]:
+    if request.param == "memory":
+        yield MemoryStore()
+    else:
+        url, prefix = request.getfixturevalue("redis_url")
+        s = RedisStore(url, prefix=prefix, budget_s=2.0)
+        yield s
+        s.close()
+
+
+def event(
+    store: WindowStore,
+    p: WindowPlan,
+    txid: str,
+    t: int,
+    *,
+    card: str = "c1",
+    device: str = "d1",
+    merchant: str = "m1",
+    amount: int = 100,
+) -> dict[str, float]:
+    fields = {"card_id": card, "device_id": device, "merchant_id": merchant, "amount_base_minor": amount}
+    bound = p.bind(txid, t, fields)
+    outcome = store.apply(p, bound, f"fp-{txid}-{t}-{card}-{amount}")
+    assert outcome.replay is None
+    return p.finish(outcome.raw)
+
+
+def test_current_event_is_inside_its_own_windows(store: WindowStore) -> None:
+    p = plan()
+    w = event(store, p, "a", T0, amount=250)
+    assert w["card_count_10m"] == 1
+    assert w["card_sum_10m"] == 2.5
+    assert w["card_avg_10m"] == 2.5
+    assert w["card_min_10m"] == w["card_max_10m"] == 2.5
+    assert w["device_cards_1h"] == 1
+
+
+def test_lower_edge_is_exclusive_upper_edge_inclusive(store: WindowStore) -> None:
+    p = plan()
+    event(store, p, "a", T0, amount=100)
+    # Exactly 10 minutes later: the first event sits on the open lower edge (t - d) and is out.
+    w = event(store, p, "b", T0 + 10 * MIN, amount=300)
+    assert w["card_count_10m"] == 1
+    assert w["card_sum_10m"] == 3.0
+    assert w["card_count_1h"] == 2
+    # One millisecond less than 10 minutes after "a": "a" is in.
+    w = event(store, p, "c", T0 + 10 * MIN - 1 + 0, card="c2")
+    w = event(store, p, "c3", T0 + 10 * MIN - 1, card="c1", amount=50)
+    assert w["card_count_10m"] == 2  # a (T0 > t - d) and c3 itself; b is later than c3 -> not in
+    assert w["card_min_10m"] == 0.5
+    assert w["card_max_10m"] == 1.0
+
+
+def test_same_timestamp_events_are_all_in(store: WindowStore) -> None:
+    p = plan()
+    event(store, p, "a", T0)
+    w = event(store, p, "b", T0)
+    assert w["card_count_10m"] == 2
+
+
+def test_retry_does_not_double_count(store: WindowStore) -> None:
+    p = plan()
+    event(store, p, "a", T0, amount=100)
+    fields = {"card_id": "c1", "device_id": "d1", "merchant_id": "m1", "amount_base_minor": 100}
+    # The same transaction applied again before its response was recorded
+    # (a retry racing the first attempt): windows are unchanged.
+    again = store.apply(p, p.bind("a", T0, fields), f"fp-a-{T0}-c1-100")
+    assert p.finish(again.raw)["card_count_10m"] == 1
+    assert p.finish(again.raw)["card_sum_10m"] == 1.0
+    w = event(store, p, "b", T0 + 1)
+    assert w["card_count_10m"] == 2
+
+
+def test_recorded_response_is_replayed_and_conflict_detected(store: WindowStore) -> None:
+    p = plan()
+    fields = {"card_id": "c1", "device_id": "d1", "merchant_id": "m1", "amount_base_minor": 100}
+    first = store.apply(p, p.bind("a", T0, fields), "fp1")
+    assert first.replay is None
+    store.remember("a", "fp1", '{"stored": true}')
+    retry = store.apply(p, p.bind("a", T0, fields), "fp1")
+    assert retry.replay == '{"stored": true}'
+    with pytest.raises(IdempotencyConflict):
+        store.apply(p, p.bind("a", T0, fields), "fp-other")
+    # Neither the replay nor the conflict touched the windows.
+    assert event(store, p, "b", T0 + 1)["card_count_10m"] == 2
+
+
+def test_out_of_order_event_reads_its_own_past_and_counts_for_later(store: WindowStore) -> None:
+    p = plan()
+    event(store, p, "a", T0)
+    event(store, p, "c", T0 + 8 * MIN)
+    late = event(store, p, "b", T0 + 2 * MIN)  # arrives after c, happened before it
+    assert late["card_count_10m"] == 2  # a and b; c is in b's future
+    w = event(store, p, "d", T0 + 9 * MIN)
+    assert w["card_count_10m"] == 4
+
+
+def test_distinct_and_composite_entities(store: WindowStore) -> None:
+    p = plan()
+    event(store, p, "a", T0, card="c1", device="d1", merchant="m1")
+    event(store, p, "b", T0 + 1, card="c2", device="d1", merchant="m1")
+    event(store, p, "c", T0 + 2, card="c2", device="d1", merchant="m2")
+    w = event(store, p, "d", T0 + 3, card="c1", device="d1", merchant="m1")
+    assert w["device_cards_1h"] == 2  # c1, c2
+    assert w["pair_count_1h"] == 2  # (c1, m1): a and d
+    assert w["card_count_1h"] == 2
+
+
+def test_missing_entity_is_neither_updated_nor_read(store: WindowStore) -> None:
+    p = plan()
+    w = event(store, p, "a", T0, device="")
+    assert w["device_cards_1h"] == 0
+    assert w["card_count_10m"] == 1
+    w = event(store, p, "b", T0 + 1, device="d9")
+    assert w["device_cards_1h"] == 1
+
+
+def test_state_older_than_retention_is_trimmed(store: WindowStore) -> None:
+    p = plan()  # longest window 1h + lateness 5m
+    event(store, p, "a", T0)
+    event(store, p, "b", T0 + 70 * MIN)  # trims "a" (older than 65 min behind the newest)
+    # c is 20 minutes late, beyond the allowed 5: its 1h window (T0 - 10m, T0 + 50m]
+    # no longer sees "a" (trimmed), in both stores alike.
+    late = event(store, p, "c", T0 + 50 * MIN)
+    assert late["card_count_1h"] == 1
+    # d is 4 minutes late, within the allowed lateness: exact. (T0 + 6m, T0 + 66m] holds c and d.
+    w = event(store, p, "d", T0 + 66 * MIN)
+    assert w["card_count_1h"] == 2
+
+
+def test_redis_keys_expire_and_share_a_slot(redis_url: tuple[str, str]) -> None:
+    import redis as redis_lib
+    from redis.crc import key_slot
+
+    url, prefix = redis_url
+    store = RedisStore(url, prefix=prefix, budget_s=2.0)
+    p = plan()
+    import time
+
+    t = int(time.time() * 1000)
+    event(store, p, "a", t)  # type: ignore[arg-type]
+    client = redis_lib.Redis.from_url(url)
+    keys = sorted(k.decode() for k in client.scan_iter(match=f"*{prefix}*"))
+    card_keys = [k for k in keys if k.startswith(f"{{{prefix}:card_id:c1}}")]
+    assert len(card_keys) == 3  # count set, amount set and amount hash
+    slots = {key_slot(k.encode()) for k in card_keys}
+    assert len(slots) == 1
+    for k in keys:
+        ttl = client.pttl(k)
+        assert 0 < ttl <= 86_400_000
+    assert 0 < client.pttl(f"{{{prefix}:card_id:c1}}:n") <= 65 * MIN
+    client.close()
+    store.close()

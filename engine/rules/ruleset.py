@@ -1,0 +1,469 @@
+"""Loading a rules folder into an immutable, compiled `RuleSet`.
+
+A rules folder holds `*.yaml` files, read in name order and merged:
+
+    version: "2026.11.26-1"          # exactly once; every response carries it
+    timezone: UTC                    # for hour / day_of_week / is_night
+    currency: {base: USD, rates: {EUR: 1.08}}
+    allowed_lateness: 10m            # how late an event may arrive and still be exact
+    windows:  [ {name, entity, aggregate, field, duration}, ... ]
+    model:    {review_at: 0.5, deny_at: 0.9}
+    degraded: {review_when: "amount >= 500", deny_when: "..."}
+    rules:    [ {id, description, condition, action, reason_code, message}, ... ]
+
+Every problem is reported with file, line and column, all at once
+(`RuleSetInvalid.errors`); a set with errors is never half-loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.enrich import BOOL, FIELDS, NUMBER, STRING, Enricher, Money
+from engine.iso import CURRENCY_EXPONENTS
+from engine.rules.errors import RuleError, RuleSetInvalid
+from engine.rules.expr import Condition, ExprError, compile_condition
+from engine.rules.source import Located, LocatedList, YamlError, load_yaml
+from engine.transaction import Action
+from engine.windows.spec import NUMERIC_FIELDS, Aggregate, WindowPlan, WindowSpec
+
+SCORE = "score"
+ENTITY_FIELDS = ("user_id", "card_id", "device_id", "ip", "merchant_id", "country", "channel", "currency")
+DISTINCT_FIELDS = ENTITY_FIELDS
+MIN_WINDOW_MS = 60_000
+MAX_WINDOW_MS = 90 * 86_400_000
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
+_UNITS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_CODE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+_TOP_KEYS = ("version", "timezone", "currency", "allowed_lateness", "windows", "model", "degraded", "rules")
+_WINDOW_KEYS = ("name", "entity", "aggregate", "field", "duration", "description")
+_RULE_KEYS = ("id", "description", "condition", "action", "reason_code", "message", "owner", "tags")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    description: str
+    action: Action
+    reason_code: str
+    message: str
+    condition: Condition
+    reads: frozenset[str]
+    uses_windows: bool
+    uses_score: bool
+    source: str  # file:line of the rule
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPolicy:
+    review_at: float | None
+    deny_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DegradedPolicy:
+    """What decides when the windows are unavailable (see docs/decisions.md)."""
+
+    review_when: Condition | None
+    deny_when: Condition | None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    version: str
+    digest: str  # hash of the files, to tell two sets with the same version apart
+    rules: tuple[Rule, ...]
+    windows: WindowPlan
+    enricher: Enricher
+    model_policy: ModelPolicy
+    degraded: DegradedPolicy
+    catalog: Mapping[str, str]  # name -> type, for rules and the model
+
+    @property
+    def numeric_features(self) -> frozenset[str]:
+        """Names the model may use as features (numbers and bools)."""
+        return frozenset(n for n, t in self.catalog.items() if t in (NUMBER, BOOL) and n != SCORE)
+
+
+def parse_duration(text: Any) -> int | None:
+    """'90s', '10m', '24h', '30d' -> milliseconds; None if malformed."""
+    if not isinstance(text, str):
+        return None
+    m = _DURATION.match(text)
+    return int(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.errors: list[RuleError] = []
+        self.file = ""
+
+    def err(self, pos: tuple[int, int], message: str, hint: str = "") -> None:
+        self.errors.append(RuleError(self.file, pos[0], pos[1], message, hint))
+
+    def unknown_keys(self, node: Located, allowed: tuple[str, ...], what: str) -> None:
+        for key in node:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
+                self.err(node.key_at(key), f"unknown key '{key}' in {what}", hint)
+
+    def condition(
+        self, node: Located, key: str, catalog: Mapping[str, str], label: str
+    ) -> tuple[Condition, frozenset[str]] | None:
+        text = node.get(key)
+        line, col = node.value_at(key)
+        quote = node.value_pos.get(key, (0, 0, 0))[2]
+        if not isinstance(text, str):
+            self.err((line, col), f"'{key}' must be a string holding a condition")
+            return None
+        try:
+            compiled = compile_condition(text, catalog, label)
+        except ExprError as exc:
+            at = (
+                (line, col + quote + exc.column - 1)
+                if exc.line == 1 and "\n" not in text
+                else (line + exc.line, exc.column)
+            )
+            self.err(at, f"in {label}: {exc.message}", exc.hint)
+            return None
+        return compiled.fn, compiled.names
+
+
+def _read_files(path: Path, b: _Builder) -> list[tuple[str, Located]]:
+    files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    if not files:
+        b.errors.append(RuleError(str(path), 1, 1, "no *.yaml rule files found"))
+    docs = []
+    for file in files:
+        b.file = str(file)
+        try:
+            doc = load_yaml(file.read_text(encoding="utf-8"))
+        except YamlError as exc:
+            b.err((exc.line, exc.column), exc.message)
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            b.err((1, 1), f"cannot read file: {exc}")
+            continue
+        if doc is None:
+            continue
+        if not isinstance(doc, Located):
+            b.err((1, 1), "a rule file must be a mapping of keys such as 'version', 'windows', 'rules'")
+            continue
+        docs.append((str(file), doc))
+    return docs
+
+
+def load_ruleset(path: str | Path) -> RuleSet:
+    """Load, check and compile a rules folder (or a single file). Raise RuleSetInvalid."""
+    path = Path(path)
+    b = _Builder()
+    docs = _read_files(path, b)
+    if b.errors:  # a file that does not parse: what follows would only add noise
+        raise RuleSetInvalid(b.errors)
+    digest = hashlib.sha256()
+    for name, _ in docs:
+        digest.update(Path(name).read_bytes())
+
+    settings: dict[str, tuple[str, Located]] = {}
+    windows_nodes: list[tuple[str, Located, int, int]] = []
+    rule_nodes: list[tuple[str, Located, int, int]] = []
+    for file, doc in docs:
+        b.file = file
+        b.unknown_keys(doc, _TOP_KEYS, "a rule file")
+        for key in ("version", "timezone", "currency", "allowed_lateness", "model", "degraded"):
+            if key in doc:
+                if key in settings:
+                    b.err(doc.key_at(key), f"'{key}' is already set in {settings[key][0]}")
+                else:
+                    settings[key] = (file, doc)
+        for key, bucket in (("windows", windows_nodes), ("rules", rule_nodes)):
+            items = doc.get(key)
+            if items is None:
+                continue
+            if not isinstance(items, LocatedList):
+                b.err(doc.value_at(key), f"'{key}' must be a list")
+                continue
+            for i, item in enumerate(items):
+                if not isinstance(item, Located):
+                    b.err(items.item_pos[i], f"each entry of '{key}' must be a mapping")
+                    continue
+                bucket.append((file, item, *items.item_pos[i]))
+
+    def setting(key: str) -> tuple[Any, tuple[int, int]] | None:
+        if key not in settings:
+            return None
+        b.file, doc = settings[key]
+        return doc[key], doc.value_at(key)
+
+    version = ""
+    got = setting("version")
+    if got is None:
+        b.file = str(path)
+        b.err((1, 1), "the rule set has no 'version'", 'add e.g. version: "2026.11.26-1" to one file')
+    elif not isinstance(got[0], str | int | float) or not str(got[0]).strip():
+        b.err(got[1], "'version' must be a non-empty string")
+    else:
+        version = str(got[0])
+
+    timezone = "UTC"
+    got = setting("timezone")
+    if got is not None:
+        try:
+            Enricher(Money("USD", {}), str(got[0]))
+            timezone = str(got[0])
+        except Exception:  # noqa: BLE001 - zoneinfo raises several kinds
+            b.err(got[1], f"unknown time zone {got[0]!r}", "use an IANA name such as 'Asia/Shanghai' or 'UTC'")
+
+    money = Money("USD", {})
+    got = setting("currency")
+    if got is not None:
+        money = _money(b, got[0], got[1]) or money
+
+    lateness = 600_000
+    got = setting("allowed_lateness")
+    if got is not None:
+        ms = parse_duration(got[0])
+        if ms is None:
+            b.err(got[1], f"'allowed_lateness' must be a duration like '10m', got {got[0]!r}")
+        else:
+            lateness = ms
+
+    specs = _windows(b, windows_nodes)
+    catalog: dict[str, str] = {name: kind for name, (kind, _) in FIELDS.items()}
+    for spec in specs:
+        catalog[spec.name] = NUMBER
+    catalog[SCORE] = NUMBER
+    window_names = frozenset(s.name for s in specs)
+
+    model_policy = ModelPolicy(None, None)
+    got = setting("model")
+    if got is not None:
+        model_policy = _model_policy(b, got[0], got[1])
+
+    degraded = DegradedPolicy(None, None)
+    got = setting("degraded")
+    if got is not None:
+        degraded = _degraded(b, got[0], got[1], catalog, window_names)
+
+    rules = _rules(b, rule_nodes, catalog, window_names)
+
+    if b.errors:
+        raise RuleSetInvalid(b.errors)
+    scale = 10.0 ** -CURRENCY_EXPONENTS[money.base]
+    return RuleSet(
+        version=version,
+        digest=digest.hexdigest()[:16],
+        rules=tuple(rules),
+        windows=WindowPlan(specs, lateness, scale),
+        enricher=Enricher(money, timezone),
+        model_policy=model_policy,
+        degraded=degraded,
+        catalog=catalog,
+    )
+
+
+def _money(b: _Builder, node: Any, pos: tuple[int, int]) -> Money | None:
+    if not isinstance(node, Located):
+        b.err(pos, "'currency' must be a mapping with 'base' and 'rates'")
+        return None
+    b.unknown_keys(node, ("base", "rates"), "'currency'")
+    base = node.get("base", "USD")
+    if base not in CURRENCY_EXPONENTS:
+        b.err(node.value_at("base"), f"base currency {base!r} is not an ISO 4217 code")
+        return None
+    rates: dict[str, float] = {}
+    raw = node.get("rates", {})
+    if not isinstance(raw, Located):
+        b.err(node.value_at("rates"), "'rates' must map currency codes to numbers")
+        return None
+    for code, rate in raw.items():
+        if code not in CURRENCY_EXPONENTS:
+            b.err(raw.key_at(code), f"{code!r} is not an ISO 4217 currency code")
+        elif isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
+            b.err(raw.value_at(code), f"the rate of {code} must be a positive number, got {rate!r}")
+        else:
+            rates[code] = float(rate)
+    return Money(base, rates)
+
+
+def _windows(b: _Builder, nodes: list[tuple[str, Located, int, int]]) -> list[WindowSpec]:
+    specs: list[WindowSpec] = []
+    seen: dict[str, str] = {}
+    for file, node, line, col in nodes:
+        b.file = file
+        b.unknown_keys(node, _WINDOW_KEYS, "a window")
+        name = node.get("name")
+        if not isinstance(name, str) or not _ID.match(name):
+            b.err(
+                node.value_at("name") if "name" in node else (line, col),
+                "a window needs a 'name' of lower-case letters, digits and _",
+            )
+            continue
+        if name in seen:
+            b.err(node.value_at("name"), f"duplicate window name '{name}' (first in {seen[name]})")
+            continue
+        if name in FIELDS or name == SCORE:
+            b.err(node.value_at("name"), f"window name '{name}' hides the field of the same name")
+            continue
+        seen[name] = f"{file}:{node.value_at('name')[0]}"
+        entity_raw = node.get("entity")
+        entity = (
+            (entity_raw,) if isinstance(entity_raw, str) else tuple(entity_raw) if isinstance(entity_raw, list) else ()
+        )
+        bad = [e for e in entity if e not in ENTITY_FIELDS]
+        if not entity or bad:
+            close = difflib.get_close_matches(str(bad[0]), ENTITY_FIELDS, n=1) if bad else []
+            b.err(
+                node.value_at("entity") if "entity" in node else node.key_at("name"),
+                f"window '{name}': 'entity' must be one or more of {', '.join(ENTITY_FIELDS)}",
+                f"did you mean '{close[0]}'?" if close else "",
+            )
+            continue
+        try:
+            aggregate = Aggregate(node.get("aggregate"))
+        except ValueError:
+            b.err(
+                node.value_at("aggregate") if "aggregate" in node else node.key_at("name"),
+                f"window '{name}': 'aggregate' must be one of {', '.join(a.value for a in Aggregate)}",
+            )
+            continue
+        duration = parse_duration(node.get("duration"))
+        if duration is None or not MIN_WINDOW_MS <= duration <= MAX_WINDOW_MS:
+            b.err(
+                node.value_at("duration") if "duration" in node else node.key_at("name"),
+                f"window '{name}': 'duration' must be between 1m and 90d, like '10m', '24h' or '30d'",
+            )
+            continue
+        fld = node.get("field")
+        if aggregate is Aggregate.COUNT:
+            if fld is not None:
+                b.err(node.key_at("field"), f"window '{name}': a count takes no 'field'")
+                continue
+        elif aggregate is Aggregate.DISTINCT:
+            if fld not in DISTINCT_FIELDS:
+                b.err(
+                    node.value_at("field") if "field" in node else node.key_at("name"),
+                    f"window '{name}': a distinct count needs a 'field', one of {', '.join(DISTINCT_FIELDS)}",
+                )
+                continue
+        elif fld not in NUMERIC_FIELDS:
+            b.err(
+                node.value_at("field") if "field" in node else node.key_at("name"),
+                f"window '{name}': '{aggregate.value}' needs a numeric 'field', one of {', '.join(NUMERIC_FIELDS)}",
+            )
+            continue
+        specs.append(WindowSpec(name, entity, aggregate, duration, fld))
+    return specs
+
+
+def _threshold(b: _Builder, node: Located, key: str) -> float | None:
+    value = node.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        b.err(node.value_at(key), f"'{key}' must be a probability between 0 and 1, got {value!r}")
+        return None
+    return float(value)
+
+
+def _model_policy(b: _Builder, node: Any, pos: tuple[int, int]) -> ModelPolicy:
+    if not isinstance(node, Located):
+        b.err(pos, "'model' must be a mapping with 'review_at' and/or 'deny_at'")
+        return ModelPolicy(None, None)
+    b.unknown_keys(node, ("review_at", "deny_at"), "'model'")
+    review, deny = _threshold(b, node, "review_at"), _threshold(b, node, "deny_at")
+    if review is not None and deny is not None and review > deny:
+        b.err(node.value_at("review_at"), "'review_at' must not be above 'deny_at'")
+    return ModelPolicy(review, deny)
+
+
+def _degraded(
+    b: _Builder, node: Any, pos: tuple[int, int], catalog: Mapping[str, str], window_names: frozenset[str]
+) -> DegradedPolicy:
+    if not isinstance(node, Located):
+        b.err(pos, "'degraded' must be a mapping with 'review_when' and/or 'deny_when'")
+        return DegradedPolicy(None, None)
+    b.unknown_keys(node, ("review_when", "deny_when"), "'degraded'")
+    # The fallback runs exactly when windows are missing: it may not read them, nor the score.
+    plain = {k: v for k, v in catalog.items() if k not in window_names and k != SCORE}
+    conds: dict[str, Condition | None] = {"review_when": None, "deny_when": None}
+    for key in conds:
+        if key in node:
+            got = b.condition(node, key, plain, f"degraded.{key}")
+            conds[key] = got[0] if got else None
+    return DegradedPolicy(conds["review_when"], conds["deny_when"])
+
+
+def _rules(
+    b: _Builder, nodes: list[tuple[str, Located, int, int]], catalog: Mapping[str, str], window_names: frozenset[str]
+) -> list[Rule]:
+    rules: list[Rule] = []
+    seen: dict[str, str] = {}
+    for file, node, line, col in nodes:
+        b.file = file
+        b.unknown_keys(node, _RULE_KEYS, "a rule")
+        rid = node.get("id")
+        if not isinstance(rid, str) or not _ID.match(rid):
+            b.err(
+                node.value_at("id") if "id" in node else (line, col),
+                "a rule needs an 'id' of lower-case letters, digits and _",
+            )
+            continue
+        if rid in seen:
+            b.err(node.value_at("id"), f"duplicate rule id '{rid}' (first in {seen[rid]})")
+            continue
+        seen[rid] = f"{file}:{node.value_at('id')[0]}"
+        ok = True
+        for key in ("condition", "action", "reason_code", "message"):
+            if key not in node:
+                b.err(node.key_at("id"), f"rule '{rid}' has no '{key}'")
+                ok = False
+        if not ok:
+            continue
+        action_text = node["action"]
+        try:
+            action = Action[str(action_text).upper()] if str(action_text).islower() else None
+        except KeyError:
+            action = None
+        if action is None:
+            b.err(node.value_at("action"), f"rule '{rid}': 'action' must be allow, review or deny, got {action_text!r}")
+            ok = False
+        code = node["reason_code"]
+        if not isinstance(code, str) or not _CODE.match(code):
+            b.err(node.value_at("reason_code"), f"rule '{rid}': 'reason_code' must be UPPER_SNAKE_CASE, got {code!r}")
+            ok = False
+        message = node["message"]
+        if not isinstance(message, str) or not message.strip():
+            b.err(node.value_at("message"), f"rule '{rid}': 'message' must be a non-empty string")
+            ok = False
+        description = node.get("description", "")
+        got = b.condition(node, "condition", catalog, f"rule '{rid}'")
+        if got is None or not ok or action is None:
+            continue
+        fn, names = got
+        rules.append(
+            Rule(
+                id=rid,
+                description=str(description),
+                action=action,
+                reason_code=code,
+                message=message.strip(),
+                condition=fn,
+                reads=names,
+                uses_windows=bool(names & window_names),
+                uses_score=SCORE in names,
+                source=f"{file}:{node.value_at('id')[0]}",
+            )
+        )
+    return rules
+
+
+__all__ = ["STRING", "RuleSet", "load_ruleset", "parse_duration"]

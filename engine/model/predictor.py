@@ -1,0 +1,114 @@
+"""Loading a model folder and scoring one transaction.
+
+A model folder holds `model.txt` (LightGBM's text format) and
+`metadata.json`: the version, the ordered feature names, the definitions of
+the windows those features come from, the training data and the metrics. A
+registry folder (`models/`) holds model folders and a `PROMOTED` file naming
+the one to serve.
+
+At load the model is checked against the rule set it will serve with: every
+feature must be a numeric field the pipeline produces, and every window it
+uses must be defined exactly as when it was trained. Otherwise it is refused
+with a message that says which feature and why.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightgbm
+import numpy as np
+
+from engine.rules.ruleset import RuleSet
+from engine.windows.spec import WindowSpec
+
+PROMOTED = "PROMOTED"
+
+
+class ModelInvalid(Exception):
+    """The model cannot be served with this rule set (or cannot be read)."""
+
+
+def window_to_dict(spec: WindowSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "entity": list(spec.entity),
+        "aggregate": spec.aggregate.value,
+        "field": spec.field,
+        "duration_ms": spec.duration_ms,
+    }
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model folder, or a registry folder whose PROMOTED file names one."""
+    path = Path(path)
+    if (path / "model.txt").is_file():
+        return path
+    promoted = path / PROMOTED
+    if promoted.is_file():
+        version = promoted.read_text().strip()
+        target = path / version
+        if not (target / "model.txt").is_file():
+            raise ModelInvalid(f"{promoted} names {version!r}, but {target}/model.txt does not exist")
+        return target
+    raise ModelInvalid(f"{path} is neither a model folder (model.txt) nor a registry (PROMOTED)")
+
+
+@dataclass(frozen=True)
+class Model:
+    version: str
+    features: tuple[str, ...]
+    metadata: dict[str, Any]
+    booster: lightgbm.Booster
+    path: Path
+
+    def vector(self, fields: Mapping[str, Any]) -> np.ndarray:
+        """The feature row in the model's order (bools as 0/1, missing as NaN)."""
+        return np.array([[float(fields[name]) for name in self.features]], dtype=np.float64)
+
+    def predict(self, fields: Mapping[str, Any]) -> float:
+        score = float(self.booster.predict(self.vector(fields), num_threads=1)[0])
+        return score if math.isfinite(score) else float("nan")
+
+
+def load_model(path: str | Path, ruleset: RuleSet) -> Model:
+    """Load and check a model folder (or the promoted model of a registry)."""
+    folder = resolve_model_dir(path)
+    try:
+        metadata = json.loads((folder / "metadata.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelInvalid(f"cannot read {folder / 'metadata.json'}: {exc}") from None
+    features = tuple(metadata.get("features") or ())
+    version = str(metadata.get("version") or "")
+    if not features or not version:
+        raise ModelInvalid(f"{folder / 'metadata.json'} must list 'features' and give a 'version'")
+
+    produced = ruleset.numeric_features
+    missing = [f for f in features if f not in produced]
+    if missing:
+        raise ModelInvalid(
+            f"model {version} needs features the pipeline does not produce with rule set "
+            f"{ruleset.version}: {', '.join(missing)} (define these windows in the rules, or train a new model)"
+        )
+    defined = {s.name: window_to_dict(s) for s in ruleset.windows.specs}
+    for trained in metadata.get("windows", []):
+        name = trained.get("name")
+        if name in features and defined.get(name) != trained:
+            raise ModelInvalid(
+                f"model {version} was trained with window {name} = {trained}, "
+                f"but rule set {ruleset.version} defines it as {defined.get(name)}"
+            )
+    try:
+        booster = lightgbm.Booster(model_file=str(folder / "model.txt"))
+    except Exception as exc:  # noqa: BLE001 - LightGBM raises its own and OS errors
+        raise ModelInvalid(f"cannot load {folder / 'model.txt'}: {exc}") from None
+    if tuple(booster.feature_name()) != features:
+        raise ModelInvalid(
+            f"{folder / 'model.txt'} has features {booster.feature_name()}, metadata.json lists {list(features)}"
+        )
+    return Model(version=version, features=features, metadata=metadata, booster=booster, path=folder)

@@ -1,0 +1,180 @@
+"""Reading labeled transaction history (Parquet or CSV) into domain transactions.
+
+A `ColumnMapping` says which column holds each transaction field; presets
+cover the project's own schema (`native`) and the handbook data set
+(`handbook`, see ../shared/data/README.md). Rows come back sorted by event
+time (stable, so ties keep file order), which is the order replay needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv
+import pyarrow.parquet as pq
+
+from engine.transaction import Channel, Transaction
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    """Where each transaction field comes from. None: not in the data ('' in the transaction)."""
+
+    transaction_id: str
+    event_time: str  # a timestamp column (naive = UTC) or integer milliseconds since the epoch
+    amount: str
+    amount_in_minor_units: bool
+    currency: str | None = None
+    default_currency: str = "EUR"
+    user_id: str | None = None
+    card_id: str | None = None
+    device_id: str | None = None
+    ip: str | None = None
+    country: str | None = None
+    merchant_id: str | None = None
+    channel: str | None = None
+    label: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)  # attribute name -> column
+
+
+PRESETS: dict[str, ColumnMapping] = {
+    # The schema the project's own generator writes.
+    "native": ColumnMapping(
+        transaction_id="transaction_id",
+        event_time="event_time_ms",
+        amount="amount_minor",
+        amount_in_minor_units=True,
+        currency="currency",
+        user_id="user_id",
+        card_id="card_id",
+        device_id="device_id",
+        ip="ip",
+        country="country",
+        merchant_id="merchant_id",
+        channel="channel",
+        label="label",
+    ),
+    # Fraud-Detection-Handbook simulated data: a customer is a card (and its
+    # holder), a terminal is a merchant terminal; amounts in EUR major units.
+    "handbook": ColumnMapping(
+        transaction_id="TRANSACTION_ID",
+        event_time="TX_DATETIME",
+        amount="TX_AMOUNT",
+        amount_in_minor_units=False,
+        default_currency="EUR",
+        user_id="CUSTOMER_ID",
+        card_id="CUSTOMER_ID",
+        merchant_id="TERMINAL_ID",
+        label="TX_FRAUD",
+    ),
+}
+
+
+@dataclass
+class Dataset:
+    transactions: list[Transaction]
+    labels: np.ndarray | None  # int8 0/1 per transaction, when the mapping has a label
+
+
+class DatasetError(ValueError):
+    pass
+
+
+def _read_table(path: Path) -> pa.Table:
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return pq.read_table(path)
+    if suffix in (".csv", ".gz"):
+        return pyarrow.csv.read_csv(path)
+    raise DatasetError(f"{path}: expected a .parquet or .csv file")
+
+
+def _strings(table: pa.Table, column: str | None) -> list[str]:
+    if column is None:
+        return [""] * table.num_rows
+    if column not in table.column_names:
+        raise DatasetError(f"column {column!r} not in the data (columns: {', '.join(table.column_names)})")
+    col = pc.cast(table[column], pa.string())
+    return [v if v is not None else "" for v in col.to_pylist()]
+
+
+def _event_ms(table: pa.Table, column: str) -> np.ndarray:
+    if column not in table.column_names:
+        raise DatasetError(f"column {column!r} not in the data")
+    col = table[column]
+    if pa.types.is_timestamp(col.type):
+        col = pc.cast(col, pa.timestamp("ms"))
+        return pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False)
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        parsed = pc.cast(pc.strptime(col, format="%Y-%m-%dT%H:%M:%SZ", unit="ms"), pa.int64())
+        return parsed.to_numpy(zero_copy_only=False)
+    return pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def read_dataset(path: str | Path, mapping: ColumnMapping, limit: int | None = None) -> Dataset:
+    """Read a file into transactions sorted by event time (and labels, if mapped)."""
+    table = _read_table(Path(path))
+    if limit is not None:
+        table = table.slice(0, limit)
+    n = table.num_rows
+    event_ms = _event_ms(table, mapping.event_time)
+    if mapping.amount not in table.column_names:
+        raise DatasetError(f"column {mapping.amount!r} not in the data")
+    amounts = table[mapping.amount].to_numpy(zero_copy_only=False).astype(np.float64)
+    currencies = _strings(table, mapping.currency) if mapping.currency else [mapping.default_currency] * n
+    ids = _strings(table, mapping.transaction_id)
+    users = _strings(table, mapping.user_id)
+    cards = _strings(table, mapping.card_id)
+    devices = _strings(table, mapping.device_id)
+    ips = _strings(table, mapping.ip)
+    countries = _strings(table, mapping.country)
+    merchants = _strings(table, mapping.merchant_id)
+    channels = _strings(table, mapping.channel)
+    extras = {name: _strings(table, col) for name, col in mapping.extra.items()}
+    labels = None
+    if mapping.label is not None:
+        raw = table[mapping.label].to_numpy(zero_copy_only=False)
+        labels = np.nan_to_num(raw.astype(np.float64), nan=0.0).astype(np.int8)
+
+    from engine.iso import CURRENCY_EXPONENTS
+
+    order = np.argsort(event_ms, kind="stable")
+    out: list[Transaction] = []
+    channel_of = {c.value: c for c in Channel}
+    for i in order.tolist():
+        cur = currencies[i]
+        if mapping.amount_in_minor_units:
+            minor = int(amounts[i])
+        else:
+            minor = round(amounts[i] * 10 ** CURRENCY_EXPONENTS.get(cur, 2))
+        attrs = tuple((k, v[i]) for k, v in extras.items() if v[i])
+        out.append(
+            Transaction(
+                transaction_id=ids[i],
+                event_time_ms=int(event_ms[i]),
+                amount_minor=minor,
+                currency=cur,
+                user_id=users[i],
+                card_id=cards[i],
+                device_id=devices[i],
+                ip=ips[i],
+                country=countries[i],
+                merchant_id=merchants[i],
+                channel=channel_of.get(channels[i].lower(), Channel.UNSPECIFIED),
+                attributes=attrs,
+            )
+        )
+    return Dataset(out, labels[order] if labels is not None else None)
+
+
+def default_data_path(*parts: str) -> Path | None:
+    """../shared/data/<parts> beside the project, when it is there."""
+    root = Path(__file__).resolve().parents[2]
+    candidate = root.parent / "shared" / "data" / Path(*parts)
+    return candidate if candidate.exists() else None

@@ -1,0 +1,200 @@
+"""The scoring pipeline: one code path for live serving, replay, backtest and training.
+
+For each transaction, in this order: validation -> enrichment -> idempotency
+check and windows (one store call) -> model score -> rules -> decision with
+reasons -> record of the response for retries.
+
+The rule set and model in use form one immutable `Snapshot`; `swap` replaces
+it with a single reference assignment, so a request always sees one
+consistent pair.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine.decision import decide
+from engine.enrich import BOOL, NUMBER
+from engine.model.predictor import Model
+from engine.rules.ruleset import SCORE, RuleSet
+from engine.transaction import Action, Reason, ReasonSource, ScoreResult, Transaction
+
+# Re-exported for the doors that catch them.
+from engine.validation import (
+    InvalidTransaction,  # noqa: F401  (re-export)
+    Limits,
+    validate,
+)
+from engine.windows.store import (
+    IdempotencyConflict,  # noqa: F401  (re-export)
+    StoreUnavailable,
+    WindowStore,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    ruleset: RuleSet
+    model: Model | None  # None only offline, to compute features before a model exists
+    feature_names: tuple[str, ...]  # numeric fields reported in responses, in a stable order
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    result: ScoreResult
+    replayed: bool  # a retry answered from the idempotency record
+    fields: dict[str, Any]  # every field the rules saw (empty for a replay)
+
+
+def make_snapshot(ruleset: RuleSet, model: Model | None) -> Snapshot:
+    names = tuple(sorted(n for n, t in ruleset.catalog.items() if t in (NUMBER, BOOL)))
+    return Snapshot(ruleset, model, names)
+
+
+class Pipeline:
+    """Scores transactions. Thread-safe: all state lives in the store.
+
+    Live serving checks the event time against `clock` and records every
+    response for retries; replay turns both off (`check_clock=False`,
+    `record=False`) and is otherwise the very same code.
+    """
+
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        model: Model | None,
+        store: WindowStore,
+        *,
+        limits: Limits | None = None,
+        clock: Callable[[], float] = time.time,
+        check_clock: bool = True,
+        record: bool = True,
+        on_degraded: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.snapshot = make_snapshot(ruleset, model)
+        self.store = store
+        self.limits = limits or Limits()
+        self.clock = clock
+        self.check_clock = check_clock
+        self.record = record
+        self.on_degraded = on_degraded or (lambda cause, detail: None)
+
+    def swap(self, ruleset: RuleSet, model: Model | None) -> None:
+        self.snapshot = make_snapshot(ruleset, model)
+
+    def score(self, txn: Transaction) -> Scored:
+        """Score one transaction.
+
+        Raises InvalidTransaction (bad input) and IdempotencyConflict (an id
+        reused with other content); every other failure degrades the answer
+        instead of failing it.
+        """
+        started = time.perf_counter_ns()
+        snap = self.snapshot
+        ruleset = snap.ruleset
+        validate(txn, self.limits, int(self.clock() * 1000) if self.check_clock else None)
+        fields = ruleset.enricher.enrich(txn)
+        fields["attributes"] = dict(txn.attributes)
+        plan = ruleset.windows
+        bound = plan.bind(txn.transaction_id, txn.event_time_ms, fields)
+        fingerprint = txn.fingerprint()
+
+        reasons: list[Reason] = []
+        windows_ok = True
+        try:
+            outcome = self.store.apply(plan, bound, fingerprint)
+        except StoreUnavailable as exc:
+            windows_ok = False
+            fields.update(plan.missing())
+            self.on_degraded("windows", str(exc))
+        else:
+            if outcome.replay is not None:
+                return Scored(ScoreResult.from_json(outcome.replay), replayed=True, fields={})
+            fields.update(plan.finish(outcome.raw))
+
+        model_ok = True
+        try:
+            score = snap.model.predict(fields) if snap.model is not None else float("nan")
+        except Exception as exc:  # noqa: BLE001 - a broken model must not fail the payment
+            model_ok = False
+            score = float("nan")
+            self.on_degraded("model", f"{type(exc).__name__}: {exc}")
+        fields[SCORE] = score
+
+        for rule in ruleset.rules:
+            if (rule.uses_windows and not windows_ok) or (rule.uses_score and not model_ok):
+                continue
+            try:
+                fired = rule.condition(fields)
+            except (ArithmeticError, TypeError, ValueError):
+                fired = False
+            if fired:
+                reasons.append(Reason(rule.reason_code, ReasonSource.RULE, rule.message, rule.action, rule.id))
+
+        policy = ruleset.model_policy
+        if windows_ok and model_ok and not math.isnan(score):
+            if policy.deny_at is not None and score >= policy.deny_at:
+                reasons.append(
+                    Reason(
+                        "MODEL_SCORE_HIGH",
+                        ReasonSource.MODEL,
+                        f"model score {score:.3f} >= deny threshold {policy.deny_at}",
+                        Action.DENY,
+                    )
+                )
+            elif policy.review_at is not None and score >= policy.review_at:
+                reasons.append(
+                    Reason(
+                        "MODEL_SCORE_ELEVATED",
+                        ReasonSource.MODEL,
+                        f"model score {score:.3f} >= review threshold {policy.review_at}",
+                        Action.REVIEW,
+                    )
+                )
+        if not windows_ok:
+            reasons.append(self._fallback(ruleset, fields))
+        if not model_ok:
+            reasons.append(
+                Reason(
+                    "MODEL_UNAVAILABLE",
+                    ReasonSource.SYSTEM,
+                    "the model could not score; rules on the score were skipped",
+                    Action.ALLOW,
+                )
+            )
+
+        decision, ordered = decide(reasons)
+        result = ScoreResult(
+            transaction_id=txn.transaction_id,
+            decision=decision,
+            score=score,
+            reasons=ordered,
+            ruleset_version=ruleset.version,
+            model_version=snap.model.version if snap.model is not None else "",
+            degraded=not (windows_ok and model_ok),
+            features={name: float(fields[name]) for name in snap.feature_names},
+            elapsed_us=(time.perf_counter_ns() - started) // 1000,
+        )
+        if windows_ok and self.record:
+            try:
+                self.store.remember(txn.transaction_id, fingerprint, result.to_json())
+            except StoreUnavailable as exc:
+                self.on_degraded("record", str(exc))
+        return Scored(result, replayed=False, fields=fields)
+
+    @staticmethod
+    def _fallback(ruleset: RuleSet, fields: dict[str, Any]) -> Reason:
+        policy = ruleset.degraded
+        message = "frequency windows unavailable; decided by the degraded policy"
+        for action, cond in ((Action.DENY, policy.deny_when), (Action.REVIEW, policy.review_when)):
+            try:
+                hit = cond is not None and cond(fields)
+            except (ArithmeticError, TypeError, ValueError):
+                hit = False
+            if hit:
+                return Reason("WINDOWS_UNAVAILABLE", ReasonSource.SYSTEM, message, action)
+        return Reason("WINDOWS_UNAVAILABLE", ReasonSource.SYSTEM, message, Action.ALLOW)

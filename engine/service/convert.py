@@ -1,0 +1,85 @@
+"""Mapping between the wire messages (risk.v1) and the engine's domain types."""
+
+from __future__ import annotations
+
+import math
+
+from engine.service.pb import risk_pb2
+from engine.transaction import Action, Channel, ReasonSource, ScoreResult, Transaction
+from engine.validation import InvalidTransaction, Limits
+
+_CHANNELS = {
+    risk_pb2.CHANNEL_UNSPECIFIED: Channel.UNSPECIFIED,
+    risk_pb2.CHANNEL_APP: Channel.APP,
+    risk_pb2.CHANNEL_WEB: Channel.WEB,
+    risk_pb2.CHANNEL_QR_CODE: Channel.QR_CODE,
+    risk_pb2.CHANNEL_MINI_PROGRAM: Channel.MINI_PROGRAM,
+}
+_DECISIONS = {
+    Action.ALLOW: risk_pb2.DECISION_ALLOW,
+    Action.REVIEW: risk_pb2.DECISION_REVIEW,
+    Action.DENY: risk_pb2.DECISION_DENY,
+}
+_SOURCES = {
+    ReasonSource.RULE: risk_pb2.REASON_SOURCE_RULE,
+    ReasonSource.MODEL: risk_pb2.REASON_SOURCE_MODEL,
+    ReasonSource.SYSTEM: risk_pb2.REASON_SOURCE_SYSTEM,
+}
+_MAX_TIMESTAMP_SECONDS = 253402300799  # 9999-12-31T23:59:59Z, the Timestamp range
+
+
+def to_transaction(request: risk_pb2.ScoreRequest, limits: Limits) -> Transaction:
+    """Map a request to a Transaction; raise InvalidTransaction for what the wire allows but we don't.
+
+    Field names in errors are relative to `transaction` (the service adds the prefix).
+    """
+    if not request.HasField("transaction"):
+        raise InvalidTransaction("transaction", "is required")
+    t = request.transaction
+    if not t.HasField("event_time"):
+        raise InvalidTransaction("event_time", "is required")
+    ts = t.event_time
+    if not (0 < ts.seconds <= _MAX_TIMESTAMP_SECONDS) or not (0 <= ts.nanos < 1_000_000_000):
+        raise InvalidTransaction("event_time", "is outside the valid timestamp range")
+    channel = _CHANNELS.get(t.channel)
+    if channel is None:
+        raise InvalidTransaction("channel", f"unknown channel value {t.channel}")
+    if len(t.attributes) > limits.max_attributes:
+        raise InvalidTransaction("attributes", f"has {len(t.attributes)} entries, the limit is {limits.max_attributes}")
+    return Transaction(
+        transaction_id=t.transaction_id,
+        event_time_ms=ts.seconds * 1000 + ts.nanos // 1_000_000,
+        amount_minor=t.amount_minor,
+        currency=t.currency,
+        user_id=t.user_id,
+        card_id=t.card_id,
+        device_id=t.device_id,
+        ip=t.ip,
+        country=t.country,
+        merchant_id=t.merchant_id,
+        channel=channel,
+        attributes=tuple(sorted(t.attributes.items())),
+    )
+
+
+def to_response(result: ScoreResult) -> risk_pb2.ScoreResponse:
+    return risk_pb2.ScoreResponse(
+        transaction_id=result.transaction_id,
+        decision=_DECISIONS[result.decision],
+        score=result.score,
+        reasons=[
+            risk_pb2.Reason(
+                code=r.code,
+                source=_SOURCES[r.source],
+                rule_id=r.rule_id,
+                message=r.message,
+                action=_DECISIONS[r.action],
+            )
+            for r in result.reasons
+        ],
+        ruleset_version=result.ruleset_version,
+        model_version=result.model_version,
+        degraded=result.degraded,
+        features={k: v for k, v in result.features.items() if not math.isnan(v)},
+        elapsed_us=result.elapsed_us,
+    )

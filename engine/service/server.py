@@ -1,0 +1,115 @@
+"""Building and running the gRPC server: engine, health, reflection, graceful shutdown.
+
+Health (`grpc.health.v1`): NOT_SERVING until the rule set and the model are
+loaded, SERVING after, NOT_SERVING again once a shutdown starts. SIGTERM or
+SIGINT stop accepting new calls and let in-flight ones finish within the
+grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from engine.config import ServeConfig
+from engine.model.predictor import load_model
+from engine.pipeline import Pipeline
+from engine.rules.ruleset import load_ruleset
+from engine.service.pb import risk_pb2, risk_pb2_grpc
+from engine.service.servicer import RiskEngineServicer
+from engine.windows.memory import MemoryStore
+from engine.windows.redis_store import RedisStore
+from engine.windows.store import WindowStore
+
+log = logging.getLogger("risk_engine.server")
+SERVICE_NAME = risk_pb2.DESCRIPTOR.services_by_name["RiskEngine"].full_name
+
+
+@dataclass
+class Running:
+    server: grpc.Server
+    port: int
+    pipeline: Pipeline
+    health: health.HealthServicer
+    store: WindowStore
+
+    def stop(self, grace_s: float) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace_s).wait()
+        self.store.close()
+
+
+def make_store(config: ServeConfig) -> WindowStore:
+    if config.redis_url:
+        return RedisStore(
+            config.redis_url,
+            prefix=config.redis_prefix,
+            budget_s=config.redis_budget_ms / 1000.0,
+            cooldown_s=config.redis_cooldown_ms / 1000.0,
+            idempotency_ttl_s=config.idempotency_ttl_s,
+        )
+    return MemoryStore(idempotency_ttl_s=config.idempotency_ttl_s)
+
+
+def on_degraded(cause: str, detail: str) -> None:
+    log.warning("degraded answer: %s unavailable: %s", cause, detail)
+
+
+def start(config: ServeConfig) -> Running:
+    """Load everything, then start serving; raise on a bad rule set, model or config."""
+    config.check()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="score"),
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 64 * 1024)],
+    )
+    health_servicer = health.HealthServicer()
+    health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    ruleset = load_ruleset(config.rules)
+    model = load_model(config.model, ruleset)
+    store = make_store(config)
+    pipeline = Pipeline(ruleset, model, store, limits=config.limits, on_degraded=on_degraded)
+    risk_pb2_grpc.add_RiskEngineServicer_to_server(RiskEngineServicer(pipeline), server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {config.host}:{config.port}")
+    server.start()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "serving on %s:%d rules=%s model=%s store=%s",
+        config.host,
+        port,
+        ruleset.version,
+        model.version,
+        store.name,
+    )
+    return Running(server, port, pipeline, health_servicer, store)
+
+
+def serve(config: ServeConfig) -> None:
+    """Run until SIGTERM or SIGINT, then drain in-flight calls and exit."""
+    running = start(config)
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        log.info("signal %d: draining in-flight calls (grace %.1f s)", signum, config.grace_s)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    while not stop.wait(0.5):
+        pass
+    running.stop(config.grace_s)
+    log.info("stopped")

@@ -1,0 +1,46 @@
+"""The RiskEngine servicer: maps each Score call onto the pipeline and its errors onto status codes.
+
+| engine outcome               | gRPC status        |
+|------------------------------|--------------------|
+| scored (possibly degraded)   | OK                 |
+| retry of a scored id         | OK, same response, initial metadata `risk-replayed: true` |
+| InvalidTransaction           | INVALID_ARGUMENT, "transaction.FIELD: reason" |
+| IdempotencyConflict          | ALREADY_EXISTS     |
+| anything unexpected          | INTERNAL (logged)  |
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from engine.pipeline import IdempotencyConflict, InvalidTransaction, Pipeline
+from engine.service.convert import to_response, to_transaction
+from engine.service.pb import risk_pb2, risk_pb2_grpc
+
+log = logging.getLogger("risk_engine.service")
+
+
+class RiskEngineServicer(risk_pb2_grpc.RiskEngineServicer):
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    def Score(self, request: risk_pb2.ScoreRequest, context: grpc.ServicerContext) -> risk_pb2.ScoreResponse:  # noqa: N802
+        try:
+            txn = to_transaction(request, self.pipeline.limits)
+            scored = self.pipeline.score(txn)
+        except InvalidTransaction as exc:
+            path = exc.field if exc.field == "transaction" else f"transaction.{exc.field}"
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{path}: {exc.reason}")
+        except IdempotencyConflict as exc:
+            context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"transaction.transaction_id: {exc.transaction_id!r} was already scored with different content",
+            )
+        except Exception:
+            log.exception("unexpected error while scoring")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error while scoring; see the server log")
+        if scored.replayed:
+            context.send_initial_metadata((("risk-replayed", "true"),))
+        return to_response(scored.result)

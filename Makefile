@@ -1,0 +1,54 @@
+# One entry point for people and CI. Everything installs into .venv from pyproject.toml.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+DATA   ?= ../shared/data/handbook/transactions.parquet
+
+.PHONY: install serve test lint format proto model bench clean check-redis
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+## The server on the shipped rules and model; embedded window store unless REDIS_URL is set.
+serve: install
+	$(BIN)/risk-engine serve
+
+## The whole test suite, against a Redis the tests start from redis-server (or REDIS_URL).
+test: install check-redis
+	$(BIN)/pytest -q
+
+check-redis:
+	@if [ -z "$$REDIS_URL" ] && ! command -v redis-server >/dev/null 2>&1; then \
+	  echo "error: the tests need a real Redis: install redis-server (e.g. apt-get install redis-server) or set REDIS_URL" >&2; \
+	  exit 1; \
+	fi
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy engine
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## Regenerate engine/service/pb from proto/ (tests fail while the committed stubs are stale).
+proto: install
+	$(BIN)/python scripts/gen_proto.py
+
+## Retrain and promote the shipped model from the handbook data (about 5 minutes).
+model: install
+	$(BIN)/risk-engine train --data $(DATA) --rules rules/ --config models/handbook.train.yaml --out models/ --promote
+
+## Latency of Score over loopback with a real Redis; writes benchmarks/results/.
+bench: install
+	$(BIN)/python benchmarks/score_latency.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

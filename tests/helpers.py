@@ -1,0 +1,51 @@
+"""Building requests for tests."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from engine.service.pb import risk_pb2
+
+_ids = itertools.count()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def request(
+    *,
+    transaction_id: str | None = None,
+    event_time_ms: int | None = None,
+    amount_minor: int = 2_500,
+    currency: str = "EUR",
+    user_id: str = "u-1",
+    card_id: str = "c-1",
+    device_id: str = "d-1",
+    ip: str = "81.2.69.160",
+    country: str = "DE",
+    merchant_id: str = "m-1",
+    channel: int = risk_pb2.CHANNEL_APP,
+    attributes: dict[str, str] | None = None,
+    with_time: bool = True,
+) -> risk_pb2.ScoreRequest:
+    t = risk_pb2.Transaction(
+        transaction_id=transaction_id or f"t-{next(_ids)}-{time.monotonic_ns()}",
+        amount_minor=amount_minor,
+        currency=currency,
+        user_id=user_id,
+        card_id=card_id,
+        device_id=device_id,
+        ip=ip,
+        country=country,
+        merchant_id=merchant_id,
+        channel=channel,
+        attributes=attributes or {},
+    )
+    if with_time:
+        ms = event_time_ms if event_time_ms is not None else now_ms()
+        t.event_time.CopyFrom(Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000))
+    return risk_pb2.ScoreRequest(transaction=t)

@@ -130,7 +130,7 @@ split:
   train: ["2026-01-01", "2026-01-18"]
   early_stopping: ["2026-01-19", "2026-01-22"]
   test: ["2026-01-23", "2026-01-30"]
-params: {learning_rate: 0.1, num_leaves: 15, min_data_in_leaf: 20}
+params: {metric: average_precision, learning_rate: 0.1, num_leaves: 15, min_data_in_leaf: 20}
 num_boost_round: 200
 early_stopping_rounds: 20
 """

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from engine.offline.datasets import PRESETS, read_dataset
 from engine.offline.replay import replay
 from engine.rules import load_ruleset
+from engine.service.convert import from_transaction
 from engine.service.pb import risk_pb2_grpc
 from engine.service.server import Running
-from engine.transaction import Transaction
 from tests.conftest import RULES
-from tests.helpers import now_ms, request
+from tests.helpers import now_ms
 
 
 def test_live_and_replay_agree(stub: risk_pb2_grpc.RiskEngineStub, server: Running, synthetic_data) -> None:  # type: ignore[no-untyped-def]
@@ -20,31 +21,8 @@ def test_live_and_replay_agree(stub: risk_pb2_grpc.RiskEngineStub, server: Runni
     shift = now_ms() - 3_600_000 - data[0].event_time_ms
     span = data[-1].event_time_ms - data[0].event_time_ms
     assert span < 3_000_000_000
-    stream = [
-        Transaction(
-            **{**{f: getattr(t, f) for f in Transaction.__slots__}, "event_time_ms": t.event_time_ms + shift - span}
-        )  # type: ignore[arg-type]
-        for t in data
-    ]
-    live = []
-    for t in stream:
-        resp = stub.Score(
-            request(
-                transaction_id=t.transaction_id,
-                event_time_ms=t.event_time_ms,
-                amount_minor=t.amount_minor,
-                currency=t.currency,
-                user_id=t.user_id,
-                card_id=t.card_id,
-                device_id=t.device_id,
-                ip=t.ip,
-                country=t.country,
-                merchant_id=t.merchant_id,
-                channel=["unspecified", "app", "web", "qr_code", "mini_program"].index(t.channel.value),
-            ),
-            timeout=5,
-        )
-        live.append(resp)
+    stream = [replace(t, event_time_ms=t.event_time_ms + shift - span) for t in data]
+    live = [stub.Score(from_transaction(t), timeout=5) for t in stream]
     model = server.pipeline.snapshot.model
     offline = [s.result for _, s in replay(stream, load_ruleset(RULES), model)]
     assert len(offline) == len(live) == 400

@@ -122,6 +122,11 @@ def read_dataset(path: str | Path, mapping: ColumnMapping, limit: int | None = N
     table = _read_table(Path(path))
     if limit is not None:
         table = table.slice(0, limit)
+    return table_to_dataset(table, mapping)
+
+
+def table_to_dataset(table: pa.Table, mapping: ColumnMapping) -> Dataset:
+    """Map an Arrow table (e.g. `pa.Table.from_pylist(rows)`) into sorted transactions."""
     n = table.num_rows
     event_ms = _event_ms(table, mapping.event_time)
     if mapping.amount not in table.column_names:

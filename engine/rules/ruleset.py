@@ -294,26 +294,33 @@ def _money(b: _Builder, node: Any, pos: tuple[int, int]) -> Money | None:
     return Money(base, rates)
 
 
+def _named(b: _Builder, node: Located, key: str, at: tuple[int, int], seen: dict[str, str], what: str) -> str | None:
+    """The unique lower_snake_case name under `key`, or None after reporting why not."""
+    name = node.get(key)
+    if not isinstance(name, str) or not _ID.match(name):
+        b.err(
+            node.value_at(key) if key in node else at, f"a {what} needs an '{key}' of lower-case letters, digits and _"
+        )
+        return None
+    if name in seen:
+        b.err(node.value_at(key), f"duplicate {what} {key} '{name}' (first in {seen[name]})")
+        return None
+    seen[name] = f"{b.file}:{node.value_at(key)[0]}"
+    return name
+
+
 def _windows(b: _Builder, nodes: list[tuple[str, Located, int, int]]) -> list[WindowSpec]:
     specs: list[WindowSpec] = []
     seen: dict[str, str] = {}
     for file, node, line, col in nodes:
         b.file = file
         b.unknown_keys(node, _WINDOW_KEYS, "a window")
-        name = node.get("name")
-        if not isinstance(name, str) or not _ID.match(name):
-            b.err(
-                node.value_at("name") if "name" in node else (line, col),
-                "a window needs a 'name' of lower-case letters, digits and _",
-            )
-            continue
-        if name in seen:
-            b.err(node.value_at("name"), f"duplicate window name '{name}' (first in {seen[name]})")
+        name = _named(b, node, "name", (line, col), seen, "window")
+        if name is None:
             continue
         if name in FIELDS or name == SCORE:
             b.err(node.value_at("name"), f"window name '{name}' hides the field of the same name")
             continue
-        seen[name] = f"{file}:{node.value_at('name')[0]}"
         entity_raw = node.get("entity")
         entity = (
             (entity_raw,) if isinstance(entity_raw, str) else tuple(entity_raw) if isinstance(entity_raw, list) else ()
@@ -410,17 +417,9 @@ def _rules(
     for file, node, line, col in nodes:
         b.file = file
         b.unknown_keys(node, _RULE_KEYS, "a rule")
-        rid = node.get("id")
-        if not isinstance(rid, str) or not _ID.match(rid):
-            b.err(
-                node.value_at("id") if "id" in node else (line, col),
-                "a rule needs an 'id' of lower-case letters, digits and _",
-            )
+        rid = _named(b, node, "id", (line, col), seen, "rule")
+        if rid is None:
             continue
-        if rid in seen:
-            b.err(node.value_at("id"), f"duplicate rule id '{rid}' (first in {seen[rid]})")
-            continue
-        seen[rid] = f"{file}:{node.value_at('id')[0]}"
         ok = True
         for key in ("condition", "action", "reason_code", "message"):
             if key not in node:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from engine.service.pb import risk_pb2
 from engine.transaction import Action, Channel, ReasonSource, ScoreResult, Transaction
 from engine.validation import InvalidTransaction, Limits
@@ -59,6 +61,28 @@ def to_transaction(request: risk_pb2.ScoreRequest, limits: Limits) -> Transactio
         merchant_id=t.merchant_id,
         channel=channel,
         attributes=tuple(sorted(t.attributes.items())),
+    )
+
+
+def from_transaction(txn: Transaction) -> risk_pb2.ScoreRequest:
+    """The request a gateway would send for a domain transaction (replay tools, load tests)."""
+    channel = next(code for code, ch in _CHANNELS.items() if ch is txn.channel)
+    seconds, millis = divmod(txn.event_time_ms, 1000)
+    return risk_pb2.ScoreRequest(
+        transaction=risk_pb2.Transaction(
+            transaction_id=txn.transaction_id,
+            event_time=Timestamp(seconds=seconds, nanos=millis * 1_000_000),
+            amount_minor=txn.amount_minor,
+            currency=txn.currency,
+            user_id=txn.user_id,
+            card_id=txn.card_id,
+            device_id=txn.device_id,
+            ip=txn.ip,
+            country=txn.country,
+            merchant_id=txn.merchant_id,
+            channel=channel,
+            attributes=dict(txn.attributes),
+        )
     )
 
 

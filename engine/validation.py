@@ -85,6 +85,8 @@ def validate(txn: Transaction, limits: Limits, now_ms: int | None) -> None:
     if txn.ip:
         if len(txn.ip) > 64:
             raise InvalidTransaction("ip", "is too long for an IP address")
+        if "%" in txn.ip or not txn.ip.isascii() or not txn.ip.isprintable():
+            raise InvalidTransaction("ip", "must be a plain IPv4 or IPv6 address (no zone id, no control characters)")
         try:
             ipaddress.ip_address(txn.ip)
         except ValueError:

@@ -22,7 +22,7 @@ from engine.config import ServeConfig
 from engine.model.predictor import load_model
 from engine.pipeline import Pipeline
 from engine.rules.ruleset import load_ruleset
-from engine.service.pb import risk_pb2, risk_pb2_grpc
+from engine.service.pb import risk_pb2
 from engine.service.servicer import RiskEngineServicer
 from engine.windows.memory import MemoryStore
 from engine.windows.redis_store import RedisStore
@@ -80,7 +80,7 @@ def start(config: ServeConfig) -> Running:
     model = load_model(config.model, ruleset)
     store = make_store(config)
     pipeline = Pipeline(ruleset, model, store, limits=config.limits, on_degraded=on_degraded)
-    risk_pb2_grpc.add_RiskEngineServicer_to_server(RiskEngineServicer(pipeline), server)
+    server.add_generic_rpc_handlers((RiskEngineServicer(pipeline).handler(),))
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")

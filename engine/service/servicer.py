@@ -6,7 +6,12 @@
 | retry of a scored id         | OK, same response, initial metadata `risk-replayed: true` |
 | InvalidTransaction           | INVALID_ARGUMENT, "transaction.FIELD: reason" |
 | IdempotencyConflict          | ALREADY_EXISTS     |
+| bytes that are no ScoreRequest | INVALID_ARGUMENT |
 | anything unexpected          | INTERNAL (logged)  |
+
+The method is registered with a raw-bytes handler (`handler`) so that a
+request that does not even parse gets INVALID_ARGUMENT rather than gRPC's
+generic INTERNAL "exception deserializing request".
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from engine.pipeline import IdempotencyConflict, InvalidTransaction, Pipeline
 from engine.service.convert import to_response, to_transaction
@@ -25,6 +31,22 @@ log = logging.getLogger("risk_engine.service")
 class RiskEngineServicer(risk_pb2_grpc.RiskEngineServicer):
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service's handler, parsing requests itself (see the module docstring)."""
+        score = grpc.unary_unary_rpc_method_handler(
+            self.score_bytes,
+            request_deserializer=None,
+            response_serializer=risk_pb2.ScoreResponse.SerializeToString,
+        )
+        return grpc.method_handlers_generic_handler("risk.v1.RiskEngine", {"Score": score})
+
+    def score_bytes(self, raw: bytes, context: grpc.ServicerContext) -> risk_pb2.ScoreResponse:
+        try:
+            request = risk_pb2.ScoreRequest.FromString(raw)
+        except DecodeError:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request: not a valid risk.v1.ScoreRequest message")
+        return self.Score(request, context)
 
     def Score(self, request: risk_pb2.ScoreRequest, context: grpc.ServicerContext) -> risk_pb2.ScoreResponse:  # noqa: N802
         try:

@@ -1,0 +1,79 @@
+"""Hostile input over the wire: every request gets OK or a clear client error, never INTERNAL or a hang."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.service.pb import risk_pb2, risk_pb2_grpc
+from engine.service.server import Running
+from tests.helpers import now_ms
+
+text = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(["", "EUR", "USD", "JPY", "KWD", "DE", "KP", "10.0.0.1", "::1", "fe80::1%eth0", "c-1", "x" * 129]),
+    st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x20), max_size=5),
+)
+amounts = st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(-5, 10**6))
+seconds = st.one_of(
+    st.integers(-(2**62), 2**62),
+    st.just(now_ms() // 1000),
+    st.integers(now_ms() // 1000 - 10**6, now_ms() // 1000 + 10**4),
+)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> risk_pb2.ScoreRequest:
+    t = risk_pb2.Transaction(
+        transaction_id=draw(st.one_of(text, st.uuids().map(str))),
+        amount_minor=draw(amounts),
+        currency=draw(text),
+        user_id=draw(text),
+        card_id=draw(text),
+        device_id=draw(text),
+        ip=draw(text),
+        country=draw(text),
+        merchant_id=draw(text),
+        channel=draw(st.integers(-3, 10)),
+        attributes=draw(st.dictionaries(text, text, max_size=40)),
+    )
+    if draw(st.booleans()):
+        t.event_time.CopyFrom(Timestamp(seconds=draw(seconds), nanos=draw(st.integers(0, 999_999_999))))
+    return risk_pb2.ScoreRequest(transaction=t) if draw(st.integers(0, 20)) else risk_pb2.ScoreRequest()
+
+
+@pytest.fixture
+def channel(server: Running) -> Iterator[grpc.Channel]:
+    ch = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    yield ch
+    ch.close()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(req=requests())
+def test_fuzzed_requests_get_ok_or_a_client_error(channel: grpc.Channel, req: risk_pb2.ScoreRequest) -> None:
+    stub = risk_pb2_grpc.RiskEngineStub(channel)
+    try:
+        resp = stub.Score(req, timeout=5)
+    except grpc.RpcError as exc:
+        assert exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS), exc
+        assert exc.details().startswith("transaction")
+        return
+    assert resp.decision != risk_pb2.DECISION_UNSPECIFIED
+    assert not resp.degraded
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=300))
+def test_raw_bytes_never_crash_the_server(channel: grpc.Channel, raw: bytes) -> None:
+    call = channel.unary_unary("/risk.v1.RiskEngine/Score")
+    try:
+        call(raw, timeout=5)
+    except grpc.RpcError as exc:
+        assert exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS), exc
+        assert exc.details().startswith(("request:", "transaction")), exc.details()

@@ -12,8 +12,9 @@ Semantics (the same in every store, see docs/windows.md):
 - An event that arrives late (out of order) is counted in the windows of the
   events after it that arrive later, and reads its own window as of its event
   time: events with a later event time are not in it.
-- State older than the longest window plus `allowed_lateness` behind the
-  newest event seen for an entity is dropped.
+- When an event is added, the entity's events older than its time minus
+  (longest window + `allowed_lateness`) are dropped: events up to
+  `allowed_lateness` late are counted exactly.
 """
 
 from engine.windows.spec import Aggregate, BoundWindows, WindowPlan, WindowSpec

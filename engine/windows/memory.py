@@ -129,9 +129,9 @@ class MemoryStore:
             events.insert(i, (t, txid))
             values.insert(i, int(bg.value) if group.numeric else bg.value)
             times[txid] = t
-            # Drop what no window can need any more: older than the newest event minus
-            # the retention, but never what this (possibly late) event's own windows hold.
-            cutoff = min(events[-1][0] - group.retention_ms, t - group.longest_ms)
+            # Drop what no window can need any more: events older than this event's
+            # time minus the retention (longest window + allowed lateness).
+            cutoff = t - group.retention_ms
             if events[0][0] < cutoff:
                 # Events with time < cutoff, as Redis drops scores in [-inf, cutoff).
                 n = bisect_left(events, (cutoff, ""))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 import zlib
 from importlib import resources
 from typing import NoReturn
@@ -60,6 +61,8 @@ class RedisStore:
             health_check_interval=0,
         )
         self._script = self._client.register_script(LUA_SOURCE)
+        self._layouts: weakref.WeakKeyDictionary[WindowPlan, str] = weakref.WeakKeyDictionary()
+        self._group_index: weakref.WeakKeyDictionary[WindowPlan, dict[int, int]] = weakref.WeakKeyDictionary()
         self._ttl_ms = int(idempotency_ttl_s * 1000)
         self._cooldown = cooldown_s
         self._open_until = 0.0
@@ -74,7 +77,23 @@ class RedisStore:
         return f"{{{self.prefix}:{'+'.join(entity)}:{value}}}"
 
     # -- store protocol ----------------------------------------------------
+    def _layout(self, plan: WindowPlan) -> str:
+        """The static description of the plan's groups for the script, built once per plan."""
+        layout = self._layouts.get(plan)
+        if layout is None:
+            parts = []
+            for g in plan.groups:
+                nums = [0 if g.value_field is None else 1, g.retention_ms, g.retention_ms]
+                for w in g.windows:
+                    nums += [w.output, w.agg_code, w.duration_ms]
+                parts.append(",".join(str(n) for n in nums))
+            layout = self._layouts[plan] = ";".join(parts)
+            self._group_index[plan] = {id(g): i + 1 for i, g in enumerate(plan.groups)}
+        return layout
+
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
+        layout = self._layout(plan)
+        index = self._group_index[plan]
         keys = [self._idem_key(bound.transaction_id)]
         args: list[str | int] = [
             bound.transaction_id,
@@ -83,6 +102,7 @@ class RedisStore:
             self._ttl_ms,
             len(bound.groups),
             plan.raw_size,
+            layout,
         ]
         for bg in bound.groups:
             g = bg.group
@@ -92,9 +112,7 @@ class RedisStore:
             else:
                 keys.append(f"{tag}:z:{g.value_field}")
                 keys.append(f"{tag}:h:{g.value_field}")
-            args += [0 if g.value_field is None else 1, bg.value, g.retention_ms, g.retention_ms, len(g.windows)]
-            for w in g.windows:
-                args += [w.output, w.agg_code, w.duration_ms]
+            args += [index[id(g)], bg.value]
         reply = self._call(keys, args)
         kind = int(reply[0])
         if kind == 0:

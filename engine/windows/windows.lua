@@ -4,12 +4,15 @@
 -- KEYS[2..]     per bound group: its sorted set (member = transaction id,
 --               score = event time ms) and, for groups that aggregate a
 --               value, the hash transaction id -> value
--- ARGV[1..6]    transaction id, event time ms, fingerprint, record TTL ms,
---               number of groups, size of the output vector
--- ARGV[7..]     per group: has_value (0/1), value, retention ms, key TTL ms,
---               number of windows, then per window: output index (0-based),
---               aggregate code (1 count, 2 sum, 3 min, 4 max, 5 distinct),
---               duration ms
+-- ARGV[1..7]    transaction id, event time ms, fingerprint, record TTL ms,
+--               number of bound groups, size of the output vector, layout
+-- ARGV[8..]     per bound group: its index in the layout (1-based), its value
+--
+-- The layout describes every group of the window plan once, so the static
+-- part of a call is one argument: groups separated by ';', each a list of
+-- numbers separated by ',': has_value (0/1), retention ms, key TTL ms, then
+-- per window: output index (0-based), aggregate code (1 count, 2 sum, 3 min,
+-- 4 max, 5 distinct), duration ms.
 --
 -- Returns {0} on an id reused with other content, {1, response} for a retry
 -- of a scored transaction, {2, v1, v2, ...} with the raw window values.
@@ -36,15 +39,20 @@ local function num(x) return string.format('%.0f', x) end
 local out = {2}
 for i = 1, tonumber(ARGV[6]) do out[i + 1] = 0 end
 
-local a = 7
+local layout = {}
+for g in string.gmatch(ARGV[7], '[^;]+') do layout[#layout + 1] = g end
+
+local a = 8
 local k = 2
 for _ = 1, tonumber(ARGV[5]) do
-  local has_value = ARGV[a] == '1'
+  local spec = {}
+  for x in string.gmatch(layout[tonumber(ARGV[a])], '[^,]+') do spec[#spec + 1] = tonumber(x) end
   local value = ARGV[a + 1]
-  local retention = tonumber(ARGV[a + 2])
-  local ttl = ARGV[a + 3]
-  local nwin = tonumber(ARGV[a + 4])
-  a = a + 5
+  a = a + 2
+  local has_value = spec[1] == 1
+  local retention = spec[2]
+  local ttl = spec[3]
+  local nwin = (#spec - 3) / 3
   local z = KEYS[k]
   k = k + 1
   local h = nil
@@ -60,27 +68,40 @@ for _ = 1, tonumber(ARGV[5]) do
   local wins = {}
   local longest = 0
   for w = 1, nwin do
-    local d = tonumber(ARGV[a + 2])
-    wins[w] = {tonumber(ARGV[a]) + 2, tonumber(ARGV[a + 1]), t - d}
+    local d = spec[3 * w + 3]
+    wins[w] = {spec[3 * w + 1] + 2, spec[3 * w + 2], t - d}
     if d > longest then longest = d end
-    a = a + 3
   end
-  -- Trim what no window can need any more: older than the newest event minus
-  -- the retention, but never what this (possibly late) event's own windows hold.
-  local newest = tonumber(redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')[2])
-  local cutoff = '(' .. num(math.min(newest - retention, t - longest))
+  -- Trim what no window can need any more: events older than this event's
+  -- time minus the retention (longest window + allowed lateness).
+  local cutoff = t - retention
   if h then
-    local old = redis.call('ZRANGEBYSCORE', z, '-inf', cutoff)
-    for i = 1, #old, CHUNK do
-      redis.call('HDEL', h, unpack(old, i, math.min(i + CHUNK - 1, #old)))
+    local oldest = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+    if tonumber(oldest[2]) < cutoff then
+      local old = redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. num(cutoff))
+      for i = 1, #old, CHUNK do
+        redis.call('HDEL', h, unpack(old, i, math.min(i + CHUNK - 1, #old)))
+      end
+      redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. num(cutoff))
     end
+    redis.call('PEXPIRE', h, ttl)
+  else
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. num(cutoff))
   end
-  redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
   redis.call('PEXPIRE', z, ttl)
-  if h then redis.call('PEXPIRE', h, ttl) end
 
-  -- Read.
-  local m = redis.call('ZRANGEBYSCORE', z, '(' .. num(t - longest), ARGV[2], 'WITHSCORES')
+  -- Read. Counts are a ZCOUNT each (O(log n)); the other aggregates walk
+  -- the events of the longest window once.
+  if not h then
+    for w = 1, nwin do
+      out[wins[w][1]] = redis.call('ZCOUNT', z, '(' .. num(wins[w][3]), ARGV[2])
+    end
+    nwin = 0
+  end
+  local m = {}
+  if nwin > 0 then
+    m = redis.call('ZRANGEBYSCORE', z, '(' .. num(t - longest), ARGV[2], 'WITHSCORES')
+  end
   local n = #m / 2
   local vals = nil
   if h and n > 0 then

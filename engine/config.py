@@ -66,6 +66,8 @@ class ServeConfig:
             raise ConfigError(f"--redis-url must start with redis://, rediss:// or unix://, got {self.redis_url!r}")
         if not 1 <= self.redis_budget_ms <= 10_000:
             raise ConfigError(f"the Redis budget must be 1..10000 ms, got {self.redis_budget_ms}")
+        if self.idempotency_ttl_s <= 0:
+            raise ConfigError(f"the idempotency TTL must be positive, got {self.idempotency_ttl_s}")
         if self.threads < 1:
             raise ConfigError("--threads must be at least 1")
         if not self.rules.exists():

@@ -116,17 +116,24 @@ class Pipeline:
                 return Scored(ScoreResult.from_json(outcome.replay), replayed=True, fields={})
             fields.update(plan.finish(outcome.raw))
 
-        model_ok = True
-        try:
-            score = snap.model.predict(fields) if snap.model is not None else float("nan")
-        except Exception as exc:  # noqa: BLE001 - a broken model must not fail the payment
-            model_ok = False
-            score = float("nan")
-            self.on_degraded("model", f"{type(exc).__name__}: {exc}")
+        # The score is usable only when the model ran and gave a number; without a
+        # model (offline feature computation) rules on the score are simply skipped.
+        model = snap.model
+        score = float("nan")
+        if model is not None:
+            try:
+                score = model.predict(fields)
+            except Exception as exc:  # noqa: BLE001 - a broken model must not fail the payment
+                self.on_degraded("model", f"{type(exc).__name__}: {exc}")
+            else:
+                if math.isnan(score):
+                    self.on_degraded("model", "the model returned a non-finite score")
+        score_ok = not math.isnan(score)
+        model_failed = model is not None and not score_ok
         fields[SCORE] = score
 
         for rule in ruleset.rules:
-            if (rule.uses_windows and not windows_ok) or (rule.uses_score and not model_ok):
+            if (rule.uses_windows and not windows_ok) or (rule.uses_score and not score_ok):
                 continue
             try:
                 fired = rule.condition(fields)
@@ -136,7 +143,7 @@ class Pipeline:
                 reasons.append(Reason(rule.reason_code, ReasonSource.RULE, rule.message, rule.action, rule.id))
 
         policy = ruleset.model_policy
-        if windows_ok and model_ok and not math.isnan(score):
+        if windows_ok and score_ok:
             if policy.deny_at is not None and score >= policy.deny_at:
                 reasons.append(
                     Reason(
@@ -157,7 +164,7 @@ class Pipeline:
                 )
         if not windows_ok:
             reasons.append(self._fallback(ruleset, fields))
-        if not model_ok:
+        if model_failed:
             reasons.append(
                 Reason(
                     "MODEL_UNAVAILABLE",
@@ -174,8 +181,8 @@ class Pipeline:
             score=score,
             reasons=ordered,
             ruleset_version=ruleset.version,
-            model_version=snap.model.version if snap.model is not None else "",
-            degraded=not (windows_ok and model_ok),
+            model_version=model.version if model is not None else "",
+            degraded=not windows_ok or model_failed,
             features={name: float(fields[name]) for name in snap.feature_names},
             elapsed_us=(time.perf_counter_ns() - started) // 1000,
         )

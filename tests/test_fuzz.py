@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import grpc
@@ -47,6 +48,33 @@ def requests(draw: st.DrawFn) -> risk_pb2.ScoreRequest:
     return risk_pb2.ScoreRequest(transaction=t) if draw(st.integers(0, 20)) else risk_pb2.ScoreRequest()
 
 
+_ids = itertools.count()
+FIELDS = ["currency", "user_id", "card_id", "device_id", "ip", "country", "merchant_id"]
+
+
+@st.composite
+def nearly_valid(draw: st.DrawFn) -> risk_pb2.ScoreRequest:
+    """A valid request with one field made hostile, so most of them reach scoring."""
+    t = risk_pb2.Transaction(
+        transaction_id=f"fuzz-{next(_ids)}",  # unique: hypothesis repeats its draws
+        amount_minor=draw(st.integers(0, 10**9)),
+        currency=draw(st.sampled_from(["EUR", "USD", "JPY", "KWD", "CNY"])),
+        user_id=draw(st.sampled_from(["u1", "u2", ""])),
+        card_id=draw(st.sampled_from(["c1", "c2", "c3"])),
+        device_id=draw(st.sampled_from(["d1", "d2", ""])),
+        ip=draw(st.sampled_from(["81.2.69.160", "10.0.0.1", "2001:db8::1", ""])),
+        country=draw(st.sampled_from(["DE", "KP", "CN", ""])),
+        merchant_id="m1",
+        channel=draw(st.integers(0, 4)),
+        attributes=draw(st.dictionaries(st.sampled_from(["mcc", "bin", "ua"]), st.text(max_size=20), max_size=3)),
+    )
+    ms = now_ms() - draw(st.integers(0, 86_400_000))
+    t.event_time.CopyFrom(Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000))
+    if draw(st.booleans()):
+        setattr(t, draw(st.sampled_from(FIELDS)), draw(text))
+    return risk_pb2.ScoreRequest(transaction=t)
+
+
 @pytest.fixture
 def channel(server: Running) -> Iterator[grpc.Channel]:
     ch = grpc.insecure_channel(f"127.0.0.1:{server.port}")
@@ -66,6 +94,23 @@ def test_fuzzed_requests_get_ok_or_a_client_error(channel: grpc.Channel, req: ri
         return
     assert resp.decision != risk_pb2.DECISION_UNSPECIFIED
     assert not resp.degraded
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(req=nearly_valid())
+def test_nearly_valid_requests_are_scored_or_refused_by_field(
+    channel: grpc.Channel, req: risk_pb2.ScoreRequest
+) -> None:
+    stub = risk_pb2_grpc.RiskEngineStub(channel)
+    try:
+        resp = stub.Score(req, timeout=5)
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc
+        assert exc.details().split(":")[0] in {f"transaction.{f}" for f in FIELDS}, exc.details()
+        return
+    assert resp.transaction_id == req.transaction.transaction_id
+    assert resp.decision != risk_pb2.DECISION_UNSPECIFIED and not resp.degraded
+    assert 0.0 <= resp.score <= 1.0
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

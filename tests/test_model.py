@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -126,3 +127,46 @@ def test_card_precision_top_k_by_hand() -> None:
     # Day 1: a was found on day 0 and is left out; top 2: b (fraud), d -> 1/2.
     assert card_precision_top_k(days, cards, scores, labels, k=2) == pytest.approx(0.5)
     assert card_precision_top_k(days, cards, scores, labels, k=1) == pytest.approx((1 + 1) / 2)
+
+
+def test_a_failing_model_degrades_and_skips_score_rules(trained_registry: Path) -> None:
+    from dataclasses import replace
+
+    from engine.pipeline import Pipeline
+    from engine.transaction import Transaction
+    from engine.windows.memory import MemoryStore
+
+    ruleset = load_ruleset(RULES)
+    good = load_model(trained_registry, ruleset)
+    # A model that lists one feature fewer than its booster was trained on: LightGBM refuses the row.
+    broken = replace(good, features=good.features[:-1])
+    pipe = Pipeline(ruleset, broken, MemoryStore(), check_clock=False)
+    scored = pipe.score(Transaction("t1", 1_767_225_600_000, 2_000_000, "EUR", card_id="c1"))
+    result = scored.result
+    assert result.degraded and math.isnan(result.score)
+    assert "MODEL_UNAVAILABLE" in [r.code for r in result.reasons]
+    assert "AMOUNT_VERY_LARGE" in [r.code for r in result.reasons]  # rules not on the score still apply
+    assert not any(r.source.value == "model" for r in result.reasons)
+
+
+@pytest.mark.parametrize(("key", "value"), [("timezone", "Asia/Shanghai"), ("base_currency", "USD")])
+def test_model_refused_when_trained_under_other_currency_or_time_zone(
+    trained_registry: Path, tmp_path: Path, key: str, value: str
+) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(resolve_model_dir(trained_registry), bad)
+    meta = json.loads((bad / "metadata.json").read_text())
+    meta[key] = value
+    (bad / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelInvalid, match=key):
+        load_model(bad, load_ruleset(RULES))
+
+
+def test_model_refused_when_metadata_omits_a_window_it_uses(trained_registry: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(resolve_model_dir(trained_registry), bad)
+    meta = json.loads((bad / "metadata.json").read_text())
+    meta["windows"] = [w for w in meta["windows"] if w["name"] != "card_count_1d"]
+    (bad / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelInvalid, match="card_count_1d"):
+        load_model(bad, load_ruleset(RULES))

@@ -102,9 +102,12 @@ def test_redis_paused_answers_within_budget(
     assert resp.degraded and elapsed < 0.3  # the 50 ms budget, not Redis's 1 s stall
     sleeper.join()
     deadline = time.monotonic() + 5
-    while timed(stub, request(card_id=card))[0].degraded:
+    while (resp := timed(stub, request(card_id=card))[0]).degraded:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    # At least once: the script of the call that timed out still ran when Redis woke
+    # up, so that transaction is counted (docs/windows.md, "Degraded mode").
+    assert resp.features["card_count_10m"] == 3
     client.close()
 
 

@@ -83,7 +83,23 @@ def test_window_errors(tmp_path: Path) -> None:
     assert any(e.startswith("4:44: window 'a2': 'aggregate' must be one of") for e in errs)
     assert any(e.startswith("5:61: window 'a3': 'duration' must be between 1m and 90d") for e in errs)
     assert any(e.startswith("6:56: window 'a4': 'sum' needs a numeric 'field'") for e in errs)
-    assert any(e.startswith("7:12: window name 'amount' hides the field") for e in errs)
+    assert any(e.startswith("7:12: window name 'amount' is reserved") for e in errs)
+
+
+def test_reserved_window_names_and_bad_rates(tmp_path: Path) -> None:
+    text = (
+        'version: "t1"\n'
+        "currency: {base: EUR, rates: {USD: .inf, CNY: .nan, JPY: 0}}\n"
+        "windows:\n"
+        "  - {name: attributes, entity: card_id, aggregate: count, duration: 1h}\n"
+        "  - {name: score, entity: card_id, aggregate: count, duration: 1h}\n"
+        "  - {name: lambda, entity: card_id, aggregate: count, duration: 1h}\n"
+    )
+    errs = errors_of(tmp_path, text)
+    for code in ("USD", "CNY", "JPY"):
+        assert any(f"the rate of {code} must be a positive, finite number" in e for e in errs), errs
+    for name in ("attributes", "score", "lambda"):
+        assert any(f"window name '{name}' is reserved" in e for e in errs), errs
 
 
 def test_yaml_syntax_error_has_a_position(tmp_path: Path) -> None:
@@ -150,6 +166,11 @@ def test_language_semantics(text: str, fields: dict, expected: object) -> None:
         "country in country",
         "f['amount'] > 1",
         "amount > 1; True",
+        "country in ['US'] == 'US'",
+        "amount in [1, 2] < 3",
+        " and ".join(["amount > 1"] * 300),
+        "(" * 250 + "amount > 1" + ")" * 250,
+        "-" * 1900 + "amount < 1",
     ],
 )
 def test_anything_outside_the_language_is_refused(text: str) -> None:

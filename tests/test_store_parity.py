@@ -62,7 +62,7 @@ _runs = itertools.count()
 def test_memory_and_redis_agree(redis_url: tuple[str, str], stream: list[tuple]) -> None:
     url, prefix = redis_url
     redis_store = RedisStore(url, prefix=f"{prefix}-{next(_runs)}", budget_s=2.0)
-    memory = MemoryStore()
+    memory = MemoryStore(sweep_every=5)
     sent: list[tuple[str, int, dict[str, object], str]] = []
     try:
         for step in stream:

@@ -40,7 +40,7 @@ def plan() -> WindowPlan:
 @pytest.fixture(params=["memory", "redis"])
 def store(request: pytest.FixtureRequest) -> Iterator[WindowStore]:
     if request.param == "memory":
-        yield MemoryStore()
+        yield MemoryStore(sweep_every=3)  # sweep often: it must never drop live state
     else:
         url, prefix = request.getfixturevalue("redis_url")
         s = RedisStore(url, prefix=prefix, budget_s=2.0)
@@ -167,6 +167,38 @@ def test_state_older_than_retention_is_trimmed(store: WindowStore) -> None:
     # d is 4 minutes late, within the allowed lateness: exact. (T0 + 6m, T0 + 66m] holds c and d.
     w = event(store, p, "d", T0 + 66 * MIN)
     assert w["card_count_1h"] == 2
+
+
+def test_events_within_the_allowed_lateness_are_exact(store: WindowStore) -> None:
+    p = plan()  # longest window 1h + lateness 5m
+    event(store, p, "a", T0)
+    event(store, p, "x", T0 + 8 * MIN)
+    event(store, p, "b", T0 + 70 * MIN)  # drops "a" (older than T0 + 70m - 65m), keeps "x"
+    late = event(store, p, "d", T0 + 66 * MIN)  # 4 minutes late
+    assert late["card_count_1h"] == 2  # (T0 + 6m, T0 + 66m]: x and d
+    assert late["card_count_10m"] == 1
+
+
+def test_a_backlog_of_other_entities_does_not_evict_live_state(store: WindowStore) -> None:
+    p = plan()
+    event(store, p, "x1", T0, card="busy-1")
+    for i in range(12):  # other entities move far ahead in event time (a backlog flush)
+        event(store, p, f"o{i}", T0 + 3 * 3_600_000 + i, card=f"other-{i}")
+    w = event(store, p, "x2", T0 + MIN, card="busy-1")
+    assert w["card_count_10m"] == 2
+
+
+def test_concurrent_first_calls_on_a_new_plan(redis_url: tuple[str, str]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, prefix = redis_url
+    for attempt in range(5):
+        store = RedisStore(url, prefix=f"{prefix}-{attempt}", budget_s=2.0)
+        p = plan()
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i, s=store, q=p: event(s, q, f"t{i}", T0 + i, card=f"c{i}"), range(16)))
+        assert all(r["card_count_10m"] == 1 for r in results)
+        store.close()
 
 
 def test_redis_keys_expire_and_share_a_slot(redis_url: tuple[str, str]) -> None:

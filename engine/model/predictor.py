@@ -7,9 +7,10 @@ registry folder (`models/`) holds model folders and a `PROMOTED` file naming
 the one to serve.
 
 At load the model is checked against the rule set it will serve with: every
-feature must be a numeric field the pipeline produces, and every window it
-uses must be defined exactly as when it was trained. Otherwise it is refused
-with a message that says which feature and why.
+feature must be a numeric field the pipeline produces, every window it uses
+must be defined exactly as when it was trained, and the base currency and
+time zone (which amount and time features depend on) must be the same.
+Otherwise it is refused with a message that says which feature and why.
 """
 
 from __future__ import annotations
@@ -96,12 +97,24 @@ def load_model(path: str | Path, ruleset: RuleSet) -> Model:
             f"{ruleset.version}: {', '.join(missing)} (define these windows in the rules, or train a new model)"
         )
     defined = {s.name: window_to_dict(s) for s in ruleset.windows.specs}
-    for trained in metadata.get("windows", []):
-        name = trained.get("name")
-        if name in features and defined.get(name) != trained:
+    trained = {w.get("name"): w for w in metadata.get("windows", [])}
+    for name in features:
+        if name not in defined:
+            continue
+        if name not in trained:
+            raise ModelInvalid(f"model {version} uses window {name} but its metadata does not say how it was defined")
+        if defined[name] != trained[name]:
             raise ModelInvalid(
-                f"model {version} was trained with window {name} = {trained}, "
-                f"but rule set {ruleset.version} defines it as {defined.get(name)}"
+                f"model {version} was trained with window {name} = {trained[name]}, "
+                f"but rule set {ruleset.version} defines it as {defined[name]}"
+            )
+    # Amount features are in the base currency and time features in the rule set's
+    # time zone: a model trained under other settings would read shifted values.
+    for key, current in (("base_currency", ruleset.enricher.money.base), ("timezone", ruleset.enricher.timezone.key)):
+        if metadata.get(key) != current:
+            trained_with = metadata.get(key)
+            raise ModelInvalid(
+                f"model {version} was trained with {key} {trained_with!r}, rule set {ruleset.version} uses {current!r}"
             )
     try:
         booster = lightgbm.Booster(model_file=str(folder / "model.txt"))

@@ -190,6 +190,8 @@ def train(
         "features": list(config.features),
         "windows": [window_to_dict(windows[f]) for f in config.features if f in windows],
         "ruleset_version": ruleset.version,
+        "base_currency": ruleset.enricher.money.base,
+        "timezone": ruleset.enricher.timezone.key,
         "training_data": {
             "file": Path(data).name,
             "sha256": hashlib.sha256(data_bytes).hexdigest(),

@@ -62,6 +62,7 @@ _COMPARE = {
 }
 _ARITH = (ast.Add, ast.Sub, ast.Mult, ast.Div)
 _LITERAL_NAMES = {"true": True, "false": False}
+MAX_CONDITION_LENGTH = 2000
 
 
 def _type_of_value(value: Any) -> str | None:
@@ -167,6 +168,8 @@ class _Checker:
             if symbol is None:
                 raise self.fail(node, f"operator '{type(op).__name__}' is not allowed")
             if symbol in ("in", "not in"):
+                if len(node.ops) > 1:
+                    raise self.fail(node, f"'{symbol}' cannot be chained with other comparisons; use 'and'")
                 if lk == BOOL:
                     raise self.fail(node, "'in' needs a number or string on the left")
                 right = self.literal_list(right_node, lk)
@@ -187,18 +190,28 @@ def compile_condition(text: str, catalog: Mapping[str, str], label: str = "<rule
     """Parse, type-check and compile a condition; raise ExprError with a position."""
     if not isinstance(text, str) or not text.strip():
         raise ExprError(1, 1, "the condition is empty")
+    if len(text) > MAX_CONDITION_LENGTH:
+        raise ExprError(1, 1, f"the condition is {len(text)} characters long, the limit is {MAX_CONDITION_LENGTH}")
     source = " ".join(text.split("\n")) if "\n" in text else text
     try:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as exc:
         raise ExprError(exc.lineno or 1, exc.offset or 1, f"syntax error: {exc.msg}") from None
+    except (RecursionError, MemoryError):
+        raise ExprError(1, 1, "the condition is nested too deeply") from None
     checker = _Checker(catalog)
-    body, kind = checker.check(tree.body)
+    try:
+        body, kind = checker.check(tree.body)
+    except RecursionError:
+        raise ExprError(1, 1, "the condition is nested too deeply") from None
     if kind != BOOL:
         raise ExprError(1, 1, f"a condition must be true or false, this one is a {kind}")
     args = ast.arguments(posonlyargs=[], args=[ast.arg(arg="f")], kwonlyargs=[], kw_defaults=[], defaults=[])
     lam = ast.Expression(body=ast.Lambda(args=args, body=body))
     ast.fix_missing_locations(lam)
-    code = compile(lam, label, "eval")
+    try:
+        code = compile(lam, label, "eval")
+    except (RecursionError, MemoryError):
+        raise ExprError(1, 1, "the condition is nested too deeply") from None
     fn = eval(code, {"__builtins__": {}})  # noqa: S307 - evaluates the AST built above, never user text
     return Compiled(fn=fn, names=frozenset(checker.names))

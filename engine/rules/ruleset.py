@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import keyword
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +36,8 @@ from engine.transaction import Action
 from engine.windows.spec import NUMERIC_FIELDS, Aggregate, WindowPlan, WindowSpec
 
 SCORE = "score"
+#: Names a window may not take: the score, the attribute map, literals, Python keywords.
+RESERVED = frozenset({SCORE, "attributes", "true", "false", *keyword.kwlist, *keyword.softkwlist})
 ENTITY_FIELDS = ("user_id", "card_id", "device_id", "ip", "merchant_id", "country", "channel", "currency")
 DISTINCT_FIELDS = ENTITY_FIELDS
 MIN_WINDOW_MS = 60_000
@@ -287,8 +291,8 @@ def _money(b: _Builder, node: Any, pos: tuple[int, int]) -> Money | None:
     for code, rate in raw.items():
         if code not in CURRENCY_EXPONENTS:
             b.err(raw.key_at(code), f"{code!r} is not an ISO 4217 currency code")
-        elif isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
-            b.err(raw.value_at(code), f"the rate of {code} must be a positive number, got {rate!r}")
+        elif isinstance(rate, bool) or not isinstance(rate, int | float) or not (0 < rate < math.inf):
+            b.err(raw.value_at(code), f"the rate of {code} must be a positive, finite number, got {rate!r}")
         else:
             rates[code] = float(rate)
     return Money(base, rates)
@@ -318,8 +322,8 @@ def _windows(b: _Builder, nodes: list[tuple[str, Located, int, int]]) -> list[Wi
         name = _named(b, node, "name", (line, col), seen, "window")
         if name is None:
             continue
-        if name in FIELDS or name == SCORE:
-            b.err(node.value_at("name"), f"window name '{name}' hides the field of the same name")
+        if name in FIELDS or name in RESERVED:
+            b.err(node.value_at("name"), f"window name '{name}' is reserved (a field or a word of the language)")
             continue
         entity_raw = node.get("entity")
         entity = (

@@ -54,6 +54,7 @@ def make_store(config: ServeConfig) -> WindowStore:
             budget_s=config.redis_budget_ms / 1000.0,
             cooldown_s=config.redis_cooldown_ms / 1000.0,
             idempotency_ttl_s=config.idempotency_ttl_s,
+            max_connections=max(config.threads, 8),
         )
     return MemoryStore(idempotency_ttl_s=config.idempotency_ttl_s)
 
@@ -68,7 +69,9 @@ def start(config: ServeConfig) -> Running:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="score"),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-        options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 64 * 1024)],
+        # No SO_REUSEPORT: a second server on the same port must fail, not silently
+        # split traffic (and, with the in-process store, window state).
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024)],
     )
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import zlib
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 
@@ -21,7 +22,6 @@ _MIN = AGG_CODES[Aggregate.MIN]
 _MAX = AGG_CODES[Aggregate.MAX]
 _DISTINCT = AGG_CODES[Aggregate.DISTINCT]
 _MAX_ID = "\U0010ffff"  # sorts after every transaction id (ids are printable ASCII)
-_SWEEP_EVERY = 10_000  # applies between sweeps of idle entities
 
 
 class _Series:
@@ -31,33 +31,44 @@ class _Series:
     counts work on plain slices.
     """
 
-    __slots__ = ("events", "times", "values")
+    __slots__ = ("events", "expires", "times", "values")
 
     def __init__(self) -> None:
         self.events: list[tuple[int, str]] = []  # sorted (event_time_ms, transaction_id)
         self.values: list[int | str] = []  # the aggregated value of each event ('' for counts)
         self.times: dict[str, int] = {}  # transaction id -> event time, to find a re-added id
+        self.expires = 0.0  # wall clock (monotonic s) after which the series is idle, as Redis PEXPIRE
 
 
 class MemoryStore:
     """Window and idempotency state in this process's memory.
 
-    Thread-safe (one lock). `idempotency_ttl_s` bounds how long responses are
-    remembered (wall clock, like Redis key expiry); `remember_responses=False`
-    keeps no idempotency records at all, for replay over history where memory
-    matters (window updates are idempotent by transaction id regardless).
+    Thread-safe (one lock). Memory stays bounded:
+    - a series idle for longer than its retention (wall clock since its last
+      write, as Redis key expiry) is swept away;
+    - idempotency records live `idempotency_ttl_s` (wall clock) and at most
+      `max_records` are kept (the oldest go first), zlib-compressed;
+    - `remember_responses=False` keeps no idempotency records at all, for
+      replay over history (window updates are idempotent by transaction id
+      regardless).
     """
 
     name = "memory"
 
-    def __init__(self, idempotency_ttl_s: float = 86400.0, remember_responses: bool = True) -> None:
+    def __init__(
+        self,
+        idempotency_ttl_s: float = 86400.0,
+        remember_responses: bool = True,
+        max_records: int = 1_000_000,
+        sweep_every: int = 10_000,
+    ) -> None:
+        self._sweep_every = sweep_every
         self._series: dict[tuple[str, str], _Series] = {}
-        self._retention: dict[str, int] = {}  # group storage name -> retention
-        self._seen: OrderedDict[str, tuple[float, str, str | None]] = OrderedDict()
+        self._seen: OrderedDict[str, tuple[float, str, bytes | None]] = OrderedDict()
         self._ttl = idempotency_ttl_s
+        self._max_records = max_records
         self._remember = remember_responses
         self._lock = threading.Lock()
-        self._newest = -(2**62)  # newest event time seen, for the sweep of idle entities
         self._applies = 0
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
@@ -70,35 +81,38 @@ class MemoryStore:
                     if seen[1] != fingerprint:
                         raise IdempotencyConflict(bound.transaction_id)
                     if seen[2] is not None:
-                        return WindowsOutcome(replay=seen[2], raw=())
+                        return WindowsOutcome(replay=zlib.decompress(seen[2]).decode(), raw=())
                 else:
                     self._seen[bound.transaction_id] = (now + self._ttl, fingerprint, None)
+                    self._bound_records()
             raw = self._update_and_read(plan, bound)
-            self._newest = max(self._newest, bound.event_time_ms)
             self._applies += 1
-            if self._applies % _SWEEP_EVERY == 0:
+            if self._applies % self._sweep_every == 0:
                 self._sweep()
             return WindowsOutcome(replay=None, raw=raw)
 
     def remember(self, transaction_id: str, fingerprint: str, response: str) -> None:
         if not self._remember:
             return
+        record = zlib.compress(response.encode(), 1)
         with self._lock:
-            self._seen[transaction_id] = (time.monotonic() + self._ttl, fingerprint, response)
+            self._seen[transaction_id] = (time.monotonic() + self._ttl, fingerprint, record)
             self._seen.move_to_end(transaction_id)
+            self._bound_records()
 
     def close(self) -> None:
         pass
 
     def _sweep(self) -> None:
-        """Forget entities idle for longer than their retention (Redis lets such keys expire)."""
-        stale = [
-            key
-            for key, series in self._series.items()
-            if series.events[-1][0] < self._newest - self._retention.get(key[0], 0)
-        ]
+        """Forget series idle for longer than their retention, as Redis lets such keys expire."""
+        now = time.monotonic()
+        stale = [key for key, series in self._series.items() if series.expires < now]
         for key in stale:
             del self._series[key]
+
+    def _bound_records(self) -> None:
+        while len(self._seen) > self._max_records:
+            self._seen.popitem(last=False)
 
     def _expire(self, now: float) -> None:
         while self._seen:
@@ -111,14 +125,14 @@ class MemoryStore:
         raw = [0] * plan.raw_size
         t = bound.event_time_ms
         txid = bound.transaction_id
+        expires = time.monotonic()
         for bg in bound.groups:
             group = bg.group
-            storage = group.storage
-            self._retention[storage] = group.retention_ms
-            key = (storage, bg.entity_value)
+            key = (group.storage, bg.entity_value)
             series = self._series.get(key)
             if series is None:
                 series = self._series[key] = _Series()
+            series.expires = expires + group.retention_ms / 1000.0
             events, values, times = series.events, series.values, series.times
             old = times.get(txid)
             if old is not None:  # the same id again: replace, as ZADD does

@@ -51,23 +51,28 @@ class RedisStore:
         max_connections: int = 64,
     ) -> None:
         self.prefix = prefix
-        self._client = redis.Redis.from_url(
+        no_retry = Retry(NoBackoff(), 0)
+        # A blocking pool: a thread waits (up to the budget) for a free connection
+        # instead of failing, and the pool never grows past max_connections.
+        pool = redis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=budget_s,
             socket_timeout=budget_s,
             socket_connect_timeout=connect_budget_s if connect_budget_s is not None else budget_s,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-            max_connections=max_connections,
+            retry=no_retry,
             health_check_interval=0,
         )
+        self._client = redis.Redis(connection_pool=pool, retry=no_retry)
         self._script = self._client.register_script(LUA_SOURCE)
-        self._layouts: weakref.WeakKeyDictionary[WindowPlan, str] = weakref.WeakKeyDictionary()
-        self._group_index: weakref.WeakKeyDictionary[WindowPlan, dict[int, int]] = weakref.WeakKeyDictionary()
+        self._plans: weakref.WeakKeyDictionary[WindowPlan, tuple[str, dict[int, int]]] = weakref.WeakKeyDictionary()
         self._ttl_ms = int(idempotency_ttl_s * 1000)
         self._cooldown = cooldown_s
         self._open_until = 0.0
         self._lock = threading.Lock()
         self.last_error = ""
+        if self._ttl_ms <= 0:
+            raise ValueError("idempotency_ttl_s must be positive")
 
     # -- keys --------------------------------------------------------------
     def _idem_key(self, transaction_id: str) -> str:
@@ -77,23 +82,23 @@ class RedisStore:
         return f"{{{self.prefix}:{'+'.join(entity)}:{value}}}"
 
     # -- store protocol ----------------------------------------------------
-    def _layout(self, plan: WindowPlan) -> str:
-        """The static description of the plan's groups for the script, built once per plan."""
-        layout = self._layouts.get(plan)
-        if layout is None:
-            parts = []
-            for g in plan.groups:
-                nums = [0 if g.value_field is None else 1, g.retention_ms, g.retention_ms]
-                for w in g.windows:
-                    nums += [w.output, w.agg_code, w.duration_ms]
-                parts.append(",".join(str(n) for n in nums))
-            layout = self._layouts[plan] = ";".join(parts)
-            self._group_index[plan] = {id(g): i + 1 for i, g in enumerate(plan.groups)}
-        return layout
+    def _layout(self, plan: WindowPlan) -> tuple[str, dict[int, int]]:
+        """The static description of the plan's groups for the script, and each group's index, once per plan."""
+        known = self._plans.get(plan)
+        if known is not None:
+            return known
+        parts = []
+        for g in plan.groups:
+            nums = [0 if g.value_field is None else 1, g.retention_ms, g.retention_ms]
+            for w in g.windows:
+                nums += [w.output, w.agg_code, w.duration_ms]
+            parts.append(",".join(str(n) for n in nums))
+        built = (";".join(parts), {id(g): i + 1 for i, g in enumerate(plan.groups)})
+        with self._lock:
+            return self._plans.setdefault(plan, built)
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
-        layout = self._layout(plan)
-        index = self._group_index[plan]
+        layout, index = self._layout(plan)
         keys = [self._idem_key(bound.transaction_id)]
         args: list[str | int] = [
             bound.transaction_id,

@@ -81,7 +81,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--warmup", type=int, default=500)
-    parser.add_argument("--store", choices=("redis", "memory"), default="redis")
+    parser.add_argument(
+        "--store",
+        choices=("redis", "memory", "trivial"),
+        default="redis",
+        help="window store of the engine, or 'trivial': a server returning a fixed response (the gRPC ceiling)",
+    )
     parser.add_argument("--redis-url", default="")
     args = parser.parse_args()
 
@@ -108,6 +113,8 @@ def main() -> None:
         time.sleep(0.3)
     port = free_port()
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--port", str(port)]
+    if args.store == "trivial":
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "trivial_server.py"), str(port)]
     if args.store == "redis":
         cmd += ["--redis-url", redis_url]
     server = subprocess.Popen(

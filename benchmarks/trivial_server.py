@@ -1,6 +1,6 @@
 """A trivial RiskEngine server: returns a fixed ScoreResponse. The ceiling of Python gRPC on this machine.
 
-    python benchmarks/trivial_server.py PORT
+python benchmarks/trivial_server.py PORT
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from engine.service.pb import risk_pb2, risk_pb2_grpc  # noqa: E402
+from engine.service.pb import risk_pb2, risk_pb2_grpc
 
 FIXED = risk_pb2.ScoreResponse(
     transaction_id="fixed",

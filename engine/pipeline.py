@@ -22,18 +22,14 @@ from engine.enrich import BOOL, NUMBER
 from engine.model.predictor import Model
 from engine.rules.ruleset import SCORE, RuleSet
 from engine.transaction import Action, Reason, ReasonSource, ScoreResult, Transaction
+from engine.validation import InvalidTransaction, Limits, validate
+from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowStore
 
-# Re-exported for the doors that catch them.
-from engine.validation import (
-    InvalidTransaction,  # noqa: F401  (re-export)
-    Limits,
-    validate,
-)
-from engine.windows.store import (
-    IdempotencyConflict,  # noqa: F401  (re-export)
-    StoreUnavailable,
-    WindowStore,
-)
+# The errors a door must handle, importable from here.
+__all__ = ["IdempotencyConflict", "InvalidTransaction", "Pipeline", "Scored", "Snapshot"]
+
+#: Time kept for the model, rules and the response after the window store answers.
+DEADLINE_MARGIN_S = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +82,12 @@ class Pipeline:
     def swap(self, ruleset: RuleSet, model: Model | None) -> None:
         self.snapshot = make_snapshot(ruleset, model)
 
-    def score(self, txn: Transaction) -> Scored:
+    def score(self, txn: Transaction, time_left_s: float | None = None) -> Scored:
         """Score one transaction.
+
+        `time_left_s` is how long the caller will wait (its deadline); when it
+        is shorter than the store's budget plus a margin, the store is not
+        called and the answer is degraded rather than late.
 
         Raises InvalidTransaction (bad input) and IdempotencyConflict (an id
         reused with other content); every other failure degrades the answer
@@ -106,6 +106,8 @@ class Pipeline:
         reasons: list[Reason] = []
         windows_ok = True
         try:
+            if time_left_s is not None and time_left_s < self.store.budget_s + DEADLINE_MARGIN_S:
+                raise StoreUnavailable(f"{time_left_s * 1000:.0f} ms left before the caller's deadline")
             outcome = self.store.apply(plan, bound, fingerprint)
         except StoreUnavailable as exc:
             windows_ok = False

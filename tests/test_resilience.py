@@ -182,3 +182,16 @@ def test_sigterm_drains_the_call_in_flight(trained_registry: Path, own_redis: Re
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_deadline_shorter_than_the_redis_budget_skips_redis(
+    live: tuple[Running, risk_pb2_grpc.RiskEngineStub],
+) -> None:
+    _, stub = live  # Redis budget 50 ms
+    card = f"c-{uuid.uuid4().hex[:6]}"
+    short, _ = timed(stub, request(card_id=card), deadline_s=0.03)
+    assert short.degraded
+    assert [r.code for r in short.reasons if r.source == risk_pb2.REASON_SOURCE_SYSTEM] == ["WINDOWS_UNAVAILABLE"]
+    normal, _ = timed(stub, request(card_id=card), deadline_s=1.0)
+    assert not normal.degraded
+    assert normal.features["card_count_10m"] == 1  # the short call counted nothing

@@ -51,7 +51,7 @@ class RiskEngineServicer(risk_pb2_grpc.RiskEngineServicer):
     def Score(self, request: risk_pb2.ScoreRequest, context: grpc.ServicerContext) -> risk_pb2.ScoreResponse:  # noqa: N802
         try:
             txn = to_transaction(request, self.pipeline.limits)
-            scored = self.pipeline.score(txn)
+            scored = self.pipeline.score(txn, context.time_remaining())
         except InvalidTransaction as exc:
             path = exc.field if exc.field == "transaction" else f"transaction.{exc.field}"
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{path}: {exc.reason}")

@@ -54,6 +54,7 @@ class MemoryStore:
     """
 
     name = "memory"
+    budget_s = 0.0
 
     def __init__(
         self,

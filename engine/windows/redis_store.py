@@ -51,6 +51,7 @@ class RedisStore:
         max_connections: int = 64,
     ) -> None:
         self.prefix = prefix
+        self.budget_s = budget_s
         no_retry = Retry(NoBackoff(), 0)
         # A blocking pool: a thread waits (up to the budget) for a free connection
         # instead of failing, and the pool never grows past max_connections.

@@ -38,6 +38,8 @@ class WindowStore(Protocol):
     """Keeps window state and idempotency records (see engine.windows for semantics)."""
 
     name: str
+    #: The longest one call may take; a caller with less time left skips the store.
+    budget_s: float
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
         """Idempotency check, then add the event and read its windows, atomically.

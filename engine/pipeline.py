@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from engine.decision import decide
@@ -22,7 +22,7 @@ from engine.enrich import BOOL, NUMBER
 from engine.model.predictor import Model
 from engine.rules.ruleset import SCORE, RuleSet
 from engine.transaction import Action, Reason, ReasonSource, ScoreResult, Transaction
-from engine.validation import InvalidTransaction, Limits, validate
+from engine.validation import InvalidTransaction, Limits, canonical_ip, validate
 from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowStore
 
 # The errors a door must handle, importable from here.
@@ -94,9 +94,12 @@ class Pipeline:
         instead of failing it.
         """
         started = time.perf_counter_ns()
+        deadline = None if time_left_s is None else time.monotonic() + time_left_s
         snap = self.snapshot
         ruleset = snap.ruleset
         validate(txn, self.limits, int(self.clock() * 1000) if self.check_clock else None)
+        if txn.ip and (ip := canonical_ip(txn.ip)) != txn.ip:
+            txn = replace(txn, ip=ip)
         fields = ruleset.enricher.enrich(txn)
         fields["attributes"] = dict(txn.attributes)
         plan = ruleset.windows
@@ -118,11 +121,13 @@ class Pipeline:
                 return Scored(ScoreResult.from_json(outcome.replay), replayed=True, fields={})
             fields.update(plan.finish(outcome.raw))
 
-        # The score is usable only when the model ran and gave a number; without a
-        # model (offline feature computation) rules on the score are simply skipped.
+        # The score is usable only when the model ran on complete inputs and gave a
+        # number. Without windows it is not run (its window features would be NaN);
+        # without a model (offline feature computation) there is no score either.
+        # Either way rules on the score are skipped.
         model = snap.model
         score = float("nan")
-        if model is not None:
+        if model is not None and windows_ok:
             try:
                 score = model.predict(fields)
             except Exception as exc:  # noqa: BLE001 - a broken model must not fail the payment
@@ -131,7 +136,7 @@ class Pipeline:
                 if math.isnan(score):
                     self.on_degraded("model", "the model returned a non-finite score")
         score_ok = not math.isnan(score)
-        model_failed = model is not None and not score_ok
+        model_failed = model is not None and windows_ok and not score_ok
         fields[SCORE] = score
 
         for rule in ruleset.rules:
@@ -145,7 +150,7 @@ class Pipeline:
                 reasons.append(Reason(rule.reason_code, ReasonSource.RULE, rule.message, rule.action, rule.id))
 
         policy = ruleset.model_policy
-        if windows_ok and score_ok:
+        if score_ok:
             if policy.deny_at is not None and score >= policy.deny_at:
                 reasons.append(
                     Reason(
@@ -189,10 +194,15 @@ class Pipeline:
             elapsed_us=(time.perf_counter_ns() - started) // 1000,
         )
         if windows_ok and self.record:
-            try:
-                self.store.remember(txn.transaction_id, fingerprint, result.to_json())
-            except StoreUnavailable as exc:
-                self.on_degraded("record", str(exc))
+            # The record is a second store call: skipped when it could outlast the
+            # caller's deadline (a retry is then scored again, counting nothing twice).
+            if deadline is not None and deadline - time.monotonic() < self.store.budget_s + DEADLINE_MARGIN_S:
+                self.on_degraded("record", "skipped: too close to the caller's deadline")
+            else:
+                try:
+                    self.store.remember(txn.transaction_id, fingerprint, result.to_json())
+                except StoreUnavailable as exc:
+                    self.on_degraded("record", str(exc))
         return Scored(result, replayed=False, fields=fields)
 
     @staticmethod

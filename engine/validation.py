@@ -31,7 +31,7 @@ class Limits:
     #: Amounts above this many minor units are refused as absurd.
     max_amount_minor: int = 10**13
     #: How far the event time may lie behind / ahead of the server clock.
-    max_event_age_s: float = 7 * 86400.0
+    max_event_age_s: float = 86400.0
     max_event_lead_s: float = 300.0
 
 
@@ -47,6 +47,18 @@ def _check_id(field: str, value: str, limits: Limits, required: bool = False) ->
         raise InvalidTransaction(field, f"is {len(value)} characters long, the limit is {limits.max_id_length}")
     if not value.isascii() or not value.isprintable() or " " in value:
         raise InvalidTransaction(field, "must be printable ASCII without spaces")
+
+
+def canonical_ip(text: str) -> str:
+    """One spelling per address: lower-case compressed IPv6, IPv4-mapped IPv6 as IPv4.
+
+    `2001:DB8:0::1` and `2001:db8::1` are one entity for the windows, and a
+    retry that spells the address differently is the same transaction.
+    """
+    addr = ipaddress.ip_address(text)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
 
 
 def validate(txn: Transaction, limits: Limits, now_ms: int | None) -> None:

@@ -68,7 +68,7 @@ def nearly_valid(draw: st.DrawFn) -> risk_pb2.ScoreRequest:
         channel=draw(st.integers(0, 4)),
         attributes=draw(st.dictionaries(st.sampled_from(["mcc", "bin", "ua"]), st.text(max_size=20), max_size=3)),
     )
-    ms = now_ms() - draw(st.integers(0, 86_400_000))
+    ms = now_ms() - draw(st.integers(0, 12 * 3_600_000))  # within the accepted age of one day
     t.event_time.CopyFrom(Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000))
     if draw(st.booleans()):
         setattr(t, draw(st.sampled_from(FIELDS)), draw(text))

@@ -5,6 +5,7 @@ Also: SIGTERM on a real `risk-engine serve` process drains the call in flight.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -68,6 +69,7 @@ def test_redis_stopped_then_restarted(
     system = [r for r in small.reasons if r.source == risk_pb2.REASON_SOURCE_SYSTEM]
     assert [r.code for r in system] == ["WINDOWS_UNAVAILABLE"]
     assert small.decision == risk_pb2.DECISION_ALLOW  # below the fallback bound of 500 EUR
+    assert math.isnan(small.score)  # the model is not run on missing windows
     assert "card_count_10m" not in small.features  # unknown, not a made-up zero
     large, _ = timed(stub, request(card_id=card, amount_minor=60_000, event_time_ms=t + 2))
     assert large.degraded and large.decision == risk_pb2.DECISION_REVIEW

@@ -147,3 +147,17 @@ def test_score_is_a_probability_and_matches_offline_prediction(
     assert model is not None
     offline = model.predict({name: resp.features.get(name, math.nan) for name in model.features})
     assert resp.score == pytest.approx(offline, abs=1e-12)
+
+
+def test_ip_spellings_are_one_entity_and_one_transaction(stub: risk_pb2_grpc.RiskEngineStub) -> None:
+    t = now_ms()
+    spellings = ["2001:db8::7", "2001:DB8::7", "2001:db8:0:0:0:0:0:7", "2001:0db8::0007"]
+    for k, ip in enumerate(spellings):
+        resp = call(stub, request(ip=ip, card_id=f"c-ip-{k}", device_id=f"d-ip-{k}", event_time_ms=t + k))
+    assert resp.features["ip_distinct_cards_1h"] == 4
+    for k, ip in enumerate(["203.0.113.77", "::ffff:203.0.113.77"]):
+        resp = call(stub, request(ip=ip, card_id=f"c-v4-{k}", device_id=f"d-v4-{k}", event_time_ms=t + k))
+    assert resp.features["ip_distinct_cards_1h"] == 2
+    first = call(stub, request(transaction_id="ip-retry", ip="2001:db8::8", event_time_ms=t))
+    again = call(stub, request(transaction_id="ip-retry", ip="2001:DB8:0::8", event_time_ms=t))
+    assert again == first

@@ -33,6 +33,7 @@ PLAN = WindowPlan(
     ],
     allowed_lateness_ms=2 * MIN,
     amount_scale=0.01,
+    max_events_per_series=7,  # small, so the cap on value series is exercised too
 )
 
 # Offsets on a 1-minute grid plus edge offsets, so events often sit exactly on t - d.
@@ -62,7 +63,7 @@ _runs = itertools.count()
 def test_memory_and_redis_agree(redis_url: tuple[str, str], stream: list[tuple]) -> None:
     url, prefix = redis_url
     redis_store = RedisStore(url, prefix=f"{prefix}-{next(_runs)}", budget_s=2.0)
-    memory = MemoryStore(sweep_every=5)
+    memory = MemoryStore()
     sent: list[tuple[str, int, dict[str, object], str]] = []
     try:
         for step in stream:

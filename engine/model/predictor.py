@@ -108,9 +108,15 @@ def load_model(path: str | Path, ruleset: RuleSet) -> Model:
                 f"model {version} was trained with window {name} = {trained[name]}, "
                 f"but rule set {ruleset.version} defines it as {defined[name]}"
             )
-    # Amount features are in the base currency and time features in the rule set's
-    # time zone: a model trained under other settings would read shifted values.
-    for key, current in (("base_currency", ruleset.enricher.money.base), ("timezone", ruleset.enricher.timezone.key)):
+    # Amount features are in the base currency, time features in the rule set's time
+    # zone, and value windows capped: a model trained under other settings would read
+    # shifted values.
+    settings = (
+        ("base_currency", ruleset.enricher.money.base),
+        ("timezone", ruleset.enricher.timezone.key),
+        ("max_events_per_series", ruleset.windows.max_events_per_series),
+    )
+    for key, current in settings:
         if metadata.get(key) != current:
             trained_with = metadata.get(key)
             raise ModelInvalid(

@@ -77,7 +77,7 @@ PRESETS: dict[str, ColumnMapping] = {
 @dataclass
 class Dataset:
     transactions: list[Transaction]
-    labels: np.ndarray | None  # int8 0/1 per transaction, when the mapping has a label
+    labels: np.ndarray | None  # float 0/1 per transaction (NaN: not labeled), when the mapping has a label
 
 
 class DatasetError(ValueError):
@@ -144,8 +144,8 @@ def table_to_dataset(table: pa.Table, mapping: ColumnMapping) -> Dataset:
     extras = {name: _strings(table, col) for name, col in mapping.extra.items()}
     labels = None
     if mapping.label is not None:
-        raw = table[mapping.label].to_numpy(zero_copy_only=False)
-        labels = np.nan_to_num(raw.astype(np.float64), nan=0.0).astype(np.int8)
+        # Nulls become NaN: an unknown label is not "genuine".
+        labels = pc.cast(table[mapping.label], pa.float64()).to_numpy(zero_copy_only=False)
 
     from engine.iso import CURRENCY_EXPONENTS
 

@@ -115,6 +115,10 @@ def train(
     dataset = read_dataset(data, PRESETS[config.mapping])
     if dataset.labels is None:
         raise ValueError("the data has no label column in this mapping")
+    ids = [t.transaction_id for t in dataset.transactions]
+    if len(set(ids)) != len(ids):
+        # Replay would merge them (a transaction counts once), but each would become a training row.
+        raise ValueError(f"{data}: {len(ids) - len(set(ids))} repeated transaction ids; deduplicate the data first")
     n = len(dataset.transactions)
     x = np.full((n, len(config.features)), np.nan, dtype=np.float64)
     valid = np.zeros(n, dtype=bool)
@@ -192,6 +196,7 @@ def train(
         "ruleset_version": ruleset.version,
         "base_currency": ruleset.enricher.money.base,
         "timezone": ruleset.enricher.timezone.key,
+        "max_events_per_series": ruleset.windows.max_events_per_series,
         "training_data": {
             "file": Path(data).name,
             "sha256": hashlib.sha256(data_bytes).hexdigest(),

@@ -6,6 +6,7 @@ A rules folder holds `*.yaml` files, read in name order and merged:
     timezone: UTC                    # for hour / day_of_week / is_night
     currency: {base: USD, rates: {EUR: 1.08}}
     allowed_lateness: 10m            # how late an event may arrive and still be exact
+    max_events_per_series: 5000      # cap on the events a sum/min/max/distinct series keeps
     windows:  [ {name, entity, aggregate, field, duration}, ... ]
     model:    {review_at: 0.5, deny_at: 0.9}
     degraded: {review_when: "amount >= 500", deny_when: "..."}
@@ -33,7 +34,7 @@ from engine.rules.errors import RuleError, RuleSetInvalid
 from engine.rules.expr import Condition, ExprError, compile_condition
 from engine.rules.source import Located, LocatedList, YamlError, load_yaml
 from engine.transaction import Action
-from engine.windows.spec import NUMERIC_FIELDS, Aggregate, WindowPlan, WindowSpec
+from engine.windows.spec import DEFAULT_MAX_EVENTS, NUMERIC_FIELDS, Aggregate, WindowPlan, WindowSpec
 
 SCORE = "score"
 #: Names a window may not take: the score, the attribute map, literals, Python keywords.
@@ -46,7 +47,17 @@ _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
 _UNITS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CODE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
-_TOP_KEYS = ("version", "timezone", "currency", "allowed_lateness", "windows", "model", "degraded", "rules")
+_TOP_KEYS = (
+    "version",
+    "timezone",
+    "currency",
+    "allowed_lateness",
+    "max_events_per_series",
+    "windows",
+    "model",
+    "degraded",
+    "rules",
+)
 _WINDOW_KEYS = ("name", "entity", "aggregate", "field", "duration", "description")
 _RULE_KEYS = ("id", "description", "condition", "action", "reason_code", "message", "owner", "tags")
 
@@ -182,7 +193,15 @@ def load_ruleset(path: str | Path) -> RuleSet:
     for file, doc in docs:
         b.file = file
         b.unknown_keys(doc, _TOP_KEYS, "a rule file")
-        for key in ("version", "timezone", "currency", "allowed_lateness", "model", "degraded"):
+        for key in (
+            "version",
+            "timezone",
+            "currency",
+            "allowed_lateness",
+            "max_events_per_series",
+            "model",
+            "degraded",
+        ):
             if key in doc:
                 if key in settings:
                     b.err(doc.key_at(key), f"'{key}' is already set in {settings[key][0]}")
@@ -240,6 +259,14 @@ def load_ruleset(path: str | Path) -> RuleSet:
         else:
             lateness = ms
 
+    max_events = DEFAULT_MAX_EVENTS
+    got = setting("max_events_per_series")
+    if got is not None:
+        if isinstance(got[0], bool) or not isinstance(got[0], int) or not 10 <= got[0] <= 1_000_000:
+            b.err(got[1], f"'max_events_per_series' must be a whole number from 10 to 1000000, got {got[0]!r}")
+        else:
+            max_events = got[0]
+
     specs = _windows(b, windows_nodes)
     catalog: dict[str, str] = {name: kind for name, (kind, _) in FIELDS.items()}
     for spec in specs:
@@ -266,7 +293,7 @@ def load_ruleset(path: str | Path) -> RuleSet:
         version=version,
         digest=digest.hexdigest()[:16],
         rules=tuple(rules),
-        windows=WindowPlan(specs, lateness, scale),
+        windows=WindowPlan(specs, lateness, scale, max_events),
         enricher=Enricher(money, timezone),
         model_policy=model_policy,
         degraded=degraded,

@@ -47,6 +47,7 @@ class Running:
 
 
 def make_store(config: ServeConfig) -> WindowStore:
+    delay = config.limits.max_event_age_s + config.limits.max_event_lead_s
     if config.redis_url:
         return RedisStore(
             config.redis_url,
@@ -55,8 +56,9 @@ def make_store(config: ServeConfig) -> WindowStore:
             cooldown_s=config.redis_cooldown_ms / 1000.0,
             idempotency_ttl_s=config.idempotency_ttl_s,
             max_connections=max(config.threads, 8),
+            max_event_delay_s=delay,
         )
-    return MemoryStore(idempotency_ttl_s=config.idempotency_ttl_s)
+    return MemoryStore(idempotency_ttl_s=config.idempotency_ttl_s, max_event_delay_s=delay)
 
 
 def on_degraded(cause: str, detail: str) -> None:
@@ -71,7 +73,7 @@ def start(config: ServeConfig) -> Running:
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         # No SO_REUSEPORT: a second server on the same port must fail, not silently
         # split traffic (and, with the in-process store, window state).
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024)],
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 1024 * 1024)],
     )
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -39,13 +39,22 @@ class _Series:
         self.times: dict[str, int] = {}  # transaction id -> event time, to find a re-added id
         self.expires = 0.0  # wall clock (monotonic s) after which the series is idle, as Redis PEXPIRE
 
+    def drop_oldest(self, n: int) -> None:
+        for _, dropped in self.events[:n]:
+            del self.times[dropped]
+        del self.events[:n]
+        del self.values[:n]
+
 
 class MemoryStore:
     """Window and idempotency state in this process's memory.
 
     Thread-safe (one lock). Memory stays bounded:
-    - a series idle for longer than its retention (wall clock since its last
-      write, as Redis key expiry) is swept away;
+    - a series idle for longer than its retention plus `max_event_delay_s`
+      (wall clock since its last write, as Redis key expiry) is dropped; the
+      series of one group expire in the order they were last written, so
+      dropping them costs nothing per call;
+    - a value series keeps at most the plan's `max_events_per_series` events;
     - idempotency records live `idempotency_ttl_s` (wall clock) and at most
       `max_records` are kept (the oldest go first), zlib-compressed;
     - `remember_responses=False` keeps no idempotency records at all, for
@@ -61,16 +70,17 @@ class MemoryStore:
         idempotency_ttl_s: float = 86400.0,
         remember_responses: bool = True,
         max_records: int = 1_000_000,
-        sweep_every: int = 10_000,
+        max_event_delay_s: float = 86400.0 + 300.0,
     ) -> None:
-        self._sweep_every = sweep_every
+        self._ttl_extra_s = max_event_delay_s
+        # Per group: its series, least recently written first (same TTL, so same order of expiry).
+        self._by_write: dict[str, OrderedDict[tuple[str, str], None]] = {}
         self._series: dict[tuple[str, str], _Series] = {}
         self._seen: OrderedDict[str, tuple[float, str, bytes | None]] = OrderedDict()
         self._ttl = idempotency_ttl_s
         self._max_records = max_records
         self._remember = remember_responses
         self._lock = threading.Lock()
-        self._applies = 0
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
         with self._lock:
@@ -86,11 +96,8 @@ class MemoryStore:
                 else:
                     self._seen[bound.transaction_id] = (now + self._ttl, fingerprint, None)
                     self._bound_records()
-            raw = self._update_and_read(plan, bound)
-            self._applies += 1
-            if self._applies % self._sweep_every == 0:
-                self._sweep()
-            return WindowsOutcome(replay=None, raw=raw)
+            self._drop_idle()
+            return WindowsOutcome(replay=None, raw=self._update_and_read(plan, bound))
 
     def remember(self, transaction_id: str, fingerprint: str, response: str) -> None:
         if not self._remember:
@@ -104,12 +111,16 @@ class MemoryStore:
     def close(self) -> None:
         pass
 
-    def _sweep(self) -> None:
-        """Forget series idle for longer than their retention, as Redis lets such keys expire."""
+    def _drop_idle(self) -> None:
+        """Forget series idle for longer than their TTL, as Redis lets such keys expire."""
         now = time.monotonic()
-        stale = [key for key, series in self._series.items() if series.expires < now]
-        for key in stale:
-            del self._series[key]
+        for order in self._by_write.values():
+            while order:
+                key = next(iter(order))
+                if self._series[key].expires >= now:
+                    break
+                del order[key]
+                del self._series[key]
 
     def _bound_records(self) -> None:
         while len(self._seen) > self._max_records:
@@ -126,14 +137,18 @@ class MemoryStore:
         raw = [0] * plan.raw_size
         t = bound.event_time_ms
         txid = bound.transaction_id
-        expires = time.monotonic()
+        now = time.monotonic()
+        cap = plan.max_events_per_series
         for bg in bound.groups:
             group = bg.group
             key = (group.storage, bg.entity_value)
             series = self._series.get(key)
             if series is None:
                 series = self._series[key] = _Series()
-            series.expires = expires + group.retention_ms / 1000.0
+            series.expires = now + group.retention_ms / 1000.0 + self._ttl_extra_s
+            order = self._by_write.setdefault(group.storage, OrderedDict())
+            order[key] = None
+            order.move_to_end(key)
             events, values, times = series.events, series.values, series.times
             old = times.get(txid)
             if old is not None:  # the same id again: replace, as ZADD does
@@ -149,11 +164,10 @@ class MemoryStore:
             cutoff = t - group.retention_ms
             if events[0][0] < cutoff:
                 # Events with time < cutoff, as Redis drops scores in [-inf, cutoff).
-                n = bisect_left(events, (cutoff, ""))
-                for _, dropped in events[:n]:
-                    del times[dropped]
-                del events[:n]
-                del values[:n]
+                series.drop_oldest(bisect_left(events, (cutoff, "")))
+            if group.value_field is not None and len(events) > cap:
+                # A value series keeps at most `cap` events, oldest first out (as the Lua script).
+                series.drop_oldest(len(events) - cap)
             hi = bisect_right(events, (t, _MAX_ID))
             for w in group.windows:
                 lo = bisect_right(events, (t - w.duration_ms, _MAX_ID))

@@ -7,8 +7,9 @@ Key layout (prefix `P`, entity fields `card_id`, value `c1`):
 - `P:idem:{TXID}`             idempotency record: fingerprint, newline, the response
                               (zlib-compressed JSON: about 300-500 bytes a transaction)
 The braces are Redis Cluster hash tags: all keys of one entity value share a
-slot. Every key expires after its retention (window keys) or the idempotency
-TTL (records), so idle entities cost nothing.
+slot. Window keys expire after their retention plus the longest accepted event
+delay (wall clock), records after the idempotency TTL, so idle entities cost
+nothing.
 
 Failure policy: socket timeouts equal to the budget, no client retries (a
 payment cannot wait for redis-py's defaults), and after a failure the store
@@ -49,8 +50,13 @@ class RedisStore:
         cooldown_s: float = 0.5,
         idempotency_ttl_s: float = 86400.0,
         max_connections: int = 64,
+        max_event_delay_s: float = 86400.0 + 300.0,
     ) -> None:
         self.prefix = prefix
+        # Keys expire by wall clock, windows are in event time: a key must outlive
+        # its retention by the longest an event may be delayed (validation's
+        # max age plus lead), or a delayed event would find its history gone.
+        self._ttl_extra_ms = int(max_event_delay_s * 1000)
         self.budget_s = budget_s
         no_retry = Retry(NoBackoff(), 0)
         # A blocking pool: a thread waits (up to the budget) for a free connection
@@ -90,7 +96,8 @@ class RedisStore:
             return known
         parts = []
         for g in plan.groups:
-            nums = [0 if g.value_field is None else 1, g.retention_ms, g.retention_ms]
+            ttl = g.retention_ms + self._ttl_extra_ms
+            nums = [0 if g.value_field is None else 1, g.retention_ms, ttl, plan.max_events_per_series]
             for w in g.windows:
                 nums += [w.output, w.agg_code, w.duration_ms]
             parts.append(",".join(str(n) for n in nums))

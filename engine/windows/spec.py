@@ -31,6 +31,9 @@ class Aggregate(enum.Enum):
 #: Store codes for aggregates; AVG is computed from SUM and COUNT.
 AGG_CODES = {Aggregate.COUNT: 1, Aggregate.SUM: 2, Aggregate.MIN: 3, Aggregate.MAX: 4, Aggregate.DISTINCT: 5}
 
+#: Default cap on the events of one value series (see WindowPlan).
+DEFAULT_MAX_EVENTS = 5_000
+
 #: Numeric fields a window may aggregate, and the integer the store keeps for
 #: each (exact sums, identical in Lua and Python); `scale` turns it back.
 NUMERIC_FIELDS = {"amount": "amount_base_minor"}
@@ -111,9 +114,18 @@ class WindowPlan:
     sum and count, 0 where the entity was not sent.
     """
 
-    def __init__(self, specs: Sequence[WindowSpec], allowed_lateness_ms: int, amount_scale: float) -> None:
+    def __init__(
+        self,
+        specs: Sequence[WindowSpec],
+        allowed_lateness_ms: int,
+        amount_scale: float,
+        max_events_per_series: int = DEFAULT_MAX_EVENTS,
+    ) -> None:
         self.specs = tuple(specs)
         self.allowed_lateness_ms = allowed_lateness_ms
+        #: Value series (sums, extremes, distinct counts) keep at most this many
+        #: events, oldest dropped first: reading them walks the events.
+        self.max_events_per_series = max_events_per_series
         self.amount_scale = amount_scale
         self.names = tuple(s.name for s in self.specs)
 

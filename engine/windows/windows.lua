@@ -10,9 +10,9 @@
 --
 -- The layout describes every group of the window plan once, so the static
 -- part of a call is one argument: groups separated by ';', each a list of
--- numbers separated by ',': has_value (0/1), retention ms, key TTL ms, then
--- per window: output index (0-based), aggregate code (1 count, 2 sum, 3 min,
--- 4 max, 5 distinct), duration ms.
+-- numbers separated by ',': has_value (0/1), retention ms, key TTL ms, the
+-- most events a value series keeps, then per window: output index (0-based),
+-- aggregate code (1 count, 2 sum, 3 min, 4 max, 5 distinct), duration ms.
 --
 -- Returns {0} on an id reused with other content, {1, response} for a retry
 -- of a scored transaction, {2, v1, v2, ...} with the raw window values.
@@ -35,6 +35,11 @@ end
 
 local CHUNK = 1000
 local function num(x) return string.format('%.0f', x) end
+local function hdel(h, ids)
+  for i = 1, #ids, CHUNK do
+    redis.call('HDEL', h, unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
+  end
+end
 
 local out = {2}
 for i = 1, tonumber(ARGV[6]) do out[i + 1] = 0 end
@@ -52,7 +57,8 @@ for _ = 1, tonumber(ARGV[5]) do
   local has_value = spec[1] == 1
   local retention = spec[2]
   local ttl = spec[3]
-  local nwin = (#spec - 3) / 3
+  local cap = spec[4]
+  local nwin = (#spec - 4) / 3
   local z = KEYS[k]
   k = k + 1
   local h = nil
@@ -68,8 +74,8 @@ for _ = 1, tonumber(ARGV[5]) do
   local wins = {}
   local longest = 0
   for w = 1, nwin do
-    local d = spec[3 * w + 3]
-    wins[w] = {spec[3 * w + 1] + 2, spec[3 * w + 2], t - d}
+    local d = spec[3 * w + 4]
+    wins[w] = {spec[3 * w + 2] + 2, spec[3 * w + 3], t - d}
     if d > longest then longest = d end
   end
   -- Trim what no window can need any more: events older than this event's
@@ -78,11 +84,15 @@ for _ = 1, tonumber(ARGV[5]) do
   if h then
     local oldest = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
     if tonumber(oldest[2]) < cutoff then
-      local old = redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. num(cutoff))
-      for i = 1, #old, CHUNK do
-        redis.call('HDEL', h, unpack(old, i, math.min(i + CHUNK - 1, #old)))
-      end
+      hdel(h, redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. num(cutoff)))
       redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. num(cutoff))
+    end
+    -- A value series is read by walking it: keep at most `cap` events (the
+    -- oldest go first), so one very busy entity cannot stall Redis.
+    local size = redis.call('ZCARD', z)
+    if size > cap then
+      hdel(h, redis.call('ZRANGE', z, 0, size - cap - 1))
+      redis.call('ZREMRANGEBYRANK', z, 0, size - cap - 1)
     end
     redis.call('PEXPIRE', h, ttl)
   else

@@ -89,6 +89,7 @@ MALFORMED = [
     ("transaction.attributes", dict(attributes={f"k{i}": "v" for i in range(33)})),
     ("transaction.attributes", dict(attributes={"bad key": "v"})),
     ("transaction.attributes[mcc]", dict(attributes={"mcc": "9" * 300})),
+    ("transaction.attributes[ua]", dict(attributes={"ua": "x" * 70_000})),  # big, but under the 1 MiB message cap
 ]
 
 

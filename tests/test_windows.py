@@ -247,3 +247,19 @@ def test_redis_keys_expire_and_share_a_slot(redis_url: tuple[str, str]) -> None:
         assert retention + delay - 5_000 < client.pttl(k) <= retention + delay, k
     client.close()
     store.close()
+
+
+def test_memory_store_forgets_idle_series_like_redis_key_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.windows.memory as memory
+
+    clock = [1000.0]
+    monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
+    store = MemoryStore(max_event_delay_s=60.0)
+    p = plan()  # card count series: retention 65 min; TTL = 65 min + 60 s
+    event(store, p, "a", T0, card="idle")
+    event(store, p, "b", T0, card="busy")
+    clock[0] += 65 * 60 + 59  # just before the TTL: both still there
+    assert event(store, p, "c", T0 + 1, card="busy")["card_count_1h"] == 2
+    assert event(store, p, "d", T0 + 1, card="idle")["card_count_1h"] == 2
+    clock[0] += 65 * 60 + 61  # "idle" and "busy" were both last written at the previous tick
+    assert event(store, p, "e", T0 + 2, card="idle")["card_count_1h"] == 1  # expired, as its Redis key would

@@ -197,3 +197,32 @@ def test_a_deadline_shorter_than_the_redis_budget_skips_redis(
     normal, _ = timed(stub, request(card_id=card), deadline_s=1.0)
     assert not normal.degraded
     assert normal.features["card_count_10m"] == 1  # the short call counted nothing
+
+
+def test_overload_is_refused_at_once_not_queued(trained_registry: Path, own_redis: RedisProcess) -> None:
+    running = start(
+        make_config(trained_registry, (own_redis.url, "ovl"), threads=2, max_concurrent_rpcs=4, redis_budget_ms=200.0)
+    )
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    stub = risk_pb2_grpc.RiskEngineStub(channel)
+    client = redis.Redis(port=own_redis.port)
+    try:
+        stall = threading.Thread(target=lambda: client.execute_command("DEBUG", "SLEEP", "0.5"))
+        stall.start()
+        time.sleep(0.05)
+        calls = [stub.Score.future(request(card_id=f"c-ovl-{i}"), timeout=5) for i in range(20)]
+        codes = []
+        for call in calls:
+            try:
+                call.result()
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+        stall.join()
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 10  # beyond 4 in progress: refused
+        assert codes.count(grpc.StatusCode.OK) >= 2  # the ones admitted were answered
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    finally:
+        channel.close()
+        client.close()
+        running.stop(0.5)

@@ -15,6 +15,8 @@ Semantics (the same in every store, see docs/windows.md):
 - When an event is added, the entity's events older than its time minus
   (longest window + `allowed_lateness`) are dropped: events up to
   `allowed_lateness` late are counted exactly.
+- Sums, extremes and distinct counts see at most the newest
+  `max_events_per_series` events of one entity; counts see all.
 """
 
 from engine.windows.spec import Aggregate, BoundWindows, WindowPlan, WindowSpec

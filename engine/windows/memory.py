@@ -1,8 +1,10 @@
 """In-process window store: the embedded default and the store of offline replay.
 
 Same semantics as the Redis store (a property test holds them equal): per
-entity value, events ordered by (event time, transaction id), each with its
-payload; trimmed behind the newest event by the group's retention.
+entity value and group, events ordered by (event time, transaction id), each
+with the value the group aggregates; when an event at t is added, events
+older than t minus the group's retention are dropped, and a value series
+keeps at most the plan's cap of events.
 """
 
 from __future__ import annotations

@@ -170,3 +170,23 @@ def test_model_refused_when_metadata_omits_a_window_it_uses(trained_registry: Pa
     (bad / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ModelInvalid, match="card_count_1d"):
         load_model(bad, load_ruleset(RULES))
+
+
+def test_swap_replaces_rules_and_model_for_the_next_transaction(trained_registry: Path, tmp_path: Path) -> None:
+    from engine.pipeline import Pipeline
+    from engine.transaction import Transaction
+    from engine.windows.memory import MemoryStore
+
+    ruleset = load_ruleset(RULES)
+    model = load_model(trained_registry, ruleset)
+    pipe = Pipeline(ruleset, model, MemoryStore(), check_clock=False)
+    before = pipe.score(Transaction("s1", 1_767_225_600_000, 2_000, "EUR", card_id="c1")).result
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    (rules / "engine.yaml").write_text(
+        (rules / "engine.yaml").read_text().replace('version: "2026.11.26-1"', 'version: "next"')
+    )
+    pipe.swap(load_ruleset(rules), model)
+    after = pipe.score(Transaction("s2", 1_767_225_600_001, 2_000, "EUR", card_id="c1")).result
+    assert (before.ruleset_version, after.ruleset_version) == ("2026.11.26-1", "next")
+    assert after.features["card_count_10m"] == 2  # window state carries over the swap

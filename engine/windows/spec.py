@@ -72,7 +72,6 @@ class Group:
     entity: tuple[str, ...]
     value_field: str | None  # the enriched field stored with each event
     windows: tuple[StoredWindow, ...]
-    longest_ms: int  # longest window of the group
     retention_ms: int  # longest window + allowed lateness
 
     @property
@@ -156,7 +155,7 @@ class WindowPlan:
                 index[(key, code, d)] = len(index)
                 stored.append(StoredWindow(index[(key, code, d)], code, d))
             longest = max(d for _, d in wins)
-            groups.append(Group(key[0], key[1], tuple(stored), longest, longest + allowed_lateness_ms))
+            groups.append(Group(key[0], key[1], tuple(stored), longest + allowed_lateness_ms))
         self.groups = tuple(groups)
         self.raw_size = len(index)
 

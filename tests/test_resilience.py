@@ -226,3 +226,18 @@ def test_overload_is_refused_at_once_not_queued(trained_registry: Path, own_redi
         channel.close()
         client.close()
         running.stop(0.5)
+
+
+def test_degraded_answers_are_logged_at_most_once_a_second(caplog: pytest.LogCaptureFixture) -> None:
+    from engine.service.server import DegradedLog
+
+    report = DegradedLog(interval_s=0.2)
+    with caplog.at_level("WARNING", logger="risk_engine.server"):
+        for _ in range(500):
+            report("windows", "ConnectionError: refused")
+        time.sleep(0.25)
+        report("windows", "ConnectionError: refused")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert lines[0].startswith("degraded answers (1 since last report): windows unavailable")
+    assert lines[1].startswith("degraded answers (500 since last report)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -61,8 +62,27 @@ def make_store(config: ServeConfig) -> WindowStore:
     return MemoryStore(idempotency_ttl_s=config.idempotency_ttl_s, max_event_delay_s=delay)
 
 
-def on_degraded(cause: str, detail: str) -> None:
-    log.warning("degraded answer: %s unavailable: %s", cause, detail)
+class DegradedLog:
+    """Logs degraded answers at most once a second per cause, with the count since the last line.
+
+    During a Redis outage every call is degraded: one line per call would flood the log.
+    """
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._count: dict[str, int] = {}
+
+    def __call__(self, cause: str, detail: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._count[cause] = self._count.get(cause, 0) + 1
+            if now - self._last.get(cause, -1e9) < self.interval_s:
+                return
+            count, self._count[cause] = self._count[cause], 0
+            self._last[cause] = now
+        log.warning("degraded answers (%d since last report): %s unavailable: %s", count, cause, detail)
 
 
 def start(config: ServeConfig) -> Running:
@@ -84,7 +104,7 @@ def start(config: ServeConfig) -> Running:
     ruleset = load_ruleset(config.rules)
     model = load_model(config.model, ruleset)
     store = make_store(config)
-    pipeline = Pipeline(ruleset, model, store, limits=config.limits, on_degraded=on_degraded)
+    pipeline = Pipeline(ruleset, model, store, limits=config.limits, on_degraded=DegradedLog())
     server.add_generic_rpc_handlers((RiskEngineServicer(pipeline).handler(),))
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:

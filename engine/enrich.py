@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from engine.iso import CURRENCY_EXPONENTS
 from engine.transaction import Transaction
-from engine.validation import InvalidTransaction
+from engine.validation import InvalidTransaction, IPAddress
 
 NUMBER, STRING, BOOL = "number", "string", "bool"
 
@@ -73,15 +73,17 @@ class Enricher:
         self.timezone = ZoneInfo(timezone)
         self._base_scale = 10.0 ** -CURRENCY_EXPONENTS[money.base]
 
-    def enrich(self, txn: Transaction) -> dict[str, Any]:
+    def enrich(self, txn: Transaction, addr: IPAddress | None = None) -> dict[str, Any]:
+        """The field map of a transaction; `addr` is its IP already parsed (by validation)."""
         base_minor = self.money.to_base_minor(txn.amount_minor, txn.currency)
         local = datetime.fromtimestamp(txn.event_time_ms / 1000.0, self.timezone)
         hour = local.hour
         dow = local.weekday()
         ip_version = 0
         ip_private = False
-        if txn.ip:
+        if addr is None and txn.ip:
             addr = ipaddress.ip_address(txn.ip)
+        if addr is not None:
             ip_version = addr.version
             ip_private = addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved
         return {

@@ -22,7 +22,7 @@ from engine.enrich import BOOL, NUMBER
 from engine.model.predictor import Model
 from engine.rules.ruleset import SCORE, RuleSet
 from engine.transaction import Action, Reason, ReasonSource, ScoreResult, Transaction
-from engine.validation import InvalidTransaction, Limits, canonical_ip, validate
+from engine.validation import InvalidTransaction, Limits, validate
 from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowStore
 
 # The errors a door must handle, importable from here.
@@ -97,10 +97,10 @@ class Pipeline:
         deadline = None if time_left_s is None else time.monotonic() + time_left_s
         snap = self.snapshot
         ruleset = snap.ruleset
-        validate(txn, self.limits, int(self.clock() * 1000) if self.check_clock else None)
-        if txn.ip and (ip := canonical_ip(txn.ip)) != txn.ip:
-            txn = replace(txn, ip=ip)
-        fields = ruleset.enricher.enrich(txn)
+        addr = validate(txn, self.limits, int(self.clock() * 1000) if self.check_clock else None)
+        if addr is not None and (ip := str(addr)) != txn.ip:
+            txn = replace(txn, ip=ip)  # one spelling per address, for windows and retries
+        fields = ruleset.enricher.enrich(txn, addr)
         fields["attributes"] = dict(txn.attributes)
         plan = ruleset.windows
         bound = plan.bind(txn.transaction_id, txn.event_time_ms, fields)

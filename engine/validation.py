@@ -49,23 +49,27 @@ def _check_id(field: str, value: str, limits: Limits, required: bool = False) ->
         raise InvalidTransaction(field, "must be printable ASCII without spaces")
 
 
-def canonical_ip(text: str) -> str:
-    """One spelling per address: lower-case compressed IPv6, IPv4-mapped IPv6 as IPv4.
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+
+def canonical(addr: IPAddress) -> IPAddress:
+    """One address per spelling: IPv4-mapped IPv6 (`::ffff:1.2.3.4`) becomes IPv4.
+
+    `str()` of the result is the canonical text (lower-case, compressed), so
     `2001:DB8:0::1` and `2001:db8::1` are one entity for the windows, and a
     retry that spells the address differently is the same transaction.
     """
-    addr = ipaddress.ip_address(text)
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(addr)
+        return addr.ipv4_mapped
+    return addr
 
 
-def validate(txn: Transaction, limits: Limits, now_ms: int | None) -> None:
-    """Raise InvalidTransaction for the first malformed field.
+def validate(txn: Transaction, limits: Limits, now_ms: int | None) -> IPAddress | None:
+    """Raise InvalidTransaction for the first malformed field; return the parsed IP, if any.
 
     `now_ms` is the server clock; None skips the clock check (replay of
-    history).
+    history). The IP is returned canonical (see `canonical`) so that it is
+    parsed once per transaction.
     """
     _check_id("transaction_id", txn.transaction_id, limits, required=True)
     if txn.event_time_ms <= 0:
@@ -100,9 +104,11 @@ def validate(txn: Transaction, limits: Limits, now_ms: int | None) -> None:
         if "%" in txn.ip or not txn.ip.isascii() or not txn.ip.isprintable():
             raise InvalidTransaction("ip", "must be a plain IPv4 or IPv6 address (no zone id, no control characters)")
         try:
-            ipaddress.ip_address(txn.ip)
+            addr: IPAddress | None = canonical(ipaddress.ip_address(txn.ip))
         except ValueError:
             raise InvalidTransaction("ip", f"{txn.ip[:64]!r} is not an IPv4 or IPv6 address") from None
+    else:
+        addr = None
     if len(txn.attributes) > limits.max_attributes:
         raise InvalidTransaction(
             "attributes", f"has {len(txn.attributes)} entries, the limit is {limits.max_attributes}"
@@ -117,3 +123,4 @@ def validate(txn: Transaction, limits: Limits, now_ms: int | None) -> None:
             raise InvalidTransaction(
                 f"attributes[{key}]", f"is longer than {limits.max_attribute_value_length} characters"
             )
+    return addr

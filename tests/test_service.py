@@ -162,3 +162,17 @@ def test_ip_spellings_are_one_entity_and_one_transaction(stub: risk_pb2_grpc.Ris
     first = call(stub, request(transaction_id="ip-retry", ip="2001:db8::8", event_time_ms=t))
     again = call(stub, request(transaction_id="ip-retry", ip="2001:DB8:0::8", event_time_ms=t))
     assert again == first
+
+
+def test_window_edges_over_the_wire(stub: risk_pb2_grpc.RiskEngineStub) -> None:
+    t = now_ms() - 3_600_000
+    ten_minutes = 600_000
+    call(stub, request(card_id="c-edge", event_time_ms=t))
+    on_edge = call(stub, request(card_id="c-edge", event_time_ms=t + ten_minutes))
+    assert on_edge.features["card_count_10m"] == 1  # (t' - 10m, t']: the first one sits on the open edge
+    assert on_edge.features["card_count_1d"] == 2
+    inside = call(stub, request(card_id="c-edge2", event_time_ms=t))
+    inside = call(stub, request(card_id="c-edge2", event_time_ms=t + ten_minutes - 1))
+    assert inside.features["card_count_10m"] == 2
+    same_ms = call(stub, request(card_id="c-edge2", event_time_ms=t + ten_minutes - 1))
+    assert same_ms.features["card_count_10m"] == 3  # the same millisecond is inside

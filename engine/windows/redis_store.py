@@ -23,10 +23,11 @@ import time
 import weakref
 import zlib
 from importlib import resources
-from typing import NoReturn
+from typing import NoReturn, cast
 
 import redis
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from engine.windows.spec import BoundWindows, WindowPlan
@@ -71,8 +72,7 @@ class RedisStore:
             health_check_interval=0,
         )
         self._client = redis.Redis(connection_pool=pool, retry=no_retry)
-        self._script = self._client.register_script(LUA_SOURCE)
-        self._plans: weakref.WeakKeyDictionary[WindowPlan, tuple[str, dict[int, int]]] = weakref.WeakKeyDictionary()
+        self._plans: weakref.WeakKeyDictionary[WindowPlan, tuple[Script, dict[int, int]]] = weakref.WeakKeyDictionary()
         self._ttl_ms = int(idempotency_ttl_s * 1000)
         self._cooldown = cooldown_s
         self._open_until = 0.0
@@ -89,24 +89,26 @@ class RedisStore:
         return f"{{{self.prefix}:{'+'.join(entity)}:{value}}}"
 
     # -- store protocol ----------------------------------------------------
-    def _layout(self, plan: WindowPlan) -> tuple[str, dict[int, int]]:
-        """The static description of the plan's groups for the script, and each group's index, once per plan."""
+    def _compiled(self, plan: WindowPlan) -> tuple[Script, dict[int, int]]:
+        """The script for this plan (its layout written in as constants) and each group's index, once per plan."""
         known = self._plans.get(plan)
         if known is not None:
             return known
-        parts = []
+        groups = []
         for g in plan.groups:
-            ttl = g.retention_ms + self._ttl_extra_ms
-            nums = [0 if g.value_field is None else 1, g.retention_ms, ttl, plan.max_events_per_series]
+            nums = [0 if g.value_field is None else 1, g.retention_ms, g.retention_ms + self._ttl_extra_ms]
+            nums.append(plan.max_events_per_series)
             for w in g.windows:
                 nums += [w.output, w.agg_code, w.duration_ms]
-            parts.append(",".join(str(n) for n in nums))
-        built = (";".join(parts), {id(g): i + 1 for i, g in enumerate(plan.groups)})
+            groups.append("{" + ", ".join(str(n) for n in nums) + "}")
+        header = f"local LAYOUT = {{{', '.join(groups)}}}\nlocal RAW_SIZE = {plan.raw_size}\n"
+        script = cast(Script, self._client.register_script(header + LUA_SOURCE))
+        built = (script, {id(g): i + 1 for i, g in enumerate(plan.groups)})
         with self._lock:
             return self._plans.setdefault(plan, built)
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
-        layout, index = self._layout(plan)
+        script, index = self._compiled(plan)
         keys = [self._idem_key(bound.transaction_id)]
         args: list[str | int] = [
             bound.transaction_id,
@@ -114,8 +116,6 @@ class RedisStore:
             fingerprint,
             self._ttl_ms,
             len(bound.groups),
-            plan.raw_size,
-            layout,
         ]
         for bg in bound.groups:
             g = bg.group
@@ -126,7 +126,7 @@ class RedisStore:
                 keys.append(f"{tag}:z:{g.value_field}")
                 keys.append(f"{tag}:h:{g.value_field}")
             args += [index[id(g)], bg.value]
-        reply = self._call(keys, args)
+        reply = self._call(script, keys, args)
         kind = int(reply[0])
         if kind == 0:
             raise IdempotencyConflict(bound.transaction_id)
@@ -154,10 +154,10 @@ class RedisStore:
             return False
 
     # -- failure handling --------------------------------------------------
-    def _call(self, keys: list[str], args: list[str | int]) -> list[bytes | int]:
+    def _call(self, script: Script, keys: list[str], args: list[str | int]) -> list[bytes | int]:
         self._guard()
         try:
-            return self._script(keys=keys, args=args)  # type: ignore[no-any-return]
+            return cast(list[bytes | int], script(keys=keys, args=args))
         except redis.RedisError as exc:
             self._trip(exc)
         raise AssertionError("unreachable")

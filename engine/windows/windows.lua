@@ -4,15 +4,16 @@
 -- KEYS[2..]     per bound group: its sorted set (member = transaction id,
 --               score = event time ms) and, for groups that aggregate a
 --               value, the hash transaction id -> value
--- ARGV[1..7]    transaction id, event time ms, fingerprint, record TTL ms,
---               number of bound groups, size of the output vector, layout
--- ARGV[8..]     per bound group: its index in the layout (1-based), its value
+-- ARGV[1..5]    transaction id, event time ms, fingerprint, record TTL ms,
+--               number of bound groups
+-- ARGV[6..]     per bound group: its index in LAYOUT (1-based), its value
 --
--- The layout describes every group of the window plan once, so the static
--- part of a call is one argument: groups separated by ';', each a list of
--- numbers separated by ',': has_value (0/1), retention ms, key TTL ms, the
--- most events a value series keeps, then per window: output index (0-based),
--- aggregate code (1 count, 2 sum, 3 min, 4 max, 5 distinct), duration ms.
+-- LAYOUT and RAW_SIZE are constants that RedisStore writes in front of this
+-- text once per window plan (the script is compiled once and cached by
+-- Redis, like any EVALSHA script): LAYOUT holds one entry per group of the
+-- plan: has_value (0/1), retention ms, key TTL ms, the most events a value
+-- series keeps, then per window: output index (0-based), aggregate code
+-- (1 count, 2 sum, 3 min, 4 max, 5 distinct), duration ms.
 --
 -- Returns {0} on an id reused with other content, {1, response} for a retry
 -- of a scored transaction, {2, v1, v2, ...} with the raw window values.
@@ -42,16 +43,12 @@ local function hdel(h, ids)
 end
 
 local out = {2}
-for i = 1, tonumber(ARGV[6]) do out[i + 1] = 0 end
+for i = 1, RAW_SIZE do out[i + 1] = 0 end
 
-local layout = {}
-for g in string.gmatch(ARGV[7], '[^;]+') do layout[#layout + 1] = g end
-
-local a = 8
+local a = 6
 local k = 2
 for _ = 1, tonumber(ARGV[5]) do
-  local spec = {}
-  for x in string.gmatch(layout[tonumber(ARGV[a])], '[^,]+') do spec[#spec + 1] = tonumber(x) end
+  local spec = LAYOUT[tonumber(ARGV[a])]
   local value = ARGV[a + 1]
   a = a + 2
   local has_value = spec[1] == 1

@@ -1,17 +1,18 @@
-# One entry point for people and CI. Everything installs into .venv from pyproject.toml.
+# One entry point for people and CI. Everything installs into .venv from pyproject.toml,
+# constrained by requirements.lock (every transitive package pinned).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 DATA   ?= ../shared/data/handbook/transactions.parquet
 
-.PHONY: install serve test lint format proto model bench clean check-redis
+.PHONY: install serve test lint format proto model bench clean check-redis lock
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -49,6 +50,15 @@ model: install
 ## Latency of Score over loopback with a real Redis; writes benchmarks/results/.
 bench: install
 	$(BIN)/python benchmarks/score_latency.py
+
+## Re-pin every installed package (direct ones are pinned in pyproject.toml) into requirements.lock.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet -e '.[dev]'
+	{ echo "# Every package that \`make install\` puts in .venv, at the version CI tested (pip constraints)."; \
+	  echo "# Regenerate after changing pyproject.toml: make lock"; \
+	  .venv-lock/bin/pip freeze --exclude-editable | grep -v '^-e'; } > requirements.lock
+	rm -rf .venv-lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -85,8 +85,8 @@ class RedisStore:
     def _idem_key(self, transaction_id: str) -> str:
         return f"{self.prefix}:idem:{{{transaction_id}}}"
 
-    def _entity_tag(self, entity: tuple[str, ...], value: str) -> str:
-        return f"{{{self.prefix}:{'+'.join(entity)}:{value}}}"
+    def _entity_tag(self, group_tag: str, value: str) -> str:
+        return f"{{{self.prefix}:{group_tag}:{value}}}"
 
     # -- store protocol ----------------------------------------------------
     def _compiled(self, plan: WindowPlan) -> tuple[Script, dict[int, int]]:
@@ -119,7 +119,7 @@ class RedisStore:
         ]
         for bg in bound.groups:
             g = bg.group
-            tag = self._entity_tag(g.entity, bg.entity_value)
+            tag = self._entity_tag(g.tag, bg.entity_value)
             if g.value_field is None:
                 keys.append(f"{tag}:n")
             else:

@@ -73,17 +73,19 @@ class Group:
     value_field: str | None  # the enriched field stored with each event
     windows: tuple[StoredWindow, ...]
     retention_ms: int  # longest window + allowed lateness
+    # Derived once at load, read on every transaction:
+    tag: str = ""  # the entity's fields joined: 'card_id' or 'card_id+merchant_id'
+    storage: str = ""  # stable name of the series: 'card_id' or 'card_id#amount_base_minor'
+    numeric: bool = False  # the stored value is an integer (sums, extremes), not a string
 
-    @property
-    def numeric(self) -> bool:
-        """Whether the stored value is an integer (sums, extremes) rather than a string."""
-        return self.value_field in NUMERIC_FIELDS.values()
-
-    @property
-    def storage(self) -> str:
-        """Stable name of the series, used in store keys: 'card_id' or 'card_id#amount_base_minor'."""
-        tag = "+".join(self.entity)
-        return tag if self.value_field is None else f"{tag}#{self.value_field}"
+    @classmethod
+    def make(
+        cls, entity: tuple[str, ...], value_field: str | None, windows: tuple[StoredWindow, ...], retention_ms: int
+    ) -> Group:
+        tag = "+".join(entity)
+        storage = tag if value_field is None else f"{tag}#{value_field}"
+        numeric = value_field in NUMERIC_FIELDS.values()
+        return cls(entity, value_field, windows, retention_ms, tag, storage, numeric)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +157,7 @@ class WindowPlan:
                 index[(key, code, d)] = len(index)
                 stored.append(StoredWindow(index[(key, code, d)], code, d))
             longest = max(d for _, d in wins)
-            groups.append(Group(key[0], key[1], tuple(stored), longest + allowed_lateness_ms))
+            groups.append(Group.make(key[0], key[1], tuple(stored), longest + allowed_lateness_ms))
         self.groups = tuple(groups)
         self.raw_size = len(index)
 

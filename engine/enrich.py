@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from engine.iso import CURRENCY_EXPONENTS
@@ -32,6 +32,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "ip": (STRING, "IP address as sent ('' when not sent)"),
     "country": (STRING, "ISO 3166-1 alpha-2 country of the card or account ('' when not sent)"),
     "merchant_id": (STRING, "merchant id ('' when not sent)"),
+    "merchant_category": (STRING, "ISO 18245 merchant category code, e.g. '5411' ('' when not sent)"),
     "channel": (STRING, "'app', 'web', 'qr_code', 'mini_program' or 'unspecified'"),
     "hour": (NUMBER, "hour of day 0-23 in the rule set's time zone"),
     "day_of_week": (NUMBER, "0 Monday ... 6 Sunday, in the rule set's time zone"),
@@ -39,6 +40,9 @@ FIELDS: dict[str, tuple[str, str]] = {
     "is_weekend": (BOOL, "Saturday or Sunday"),
     "ip_version": (NUMBER, "4, 6, or 0 when no IP was sent"),
     "ip_is_private": (BOOL, "private, loopback, link-local or reserved address"),
+    "ip_country": (STRING, "ISO 3166-1 alpha-2 country of the IP address ('' when unknown or no IP)"),
+    "ip_region": (STRING, "ISO 3166-2 subdivision of the IP address, where the database has it ('' otherwise)"),
+    "ip_country_mismatch": (BOOL, "the IP's country and the card's country are both known and differ"),
     "has_device": (BOOL, "a device fingerprint was sent"),
     "has_ip": (BOOL, "an IP address was sent"),
 }
@@ -65,12 +69,28 @@ class Money:
         return round(amount_minor * rate * 10.0**shift)
 
 
+class Located(Protocol):
+    country: str
+    region: str
+
+
+class GeoLookup(Protocol):
+    """Maps an IP address to where it is (see engine.geo)."""
+
+    def lookup(self, addr: IPAddress) -> Located: ...
+
+
+#: The field that carries the parsed IP address to the compiled rules (not in the catalog).
+ADDRESS_FIELD = "_addr"
+
+
 class Enricher:
     """Computes the enriched field map of a transaction."""
 
-    def __init__(self, money: Money, timezone: str = "UTC") -> None:
+    def __init__(self, money: Money, timezone: str = "UTC", geo: GeoLookup | None = None) -> None:
         self.money = money
         self.timezone = ZoneInfo(timezone)
+        self.geo = geo
         self._base_scale = 10.0 ** -CURRENCY_EXPONENTS[money.base]
 
     def enrich(self, txn: Transaction, addr: IPAddress | None = None) -> dict[str, Any]:
@@ -83,9 +103,13 @@ class Enricher:
         ip_private = False
         if addr is None and txn.ip:
             addr = ipaddress.ip_address(txn.ip)
+        ip_country = ip_region = ""
         if addr is not None:
             ip_version = addr.version
             ip_private = addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved
+            if self.geo is not None and not ip_private:
+                where = self.geo.lookup(addr)
+                ip_country, ip_region = where.country, where.region
         return {
             "amount": base_minor * self._base_scale,
             "amount_original": txn.amount_minor * 10.0 ** -CURRENCY_EXPONENTS[txn.currency],
@@ -98,6 +122,7 @@ class Enricher:
             "ip": txn.ip,
             "country": txn.country,
             "merchant_id": txn.merchant_id,
+            "merchant_category": txn.merchant_category,
             "channel": txn.channel.value,
             "hour": hour,
             "day_of_week": dow,
@@ -105,6 +130,10 @@ class Enricher:
             "is_weekend": dow >= 5,
             "ip_version": ip_version,
             "ip_is_private": ip_private,
+            "ip_country": ip_country,
+            "ip_region": ip_region,
+            "ip_country_mismatch": bool(ip_country and txn.country and ip_country != txn.country),
             "has_device": bool(txn.device_id),
             "has_ip": bool(txn.ip),
+            ADDRESS_FIELD: addr,
         }

@@ -20,6 +20,7 @@ from typing import Any
 from engine.decision import decide
 from engine.enrich import BOOL, NUMBER
 from engine.model.predictor import Model
+from engine.rules.evaluate import evaluate_rules
 from engine.rules.ruleset import SCORE, RuleSet
 from engine.transaction import Action, Reason, ReasonSource, ScoreResult, Transaction
 from engine.validation import InvalidTransaction, Limits, validate
@@ -44,6 +45,32 @@ class Scored:
     result: ScoreResult
     replayed: bool  # a retry answered from the idempotency record
     fields: dict[str, Any]  # every field the rules saw (empty for a replay)
+
+
+def model_reasons(ruleset: RuleSet, score: float) -> list[Reason]:
+    """The reason the model's thresholds add for a score (none for NaN or a low score)."""
+    policy = ruleset.model_policy
+    if math.isnan(score):
+        return []
+    if policy.deny_at is not None and score >= policy.deny_at:
+        return [
+            Reason(
+                "MODEL_SCORE_HIGH",
+                ReasonSource.MODEL,
+                f"model score {score:.3f} >= deny threshold {policy.deny_at}",
+                Action.DENY,
+            )
+        ]
+    if policy.review_at is not None and score >= policy.review_at:
+        return [
+            Reason(
+                "MODEL_SCORE_ELEVATED",
+                ReasonSource.MODEL,
+                f"model score {score:.3f} >= review threshold {policy.review_at}",
+                Action.REVIEW,
+            )
+        ]
+    return []
 
 
 def make_snapshot(ruleset: RuleSet, model: Model | None) -> Snapshot:
@@ -139,36 +166,9 @@ class Pipeline:
         model_failed = model is not None and windows_ok and not score_ok
         fields[SCORE] = score
 
-        for rule in ruleset.rules:
-            if (rule.uses_windows and not windows_ok) or (rule.uses_score and not score_ok):
-                continue
-            try:
-                fired = rule.condition(fields)
-            except (ArithmeticError, TypeError, ValueError):
-                fired = False
-            if fired:
-                reasons.append(Reason(rule.reason_code, ReasonSource.RULE, rule.message, rule.action, rule.id))
-
-        policy = ruleset.model_policy
-        if score_ok:
-            if policy.deny_at is not None and score >= policy.deny_at:
-                reasons.append(
-                    Reason(
-                        "MODEL_SCORE_HIGH",
-                        ReasonSource.MODEL,
-                        f"model score {score:.3f} >= deny threshold {policy.deny_at}",
-                        Action.DENY,
-                    )
-                )
-            elif policy.review_at is not None and score >= policy.review_at:
-                reasons.append(
-                    Reason(
-                        "MODEL_SCORE_ELEVATED",
-                        ReasonSource.MODEL,
-                        f"model score {score:.3f} >= review threshold {policy.review_at}",
-                        Action.REVIEW,
-                    )
-                )
+        acting, shadow = evaluate_rules(ruleset, fields, txn.transaction_id, windows_ok, score_ok)
+        reasons.extend(acting)
+        reasons.extend(model_reasons(ruleset, score))
         if not windows_ok:
             reasons.append(self._fallback(ruleset, fields))
         if model_failed:
@@ -192,6 +192,7 @@ class Pipeline:
             degraded=not windows_ok or model_failed,
             features={name: float(fields[name]) for name in snap.feature_names},
             elapsed_us=(time.perf_counter_ns() - started) // 1000,
+            shadow=tuple(shadow),
         )
         if windows_ok and self.record:
             # The record is a second store call: skipped when it could outlast the

@@ -62,6 +62,7 @@ class Transaction:
     merchant_id: str = ""
     channel: Channel = Channel.UNSPECIFIED
     attributes: tuple[tuple[str, str], ...] = ()
+    merchant_category: str = ""
 
     def fingerprint(self) -> str:
         """A digest of the content, to tell a retry from a reused id."""
@@ -79,6 +80,7 @@ class Transaction:
                 self.merchant_id,
                 self.channel.value,
                 sorted(self.attributes),
+                self.merchant_category,
             ],
             separators=(",", ":"),
         )
@@ -107,6 +109,8 @@ class ScoreResult:
     degraded: bool
     features: dict[str, float] = field(default_factory=dict)
     elapsed_us: int = 0
+    #: Rules that fired in shadow (or in the shadow part of a rollout): recorded, not acted on.
+    shadow: tuple[Reason, ...] = ()
 
     def to_json(self) -> str:
         """Serialise for the idempotency record (a retry gets this back)."""
@@ -121,6 +125,7 @@ class ScoreResult:
                 "g": self.degraded,
                 "f": self.features,
                 "e": self.elapsed_us,
+                "sh": [[r.code, r.source.value, r.message, int(r.action), r.rule_id] for r in self.shadow],
             },
             separators=(",", ":"),
         )
@@ -141,4 +146,8 @@ class ScoreResult:
             degraded=data["g"],
             features=data["f"],
             elapsed_us=data["e"],
+            shadow=tuple(
+                Reason(code=c, source=ReasonSource(s), message=m, action=Action(a), rule_id=rid)
+                for c, s, m, a, rid in data.get("sh", ())
+            ),
         )

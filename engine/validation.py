@@ -96,6 +96,12 @@ def validate(txn: Transaction, limits: Limits, now_ms: int | None) -> IPAddress 
         _check_id(name, getattr(txn, name), limits)
     if not (txn.user_id or txn.card_id):
         raise InvalidTransaction("card_id", "card_id or user_id is required")
+    if txn.merchant_category and (
+        len(txn.merchant_category) != 4 or not (txn.merchant_category.isascii() and txn.merchant_category.isdigit())
+    ):
+        raise InvalidTransaction(
+            "merchant_category", f"{txn.merchant_category[:8]!r} is not a four-digit ISO 18245 merchant category code"
+        )
     if txn.country and txn.country not in COUNTRIES:
         raise InvalidTransaction("country", f"{txn.country[:8]!r} is not an ISO 3166-1 alpha-2 code")
     if txn.ip:

@@ -35,6 +35,7 @@ def test_contract_names_the_gateway_depends_on() -> None:
         "merchant_id": 10,
         "channel": 11,
         "attributes": 12,
+        "merchant_category": 13,
     }
     response = {f.name: f.number for f in risk_pb2.ScoreResponse.DESCRIPTOR.fields}
     assert response == {
@@ -47,6 +48,7 @@ def test_contract_names_the_gateway_depends_on() -> None:
         "degraded": 7,
         "features": 8,
         "elapsed_us": 9,
+        "shadow_reasons": 10,
     }
     assert [v.name for v in risk_pb2.Decision.DESCRIPTOR.values] == [
         "DECISION_UNSPECIFIED",

@@ -1,34 +1,46 @@
 """The condition language: a small, typed expression language compiled once at load.
 
 Grammar (a subset of Python expression syntax, parsed with `ast` and
-checked node by node; anything not listed is refused):
+checked node by node; anything not listed is refused). docs/rules.md has
+the full reference:
 
     expr     := expr "or" expr | expr "and" expr | "not" expr | compare
-    compare  := sum (op sum)*        op: < <= > >= == != in "not in"
+    compare  := sum (op sum)*            op: < <= > >= == !=
+              | sum ("in" | "not in") (list | "lists." NAME)
+              | sum "is" ["not"] "missing"
     sum      := sum ("+" | "-" | "*" | "/") sum | "-" sum | atom
     atom     := NAME | "attributes." KEY | NUMBER | STRING | true | false
-              | "[" literal ("," literal)* "]" | "(" expr ")"
+              | FUNCTION "(" expr ("," expr)* ")" | "(" expr ")"
+    list     := "[" literal ("," literal)* "]"
 
 Names come from a catalog (enriched fields, window names, `score`), each
 with a type (number, string, bool); a condition must be a bool, `<`-style
 comparisons take numbers, `==` compares equal types, `in` takes a list of
-literals of the left side's type. Division by zero, or arithmetic on a
-missing (NaN) value, makes the condition false.
+literals of the left side's type or a named list of that type (a CIDR list
+takes the `ip` field). Division by zero, or arithmetic on a missing (NaN)
+value, makes the condition false.
 
-The checked tree is rebuilt into a new Python AST whose only free name is
-the field map `f`, and compiled into one function: no user text is ever
-evaluated, and no attribute of a Python object is reachable.
+Besides types, the checker refuses conditions that can never be true: a
+comparison with a value outside a field's domain (`channel == 'atm'`) and
+contradictory bounds joined by `and` (`amount > 100 and amount < 50`).
+
+The checked tree is rebuilt into a new Python AST whose only free names are
+the field map `f` and the helpers this module binds (functions, CIDR sets),
+and compiled into one function: no user text is ever evaluated, and no
+attribute of a Python object is reachable.
 """
 
 from __future__ import annotations
 
 import ast
 import difflib
+import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from engine.enrich import BOOL, NUMBER, STRING
+from engine.enrich import ADDRESS_FIELD, BOOL, NUMBER, STRING
+from engine.rules.lists import CidrSet, ListValueError, NamedList, parse_network
 
 Condition = Callable[[Mapping[str, Any]], bool]
 
@@ -48,7 +60,50 @@ class ExprError(Exception):
 class Compiled:
     fn: Condition
     names: frozenset[str]  # catalog names the condition reads
+    lists: frozenset[str] = frozenset()  # named lists it reads
 
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a condition may read: typed names, named lists, and the known domain of some fields."""
+
+    catalog: Mapping[str, str]
+    lists: Mapping[str, NamedList] = field(default_factory=dict)
+    domains: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Function:
+    params: tuple[str, ...]  # types; a trailing "*" repeats the last one
+    returns: str
+    impl: Callable[..., Any]
+    doc: str
+
+
+def _nan_min(*xs: float) -> float:
+    return math.nan if any(x != x for x in xs) else min(xs)
+
+
+def _nan_max(*xs: float) -> float:
+    return math.nan if any(x != x for x in xs) else max(xs)
+
+
+#: The safe functions of the language, by name.
+FUNCTIONS: dict[str, Function] = {
+    "abs": Function((NUMBER,), NUMBER, abs, "absolute value"),
+    "min": Function((NUMBER, NUMBER, "*"), NUMBER, _nan_min, "smallest argument (missing if any is)"),
+    "max": Function((NUMBER, NUMBER, "*"), NUMBER, _nan_max, "largest argument (missing if any is)"),
+    "if_missing": Function(
+        (NUMBER, NUMBER), NUMBER, lambda x, d: d if x != x else x, "the first argument, or the second when missing"
+    ),
+    "lower": Function((STRING,), STRING, str.lower, "lower-case text"),
+    "upper": Function((STRING,), STRING, str.upper, "upper-case text"),
+    "length": Function((STRING,), NUMBER, len, "number of characters"),
+    "starts_with": Function((STRING, STRING), BOOL, str.startswith, "text begins with a prefix"),
+    "ends_with": Function((STRING, STRING), BOOL, str.endswith, "text ends with a suffix"),
+    "contains": Function((STRING, STRING), BOOL, lambda s, t: t in s, "text contains a substring"),
+    "in_cidr": Function(("ip", STRING, "*"), BOOL, lambda a, c: c.contains(a), "ip lies in one of the networks"),
+}
 
 _COMPARE = {
     ast.Lt: "<",
@@ -59,6 +114,8 @@ _COMPARE = {
     ast.NotEq: "!=",
     ast.In: "in",
     ast.NotIn: "not in",
+    ast.Is: "is",
+    ast.IsNot: "is not",
 }
 _ARITH = (ast.Add, ast.Sub, ast.Mult, ast.Div)
 _LITERAL_NAMES = {"true": True, "false": False}
@@ -75,16 +132,30 @@ def _type_of_value(value: Any) -> str | None:
     return None
 
 
+def _nearest(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
 class _Checker:
-    def __init__(self, catalog: Mapping[str, str]) -> None:
-        self.catalog = catalog
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+        self.catalog = scope.catalog
         self.names: set[str] = set()
+        self.lists: set[str] = set()
+        self.env: dict[str, Any] = {"__builtins__": {}}
 
     def fail(self, node: ast.AST, message: str, hint: str = "") -> ExprError:
         return ExprError(getattr(node, "lineno", 1), getattr(node, "col_offset", 0) + 1, message, hint)
 
     def field(self, name: str) -> ast.expr:
         return ast.Subscript(value=ast.Name(id="f", ctx=ast.Load()), slice=ast.Constant(value=name), ctx=ast.Load())
+
+    def bind(self, value: Any) -> ast.expr:
+        """A helper object reachable from the compiled code under a name no rule can write."""
+        name = f"_h{len(self.env)}"
+        self.env[name] = value
+        return ast.Name(id=name, ctx=ast.Load())
 
     def check(self, node: ast.AST) -> tuple[ast.expr, str]:
         """Return (rebuilt node, type) or raise ExprError."""
@@ -115,13 +186,18 @@ class _Checker:
             return ast.BinOp(left=left, op=node.op, right=right), NUMBER
         if isinstance(node, ast.Compare):
             return self.compare(node)
+        if isinstance(node, ast.Call):
+            return self.call(node)
         if isinstance(node, ast.Name):
             if node.id in _LITERAL_NAMES:
                 return ast.Constant(value=_LITERAL_NAMES[node.id]), BOOL
+            if node.id == "missing":
+                raise self.fail(node, "'missing' only follows 'is' or 'is not', e.g. 'device_id is missing'")
             found = self.catalog.get(node.id)
             if found is None:
-                close = difflib.get_close_matches(node.id, list(self.catalog), n=1)
-                hint = f"did you mean '{close[0]}'?" if close else "run `risk-engine rules fields` for the catalog"
+                hint = _nearest(node.id, self.catalog) or "run `risk-engine rules fields PATH` for the catalog"
+                if node.id in FUNCTIONS:
+                    hint = f"'{node.id}' is a function: call it, e.g. {node.id}(...)"
                 raise self.fail(node, f"unknown field '{node.id}'", hint)
             self.names.add(node.id)
             return self.field(node.id), found
@@ -131,7 +207,9 @@ class _Checker:
                 getter = ast.Attribute(value=self.field("attributes"), attr="get", ctx=ast.Load())
                 call = ast.Call(func=getter, args=[ast.Constant(value=node.attr), ast.Constant(value="")], keywords=[])
                 return call, STRING
-            raise self.fail(node, "only 'attributes.KEY' may use a dot")
+            if isinstance(node.value, ast.Name) and node.value.id == "lists":
+                raise self.fail(node, f"a named list only stands on the right of 'in': 'x in lists.{node.attr}'")
+            raise self.fail(node, "only 'attributes.KEY' and 'lists.NAME' may use a dot")
         if isinstance(node, ast.Constant):
             literal = _type_of_value(node.value)
             if literal is None:
@@ -141,9 +219,56 @@ class _Checker:
             raise self.fail(node, "a list may only stand on the right of 'in' / 'not in'")
         raise self.fail(node, f"'{type(node).__name__}' is not part of the rule language")
 
-    def literal_list(self, node: ast.AST, want: str) -> ast.expr:
+    def call(self, node: ast.Call) -> tuple[ast.expr, str]:
+        if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+            name = node.func.id if isinstance(node.func, ast.Name) else "this"
+            hint = _nearest(name, FUNCTIONS) or f"functions: {', '.join(FUNCTIONS)}"
+            raise self.fail(node, f"unknown function '{name}'", hint)
+        if node.keywords:
+            raise self.fail(node, "functions take plain arguments, not name=value")
+        name = node.func.id
+        fn = FUNCTIONS[name]
+        params = list(fn.params)
+        repeat = params[-1] == "*"
+        if repeat:
+            params.pop()
+        n = len(node.args)
+        if n < len(params) or (n > len(params) and not repeat):
+            want = f"at least {len(params)}" if repeat else str(len(params))
+            raise self.fail(node, f"{name}() takes {want} argument(s), got {n}")
+        if name == "in_cidr":
+            return self.in_cidr(node)
+        args = []
+        for i, arg in enumerate(node.args):
+            want_type = params[min(i, len(params) - 1)]
+            rebuilt, kind = self.check(arg)
+            if kind != want_type:
+                raise self.fail(arg, f"argument {i + 1} of {name}() must be a {want_type}, got a {kind}")
+            args.append(rebuilt)
+        return ast.Call(func=self.bind(fn.impl), args=args, keywords=[]), fn.returns
+
+    def address(self, node: ast.AST, what: str) -> ast.expr:
+        if not (isinstance(node, ast.Name) and node.id == "ip" and "ip" in self.catalog):
+            raise self.fail(node, f"{what} matches the 'ip' field, e.g. 'ip in lists.blocked_ranges'")
+        self.names.add("ip")
+        return self.field(ADDRESS_FIELD)
+
+    def in_cidr(self, node: ast.Call) -> tuple[ast.expr, str]:
+        addr = self.address(node.args[0], "in_cidr()")
+        networks = []
+        for arg in node.args[1:]:
+            if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
+                raise self.fail(arg, "in_cidr() takes networks as string literals, e.g. '10.0.0.0/8'")
+            try:
+                networks.append(parse_network(arg.value))
+            except ListValueError as exc:
+                raise self.fail(arg, str(exc)) from None
+        cidrs = CidrSet(networks)
+        return ast.Call(func=self.bind(cidrs.contains), args=[addr], keywords=[]), BOOL
+
+    def literal_list(self, node: ast.AST, want: str) -> tuple[ast.expr, frozenset[Any]]:
         if not isinstance(node, ast.List | ast.Tuple | ast.Set):
-            raise self.fail(node, "'in' needs a list of literals, e.g. ['US', 'CA']")
+            raise self.fail(node, "'in' needs a list of literals, e.g. ['US', 'CA'], or a named list 'lists.NAME'")
         values: list[Any] = []
         for item in node.elts:
             value: Any = item.value if isinstance(item, ast.Constant) else None
@@ -157,37 +282,197 @@ class _Checker:
             if kind != want:
                 raise self.fail(item, f"list item {value!r} is a {kind}, the left side is a {want}")
             values.append(value)
-        return ast.Constant(value=frozenset(values))  # type: ignore[arg-type]  # compile() accepts frozensets
+        frozen = frozenset(values)
+        return ast.Constant(value=frozen), frozen  # type: ignore[arg-type]  # compile() accepts frozensets
+
+    def named_list(self, node: ast.Attribute) -> NamedList:
+        known = self.scope.lists
+        found = known.get(node.attr)
+        if found is None:
+            hint = _nearest(node.attr, known) or (
+                f"declared lists: {', '.join(sorted(known))}" if known else "declare it under 'lists:' in a rule file"
+            )
+            raise self.fail(node, f"unknown list '{node.attr}'", hint)
+        self.lists.add(node.attr)
+        return found
+
+    def membership(self, node: ast.Compare, left_node: ast.AST, right_node: ast.AST, negate: bool) -> ast.expr:
+        symbol = "not in" if negate else "in"
+        if isinstance(right_node, ast.Attribute) and isinstance(right_node.value, ast.Name):
+            if right_node.value.id == "lists":
+                named = self.named_list(right_node)
+                if isinstance(named.values, CidrSet):
+                    addr = self.address(left_node, f"CIDR list '{named.name}'")
+                    test: ast.expr = ast.Call(func=self.bind(named.values.contains), args=[addr], keywords=[])
+                    return ast.UnaryOp(op=ast.Not(), operand=test) if negate else test
+                left, lk = self.check(left_node)
+                if lk != named.value_type:
+                    raise self.fail(node, f"list '{named.name}' holds {named.kind} values, the left side is a {lk}")
+                op: ast.cmpop = ast.NotIn() if negate else ast.In()
+                return ast.Compare(left=left, ops=[op], comparators=[self.bind(named.values)])
+        left, lk = self.check(left_node)
+        if lk == BOOL:
+            raise self.fail(node, f"'{symbol}' needs a number or string on the left")
+        right, values = self.literal_list(right_node, lk)
+        self.check_domain(left_node, values, node)
+        return ast.Compare(left=left, ops=[ast.NotIn() if negate else ast.In()], comparators=[right])
+
+    def check_domain(self, name_node: ast.AST, values: Any, at: ast.AST) -> None:
+        """Refuse a comparison with a value the field can never take (an unreachable condition)."""
+        if not isinstance(name_node, ast.Name):
+            return
+        domain = self.scope.domains.get(name_node.id)
+        if domain is None:
+            return
+        for value in values:
+            if isinstance(value, str) and value not in domain:
+                hint = _nearest(value, domain) or (
+                    f"values: {', '.join(sorted(domain))}" if len(domain) <= 12 else "see `risk-engine rules fields`"
+                )
+                raise self.fail(at, f"'{name_node.id}' is never {value!r}, so this can never be true", hint)
+
+    def missing(self, node: ast.Compare, left_node: ast.AST, negate: bool) -> tuple[ast.expr, str]:
+        left, kind = self.check(left_node)
+        if kind == BOOL:
+            raise self.fail(node, "a true/false field is never missing")
+        if kind == STRING:
+            test: ast.expr = ast.Compare(left=left, ops=[ast.Eq()], comparators=[ast.Constant(value="")])
+        else:  # a number is missing when NaN: the only value not equal to itself
+            test = ast.Compare(left=left, ops=[ast.NotEq()], comparators=[left])
+            if not isinstance(left, ast.Subscript | ast.Name):
+                test = ast.Call(func=self.bind(math.isnan), args=[left], keywords=[])
+        return (ast.UnaryOp(op=ast.Not(), operand=test) if negate else test), BOOL
 
     def compare(self, node: ast.Compare) -> tuple[ast.expr, str]:
+        symbols = [_COMPARE.get(type(op)) for op in node.ops]
+        if None in symbols:
+            raise self.fail(node, "this comparison operator is not allowed")
+        special = [s for s in symbols if s in ("in", "not in", "is", "is not")]
+        if special and len(node.ops) > 1:
+            raise self.fail(node, f"'{special[0]}' cannot be chained with other comparisons; use 'and'")
+        symbol = symbols[0]
+        if symbol in ("is", "is not"):
+            right = node.comparators[0]
+            if not (isinstance(right, ast.Name) and right.id == "missing"):
+                raise self.fail(node, "'is' is only used as 'is missing' or 'is not missing'")
+            return self.missing(node, node.left, symbol == "is not")
+        if symbol in ("in", "not in"):
+            return self.membership(node, node.left, node.comparators[0], symbol == "not in"), BOOL
         first, lk = self.check(node.left)
-        ops = []
+        left_node: ast.AST = node.left
+        ops: list[ast.cmpop] = []
         comparators = []
-        for op, right_node in zip(node.ops, node.comparators, strict=True):
-            symbol = _COMPARE.get(type(op))
-            if symbol is None:
-                raise self.fail(node, f"operator '{type(op).__name__}' is not allowed")
-            if symbol in ("in", "not in"):
-                if len(node.ops) > 1:
-                    raise self.fail(node, f"'{symbol}' cannot be chained with other comparisons; use 'and'")
-                if lk == BOOL:
-                    raise self.fail(node, "'in' needs a number or string on the left")
-                right = self.literal_list(right_node, lk)
-                rk = lk
-            else:
-                right, rk = self.check(right_node)
-                if symbol in ("<", "<=", ">", ">=") and (lk != NUMBER or rk != NUMBER):
-                    raise self.fail(node, f"'{symbol}' compares numbers, got {lk} and {rk}")
-                if lk != rk:
-                    raise self.fail(node, f"'{symbol}' compares a {lk} with a {rk}")
+        for op, symbol, right_node in zip(node.ops, symbols, node.comparators, strict=True):
+            right, rk = self.check(right_node)
+            if symbol in ("<", "<=", ">", ">=") and (lk != NUMBER or rk != NUMBER):
+                raise self.fail(node, f"'{symbol}' compares numbers, got {lk} and {rk}")
+            if lk != rk:
+                raise self.fail(node, f"'{symbol}' compares a {lk} with a {rk}")
+            if symbol == "==":
+                for name_node, value_node in ((left_node, right_node), (right_node, left_node)):
+                    if isinstance(value_node, ast.Constant):
+                        self.check_domain(name_node, [value_node.value], node)
             ops.append(op)
             comparators.append(right)
             lk = rk
+            left_node = right_node
         return ast.Compare(left=first, ops=ops, comparators=comparators), BOOL
 
 
-def compile_condition(text: str, catalog: Mapping[str, str], label: str = "<rule>") -> Compiled:
+# --- unreachable conditions -------------------------------------------------------------------
+
+
+def _conjuncts(node: ast.AST) -> list[ast.AST]:
+    if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.And):
+        return [part for value in node.values for part in _conjuncts(value)]
+    return [node]
+
+
+def _number(node: ast.AST) -> float | None:
+    if isinstance(node, ast.Constant) and _type_of_value(node.value) == NUMBER:
+        return float(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = _number(node.operand)
+        return -inner if inner is not None else None
+    return None
+
+
+_FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+
+
+def contradiction(text: str) -> str | None:
+    """Why an already-checked condition can never be true, or None.
+
+    Looks at the comparisons of one field with constants joined by `and`
+    (bounds like `amount > 100 and amount < 50`, two different `==`
+    values, `==` outside an `in` list) and at a constant `false`.
+    """
+    source = " ".join(text.split("\n"))
+    body = ast.parse(source.strip(), mode="eval").body
+    if isinstance(body, ast.Name) and body.id == "false":
+        return "the condition is always false"
+    lows: dict[str, tuple[float, bool]] = {}  # name -> (bound, inclusive)
+    highs: dict[str, tuple[float, bool]] = {}
+    allowed: dict[str, set[Any]] = {}
+    for part in _conjuncts(body):
+        if isinstance(part, ast.Name) and part.id == "false":
+            return "one of the conditions joined by 'and' is always false"
+        if not (isinstance(part, ast.Compare) and len(part.ops) == 1):
+            continue
+        symbol = _COMPARE.get(type(part.ops[0]))
+        left, right = part.left, part.comparators[0]
+        if symbol in ("in",) and isinstance(left, ast.Name) and isinstance(right, ast.List | ast.Tuple | ast.Set):
+            values = {_number(e) if _number(e) is not None else getattr(e, "value", None) for e in right.elts}
+            allowed[left.id] = allowed[left.id] & values if left.id in allowed else values
+            continue
+        if symbol not in _FLIP:
+            continue
+        if isinstance(right, ast.Name) and not isinstance(left, ast.Name):
+            left, right, symbol = right, left, _FLIP[symbol]
+        if not isinstance(left, ast.Name):
+            continue
+        value: Any = _number(right)
+        if value is None and isinstance(right, ast.Constant) and isinstance(right.value, str):
+            value = right.value
+        if value is None:
+            continue
+        name = left.id
+        if symbol == "==":
+            allowed[name] = allowed[name] & {value} if name in allowed else {value}
+        elif isinstance(value, float):
+            if symbol in (">", ">="):
+                bound = (value, symbol == ">=")
+                old = lows.get(name)
+                if old is None or bound[0] > old[0] or (bound[0] == old[0] and not bound[1]):
+                    lows[name] = bound
+            elif symbol in ("<", "<="):
+                bound = (value, symbol == "<=")
+                old = highs.get(name)
+                if old is None or bound[0] < old[0] or (bound[0] == old[0] and not bound[1]):
+                    highs[name] = bound
+    for name in set(lows) | set(highs) | set(allowed):
+        lo, hi = lows.get(name), highs.get(name)
+        if lo and hi and (lo[0] > hi[0] or (lo[0] == hi[0] and not (lo[1] and hi[1]))):
+            return f"the bounds on '{name}' contradict each other: no value is above {lo[0]:g} and below {hi[0]:g}"
+        if name in allowed:
+            left_values = {
+                v
+                for v in allowed[name]
+                if not isinstance(v, float)
+                or (
+                    (lo is None or v > lo[0] or (v == lo[0] and lo[1]))
+                    and (hi is None or v < hi[0] or (v == hi[0] and hi[1]))
+                )
+            }
+            if not left_values:
+                return f"no value of '{name}' satisfies all the conditions on it joined by 'and'"
+    return None
+
+
+def compile_condition(text: str, scope: Scope | Mapping[str, str], label: str = "<rule>") -> Compiled:
     """Parse, type-check and compile a condition; raise ExprError with a position."""
+    if not isinstance(scope, Scope):
+        scope = Scope(scope)
     if not isinstance(text, str) or not text.strip():
         raise ExprError(1, 1, "the condition is empty")
     if len(text) > MAX_CONDITION_LENGTH:
@@ -199,13 +484,19 @@ def compile_condition(text: str, catalog: Mapping[str, str], label: str = "<rule
         raise ExprError(exc.lineno or 1, exc.offset or 1, f"syntax error: {exc.msg}") from None
     except (RecursionError, MemoryError):
         raise ExprError(1, 1, "the condition is nested too deeply") from None
-    checker = _Checker(catalog)
+    checker = _Checker(scope)
     try:
         body, kind = checker.check(tree.body)
     except RecursionError:
         raise ExprError(1, 1, "the condition is nested too deeply") from None
     if kind != BOOL:
         raise ExprError(1, 1, f"a condition must be true or false, this one is a {kind}")
+    try:
+        why = contradiction(text)
+    except RecursionError:
+        why = None
+    if why is not None:
+        raise ExprError(1, 1, f"unreachable: {why}", "the rule could never fire; fix or remove it")
     args = ast.arguments(posonlyargs=[], args=[ast.arg(arg="f")], kwonlyargs=[], kw_defaults=[], defaults=[])
     lam = ast.Expression(body=ast.Lambda(args=args, body=body))
     ast.fix_missing_locations(lam)
@@ -213,5 +504,5 @@ def compile_condition(text: str, catalog: Mapping[str, str], label: str = "<rule
         code = compile(lam, label, "eval")
     except (RecursionError, MemoryError):
         raise ExprError(1, 1, "the condition is nested too deeply") from None
-    fn = eval(code, {"__builtins__": {}})  # noqa: S307 - evaluates the AST built above, never user text
-    return Compiled(fn=fn, names=frozenset(checker.names))
+    fn = eval(code, checker.env)  # noqa: S307 - evaluates the AST built above, never user text
+    return Compiled(fn=fn, names=frozenset(checker.names), lists=frozenset(checker.lists))

@@ -10,10 +10,15 @@ A rules folder holds `*.yaml` files, read in name order and merged:
     windows:  [ {name, entity, aggregate, field, duration}, ... ]
     model:    {review_at: 0.5, deny_at: 0.9}
     degraded: {review_when: "amount >= 500", deny_when: "..."}
-    rules:    [ {id, description, condition, action, reason_code, message}, ... ]
+    geoip:    path/to/GeoIP2-Country.mmdb   # optional; the embedded database otherwise
+    lists:    {NAME: {kind: string|number|country|cidr, values: [...] | file: lists/x.txt}}
+    rules:    [ {id, description, condition, action, reason_code, message,
+                 mode: active|shadow|disabled, rollout: 10, owner, tags}, ... ]
+    tests:    [ {name, transaction: {...}, windows: {...}, score, expect: {...}}, ... ]
 
 Every problem is reported with file, line and column, all at once
-(`RuleSetInvalid.errors`); a set with errors is never half-loaded.
+(`RuleSetInvalid.errors`); a set with errors is never half-loaded, and a set
+whose rule tests fail is not loaded either (engine.rules.testing).
 """
 
 from __future__ import annotations
@@ -24,16 +29,17 @@ import keyword
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.enrich import BOOL, FIELDS, NUMBER, STRING, Enricher, Money
-from engine.iso import CURRENCY_EXPONENTS
+from engine.enrich import BOOL, FIELDS, NUMBER, STRING, Enricher, GeoLookup, Money
+from engine.iso import COUNTRIES, CURRENCY_EXPONENTS
 from engine.rules.errors import RuleError, RuleSetInvalid
-from engine.rules.expr import Condition, ExprError, compile_condition
+from engine.rules.expr import Condition, ExprError, Scope, compile_condition
+from engine.rules.lists import KINDS, MAX_LIST_SIZE, CidrSet, ListValueError, NamedList, parse_value, read_list_file
 from engine.rules.source import Located, LocatedList, YamlError, load_yaml
-from engine.transaction import Action
+from engine.transaction import Action, Channel, Transaction
 from engine.windows.spec import DEFAULT_MAX_EVENTS, NUMERIC_FIELDS, Aggregate, WindowPlan, WindowSpec
 
 SCORE = "score"
@@ -56,10 +62,35 @@ _TOP_KEYS = (
     "windows",
     "model",
     "degraded",
+    "geoip",
+    "lists",
     "rules",
+    "tests",
 )
 _WINDOW_KEYS = ("name", "entity", "aggregate", "field", "duration", "description")
-_RULE_KEYS = ("id", "description", "condition", "action", "reason_code", "message", "owner", "tags")
+_RULE_KEYS = (
+    "id",
+    "description",
+    "condition",
+    "action",
+    "reason_code",
+    "message",
+    "mode",
+    "rollout",
+    "owner",
+    "tags",
+)
+_LIST_KEYS = ("kind", "values", "file", "description")
+MODES = ("active", "shadow", "disabled")
+#: Fields whose value is an amount: a rule reading one says in its reason which currency it compared in.
+AMOUNT_FIELDS = frozenset({"amount", "amount_base_minor"})
+#: The values some fields can take; comparing with anything else is refused as unreachable.
+DOMAINS: dict[str, frozenset[str]] = {
+    "channel": frozenset(c.value for c in Channel),
+    "currency": frozenset(CURRENCY_EXPONENTS),
+    "country": COUNTRIES,
+    "ip_country": COUNTRIES,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +105,11 @@ class Rule:
     uses_windows: bool
     uses_score: bool
     source: str  # file:line of the rule
+    mode: str = "active"  # active | shadow (disabled rules are not in RuleSet.rules)
+    rollout: float = 100.0  # percent of transactions (by a hash of their id) on which an active rule acts
+    reads_amount: bool = False
+    owner: str = ""
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +127,21 @@ class DegradedPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class RuleTest:
+    """An example beside the rules: a transaction, what its windows hold, and the expected answer."""
+
+    name: str
+    where: str  # file:line:column of the test
+    transaction: Transaction
+    windows: Mapping[str, float]  # window values; the rest are an entity without history
+    fields: Mapping[str, Any]  # derived fields set by the test (e.g. ip_country), overriding enrichment
+    score: float | None  # the model score the rules see; None: no score
+    decision: Action | None
+    reasons: frozenset[str] | None  # the exact set of reason codes of rules and model, when given
+    shadow: frozenset[str] | None  # the exact set of shadow rule ids that fire, when given
+
+
+@dataclass(frozen=True, slots=True)
 class RuleSet:
     version: str
     digest: str  # hash of the files, to tell two sets with the same version apart
@@ -100,6 +151,10 @@ class RuleSet:
     model_policy: ModelPolicy
     degraded: DegradedPolicy
     catalog: Mapping[str, str]  # name -> type, for rules and the model
+    lists: Mapping[str, NamedList] = field(default_factory=dict)
+    disabled: tuple[str, ...] = ()  # ids of disabled rules: checked, never evaluated
+    tests: tuple[RuleTest, ...] = ()
+    files: tuple[str, ...] = ()  # every file the set was read from (rules, lists, geoip)
 
     @property
     def numeric_features(self) -> frozenset[str]:
@@ -131,7 +186,7 @@ class _Builder:
                 self.err(node.key_at(key), f"unknown key '{key}' in {what}", hint)
 
     def condition(
-        self, node: Located, key: str, catalog: Mapping[str, str], label: str
+        self, node: Located, key: str, catalog: Mapping[str, str] | Scope, label: str
     ) -> tuple[Condition, frozenset[str]] | None:
         text = node.get(key)
         line, col = node.value_at(key)
@@ -176,8 +231,11 @@ def _read_files(path: Path, b: _Builder) -> list[tuple[str, Located]]:
     return docs
 
 
-def load_ruleset(path: str | Path) -> RuleSet:
-    """Load, check and compile a rules folder (or a single file). Raise RuleSetInvalid."""
+def load_ruleset(path: str | Path, *, run_tests: bool = True) -> RuleSet:
+    """Load, check and compile a rules folder (or a single file), and run its tests.
+
+    Raise RuleSetInvalid with every error, or with every failing rule test.
+    """
     path = Path(path)
     b = _Builder()
     docs = _read_files(path, b)
@@ -190,6 +248,8 @@ def load_ruleset(path: str | Path) -> RuleSet:
     settings: dict[str, tuple[str, Located]] = {}
     windows_nodes: list[tuple[str, Located, int, int]] = []
     rule_nodes: list[tuple[str, Located, int, int]] = []
+    test_nodes: list[tuple[str, Located, int, int]] = []
+    list_nodes: list[tuple[str, Located]] = []
     for file, doc in docs:
         b.file = file
         b.unknown_keys(doc, _TOP_KEYS, "a rule file")
@@ -201,13 +261,19 @@ def load_ruleset(path: str | Path) -> RuleSet:
             "max_events_per_series",
             "model",
             "degraded",
+            "geoip",
         ):
             if key in doc:
                 if key in settings:
                     b.err(doc.key_at(key), f"'{key}' is already set in {settings[key][0]}")
                 else:
                     settings[key] = (file, doc)
-        for key, bucket in (("windows", windows_nodes), ("rules", rule_nodes)):
+        if "lists" in doc:
+            if isinstance(doc["lists"], Located):
+                list_nodes.append((file, doc["lists"]))
+            else:
+                b.err(doc.value_at("lists"), "'lists' must map list names to {kind, values or file}")
+        for key, bucket in (("windows", windows_nodes), ("rules", rule_nodes), ("tests", test_nodes)):
             items = doc.get(key)
             if items is None:
                 continue
@@ -267,6 +333,20 @@ def load_ruleset(path: str | Path) -> RuleSet:
         else:
             max_events = got[0]
 
+    files = [name for name, _ in docs]
+    geo = None
+    got = setting("geoip")
+    if got is not None:
+        geo = _geoip(b, got[0], got[1], files)
+    else:
+        try:  # TEMP until engine.geo lands
+            from engine.geo import default_geo
+
+            geo = default_geo()
+        except ImportError:
+            geo = None
+
+    lists = _lists(b, list_nodes, files)
     specs = _windows(b, windows_nodes)
     catalog: dict[str, str] = {name: kind for name, (kind, _) in FIELDS.items()}
     for spec in specs:
@@ -282,23 +362,38 @@ def load_ruleset(path: str | Path) -> RuleSet:
     degraded = DegradedPolicy(None, None)
     got = setting("degraded")
     if got is not None:
-        degraded = _degraded(b, got[0], got[1], catalog, window_names)
+        degraded = _degraded(b, got[0], got[1], catalog, window_names, lists)
 
-    rules = _rules(b, rule_nodes, catalog, window_names)
+    scope = Scope(catalog, lists, DOMAINS)
+    rules, disabled = _rules(b, rule_nodes, scope, window_names)
+    tests = _tests(b, test_nodes, money, catalog, window_names)
 
     if b.errors:
         raise RuleSetInvalid(b.errors)
+    for extra in files[len(docs) :]:
+        digest.update(Path(extra).read_bytes())
     scale = 10.0 ** -CURRENCY_EXPONENTS[money.base]
-    return RuleSet(
+    ruleset = RuleSet(
         version=version,
         digest=digest.hexdigest()[:16],
         rules=tuple(rules),
         windows=WindowPlan(specs, lateness, scale, max_events),
-        enricher=Enricher(money, timezone),
+        enricher=Enricher(money, timezone, geo),
         model_policy=model_policy,
         degraded=degraded,
         catalog=catalog,
+        lists=lists,
+        disabled=tuple(disabled),
+        tests=tuple(tests),
+        files=tuple(files),
     )
+    if run_tests and ruleset.tests:
+        from engine.rules.testing import run_rule_tests  # testing builds on this module
+
+        failures = [RuleError(*r.where_parts(), r.failure) for r in run_rule_tests(ruleset) if r.failure]
+        if failures:
+            raise RuleSetInvalid(failures)
+    return ruleset
 
 
 def _money(b: _Builder, node: Any, pos: tuple[int, int]) -> Money | None:
@@ -424,14 +519,19 @@ def _model_policy(b: _Builder, node: Any, pos: tuple[int, int]) -> ModelPolicy:
 
 
 def _degraded(
-    b: _Builder, node: Any, pos: tuple[int, int], catalog: Mapping[str, str], window_names: frozenset[str]
+    b: _Builder,
+    node: Any,
+    pos: tuple[int, int],
+    catalog: Mapping[str, str],
+    window_names: frozenset[str],
+    lists: Mapping[str, NamedList],
 ) -> DegradedPolicy:
     if not isinstance(node, Located):
         b.err(pos, "'degraded' must be a mapping with 'review_when' and/or 'deny_when'")
         return DegradedPolicy(None, None)
     b.unknown_keys(node, ("review_when", "deny_when"), "'degraded'")
     # The fallback runs exactly when windows are missing: it may not read them, nor the score.
-    plain = {k: v for k, v in catalog.items() if k not in window_names and k != SCORE}
+    plain = Scope({k: v for k, v in catalog.items() if k not in window_names and k != SCORE}, lists, DOMAINS)
     conds: dict[str, Condition | None] = {"review_when": None, "deny_when": None}
     for key in conds:
         if key in node:
@@ -440,10 +540,92 @@ def _degraded(
     return DegradedPolicy(conds["review_when"], conds["deny_when"])
 
 
+def _geoip(b: _Builder, value: Any, pos: tuple[int, int], files: list[str]) -> GeoLookup | None:
+    from engine.geo import GeoDB, GeoError
+
+    if not isinstance(value, str) or not value.strip():
+        b.err(pos, "'geoip' must be the path of a MaxMind-format .mmdb file")
+        return None
+    path = Path(b.file).parent / value
+    try:
+        db = GeoDB.open(path)
+    except GeoError as exc:
+        b.err(pos, f"cannot open the geoip database: {exc}", "the path is relative to the rule file")
+        return None
+    files.append(str(path))
+    return db
+
+
+def _lists(b: _Builder, nodes: list[tuple[str, Located]], files: list[str]) -> dict[str, NamedList]:
+    out: dict[str, NamedList] = {}
+    seen: dict[str, str] = {}
+    for file, mapping in nodes:
+        b.file = file
+        for name, spec in mapping.items():
+            at = mapping.key_at(name)
+            if not _ID.match(name):
+                b.err(at, f"list name '{name}' must be lower-case letters, digits and _")
+                continue
+            if name in seen:
+                b.err(at, f"duplicate list '{name}' (first in {seen[name]})")
+                continue
+            seen[name] = f"{file}:{at[0]}"
+            if not isinstance(spec, Located):
+                b.err(mapping.value_at(name), f"list '{name}' must be a mapping with 'kind' and 'values' or 'file'")
+                continue
+            b.unknown_keys(spec, _LIST_KEYS, f"list '{name}'")
+            kind = spec.get("kind")
+            if kind not in KINDS:
+                b.err(
+                    spec.value_at("kind") if "kind" in spec else at,
+                    f"list '{name}': 'kind' must be one of {', '.join(KINDS)}",
+                )
+                continue
+            if ("values" in spec) == ("file" in spec):
+                b.err(
+                    at, f"list '{name}' needs exactly one of 'values' (inline) or 'file' (a text file beside the rules)"
+                )
+                continue
+            entries: list[tuple[Any, str, tuple[int, int]]] = []  # value, file, position
+            if "values" in spec:
+                raw = spec["values"]
+                if not isinstance(raw, LocatedList):
+                    b.err(spec.value_at("values"), f"list '{name}': 'values' must be a list")
+                    continue
+                entries = [(v, file, raw.item_pos[i]) for i, v in enumerate(raw)]
+            else:
+                rel = spec["file"]
+                path = Path(file).parent / str(rel)
+                try:
+                    text = path.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    b.err(spec.value_at("file"), f"list '{name}': cannot read {path}: {exc}")
+                    continue
+                files.append(str(path))
+                entries = [(v, str(path), (line, 1)) for line, v in read_list_file(text)]
+            if len(entries) > MAX_LIST_SIZE:
+                b.err(at, f"list '{name}' has {len(entries)} values, the limit is {MAX_LIST_SIZE}")
+                continue
+            values = []
+            ok = True
+            for value, where, pos in entries:
+                try:
+                    values.append(parse_value(kind, value))
+                except ListValueError as exc:
+                    b.errors.append(RuleError(where, pos[0], pos[1], f"list '{name}': {exc}"))
+                    ok = False
+            if ok:
+                held: frozenset[Any] | CidrSet = CidrSet(values) if kind == "cidr" else frozenset(values)
+                out[name] = NamedList(name, kind, held, f"{file}:{at[0]}")
+        b.file = ""
+    return out
+
+
 def _rules(
-    b: _Builder, nodes: list[tuple[str, Located, int, int]], catalog: Mapping[str, str], window_names: frozenset[str]
-) -> list[Rule]:
+    b: _Builder, nodes: list[tuple[str, Located, int, int]], scope: Scope, window_names: frozenset[str]
+) -> tuple[list[Rule], list[str]]:
     rules: list[Rule] = []
+    disabled: list[str] = []
     seen: dict[str, str] = {}
     for file, node, line, col in nodes:
         b.file = file
@@ -474,9 +656,34 @@ def _rules(
         if not isinstance(message, str) or not message.strip():
             b.err(node.value_at("message"), f"rule '{rid}': 'message' must be a non-empty string")
             ok = False
+        mode = node.get("mode", "active")
+        if mode not in MODES:
+            b.err(node.value_at("mode"), f"rule '{rid}': 'mode' must be one of {', '.join(MODES)}, got {mode!r}")
+            ok = False
+        rollout = node.get("rollout", 100)
+        if isinstance(rollout, bool) or not isinstance(rollout, int | float) or not 0 < rollout <= 100:
+            b.err(node.value_at("rollout"), f"rule '{rid}': 'rollout' must be a percentage above 0 and at most 100")
+            ok = False
+        elif rollout < 100 and mode != "active":
+            b.err(
+                node.value_at("rollout"),
+                f"rule '{rid}': 'rollout' applies to active rules (a shadow rule acts on none)",
+            )
+            ok = False
+        owner = node.get("owner", "")
+        tags = node.get("tags", [])
+        if not isinstance(owner, str):
+            b.err(node.value_at("owner"), f"rule '{rid}': 'owner' must be a string")
+            ok = False
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            b.err(node.value_at("tags"), f"rule '{rid}': 'tags' must be a list of strings")
+            ok = False
         description = node.get("description", "")
-        got = b.condition(node, "condition", catalog, f"rule '{rid}'")
+        got = b.condition(node, "condition", scope, f"rule '{rid}'")
         if got is None or not ok or action is None:
+            continue
+        if mode == "disabled":
+            disabled.append(rid)
             continue
         fn, names = got
         rules.append(
@@ -491,9 +698,203 @@ def _rules(
                 uses_windows=bool(names & window_names),
                 uses_score=SCORE in names,
                 source=f"{file}:{node.value_at('id')[0]}",
+                mode=mode,
+                rollout=float(rollout),
+                reads_amount=bool(names & AMOUNT_FIELDS) or bool(names & window_names),
+                owner=owner,
+                tags=tuple(tags),
             )
         )
-    return rules
+    return rules, disabled
+
+
+_TEST_KEYS = ("name", "transaction", "windows", "fields", "score", "expect")
+_TXN_KEYS = (
+    "transaction_id",
+    "event_time",
+    "amount",
+    "currency",
+    "user_id",
+    "card_id",
+    "device_id",
+    "ip",
+    "country",
+    "merchant_id",
+    "merchant_category",
+    "channel",
+    "attributes",
+)
+_TEST_EPOCH_MS = 1_767_268_800_000  # 2026-01-01T12:00:00Z, when a test gives no event_time
+
+
+def _test_transaction(b: _Builder, node: Located, tname: str, money: Money) -> Transaction | None:
+    from datetime import datetime
+
+    b.unknown_keys(node, _TXN_KEYS, f"the transaction of test '{tname}'")
+    currency = str(node.get("currency", money.base))
+    if currency not in CURRENCY_EXPONENTS:
+        b.err(node.value_at("currency"), f"test '{tname}': {currency!r} is not an ISO 4217 currency code")
+        return None
+    amount = node.get("amount")
+    if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
+        b.err(
+            node.value_at("amount") if "amount" in node else (node.line, node.column),
+            f"test '{tname}': the transaction needs an 'amount' in major units (e.g. 12.50)",
+        )
+        return None
+    when = node.get("event_time")
+    event_ms = _TEST_EPOCH_MS
+    if when is not None:
+        try:
+            parsed = datetime.fromisoformat(str(when).replace("Z", "+00:00"))
+            if parsed.tzinfo is None:
+                raise ValueError("no time zone")
+            event_ms = int(parsed.timestamp() * 1000)
+        except ValueError:
+            b.err(
+                node.value_at("event_time"),
+                f"test '{tname}': 'event_time' must be ISO 8601 with a zone, e.g. 2026-01-01T03:00:00Z",
+            )
+            return None
+    channel_text = str(node.get("channel", "unspecified"))
+    channel = next((c for c in Channel if c.value == channel_text), None)
+    if channel is None:
+        b.err(
+            node.value_at("channel"), f"test '{tname}': 'channel' must be one of {', '.join(c.value for c in Channel)}"
+        )
+        return None
+    attrs = node.get("attributes", {})
+    if not isinstance(attrs, dict):
+        b.err(node.value_at("attributes"), f"test '{tname}': 'attributes' must be a mapping")
+        return None
+    strings = {
+        k: str(node.get(k, ""))
+        for k in ("user_id", "card_id", "device_id", "ip", "country", "merchant_id", "merchant_category")
+    }
+    if not strings["user_id"] and not strings["card_id"]:
+        strings["card_id"] = "test-card"
+    return Transaction(
+        transaction_id=str(node.get("transaction_id", f"test-{tname}")),
+        event_time_ms=event_ms,
+        amount_minor=round(float(amount) * 10 ** CURRENCY_EXPONENTS[currency]),
+        currency=currency,
+        channel=channel,
+        attributes=tuple(sorted((str(k), str(v)) for k, v in attrs.items())),
+        **strings,
+    )
+
+
+def _tests(
+    b: _Builder,
+    nodes: list[tuple[str, Located, int, int]],
+    money: Money,
+    catalog: Mapping[str, str],
+    window_names: frozenset[str],
+) -> list[RuleTest]:
+    out: list[RuleTest] = []
+    seen: dict[str, str] = {}
+    for file, node, line, col in nodes:
+        b.file = file
+        b.unknown_keys(node, _TEST_KEYS, "a rule test")
+        tname = node.get("name")
+        if not isinstance(tname, str) or not tname.strip():
+            b.err((line, col), "a rule test needs a 'name'")
+            continue
+        if tname in seen:
+            b.err(node.value_at("name"), f"duplicate test name '{tname}' (first in {seen[tname]})")
+            continue
+        seen[tname] = f"{file}:{node.value_at('name')[0]}"
+        txn_node = node.get("transaction")
+        if not isinstance(txn_node, Located):
+            b.err(node.key_at("name"), f"test '{tname}' needs a 'transaction' mapping (amount, currency, card_id, ...)")
+            continue
+        txn = _test_transaction(b, txn_node, tname, money)
+        windows: dict[str, float] = {}
+        raw_windows = node.get("windows", {})
+        if not isinstance(raw_windows, Located):
+            b.err(node.value_at("windows"), f"test '{tname}': 'windows' must map window names to values")
+            raw_windows = Located()
+            raw_windows.key_pos, raw_windows.value_pos = {}, {}
+        for wname, value in raw_windows.items():
+            if wname not in window_names:
+                close = difflib.get_close_matches(wname, list(window_names), n=1)
+                b.err(
+                    raw_windows.key_at(wname),
+                    f"test '{tname}': unknown window '{wname}'",
+                    f"did you mean '{close[0]}'?" if close else "",
+                )
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                b.err(raw_windows.value_at(wname), f"test '{tname}': window '{wname}' must be a number")
+            else:
+                windows[wname] = float(value)
+        fields: dict[str, Any] = {}
+        raw_fields = node.get("fields", {})
+        if isinstance(raw_fields, Located):
+            for fname, value in raw_fields.items():
+                kind = catalog.get(fname)
+                if kind is None or fname in window_names or fname == SCORE:
+                    close = difflib.get_close_matches(fname, [n for n in FIELDS], n=1)
+                    b.err(
+                        raw_fields.key_at(fname),
+                        f"test '{tname}': '{fname}' is not a derived field",
+                        f"did you mean '{close[0]}'?"
+                        if close
+                        else "windows go under 'windows', the score under 'score'",
+                    )
+                elif _kind_of(value) != kind:
+                    b.err(raw_fields.value_at(fname), f"test '{tname}': '{fname}' is a {kind}, got {value!r}")
+                else:
+                    fields[fname] = value
+        else:
+            b.err(node.value_at("fields"), f"test '{tname}': 'fields' must map field names to values")
+        score = node.get("score")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1):
+            b.err(node.value_at("score"), f"test '{tname}': 'score' must be a probability between 0 and 1")
+            continue
+        expect = node.get("expect")
+        if not isinstance(expect, Located) or not expect:
+            b.err(node.key_at("name"), f"test '{tname}' needs an 'expect' mapping with 'decision' and/or 'reasons'")
+            continue
+        b.unknown_keys(expect, ("decision", "reasons", "shadow"), f"the expectation of test '{tname}'")
+        decision = None
+        if "decision" in expect:
+            text = str(expect["decision"])
+            decision = Action[text.upper()] if text in ("allow", "review", "deny") else None
+            if decision is None:
+                b.err(expect.value_at("decision"), f"test '{tname}': 'decision' must be allow, review or deny")
+                continue
+        sets: dict[str, frozenset[str] | None] = {"reasons": None, "shadow": None}
+        for key in sets:
+            if key in expect:
+                items = expect[key]
+                if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                    b.err(expect.value_at(key), f"test '{tname}': '{key}' must be a list (of reason codes / rule ids)")
+                    continue
+                sets[key] = frozenset(items)
+        if txn is None:
+            continue
+        out.append(
+            RuleTest(
+                name=tname,
+                where=f"{file}:{node.value_at('name')[0]}:{node.value_at('name')[1]}",
+                transaction=txn,
+                windows=windows,
+                fields=fields,
+                score=None if score is None else float(score),
+                decision=decision,
+                reasons=sets["reasons"],
+                shadow=sets["shadow"],
+            )
+        )
+    return out
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return BOOL
+    if isinstance(value, int | float):
+        return NUMBER
+    return STRING
 
 
 __all__ = ["STRING", "RuleSet", "load_ruleset", "parse_duration"]

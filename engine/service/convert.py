@@ -7,7 +7,7 @@ import math
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from engine.service.pb import risk_pb2
-from engine.transaction import Action, Channel, ReasonSource, ScoreResult, Transaction
+from engine.transaction import Action, Channel, Reason, ReasonSource, ScoreResult, Transaction
 from engine.validation import InvalidTransaction, Limits
 
 _CHANNELS = {
@@ -61,6 +61,7 @@ def to_transaction(request: risk_pb2.ScoreRequest, limits: Limits) -> Transactio
         merchant_id=t.merchant_id,
         channel=channel,
         attributes=tuple(sorted(t.attributes.items())),
+        merchant_category=t.merchant_category,
     )
 
 
@@ -82,8 +83,22 @@ def from_transaction(txn: Transaction) -> risk_pb2.ScoreRequest:
             merchant_id=txn.merchant_id,
             channel=channel,
             attributes=dict(txn.attributes),
+            merchant_category=txn.merchant_category,
         )
     )
+
+
+def _reasons(reasons: tuple[Reason, ...]) -> list[risk_pb2.Reason]:
+    return [
+        risk_pb2.Reason(
+            code=r.code,
+            source=_SOURCES[r.source],
+            rule_id=r.rule_id,
+            message=r.message,
+            action=_DECISIONS[r.action],
+        )
+        for r in reasons
+    ]
 
 
 def to_response(result: ScoreResult) -> risk_pb2.ScoreResponse:
@@ -91,16 +106,8 @@ def to_response(result: ScoreResult) -> risk_pb2.ScoreResponse:
         transaction_id=result.transaction_id,
         decision=_DECISIONS[result.decision],
         score=result.score,
-        reasons=[
-            risk_pb2.Reason(
-                code=r.code,
-                source=_SOURCES[r.source],
-                rule_id=r.rule_id,
-                message=r.message,
-                action=_DECISIONS[r.action],
-            )
-            for r in result.reasons
-        ],
+        reasons=_reasons(result.reasons),
+        shadow_reasons=_reasons(result.shadow),
         ruleset_version=result.ruleset_version,
         model_version=result.model_version,
         degraded=result.degraded,

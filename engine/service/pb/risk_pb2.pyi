@@ -47,7 +47,7 @@ REASON_SOURCE_MODEL: ReasonSource
 REASON_SOURCE_SYSTEM: ReasonSource
 
 class Transaction(_message.Message):
-    __slots__ = ("transaction_id", "event_time", "amount_minor", "currency", "user_id", "card_id", "device_id", "ip", "country", "merchant_id", "channel", "attributes")
+    __slots__ = ("transaction_id", "event_time", "amount_minor", "currency", "user_id", "card_id", "device_id", "ip", "country", "merchant_id", "channel", "attributes", "merchant_category")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class Transaction(_message.Message):
     MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_CATEGORY_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     event_time: _timestamp_pb2.Timestamp
     amount_minor: int
@@ -79,7 +80,8 @@ class Transaction(_message.Message):
     merchant_id: str
     channel: Channel
     attributes: _containers.ScalarMap[str, str]
-    def __init__(self, transaction_id: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., amount_minor: _Optional[int] = ..., currency: _Optional[str] = ..., user_id: _Optional[str] = ..., card_id: _Optional[str] = ..., device_id: _Optional[str] = ..., ip: _Optional[str] = ..., country: _Optional[str] = ..., merchant_id: _Optional[str] = ..., channel: _Optional[_Union[Channel, str]] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    merchant_category: str
+    def __init__(self, transaction_id: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., amount_minor: _Optional[int] = ..., currency: _Optional[str] = ..., user_id: _Optional[str] = ..., card_id: _Optional[str] = ..., device_id: _Optional[str] = ..., ip: _Optional[str] = ..., country: _Optional[str] = ..., merchant_id: _Optional[str] = ..., channel: _Optional[_Union[Channel, str]] = ..., attributes: _Optional[_Mapping[str, str]] = ..., merchant_category: _Optional[str] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
     __slots__ = ("transaction",)
@@ -102,7 +104,7 @@ class Reason(_message.Message):
     def __init__(self, code: _Optional[str] = ..., source: _Optional[_Union[ReasonSource, str]] = ..., rule_id: _Optional[str] = ..., message: _Optional[str] = ..., action: _Optional[_Union[Decision, str]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("transaction_id", "decision", "score", "reasons", "ruleset_version", "model_version", "degraded", "features", "elapsed_us")
+    __slots__ = ("transaction_id", "decision", "score", "reasons", "ruleset_version", "model_version", "degraded", "features", "elapsed_us", "shadow_reasons")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +121,7 @@ class ScoreResponse(_message.Message):
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_US_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_REASONS_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     decision: Decision
     score: float
@@ -128,4 +131,5 @@ class ScoreResponse(_message.Message):
     degraded: bool
     features: _containers.ScalarMap[str, float]
     elapsed_us: int
-    def __init__(self, transaction_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., ruleset_version: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., features: _Optional[_Mapping[str, float]] = ..., elapsed_us: _Optional[int] = ...) -> None: ...
+    shadow_reasons: _containers.RepeatedCompositeFieldContainer[Reason]
+    def __init__(self, transaction_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., ruleset_version: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., features: _Optional[_Mapping[str, float]] = ..., elapsed_us: _Optional[int] = ..., shadow_reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ...) -> None: ...

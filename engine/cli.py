@@ -2,8 +2,10 @@
 
 risk-engine serve [--port N] [--rules PATH] [--model PATH] [--redis-url URL]
 risk-engine rules check PATH
+risk-engine rules test PATH
 risk-engine rules fields PATH
 risk-engine train --data FILE --config FILE [--rules PATH] [--out DIR] [--promote]
+risk-engine backtest --data FILE [--rules PATH] [--model DIR] [--compare PATH] [--mapping M] --out DIR
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ def _serve(args: argparse.Namespace) -> int:
         "redis_url": args.redis_url,
         "redis_budget_ms": args.redis_budget_ms,
         "threads": args.threads,
+        "reload_interval_s": args.reload_interval,
     }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if args.metrics_port is not None:
+        config = replace(config, metrics_port=None if args.metrics_port == "off" else int(args.metrics_port))
     try:
         serve(config)
     except ConfigError as exc:
@@ -58,8 +63,41 @@ def _rules_check(args: argparse.Namespace) -> int:
             print(err)
         print(f"{len(exc.errors)} error(s)", file=sys.stderr)
         return 1
-    print(f"ok: rule set {rs.version}: {len(rs.rules)} rules, {len(rs.windows.specs)} windows")
+    shadow = sum(1 for r in rs.rules if r.mode == "shadow")
+    rolling = sum(1 for r in rs.rules if r.mode == "active" and r.rollout < 100)
+    print(
+        f"ok: rule set {rs.version} ({rs.digest}): {len(rs.rules) - shadow} active rules"
+        f" ({rolling} rolling out), {shadow} shadow, {len(rs.disabled)} disabled;"
+        f" {len(rs.windows.specs)} windows, {len(rs.lists)} lists, {len(rs.tests)} tests passed"
+    )
     return 0
+
+
+def _rules_test(args: argparse.Namespace) -> int:
+    from engine.rules.errors import RuleSetInvalid
+    from engine.rules.ruleset import load_ruleset
+    from engine.rules.testing import run_rule_tests
+
+    try:
+        rs = load_ruleset(args.path, run_tests=False)
+    except RuleSetInvalid as exc:
+        for err in exc.errors:
+            print(err)
+        print(f"{len(exc.errors)} error(s): fix these before the tests can run", file=sys.stderr)
+        return 1
+    outcomes = run_rule_tests(rs)
+    failed = 0
+    for outcome in outcomes:
+        if outcome.failure:
+            failed += 1
+            print(f"FAIL {outcome.test.where}: {outcome.failure}")
+        else:
+            decision = outcome.decision.name.lower() if outcome.decision is not None else "?"
+            print(f"ok   {outcome.test.name}: {decision} [{', '.join(sorted(outcome.reasons)) or 'no reasons'}]")
+    print(f"{len(outcomes) - failed} passed, {failed} failed", file=sys.stderr)
+    if not outcomes:
+        print(f"no tests in {args.path}: add a 'tests:' list (docs/rules.md)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _rules_fields(args: argparse.Namespace) -> int:
@@ -101,6 +139,36 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backtest(args: argparse.Namespace) -> int:
+    from engine.model.predictor import ModelInvalid
+    from engine.offline.backtest import BacktestError, backtest
+    from engine.rules.errors import RuleSetInvalid
+
+    try:
+        result = backtest(
+            args.data,
+            args.rules,
+            args.out,
+            model=args.model,
+            compare=args.compare,
+            mapping=args.mapping,
+            limit=args.limit,
+            progress=not args.quiet,
+        )
+    except BacktestError as exc:
+        print(f"risk-engine backtest: {exc}", file=sys.stderr)
+        return 2
+    except RuleSetInvalid as exc:
+        print(f"risk-engine backtest: the rule set is invalid:\n{exc}", file=sys.stderr)
+        return 2
+    except ModelInvalid as exc:
+        print(f"risk-engine backtest: the model cannot be used: {exc}", file=sys.stderr)
+        return 2
+    for path in result.files:
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="risk-engine", description="Real-time transaction risk engine")
@@ -114,12 +182,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis-url", help="Redis URL (REDIS_URL); empty: the embedded in-process store")
     p.add_argument("--redis-budget-ms", type=float, help="time budget of one Redis call (RISK_REDIS_BUDGET_MS, 50)")
     p.add_argument("--threads", type=int, help="worker threads (RISK_THREADS, 16)")
+    p.add_argument("--metrics-port", help="Prometheus /metrics port, or 'off' (RISK_METRICS_PORT, 9464)")
+    p.add_argument(
+        "--reload-interval",
+        type=float,
+        help="seconds between checks of the rules folder, 0: off (RISK_RELOAD_INTERVAL_S, 1)",
+    )
     p.set_defaults(func=_serve)
 
     rules = sub.add_parser("rules", help="work with rule sets").add_subparsers(dest="rules_command", required=True)
     p = rules.add_parser("check", help="validate a rule set; errors with file:line:column")
     p.add_argument("path")
     p.set_defaults(func=_rules_check)
+    p = rules.add_parser("test", help="run the rule tests written beside the rules")
+    p.add_argument("path")
+    p.set_defaults(func=_rules_test)
     p = rules.add_parser("fields", help="print the catalog of names a rule can read")
     p.add_argument("path", nargs="?", default=str(ROOT / "rules"))
     p.set_defaults(func=_rules_fields)
@@ -131,6 +208,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "models"), help="registry folder to write the model into")
     p.add_argument("--promote", action="store_true", help="make it the served model (models/PROMOTED)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("backtest", help="replay labeled history through the pipeline and report the decisions")
+    p.add_argument("--data", required=True, help="Parquet or CSV file of labeled transactions")
+    p.add_argument("--rules", default=str(ROOT / "rules"), help="rule set to backtest (default rules/)")
+    p.add_argument("--model", help="model folder or registry (default: no model, score NaN)")
+    p.add_argument("--compare", metavar="PATH", help="a second rule set: list the changed decisions and metric deltas")
+    p.add_argument("--mapping", default="native", help="column mapping: a preset (native, handbook) or a YAML file")
+    p.add_argument("--out", required=True, help="folder for transactions.parquet, summary.{json,md}, report.html")
+    p.add_argument("--limit", type=int, help="replay only the first N rows of the file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_backtest)
 
     args = parser.parse_args(argv)
     try:

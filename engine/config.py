@@ -33,6 +33,11 @@ class ServeConfig:
     threads: int = 16
     max_concurrent_rpcs: int = 256
     grace_s: float = 10.0
+    #: How often the rules folder is checked for changes; 0 turns the watcher off (SIGHUP still reloads).
+    reload_interval_s: float = 1.0
+    metrics_host: str = "127.0.0.1"
+    #: Port of the Prometheus /metrics endpoint; None turns it off, 0 picks a free port.
+    metrics_port: int | None = 9464
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -51,6 +56,11 @@ class ServeConfig:
                 idempotency_ttl_s=float(_env("RISK_IDEMPOTENCY_TTL_S", "86400")),
                 threads=int(_env("RISK_THREADS", "16")),
                 grace_s=float(_env("RISK_GRACE_S", "10")),
+                reload_interval_s=float(_env("RISK_RELOAD_INTERVAL_S", "1")),
+                metrics_host=_env("RISK_METRICS_HOST", "127.0.0.1"),
+                metrics_port=None
+                if _env("RISK_METRICS_PORT", "9464") == "off"
+                else int(_env("RISK_METRICS_PORT", "9464")),
                 limits=Limits(
                     max_event_age_s=float(_env("RISK_MAX_EVENT_AGE_S", str(d.max_event_age_s))),
                     max_event_lead_s=float(_env("RISK_MAX_EVENT_LEAD_S", str(d.max_event_lead_s))),
@@ -68,6 +78,10 @@ class ServeConfig:
             raise ConfigError(f"the Redis budget must be 1..10000 ms, got {self.redis_budget_ms}")
         if self.idempotency_ttl_s <= 0:
             raise ConfigError(f"the idempotency TTL must be positive, got {self.idempotency_ttl_s}")
+        if self.reload_interval_s < 0:
+            raise ConfigError(f"the reload interval must be 0 (off) or positive, got {self.reload_interval_s}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"the metrics port must be 0..65535 or 'off', got {self.metrics_port}")
         if self.threads < 1:
             raise ConfigError("--threads must be at least 1")
         if not self.rules.exists():

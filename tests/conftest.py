@@ -161,6 +161,7 @@ def make_config(model: Path, redis: tuple[str, str] | None = None, **overrides: 
         redis_prefix=redis[1] if redis else "risk",
         threads=8,
         grace_s=2.0,
+        metrics_port=0,
     )
     return replace(config, **overrides)  # type: ignore[arg-type]
 

@@ -17,6 +17,7 @@ generic INTERNAL "exception deserializing request".
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -24,13 +25,15 @@ from google.protobuf.message import DecodeError
 from engine.pipeline import IdempotencyConflict, InvalidTransaction, Pipeline
 from engine.service.convert import to_response, to_transaction
 from engine.service.pb import risk_pb2, risk_pb2_grpc
+from engine.transaction import ScoreResult
 
 log = logging.getLogger("risk_engine.service")
 
 
 class RiskEngineServicer(risk_pb2_grpc.RiskEngineServicer):
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, observe: Callable[[ScoreResult], None] | None = None) -> None:
         self.pipeline = pipeline
+        self.observe = observe or (lambda result: None)
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's handler, parsing requests itself (see the module docstring)."""
@@ -65,4 +68,6 @@ class RiskEngineServicer(risk_pb2_grpc.RiskEngineServicer):
             context.abort(grpc.StatusCode.INTERNAL, "internal error while scoring; see the server log")
         if scored.replayed:
             context.send_initial_metadata((("risk-replayed", "true"),))
+        else:
+            self.observe(scored.result)
         return to_response(scored.result)

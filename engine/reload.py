@@ -1,0 +1,182 @@
+"""Live reload: watching the rules folder, accepting a new rule set only when it is sound, swapping it in.
+
+A `Reloader` polls the files of the rule set (the YAML, the list files, the
+geoip database, the model registry's PROMOTED file) once per interval. When
+they change, it waits until they have stayed unchanged for one more
+interval (an analyst copying several files is not caught half-way), then
+loads the new set: parse, type-check, compile, run the rule tests, and load
+the model against it. Only if all of that succeeds does it swap the new rule
+set and model into the pipeline, in one reference assignment between
+requests. A refused set is logged with its errors and the old one keeps
+serving; `status` says which version is active and what the last failure was.
+
+`reload_now()` does the same at once (SIGHUP, tests, an admin call).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from engine.model.predictor import PROMOTED, Model, ModelInvalid, load_model
+from engine.pipeline import Pipeline
+from engine.rules.errors import RuleSetInvalid
+from engine.rules.ruleset import RuleSet, load_ruleset
+
+log = logging.getLogger("risk_engine.reload")
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadStatus:
+    """What is serving and how the last reload went."""
+
+    ruleset_version: str
+    ruleset_digest: str
+    model_version: str
+    loaded_at: float  # unix time the active set was swapped in
+    reloads_ok: int = 0
+    reloads_failed: int = 0
+    last_failure_at: float = 0.0  # 0: never
+    last_failure: str = ""  # the errors of the last refused set ('' when the last attempt succeeded)
+    last_attempt_ok: bool = True
+
+
+def _watched_files(rules: Path, ruleset: RuleSet, model: Path) -> list[Path]:
+    files = set(rules.glob("*.yaml")) if rules.is_dir() else {rules}
+    files.update(Path(f) for f in ruleset.files)
+    files.add(model / PROMOTED)
+    return sorted(files)
+
+
+def _fingerprint(files: list[Path], rules: Path) -> str:
+    """Changes when a watched file is added, removed, or rewritten."""
+    h = hashlib.sha256()
+    current = set(files)
+    if rules.is_dir():
+        current.update(rules.glob("*.yaml"))
+    for path in sorted(current):
+        try:
+            st = path.stat()
+            h.update(f"{path}\0{st.st_mtime_ns}\0{st.st_size}\n".encode())
+        except OSError:
+            h.update(f"{path}\0missing\n".encode())
+    return h.hexdigest()
+
+
+class Reloader:
+    """Reloads the rule set (and the promoted model) of a running pipeline."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        rules: Path,
+        model: Path,
+        *,
+        interval_s: float = 1.0,
+        on_change: Callable[[ReloadStatus], None] | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.rules = rules
+        self.model_path = model
+        self.interval_s = interval_s
+        self.on_change = on_change or (lambda status: None)
+        snap = pipeline.snapshot
+        self.status = ReloadStatus(
+            ruleset_version=snap.ruleset.version,
+            ruleset_digest=snap.ruleset.digest,
+            model_version=snap.model.version if snap.model is not None else "",
+            loaded_at=time.time(),
+        )
+        self._lock = threading.Lock()  # one reload at a time (watcher and SIGHUP)
+        self._files = _watched_files(rules, snap.ruleset, model)
+        self._seen = _fingerprint(self._files, rules)
+        self._pending: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def reload_now(self) -> bool:
+        """Load, check and test the rule set and model on disk; swap them in if sound. True when swapped."""
+        with self._lock:
+            fingerprint = _fingerprint(self._files, self.rules)
+            try:
+                ruleset = load_ruleset(self.rules)
+                model: Model = load_model(self.model_path, ruleset)
+            except RuleSetInvalid as exc:
+                return self._refused(fingerprint, f"rule set refused ({len(exc.errors)} error(s)):\n{exc}")
+            except ModelInvalid as exc:
+                return self._refused(fingerprint, f"model refused: {exc}")
+            except Exception as exc:
+                log.exception("reload failed unexpectedly")
+                return self._refused(fingerprint, f"reload failed: {type(exc).__name__}: {exc}")
+            self.pipeline.swap(ruleset, model)
+            self._files = _watched_files(self.rules, ruleset, self.model_path)
+            self._seen = _fingerprint(self._files, self.rules)
+            old = self.status
+            self.status = replace(
+                old,
+                ruleset_version=ruleset.version,
+                ruleset_digest=ruleset.digest,
+                model_version=model.version,
+                loaded_at=time.time(),
+                reloads_ok=old.reloads_ok + 1,
+                last_attempt_ok=True,
+            )
+            log.info(
+                "reloaded: rule set %s (%s, %d rules, %d tests passed), model %s",
+                ruleset.version,
+                ruleset.digest,
+                len(ruleset.rules),
+                len(ruleset.tests),
+                model.version,
+            )
+        self.on_change(self.status)
+        return True
+
+    def _refused(self, fingerprint: str, why: str) -> bool:
+        self._seen = fingerprint  # do not retry the same broken files every interval
+        old = self.status
+        self.status = replace(
+            old,
+            reloads_failed=old.reloads_failed + 1,
+            last_failure_at=time.time(),
+            last_failure=why,
+            last_attempt_ok=False,
+        )
+        log.error("%s; still serving rule set %s, model %s", why, old.ruleset_version, old.model_version)
+        self.on_change(self.status)
+        return False
+
+    def poll(self) -> bool | None:
+        """One watcher step: reload when the files changed and then held still. None: nothing to do."""
+        current = _fingerprint(self._files, self.rules)
+        if current == self._seen:
+            self._pending = None
+            return None
+        if self._pending != current:  # changed since the last look: wait until it settles
+            self._pending = current
+            return None
+        self._pending = None
+        return self.reload_now()
+
+    def start(self) -> None:
+        """Watch in a daemon thread until `stop()`."""
+
+        def loop() -> None:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    self.poll()
+                except Exception:
+                    log.exception("rule watcher step failed")
+
+        self._thread = threading.Thread(target=loop, name="rules-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

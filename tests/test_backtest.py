@@ -158,6 +158,7 @@ def test_summary_matches_the_hand_computed_case(case: dict[str, Path]) -> None:
     assert pop["fraud_amount"] == 360.0
     assert pop["fraud_rate"] == 6 / 11
     assert (pop["from"], pop["to"]) == ("2026-01-01", "2026-01-02")
+    assert pop["duplicate_ids"] == 0
 
     # Decisions: deny t05 t09 (card_burst: 3rd and 4th on c3 within the hour);
     # review t02 (150), t06 (200 USD = 100 EUR), t12 (200, web), t07 t08 (web);
@@ -370,7 +371,7 @@ rules:
     reason_code: CANDIDATE_60
     message: 60 EUR or more.
     mode: shadow
-  - id: half_web
+  - id: {web_rule}
     condition: "channel == 'web'"
     action: deny
     reason_code: HALF_WEB
@@ -382,10 +383,15 @@ rules:
 def test_shadow_and_rollout_hits_are_measured_apart(case: dict[str, Path]) -> None:
     from engine.rules.evaluate import rollout_bucket
 
+    web = {"t07": (0, 4_000), "t08": (1, 6_000), "t12": (0, 20_000)}  # label, amount of the web payments
+    # A rule id whose 50 % rollout splits the web payments (whatever the hash), so both parts are exercised.
+    half_web = next(
+        rid for rid in (f"web_{k}" for k in range(100)) if 0 < sum(rollout_bucket(rid, t) < 5_000 for t in web) < 3
+    )
     rules = case["tmp"] / "rules_shadow"
     rules.mkdir()
     (rules / "engine.yaml").write_text(ENGINE_YAML)
-    (rules / "rules.yaml").write_text(SHADOW_RULES)
+    (rules / "rules.yaml").write_text(SHADOW_RULES.replace("{web_rule}", half_web))
     out = case["tmp"] / "out"
     assert run("--data", str(case["data"]), "--rules", str(rules), "--out", str(out)) == 0
     s = summary_of(out)
@@ -398,26 +404,41 @@ def test_shadow_and_rollout_hits_are_measured_apart(case: dict[str, Path]) -> No
     assert candidate["shadow"] == metrics(7, 3, 3, 29_000)
     assert candidate["active"] == metrics(0, 0, 0, 0)
     # Decisions are those of big_amount and the acting half of half_web alone.
-    web = {"t07": (0, 4_000), "t08": (1, 6_000), "t12": (0, 20_000)}
-    acting = {t for t in web if rollout_bucket("half_web", t) < 5_000}
+    acting = {t for t in web if rollout_bucket(half_web, t) < 5_000}
     shadow = set(web) - acting
-    assert acting and shadow, "the fixture's ids should fall in both parts of the rollout"
 
     def expected(ids: set[str]) -> dict[str, Any]:
         fraud = sum(web[t][0] for t in ids)
         return metrics(len(ids), fraud, len(ids) - fraud, sum(web[t][1] for t in ids if web[t][0]))
 
-    assert by_id["half_web"]["rollout"] == 50.0
-    assert by_id["half_web"]["active"] == expected(acting)
-    assert by_id["half_web"]["shadow"] == expected(shadow)
+    assert by_id[half_web]["rollout"] == 50.0
+    assert by_id[half_web]["active"] == expected(acting)
+    assert by_id[half_web]["shadow"] == expected(shadow)
     assert s["decisions"]["deny"]["count"] == len(acting)
 
     table = {r["transaction_id"]: r for r in pq.read_table(out / "transactions.parquet").to_pylist()}
-    assert {t for t, r in table.items() if "half_web" in r["shadow_rule_ids"]} == shadow
-    assert {t for t, r in table.items() if "half_web" in r["rule_ids"]} == acting
+    assert {t for t, r in table.items() if half_web in r["shadow_rule_ids"]} == shadow
+    assert {t for t, r in table.items() if half_web in r["rule_ids"]} == acting
     assert table["t10"]["shadow_rule_ids"] == ["candidate_60"] and table["t10"]["decision"] == "allow"
 
     md = (out / "summary.md").read_text()
     assert "| candidate_60 | CANDIDATE_60 | deny | shadow | 100 % | 7 |" in md
     page = (out / "report.html").read_text()
     assert "Shadow rules: precision and recall" in page and page.count("<svg") == 4
+
+
+def test_progress_lines_off_a_terminal() -> None:
+    import io
+
+    from engine.offline.backtest import Progress
+
+    stream = io.StringIO()
+    progress = Progress("replay", stream)
+    progress(0, 10)
+    progress(5, 10)  # within 10 s of the last line: not written
+    progress(10, 10)
+    progress(10, 10)  # finished: nothing more
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("  replay [") and "0/10" in lines[0]
+    assert "10/10" in lines[1] and "done in" in lines[1] and "#" * 30 in lines[1]

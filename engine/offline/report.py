@@ -124,6 +124,8 @@ def _population_rows(summary: Mapping[str, Any]) -> list[list[str]]:
         ["fraud amount", money(pop["fraud_amount"], cur)],
         ["degraded answers", num(pop["degraded"])],
     ]
+    if pop.get("duplicate_ids"):
+        rows.append(["repeated transaction ids (windows count each id once)", num(pop["duplicate_ids"])])
     return rows
 
 

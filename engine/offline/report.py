@@ -281,6 +281,7 @@ def _svg_open(width: int, height: int, title: str) -> list[str]:
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
         f"<title>{html.escape(title)}</title>",
+        f'<text x="{width - 4}" y="14" font-size="12" font-weight="600" text-anchor="end">{html.escape(title)}</text>',
     ]
 
 

@@ -25,11 +25,12 @@ def request(
     user_id: str = "u-1",
     card_id: str = "c-1",
     device_id: str = "d-1",
-    ip: str = "81.2.69.160",
+    ip: str = "85.214.132.117",  # in Germany, like the default card country
     country: str = "DE",
     merchant_id: str = "m-1",
     channel: int = risk_pb2.CHANNEL_APP,
     attributes: dict[str, str] | None = None,
+    merchant_category: str = "",
     with_time: bool = True,
 ) -> risk_pb2.ScoreRequest:
     t = risk_pb2.Transaction(
@@ -44,6 +45,7 @@ def request(
         merchant_id=merchant_id,
         channel=channel,
         attributes=attributes or {},
+        merchant_category=merchant_category,
     )
     if with_time:
         ms = event_time_ms if event_time_ms is not None else now_ms()

@@ -130,6 +130,8 @@ def test_sigterm_drains_the_call_in_flight(trained_registry: Path, own_redis: Re
             own_redis.url,
             "--redis-budget-ms",
             "3000",
+            "--metrics-port",
+            "0",
         ],
         cwd=ROOT,
         env=env,

@@ -43,6 +43,12 @@ def test_every_shipped_rule_has_a_test_here() -> None:
         "very_large_amount",
         "new_device_spending_spike",
         "private_ip_on_web",
+        "blocklisted_card_or_device",
+        "blocked_ip_range",
+        "ip_country_mismatch_large_amount",
+        "high_risk_industry_amount",
+        "ip_burst",
+        "unknown_device_at_night",
     }
     assert {r.id for r in load_ruleset(RULES).rules} == tested
 
@@ -148,3 +154,94 @@ def test_new_device_spending_spike(stub: risk_pb2_grpc.RiskEngineStub, devices: 
 def test_private_ip_on_web(stub: risk_pb2_grpc.RiskEngineStub, channel: int, ip: str, fires: bool) -> None:
     resp = send(stub, channel=channel, ip=ip, card_id=uid("c"))
     assert (fired(resp, "private_ip_on_web") is not None) is fires
+
+
+@pytest.mark.parametrize(
+    ("card", "device", "fires"),
+    [("card-stolen-0001", "d-ok", True), ("c-ok", "dev-fraud-0001", True), ("c-ok", "d-ok", False)],
+)
+def test_blocklisted_card_or_device(stub: risk_pb2_grpc.RiskEngineStub, card: str, device: str, fires: bool) -> None:
+    resp = send(stub, card_id=card if card != "c-ok" else uid("c"), device_id=device)
+    assert (fired(resp, "blocklisted_card_or_device") is not None) is fires
+    assert (resp.decision == DENY) is fires
+
+
+@pytest.mark.parametrize(("ip", "fires"), [("203.0.113.9", True), ("2001:db8:bad:1::2", True), ("203.0.114.9", False)])
+def test_blocked_ip_range(stub: risk_pb2_grpc.RiskEngineStub, ip: str, fires: bool) -> None:
+    resp = send(stub, ip=ip, card_id=uid("c"))
+    assert (fired(resp, "blocked_ip_range") is not None) is fires
+
+
+@pytest.mark.parametrize(
+    ("ip", "country", "amount_minor", "fires"),
+    [
+        ("8.8.8.8", "DE", 30_000, True),  # a US address (embedded database) with a German card
+        ("8.8.8.8", "US", 30_000, False),
+        ("8.8.8.8", "DE", 29_999, False),
+        ("10.0.0.1", "DE", 30_000, False),  # a private address has no country: no mismatch
+    ],
+)
+def test_ip_country_mismatch_large_amount(
+    stub: risk_pb2_grpc.RiskEngineStub, ip: str, country: str, amount_minor: int, fires: bool
+) -> None:
+    resp = send(stub, ip=ip, country=country, amount_minor=amount_minor, card_id=uid("c"))
+    assert (fired(resp, "ip_country_mismatch_large_amount") is not None) is fires
+
+
+@pytest.mark.parametrize(("mcc", "amount_minor", "fires"), [("7995", 50_000, True), ("5411", 50_000, False)])
+def test_high_risk_industry_amount(
+    stub: risk_pb2_grpc.RiskEngineStub, mcc: str, amount_minor: int, fires: bool
+) -> None:
+    resp = send(stub, merchant_category=mcc, amount_minor=amount_minor, card_id=uid("c"))
+    assert (fired(resp, "high_risk_industry_amount") is not None) is fires
+
+
+def test_ip_burst_acts_only_on_its_rollout_share(stub: risk_pb2_grpc.RiskEngineStub) -> None:
+    from engine.rules.evaluate import rollout_bucket
+
+    high, low = divmod(uuid.uuid4().int % 60_000, 250)
+    ip, t = f"5.9.{high}.{low}", now_ms() - 120_000
+
+    def tid_in_share(want: bool) -> str:  # ids picked so that both parts of the rollout are seen
+        while True:
+            tid = uid("burst")
+            if (rollout_bucket("ip_burst", tid) < 2500) is want:
+                return tid
+
+    acted = shadowed = 0
+    for k in range(40):
+        tid = tid_in_share(k % 2 == 0)
+        resp = send(stub, transaction_id=tid, ip=ip, card_id=uid("c"), event_time_ms=t + k * 1000)
+        count = resp.features["ip_count_10m"]
+        assert count == k + 1
+        in_share = rollout_bucket("ip_burst", tid) < 2500
+        in_reasons = fired(resp, "ip_burst") is not None
+        in_shadow = any(r.rule_id == "ip_burst" for r in resp.shadow_reasons)
+        if count < 20:
+            assert not in_reasons and not in_shadow
+        else:
+            assert in_reasons is in_share and in_shadow is not in_share
+            acted += in_reasons
+            shadowed += in_shadow
+    assert (acted, shadowed) == (10, 11)  # k = 19..39: even k in the share
+
+
+def test_unknown_device_at_night_is_shadow_only(stub: risk_pb2_grpc.RiskEngineStub) -> None:
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    night = now - dt.timedelta(minutes=1) if 1 <= now.hour <= 6 else now.replace(hour=3, minute=0, second=0)
+    if night > now:
+        night -= dt.timedelta(days=1)
+    resp = send(
+        stub,
+        channel=risk_pb2.CHANNEL_WEB,
+        device_id="",
+        amount_minor=20_000,
+        event_time_ms=int(night.timestamp() * 1000),
+        card_id=uid("c"),
+    )
+    assert fired(resp, "unknown_device_at_night") is None
+    (shadow,) = resp.shadow_reasons
+    assert shadow.rule_id == "unknown_device_at_night" and shadow.code == "NIGHT_NO_DEVICE"
+    assert shadow.action == REVIEW

@@ -10,7 +10,7 @@ own share independently of the others.
 
 from __future__ import annotations
 
-import zlib
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +24,8 @@ BUCKETS = 10_000
 
 def rollout_bucket(rule_id: str, transaction_id: str) -> int:
     """The transaction's stable bucket (0..9999) for a rule's rollout."""
-    return zlib.crc32(f"{rule_id}\x1f{transaction_id}".encode()) % BUCKETS
+    digest = hashlib.blake2b(f"{rule_id}\x1f{transaction_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
 
 
 def acts_on(rule: Rule, transaction_id: str) -> bool:

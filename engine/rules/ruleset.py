@@ -339,12 +339,9 @@ def load_ruleset(path: str | Path, *, run_tests: bool = True) -> RuleSet:
     if got is not None:
         geo = _geoip(b, got[0], got[1], files)
     else:
-        try:  # TEMP until engine.geo lands
-            from engine.geo import default_geo
+        from engine.geo import default_geo
 
-            geo = default_geo()
-        except ImportError:
-            geo = None
+        geo = default_geo()
 
     lists = _lists(b, list_nodes, files)
     specs = _windows(b, windows_nodes)
@@ -774,7 +771,7 @@ def _test_transaction(b: _Builder, node: Located, tname: str, money: Money) -> T
     if not strings["user_id"] and not strings["card_id"]:
         strings["card_id"] = "test-card"
     return Transaction(
-        transaction_id=str(node.get("transaction_id", f"test-{tname}")),
+        transaction_id=str(node.get("transaction_id", "test-" + hashlib.sha256(tname.encode()).hexdigest()[:16])),
         event_time_ms=event_ms,
         amount_minor=round(float(amount) * 10 ** CURRENCY_EXPONENTS[currency]),
         currency=currency,
@@ -810,8 +807,11 @@ def _tests(
             continue
         txn = _test_transaction(b, txn_node, tname, money)
         windows: dict[str, float] = {}
-        raw_windows = node.get("windows", {})
-        if not isinstance(raw_windows, Located):
+        raw_windows = node.get("windows")
+        if raw_windows is None:
+            raw_windows = Located()
+            raw_windows.key_pos, raw_windows.value_pos = {}, {}
+        elif not isinstance(raw_windows, Located):
             b.err(node.value_at("windows"), f"test '{tname}': 'windows' must map window names to values")
             raw_windows = Located()
             raw_windows.key_pos, raw_windows.value_pos = {}, {}
@@ -828,8 +828,10 @@ def _tests(
             else:
                 windows[wname] = float(value)
         fields: dict[str, Any] = {}
-        raw_fields = node.get("fields", {})
-        if isinstance(raw_fields, Located):
+        raw_fields = node.get("fields")
+        if raw_fields is None:
+            pass
+        elif isinstance(raw_fields, Located):
             for fname, value in raw_fields.items():
                 kind = catalog.get(fname)
                 if kind is None or fname in window_names or fname == SCORE:

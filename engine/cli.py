@@ -4,6 +4,7 @@ risk-engine serve [--port N] [--rules PATH] [--model PATH] [--redis-url URL]
 risk-engine rules check PATH
 risk-engine rules test PATH
 risk-engine rules fields PATH
+risk-engine simulate --out FILE [--days N] [--users N] [--seed S]
 risk-engine train --data FILE --config FILE [--rules PATH] [--out DIR] [--promote]
 risk-engine backtest --data FILE [--rules PATH] [--model DIR] [--compare PATH] [--mapping M] --out DIR
 """
@@ -169,6 +170,19 @@ def _backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from engine.offline.synthetic import generate, write_parquet
+
+    if args.days < 1 or args.users < 1:
+        print("risk-engine simulate: --days and --users must be at least 1", file=sys.stderr)
+        return 2
+    rows = generate(days=args.days, users=args.users, merchants=max(args.users // 5, 1), seed=args.seed)
+    path = write_parquet(rows, args.out)
+    frauds = sum(1 for r in rows if r["label"])
+    print(f"wrote {path}: {len(rows):,} transactions, {frauds:,} labeled fraud (mapping: native)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="risk-engine", description="Real-time transaction risk engine")
@@ -219,6 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="replay only the first N rows of the file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_backtest)
+
+    p = sub.add_parser("simulate", help="write labeled, gateway-shaped synthetic transactions (Parquet)")
+    p.add_argument("--out", required=True, help="Parquet file to write")
+    p.add_argument("--days", type=int, default=30, help="days of traffic (default 30)")
+    p.add_argument("--users", type=int, default=300, help="number of users (default 300)")
+    p.add_argument("--seed", type=int, default=7, help="random seed; the same seed gives the same file")
+    p.set_defaults(func=_simulate)
 
     args = parser.parse_args(argv)
     try:

@@ -133,8 +133,11 @@ def _type_of_value(value: Any) -> str | None:
 
 
 def _nearest(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f"did you mean '{close[0]}'?" if close else ""
+    """'did you mean ...?' with up to three close names, or ''."""
+    close = [f"'{c}'" for c in difflib.get_close_matches(word, list(options), n=3)]
+    if not close:
+        return ""
+    return f"did you mean {close[0]}?" if len(close) == 1 else f"did you mean {', '.join(close[:-1])} or {close[-1]}?"
 
 
 class _Checker:

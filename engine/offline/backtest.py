@@ -501,6 +501,9 @@ def compare_runs(
             va = ra["active"][key] if ra else None
             vb = rb["active"][key] if rb else None
             row[key] = {"a": va, "b": vb, "delta": _delta(va, vb)}
+        # shadow hits too: a candidate rule is usually compared while still in shadow
+        va, vb = (ra["shadow"]["hits"] if ra else None), (rb["shadow"]["hits"] if rb else None)
+        row["shadow_hits"] = {"a": va, "b": vb, "delta": _delta(va, vb)}
         rule_deltas.append(row)
     info = {
         "ruleset_b": summary_b["ruleset"],

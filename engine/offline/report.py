@@ -196,6 +196,8 @@ def _compare_rows(summary: Mapping[str, Any]) -> tuple[list[list[str]], list[lis
                 pct(r["precision"]["b"]),
                 pct(r["recall"]["a"]),
                 pct(r["recall"]["b"]),
+                num(r["shadow_hits"]["a"]),
+                num(r["shadow_hits"]["b"]),
             ]
         )
     return metrics, transitions, rules
@@ -211,6 +213,8 @@ COMPARE_RULE_COLUMNS = (
     "precision B",
     "recall A",
     "recall B",
+    "shadow hits A",
+    "shadow hits B",
 )
 
 
@@ -263,7 +267,7 @@ def to_markdown(summary: Mapping[str, Any]) -> str:
         if transitions:
             parts += [_md_table(("A -> B", "transactions"), transitions), ""]
         parts += [_md_table(("metric", "A", "B", "Δ"), metrics), ""]
-        parts += ["Per rule (active hits):", "", _md_table(COMPARE_RULE_COLUMNS, rules), ""]
+        parts += ["Per rule (active hits, then shadow hits):", "", _md_table(COMPARE_RULE_COLUMNS, rules), ""]
     parts += ["## Decision mix per day", "", _md_table(DAILY_COLUMNS, _daily_rows(summary)), ""]
     parts += ["## Definitions", ""]
     parts += [f"- **{k}**: {v}" for k, v in summary["definitions"].items()]
@@ -499,7 +503,7 @@ def to_html(summary: Mapping[str, Any]) -> str:
             parts.append(_html_table(("A → B", "transactions"), transitions))
         parts += [
             _html_table(("metric", "A", "B", "Δ"), metrics),
-            "<p>Per rule (active hits):</p>",
+            "<p>Per rule (active hits, then shadow hits):</p>",
             _html_table(COMPARE_RULE_COLUMNS, rules, numeric_from=2),
         ]
     parts += [

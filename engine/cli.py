@@ -123,6 +123,14 @@ def _rules_fields(args: argparse.Namespace) -> int:
             meaning = f"window: {s.aggregate.value}{of} per {'+'.join(s.entity)} over {s.duration_ms // 1000} s"
         print(f"{name:32} {kind:7} {meaning}")
     print(f"{'attributes.KEY':32} {'string':7} a gateway attribute ('' when not sent)")
+    for name, named in sorted(rs.lists.items()):
+        left = "ip in" if named.kind == "cidr" else f"x ({named.value_type}) in"
+        print(f"{'lists.' + name:32} {'list':7} {left} lists.{name}: {len(named):,} {named.kind} values")
+    from engine.rules.expr import FUNCTIONS
+
+    for fname, fn in FUNCTIONS.items():
+        params = ", ".join(p if p != "*" else "..." for p in fn.params)
+        print(f"{fname + '(' + params + ')':32} {fn.returns:7} {fn.doc}")
     return 0
 
 

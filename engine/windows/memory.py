@@ -23,28 +23,39 @@ _SUM = AGG_CODES[Aggregate.SUM]
 _MIN = AGG_CODES[Aggregate.MIN]
 _MAX = AGG_CODES[Aggregate.MAX]
 _DISTINCT = AGG_CODES[Aggregate.DISTINCT]
-_MAX_ID = "\U0010ffff"  # sorts after every transaction id (ids are printable ASCII)
 
 
 class _Series:
     """Events of one entity value in one group, in (event time, transaction id) order.
 
-    `values` runs parallel to `events` so that sums, extremes and distinct
-    counts work on plain slices.
+    Three parallel lists (`ts` event times, `ids` transaction ids, `values`)
+    so that window bounds are bisections of plain integers and sums, extremes
+    and distinct counts work on plain slices. Events that arrive in time
+    order (replay, and most live traffic) are appended; only a late event or
+    a re-added id pays for a search among equal times.
     """
 
-    __slots__ = ("events", "expires", "times", "values")
+    __slots__ = ("at", "expires", "ids", "ts", "values")
 
     def __init__(self) -> None:
-        self.events: list[tuple[int, str]] = []  # sorted (event_time_ms, transaction_id)
+        self.ts: list[int] = []  # event times, ascending
+        self.ids: list[str] = []  # transaction ids, ascending among equal times
         self.values: list[int | str] = []  # the aggregated value of each event ('' for counts)
-        self.times: dict[str, int] = {}  # transaction id -> event time, to find a re-added id
+        self.at: dict[str, int] = {}  # transaction id -> event time, to find a re-added id
         self.expires = 0.0  # wall clock (monotonic s) after which the series is idle, as Redis PEXPIRE
 
+    def position(self, t: int, txid: str) -> int:
+        """Where (t, txid) is or would be in (event time, transaction id) order."""
+        ts = self.ts
+        lo = bisect_left(ts, t)
+        return bisect_left(self.ids, txid, lo, bisect_right(ts, t, lo))
+
     def drop_oldest(self, n: int) -> None:
-        for _, dropped in self.events[:n]:
-            del self.times[dropped]
-        del self.events[:n]
+        at = self.at
+        for dropped in self.ids[:n]:
+            del at[dropped]
+        del self.ts[:n]
+        del self.ids[:n]
         del self.values[:n]
 
 
@@ -79,6 +90,10 @@ class MemoryStore:
         self._by_write: dict[str, OrderedDict[tuple[str, str], None]] = {}
         self._series: dict[tuple[str, str], _Series] = {}
         self._seen: OrderedDict[str, tuple[float, str, bytes | None]] = OrderedDict()
+        # No series expires before this wall-clock time: the minimum over the oldest
+        # written series of each group, lowered by every write. A series' expiry only
+        # moves later, so `_drop_idle` can skip its walk until then.
+        self._next_idle = float("inf")
         self._ttl = idempotency_ttl_s
         self._max_records = max_records
         self._remember = remember_responses
@@ -116,13 +131,19 @@ class MemoryStore:
     def _drop_idle(self) -> None:
         """Forget series idle for longer than their TTL, as Redis lets such keys expire."""
         now = time.monotonic()
+        if now <= self._next_idle:
+            return  # no series can have expired yet (see _next_idle)
+        soonest = float("inf")
         for order in self._by_write.values():
             while order:
                 key = next(iter(order))
-                if self._series[key].expires >= now:
+                expires = self._series[key].expires
+                if expires >= now:
+                    soonest = min(soonest, expires)
                     break
                 del order[key]
                 del self._series[key]
+        self._next_idle = soonest
 
     def _bound_records(self) -> None:
         while len(self._seen) > self._max_records:
@@ -135,44 +156,64 @@ class MemoryStore:
                 break
             del self._seen[key]
 
+    @property
+    def uses_fingerprints(self) -> bool:
+        """Whether `apply` reads the fingerprint (only to check idempotency records)."""
+        return self._remember
+
     def _update_and_read(self, plan: WindowPlan, bound: BoundWindows) -> tuple[int, ...]:
         raw = [0] * plan.raw_size
         t = bound.event_time_ms
         txid = bound.transaction_id
         now = time.monotonic()
         cap = plan.max_events_per_series
+        all_series = self._series
+        by_write = self._by_write
         for bg in bound.groups:
             group = bg.group
             key = (group.storage, bg.entity_value)
-            series = self._series.get(key)
+            series = all_series.get(key)
             if series is None:
-                series = self._series[key] = _Series()
-            series.expires = now + group.retention_ms / 1000.0 + self._ttl_extra_s
-            order = self._by_write.setdefault(group.storage, OrderedDict())
+                series = all_series[key] = _Series()
+            expires = series.expires = now + group.retention_ms / 1000.0 + self._ttl_extra_s
+            if expires < self._next_idle:
+                self._next_idle = expires
+            order = by_write.get(group.storage)
+            if order is None:
+                order = by_write[group.storage] = OrderedDict()
             order[key] = None
             order.move_to_end(key)
-            events, values, times = series.events, series.values, series.times
-            old = times.get(txid)
-            if old is not None:  # the same id again: replace, as ZADD does
-                i = bisect_left(events, (old, txid))
-                del events[i]
-                del values[i]
-            i = bisect_left(events, (t, txid))
-            events.insert(i, (t, txid))
-            values.insert(i, int(bg.value) if group.numeric else bg.value)
-            times[txid] = t
+            ts, ids, values, at = series.ts, series.ids, series.values, series.at
+            value = int(bg.value) if group.numeric else bg.value
+            old = at.get(txid)
+            if old is None and (not ts or t > ts[-1]):
+                # In time order: the newest event, appended.
+                ts.append(t)
+                ids.append(txid)
+                values.append(value)
+            else:
+                if old is not None:  # the same id again: replace, as ZADD does
+                    i = series.position(old, txid)
+                    del ts[i]
+                    del ids[i]
+                    del values[i]
+                i = series.position(t, txid)
+                ts.insert(i, t)
+                ids.insert(i, txid)
+                values.insert(i, value)
+            at[txid] = t
             # Drop what no window can need any more: events older than this event's
             # time minus the retention (longest window + allowed lateness).
             cutoff = t - group.retention_ms
-            if events[0][0] < cutoff:
+            if ts[0] < cutoff:
                 # Events with time < cutoff, as Redis drops scores in [-inf, cutoff).
-                series.drop_oldest(bisect_left(events, (cutoff, "")))
-            if group.value_field is not None and len(events) > cap:
+                series.drop_oldest(bisect_left(ts, cutoff))
+            if group.value_field is not None and len(ts) > cap:
                 # A value series keeps at most `cap` events, oldest first out (as the Lua script).
-                series.drop_oldest(len(events) - cap)
-            hi = bisect_right(events, (t, _MAX_ID))
+                series.drop_oldest(len(ts) - cap)
+            hi = bisect_right(ts, t)  # events with time <= t
             for w in group.windows:
-                lo = bisect_right(events, (t - w.duration_ms, _MAX_ID))
+                lo = bisect_right(ts, t - w.duration_ms, 0, hi)  # events with time > t - d
                 code = w.agg_code
                 if code == _COUNT:
                     raw[w.output] = hi - lo

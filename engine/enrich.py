@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -70,8 +70,11 @@ class Money:
 
 
 class Located(Protocol):
-    country: str
-    region: str
+    @property
+    def country(self) -> str: ...
+
+    @property
+    def region(self) -> str: ...
 
 
 class GeoLookup(Protocol):
@@ -79,6 +82,13 @@ class GeoLookup(Protocol):
 
     def lookup(self, addr: IPAddress) -> Located: ...
 
+
+_HOUR_MS = 3_600_000
+_HOUR_US = 3_600_000_000
+_DAY_US = 86_400_000_000
+_MICROSECOND = timedelta(microseconds=1)
+_UNKNOWN: Any = object()
+_MAX_CACHED_HOURS = 100_000  # about 11 years of distinct hours
 
 #: The field that carries the parsed IP address to the compiled rules (not in the catalog).
 ADDRESS_FIELD = "_addr"
@@ -92,13 +102,40 @@ class Enricher:
         self.timezone = ZoneInfo(timezone)
         self.geo = geo
         self._base_scale = 10.0 ** -CURRENCY_EXPONENTS[money.base]
+        self._minor_scale = {code: 10.0**-exponent for code, exponent in CURRENCY_EXPONENTS.items()}
+        # UTC hour -> the zone's UTC offset in microseconds throughout that hour, or
+        # None when it changes within the hour (see `local_hour_and_weekday`).
+        self._offsets: dict[int, int | None] = {}
+
+    def local_hour_and_weekday(self, event_time_ms: int) -> tuple[int, int]:
+        """Hour (0-23) and weekday (0 Monday) of an instant in the rule set's time zone.
+
+        The same as `datetime.fromtimestamp(ms / 1000, zone)`, without building
+        a datetime per transaction: the zone's offset is looked up once per UTC
+        hour and cached, and hours in which it changes (the offset at the
+        hour's first and last millisecond differ) take the datetime path.
+        Time zone data has no hour with two changes that cancel out.
+        """
+        hour_key = event_time_ms // _HOUR_MS
+        offset = self._offsets.get(hour_key, _UNKNOWN)
+        if offset is _UNKNOWN:
+            first = datetime.fromtimestamp(hour_key * 3600, self.timezone).utcoffset()
+            last = datetime.fromtimestamp(((hour_key + 1) * _HOUR_MS - 1) / 1000.0, self.timezone).utcoffset()
+            offset = first // _MICROSECOND if first is not None and first == last else None
+            if len(self._offsets) >= _MAX_CACHED_HOURS:
+                self._offsets.clear()
+            self._offsets[hour_key] = offset
+        if offset is None:
+            local = datetime.fromtimestamp(event_time_ms / 1000.0, self.timezone)
+            return local.hour, local.weekday()
+        local_us = event_time_ms * 1000 + offset
+        # 1970-01-01 was a Thursday (weekday 3).
+        return local_us // _HOUR_US % 24, (local_us // _DAY_US + 3) % 7
 
     def enrich(self, txn: Transaction, addr: IPAddress | None = None) -> dict[str, Any]:
         """The field map of a transaction; `addr` is its IP already parsed (by validation)."""
         base_minor = self.money.to_base_minor(txn.amount_minor, txn.currency)
-        local = datetime.fromtimestamp(txn.event_time_ms / 1000.0, self.timezone)
-        hour = local.hour
-        dow = local.weekday()
+        hour, dow = self.local_hour_and_weekday(txn.event_time_ms)
         ip_version = 0
         ip_private = False
         if addr is None and txn.ip:
@@ -112,7 +149,7 @@ class Enricher:
                 ip_country, ip_region = where.country, where.region
         return {
             "amount": base_minor * self._base_scale,
-            "amount_original": txn.amount_minor * 10.0 ** -CURRENCY_EXPONENTS[txn.currency],
+            "amount_original": txn.amount_minor * self._minor_scale[txn.currency],
             "amount_minor": txn.amount_minor,
             "amount_base_minor": base_minor,
             "currency": txn.currency,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,7 +27,7 @@ from engine.validation import InvalidTransaction, Limits, validate
 from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowStore
 
 # The errors a door must handle, importable from here.
-__all__ = ["IdempotencyConflict", "InvalidTransaction", "Pipeline", "Scored", "Snapshot"]
+__all__ = ["BatchAnswer", "IdempotencyConflict", "InvalidTransaction", "Pipeline", "Scored", "Snapshot"]
 
 #: Time kept for the model, rules and the response after the window store answers.
 DEADLINE_MARGIN_S = 0.005
@@ -45,6 +45,25 @@ class Scored:
     result: ScoreResult
     replayed: bool  # a retry answered from the idempotency record
     fields: dict[str, Any]  # every field the rules saw (empty for a replay)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A transaction past the window store, waiting for the model, rules and decision."""
+
+    txn: Transaction
+    fields: dict[str, Any]
+    fingerprint: str
+    windows_ok: bool
+    score: float = float("nan")
+    elapsed_ns: int = 0
+
+
+#: What `score_batch` gives for each transaction: its answer, or the error `score` would raise.
+BatchAnswer = Scored | InvalidTransaction | IdempotencyConflict
+
+#: Fills a batch answer's place until its transaction is concluded.
+_PLACEHOLDER: Any = object()
 
 
 def model_reasons(ruleset: RuleSet, score: float) -> list[Reason]:
@@ -123,6 +142,85 @@ class Pipeline:
         started = time.perf_counter_ns()
         deadline = None if time_left_s is None else time.monotonic() + time_left_s
         snap = self.snapshot
+        step = self._windows(snap, txn, time_left_s)
+        if isinstance(step, Scored):
+            return step
+        if step.windows_ok:
+            step.score = self._predict_one(snap, step.fields)
+        elapsed_ns = time.perf_counter_ns() - started
+        return self._conclude(snap, step, elapsed_ns, deadline)
+
+    def score_batch(self, transactions: Sequence[Transaction]) -> list[BatchAnswer]:
+        """Score transactions in order, running the model once for the whole batch.
+
+        The same steps as `score` (with no caller deadline): validation,
+        enrichment and the window store for each transaction in order, then
+        one model call for all of them, then rules, decision (and the record)
+        for each in order. The answers are those of calling `score` on each
+        in turn, except `elapsed_us` (here the transaction's own steps plus its
+        share of the model call); a transaction `score` would refuse gets its
+        exception in its place instead. Window state never depends on a
+        decision, so scoring the model later changes nothing; with `record`
+        on, a repeated transaction id first finishes the batch before it, so
+        that it finds the record `score` would have found.
+        """
+        snap = self.snapshot
+        out: list[BatchAnswer] = []
+        pending: list[tuple[int, _Pending]] = []
+        pending_ids: set[str] = set()
+        for txn in transactions:
+            if self.record and txn.transaction_id in pending_ids:
+                self._finish_batch(snap, pending, out)
+                pending_ids.clear()
+            started = time.perf_counter_ns()
+            try:
+                step = self._windows(snap, txn, None)
+            except (InvalidTransaction, IdempotencyConflict) as exc:
+                out.append(exc)
+                continue
+            if isinstance(step, Scored):
+                out.append(step)
+                continue
+            step.elapsed_ns = time.perf_counter_ns() - started
+            pending.append((len(out), step))
+            pending_ids.add(txn.transaction_id)
+            out.append(_PLACEHOLDER)
+        self._finish_batch(snap, pending, out)
+        return out
+
+    def _finish_batch(
+        self,
+        snap: Snapshot,
+        pending: list[tuple[int, _Pending]],
+        out: list[BatchAnswer],
+    ) -> None:
+        """Score the pending transactions with one model call, then conclude each in order."""
+        if not pending:
+            return
+        started = time.perf_counter_ns()
+        with_windows = [step for _, step in pending if step.windows_ok]
+        if snap.model is not None and with_windows:
+            try:
+                scores = snap.model.predict_many([step.fields for step in with_windows])
+            except Exception:  # noqa: BLE001 - then each alone, exactly as `score` would
+                for step in with_windows:
+                    step.score = self._predict_one(snap, step.fields)
+            else:
+                for step, score in zip(with_windows, scores, strict=True):
+                    step.score = score
+                    if math.isnan(score):
+                        self.on_degraded("model", "the model returned a non-finite score")
+        share = (time.perf_counter_ns() - started) // len(pending)
+        for position, step in pending:
+            out[position] = self._conclude(snap, step, step.elapsed_ns + share, None)
+        pending.clear()
+
+    def _windows(self, snap: Snapshot, txn: Transaction, time_left_s: float | None) -> Scored | _Pending:
+        """Validation, enrichment, then the idempotency check and windows (one store call).
+
+        Returns the recorded answer for a retry, else the transaction's fields
+        with its windows (NaN when the store could not answer).
+        """
         ruleset = snap.ruleset
         addr = validate(txn, self.limits, int(self.clock() * 1000) if self.check_clock else None)
         if addr is not None and (ip := str(addr)) != txn.ip:
@@ -131,14 +229,16 @@ class Pipeline:
         fields["attributes"] = dict(txn.attributes)
         plan = ruleset.windows
         bound = plan.bind(txn.transaction_id, txn.event_time_ms, fields)
-        fingerprint = txn.fingerprint()
+        # The fingerprint tells a retry from a reused id: only a store that keeps
+        # idempotency records, or the record of the response, reads it.
+        store = self.store
+        fingerprint = txn.fingerprint() if self.record or getattr(store, "uses_fingerprints", True) else ""
 
-        reasons: list[Reason] = []
         windows_ok = True
         try:
-            if time_left_s is not None and time_left_s < self.store.budget_s + DEADLINE_MARGIN_S:
+            if time_left_s is not None and time_left_s < store.budget_s + DEADLINE_MARGIN_S:
                 raise StoreUnavailable(f"{time_left_s * 1000:.0f} ms left before the caller's deadline")
-            outcome = self.store.apply(plan, bound, fingerprint)
+            outcome = store.apply(plan, bound, fingerprint)
         except StoreUnavailable as exc:
             windows_ok = False
             fields.update(plan.missing())
@@ -147,25 +247,37 @@ class Pipeline:
             if outcome.replay is not None:
                 return Scored(ScoreResult.from_json(outcome.replay), replayed=True, fields={})
             fields.update(plan.finish(outcome.raw))
+        return _Pending(txn, fields, fingerprint, windows_ok)
 
+    def _predict_one(self, snap: Snapshot, fields: dict[str, Any]) -> float:
+        """The model's score for one transaction with complete windows (NaN when it fails)."""
         # The score is usable only when the model ran on complete inputs and gave a
         # number. Without windows it is not run (its window features would be NaN);
         # without a model (offline feature computation) there is no score either.
         # Either way rules on the score are skipped.
         model = snap.model
-        score = float("nan")
-        if model is not None and windows_ok:
-            try:
-                score = model.predict(fields)
-            except Exception as exc:  # noqa: BLE001 - a broken model must not fail the payment
-                self.on_degraded("model", f"{type(exc).__name__}: {exc}")
-            else:
-                if math.isnan(score):
-                    self.on_degraded("model", "the model returned a non-finite score")
+        if model is None:
+            return float("nan")
+        try:
+            score = model.predict(fields)
+        except Exception as exc:  # noqa: BLE001 - a broken model must not fail the payment
+            self.on_degraded("model", f"{type(exc).__name__}: {exc}")
+            return float("nan")
+        if math.isnan(score):
+            self.on_degraded("model", "the model returned a non-finite score")
+        return score
+
+    def _conclude(self, snap: Snapshot, step: _Pending, elapsed_ns: int, deadline: float | None) -> Scored:
+        """Rules, decision with reasons, and the record of the response for retries."""
+        started = time.perf_counter_ns()
+        ruleset = snap.ruleset
+        model = snap.model
+        txn, fields, score, windows_ok = step.txn, step.fields, step.score, step.windows_ok
         score_ok = not math.isnan(score)
         model_failed = model is not None and windows_ok and not score_ok
         fields[SCORE] = score
 
+        reasons: list[Reason] = []
         acting, shadow = evaluate_rules(ruleset, fields, txn.transaction_id, windows_ok, score_ok)
         reasons.extend(acting)
         reasons.extend(model_reasons(ruleset, score))
@@ -191,7 +303,7 @@ class Pipeline:
             model_version=model.version if model is not None else "",
             degraded=not windows_ok or model_failed,
             features={name: float(fields[name]) for name in snap.feature_names},
-            elapsed_us=(time.perf_counter_ns() - started) // 1000,
+            elapsed_us=(elapsed_ns + time.perf_counter_ns() - started) // 1000,
             shadow=tuple(shadow),
         )
         if windows_ok and self.record:
@@ -201,7 +313,7 @@ class Pipeline:
                 self.on_degraded("record", "skipped: too close to the caller's deadline")
             else:
                 try:
-                    self.store.remember(txn.transaction_id, fingerprint, result.to_json())
+                    self.store.remember(txn.transaction_id, step.fingerprint, result.to_json())
                 except StoreUnavailable as exc:
                     self.on_degraded("record", str(exc))
         return Scored(result, replayed=False, fields=fields)

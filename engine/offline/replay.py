@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from engine.model.predictor import Model
@@ -32,31 +32,42 @@ class ReplayStats:
         return self.scored / self.seconds if self.seconds else 0.0
 
 
+#: Transactions scored per model call in replay.
+BATCH_SIZE = 2048
+
+
 def replay(
-    transactions: list[Transaction],
+    transactions: Sequence[Transaction],
     ruleset: RuleSet,
     model: Model | None,
     stats: ReplayStats | None = None,
     progress: Callable[[int, int], None] | None = None,
+    batch_size: int = BATCH_SIZE,
 ) -> Iterator[tuple[int, Scored]]:
-    """Yield (index, scored) for each valid transaction; invalid ones are counted in `stats`."""
+    """Yield (index, scored) for each valid transaction; invalid ones are counted in `stats`.
+
+    Transactions are scored in batches with `Pipeline.score_batch` (the model
+    runs once per batch); the answers are those of scoring them one by one.
+    """
     stats = stats if stats is not None else ReplayStats()
     stats.first_errors = stats.first_errors or []
     pipeline = Pipeline(ruleset, model, MemoryStore(remember_responses=False), check_clock=False, record=False)
     started = time.perf_counter()
     total = len(transactions)
-    for i, txn in enumerate(transactions):
-        try:
-            scored = pipeline.score(txn)
-        except InvalidTransaction as exc:
-            stats.rejected += 1
-            if len(stats.first_errors) < 10:
-                stats.first_errors.append(f"{txn.transaction_id}: {exc}")
-            continue
-        stats.scored += 1
-        if progress is not None and i % 50_000 == 0:
-            progress(i, total)
-        yield i, scored
+    for first in range(0, total, batch_size):
+        batch = transactions[first : first + batch_size]
+        for i, (txn, scored) in enumerate(zip(batch, pipeline.score_batch(batch), strict=True), first):
+            if not isinstance(scored, Scored):
+                if not isinstance(scored, InvalidTransaction):
+                    raise scored  # an id reused with other content (not with this store)
+                stats.rejected += 1
+                if len(stats.first_errors) < 10:
+                    stats.first_errors.append(f"{txn.transaction_id}: {scored}")
+                continue
+            stats.scored += 1
+            if progress is not None and i % 50_000 == 0:
+                progress(i, total)
+            yield i, scored
     stats.seconds = time.perf_counter() - started
 
 

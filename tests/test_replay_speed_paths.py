@@ -1,0 +1,330 @@
+"""The fast paths of replay give exactly the answers of the plain paths.
+
+- `Pipeline.score_batch` (one model call per batch) equals `Pipeline.score`
+  called on each transaction in turn: decisions, scores, reasons, features,
+  every field, refusals, retries and conflicts; `replay` equals a loop of
+  `score`.
+- The in-process store's in-order fast path (appending) agrees with Redis on
+  streams that are mostly in time order, with late events, retries and ties.
+- The enricher's cached time-zone offsets give the hour and weekday of
+  `datetime.fromtimestamp`, across daylight-saving and other offset changes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.enrich import Enricher, Money
+from engine.model.predictor import Model, load_model
+from engine.offline.datasets import PRESETS, read_dataset
+from engine.offline.replay import ReplayStats, replay
+from engine.pipeline import IdempotencyConflict, InvalidTransaction, Pipeline, Scored
+from engine.rules import load_ruleset
+from engine.transaction import Transaction
+from engine.windows.memory import MemoryStore
+from engine.windows.redis_store import RedisStore
+from tests.conftest import RULES
+from tests.test_store_parity import PLAN, T0
+
+MIN = 60_000
+
+
+def _plain(value: Any) -> Any:
+    """A comparable form: NaN becomes a marker (NaN != NaN), containers recursively."""
+    if isinstance(value, float) and math.isnan(value):
+        return "<nan>"
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _answer(outcome: Scored | Exception) -> Any:
+    """Everything an answer carries except the time it took."""
+    if isinstance(outcome, Exception):
+        return (type(outcome).__name__, str(outcome))
+    r = replace(outcome.result, elapsed_us=0)
+    return (
+        "scored",
+        outcome.replayed,
+        _plain(
+            [
+                r.transaction_id,
+                r.decision,
+                r.score,
+                r.reasons,
+                r.ruleset_version,
+                r.model_version,
+                r.degraded,
+                r.features,
+                r.shadow,
+            ]
+        ),
+        _plain(outcome.fields),
+    )
+
+
+def _one_by_one(pipeline: Pipeline, transactions: list[Transaction]) -> list[Any]:
+    out = []
+    for txn in transactions:
+        try:
+            out.append(_answer(pipeline.score(txn)))
+        except (InvalidTransaction, IdempotencyConflict) as exc:
+            out.append(_answer(exc))
+    return out
+
+
+def _batched(pipeline: Pipeline, transactions: list[Transaction], size: int) -> list[Any]:
+    out = []
+    for first in range(0, len(transactions), size):
+        out.extend(_answer(a) for a in pipeline.score_batch(transactions[first : first + size]))
+    return out
+
+
+def _awkward_stream(synthetic_data: Path, n: int = 1_500) -> list[Transaction]:
+    """Synthetic traffic plus refusals, retries, reused ids, late events and odd IP spellings."""
+    rng = random.Random(11)
+    base = read_dataset(synthetic_data, PRESETS["native"]).transactions[:n]
+    stream: list[Transaction] = []
+    for k, txn in enumerate(base):
+        stream.append(txn)
+        roll = rng.random()
+        if roll < 0.03:
+            stream.append(replace(txn, currency="XYZ", transaction_id=f"bad-{k}"))  # refused
+        elif roll < 0.06:
+            stream.append(txn)  # a retry, same content
+        elif roll < 0.08:
+            stream.append(replace(txn, amount_minor=txn.amount_minor + 1))  # id reused, other content
+        elif roll < 0.12:
+            late = replace(txn, transaction_id=f"late-{k}", event_time_ms=txn.event_time_ms - rng.randrange(20 * MIN))
+            stream.append(late)  # out of order, within and beyond the allowed lateness
+        elif roll < 0.14 and txn.ip:
+            stream.append(replace(txn, transaction_id=f"v6-{k}", ip=f"::ffff:{txn.ip}"))  # IPv4-mapped spelling
+        elif roll < 0.15:
+            stream.append(replace(txn, transaction_id=f"tie-{k}"))  # the same millisecond, another id
+    return stream
+
+
+@pytest.fixture(scope="module")
+def ruleset_and_model(trained_registry: Path) -> tuple[Any, Model]:
+    ruleset = load_ruleset(RULES)
+    return ruleset, load_model(trained_registry, ruleset)
+
+
+@pytest.mark.parametrize("size", [1, 7, 256, 100_000])
+def test_score_batch_equals_score_one_by_one(
+    synthetic_data: Path, ruleset_and_model: tuple[Any, Model], size: int
+) -> None:
+    ruleset, model = ruleset_and_model
+    stream = _awkward_stream(synthetic_data)
+
+    def pipeline() -> Pipeline:
+        return Pipeline(ruleset, model, MemoryStore(remember_responses=False), check_clock=False, record=False)
+
+    want = _one_by_one(pipeline(), stream)
+    got = _batched(pipeline(), stream, size)
+    assert got == want
+    kinds = {a[0] for a in want}
+    assert kinds == {"scored", "InvalidTransaction"}
+    assert any(a[0] == "scored" and a[2][2] != "<nan>" and a[2][2] > 0.5 for a in want)  # the model mattered
+    assert any("late-" in str(a[2][0]) for a in want if a[0] == "scored")
+
+
+def test_score_batch_with_records_matches_score(synthetic_data: Path, ruleset_and_model: tuple[Any, Model]) -> None:
+    """With records on, a retry inside the batch is answered from the record, as `score` answers it."""
+    ruleset, model = ruleset_and_model
+    stream = _awkward_stream(synthetic_data, 600)
+
+    def pipeline() -> Pipeline:
+        return Pipeline(ruleset, model, MemoryStore(), check_clock=False, record=True)
+
+    want = _one_by_one(pipeline(), stream)
+    got = _batched(pipeline(), stream, 64)
+    assert got == want
+    assert any(a[0] == "scored" and a[1] for a in want)  # replayed retries
+    assert any(a[0] == "IdempotencyConflict" for a in want)
+
+
+def test_score_batch_with_a_failing_model_degrades_each_row_as_score(
+    synthetic_data: Path, ruleset_and_model: tuple[Any, Model]
+) -> None:
+    ruleset, model = ruleset_and_model
+    broken = replace(model, features=model.features[:-1])  # LightGBM refuses the rows
+    stream = read_dataset(synthetic_data, PRESETS["native"]).transactions[:300]
+    seen: list[tuple[str, str]] = []
+
+    def pipeline() -> Pipeline:
+        return Pipeline(
+            ruleset,
+            broken,
+            MemoryStore(remember_responses=False),
+            check_clock=False,
+            record=False,
+            on_degraded=lambda cause, detail: seen.append((cause, detail)),
+        )
+
+    want = _one_by_one(pipeline(), stream)
+    n = len(seen)
+    got = _batched(pipeline(), stream, 100)
+    assert got == want
+    assert seen[n:] == seen[:n]  # the same degradations reported, in the same order
+    assert all(a[2][6] for a in want)  # degraded
+
+
+def test_score_batch_without_a_model_gives_features_only(synthetic_data: Path) -> None:
+    ruleset = load_ruleset(RULES)
+    stream = _awkward_stream(synthetic_data, 400)
+
+    def pipeline() -> Pipeline:
+        return Pipeline(ruleset, None, MemoryStore(remember_responses=False), check_clock=False, record=False)
+
+    assert _batched(pipeline(), stream, 50) == _one_by_one(pipeline(), stream)
+
+
+def test_replay_yields_what_score_gives_one_by_one(synthetic_data: Path, ruleset_and_model: tuple[Any, Model]) -> None:
+    ruleset, model = ruleset_and_model
+    stream = _awkward_stream(synthetic_data, 1_000)
+    pipeline = Pipeline(ruleset, model, MemoryStore(remember_responses=False), check_clock=False, record=False)
+    want = [(i, a) for i, a in enumerate(_one_by_one(pipeline, stream)) if a[0] == "scored"]
+    stats = ReplayStats()
+    got = [(i, _answer(s)) for i, s in replay(stream, ruleset, model, stats, batch_size=97)]
+    assert got == want
+    assert stats.scored == len(want)
+    assert stats.rejected == len(stream) - len(want) > 0
+    assert stats.first_errors and stats.first_errors[0].startswith("bad-")
+
+
+def test_fingerprints_are_skipped_only_when_nothing_reads_them() -> None:
+    assert MemoryStore(remember_responses=False).uses_fingerprints is False
+    ruleset = load_ruleset(RULES)
+    # A store that keeps records still tells a reused id from a retry when responses are not recorded.
+    pipe = Pipeline(ruleset, None, MemoryStore(), check_clock=False, record=False)
+    txn = Transaction("fp-1", T0, 1_000, "EUR", card_id="c1")
+    pipe.score(txn)
+    pipe.score(txn)  # a retry: fine
+    with pytest.raises(IdempotencyConflict):
+        pipe.score(replace(txn, amount_minor=1_001))
+
+
+# In time order most of the time: the store's append path; sometimes late, tied or retried.
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["next", "next", "next", "same_ms", "same_ms", "late", "retry"]),
+        st.sampled_from([0, 1, 1_000, MIN, 5 * MIN, 5 * MIN + 1, 30 * MIN]),  # gap forward, or how late
+        st.sampled_from(["c1", "c2"]),
+        st.sampled_from(["d1", "d2", ""]),
+        st.integers(0, 10**6),
+    ),
+    min_size=1,
+    max_size=60,
+)
+_runs = itertools.count()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stream=steps)
+def test_in_order_streams_agree_with_redis(redis_url: tuple[str, str], stream: list[tuple]) -> None:
+    url, prefix = redis_url
+    redis_store = RedisStore(url, prefix=f"{prefix}-order-{next(_runs)}", budget_s=2.0)
+    memory = MemoryStore(remember_responses=False)
+    now = T0
+    sent: list[tuple[str, int, dict[str, object]]] = []
+    try:
+        for kind, delta, card, device, amount in stream:
+            if kind == "retry" and sent:
+                txid, t, fields = sent[amount % len(sent)]
+            else:
+                if kind == "next":
+                    now += delta
+                t = now - delta if kind == "late" else now
+                k = len(sent)
+                txid = f"t{k * 7919 % 101:03d}-{k}"  # ids in another order than arrival, for ties
+                fields = {"card_id": card, "device_id": device, "amount_base_minor": amount}
+                sent.append((txid, t, fields))
+            answers = [
+                PLAN.finish(store.apply(PLAN, PLAN.bind(txid, t, fields), f"fp-{txid}").raw)
+                for store in (memory, redis_store)
+            ]
+            assert answers[0] == answers[1], (kind, txid, t)
+    finally:
+        redis_store.close()
+
+
+def test_idle_series_of_a_shorter_group_expire_after_a_longer_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store skips its idle walk until the soonest expiry, also when a shorter group is written later."""
+    import engine.windows.memory as memory
+
+    clock = [1000.0]
+    monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
+    store = MemoryStore(max_event_delay_s=10.0)
+
+    def count(txid: str, t: int, device: str) -> tuple[float, float]:
+        fields = {"card_id": "c", "device_id": device, "amount_base_minor": 1}
+        w = PLAN.finish(store.apply(PLAN, PLAN.bind(txid, t, fields), "").raw)
+        return w["card_count_1h"], w["pair_count_5m"]
+
+    assert count("a", T0, "d") == (1, 1)  # card series retention 62 min, pair series 7 min
+    clock[0] += 60
+    assert count("b", T0 + 1, "d") == (2, 2)
+    clock[0] += 7 * 60 + 10 + 1  # the pair series idle past 7 min + 10 s, the card series not
+    assert count("c", T0 + 2, "d") == (3, 1)
+
+
+@pytest.mark.parametrize(
+    "zone",
+    [
+        "UTC",
+        "Europe/Berlin",
+        "America/New_York",
+        "Australia/Lord_Howe",  # 30-minute daylight saving
+        "Asia/Kathmandu",  # +05:45
+        "America/St_Johns",  # -03:30, changes at local times that are not whole UTC hours
+        "Pacific/Chatham",  # +12:45 / +13:45
+        "Africa/Casablanca",  # daylight saving suspended for Ramadan
+        "Europe/Amsterdam",  # +00:19:32 until 1937, then +00:20
+        "Asia/Shanghai",
+    ],
+)
+def test_local_hour_and_weekday_match_datetime(zone: str) -> None:
+    enricher = Enricher(Money("EUR", {}), zone)
+    tz = ZoneInfo(zone)
+
+    def want(ms: int) -> tuple[int, int]:
+        local = datetime.fromtimestamp(ms / 1000.0, tz)
+        return local.hour, local.weekday()
+
+    def offset(ms: int) -> Any:
+        return datetime.fromtimestamp(ms / 1000.0, tz).utcoffset()
+
+    instants: list[int] = []
+    day = 86_400_000
+    for start_year, end_year in ((1935, 1941), (1985, 1987), (2017, 2027)):
+        first = int(datetime(start_year, 1, 1, tzinfo=UTC).timestamp() * 1000)
+        last = int(datetime(end_year, 1, 1, tzinfo=UTC).timestamp() * 1000)
+        for lo in range(first, last, day):
+            hi = lo + day
+            if offset(lo) == offset(hi):
+                continue
+            while hi - lo > 1:  # the first millisecond of the new offset
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if offset(mid) == offset(lo) else (lo, mid)
+            instants += [hi + d for d in (-3_600_001, -3_600_000, -60_000, -1_000, -1, 0, 1, 1_000, 60_000, 3_600_000)]
+    if zone != "UTC":
+        assert instants  # the scan found the zone's changes
+    rng = random.Random(zone)
+    instants += [rng.randrange(1, 4_102_444_800_000) for _ in range(20_000)]
+    instants += [k * 3_600_000 + d for k in range(420_000, 420_100) for d in (-1, 0, 1)]  # hour edges
+    for ms in instants:
+        assert enricher.local_hour_and_weekday(ms) == want(ms), ms

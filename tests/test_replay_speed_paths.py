@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.enrich import Enricher, Money
 from engine.model.predictor import Model, load_model
-from engine.offline.datasets import PRESETS, read_dataset
+from engine.offline.datasets import PRESETS, ColumnMapping, read_dataset, table_to_dataset
 from engine.offline.replay import ReplayStats, replay
 from engine.pipeline import IdempotencyConflict, InvalidTransaction, Pipeline, Scored
 from engine.rules import load_ruleset
@@ -328,3 +329,76 @@ def test_local_hour_and_weekday_match_datetime(zone: str) -> None:
     instants += [k * 3_600_000 + d for k in range(420_000, 420_100) for d in (-1, 0, 1)]  # hour edges
     for ms in instants:
         assert enricher.local_hour_and_weekday(ms) == want(ms), ms
+
+
+def _reference_transactions(rows: list[dict[str, Any]], mapping: ColumnMapping) -> list[Transaction]:
+    """Row by row, the plain way: what `table_to_dataset` must give."""
+    from engine.iso import CURRENCY_EXPONENTS
+    from engine.transaction import Channel
+
+    def text(row: dict[str, Any], column: str | None) -> str:
+        value = None if column is None else row[column]
+        return "" if value is None else str(value)
+
+    out = []
+    for row in sorted(rows, key=lambda r: r["t"]):  # stable: ties keep file order
+        currency = text(row, mapping.currency) if mapping.currency else mapping.default_currency
+        amount = float(row[mapping.amount])
+        if mapping.amount_in_minor_units:
+            minor = int(amount)
+        else:
+            minor = round(amount * 10 ** CURRENCY_EXPONENTS.get(currency, 2))
+        channels = {c.value: c for c in Channel}
+        out.append(
+            Transaction(
+                transaction_id=text(row, mapping.transaction_id),
+                event_time_ms=row["t"],
+                amount_minor=minor,
+                currency=currency,
+                user_id=text(row, mapping.user_id),
+                card_id=text(row, mapping.card_id),
+                device_id=text(row, mapping.device_id),
+                ip=text(row, mapping.ip),
+                country=text(row, mapping.country),
+                merchant_id=text(row, mapping.merchant_id),
+                channel=channels.get(text(row, mapping.channel).lower(), Channel.UNSPECIFIED),
+                attributes=tuple((k, text(row, c)) for k, c in mapping.extra.items() if text(row, c)),
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("minor_units", [False, True])
+@pytest.mark.parametrize("one_currency", [False, True])
+def test_table_to_dataset_matches_row_by_row(minor_units: bool, one_currency: bool) -> None:
+    rng = random.Random(5)
+    halves = [0.005, 0.015, 0.125, 2.675, 1.005, 0.5, 1.5, 2.5]  # rounding edges in major units
+    rows = [
+        {
+            "id": 1_000 + k,
+            "t": T0 + rng.randrange(50) * 1_000,  # many ties
+            "amt": rng.choice(halves) * rng.choice([1, 10, 1000]) if not minor_units else float(rng.randrange(10**6)),
+            "cur": "EUR" if one_currency else rng.choice(["EUR", "JPY", "KWD", "USD"]),
+            "card": rng.choice([None, 7, 8]),
+            "chan": rng.choice(["APP", "web", "fax", None]),
+            "mcc": rng.choice(["", "5812", None]),
+        }
+        for k in range(500)
+    ]
+    mapping = ColumnMapping(
+        transaction_id="id",
+        event_time="t",
+        amount="amt",
+        amount_in_minor_units=minor_units,
+        currency="cur",
+        card_id="card",
+        channel="chan",
+        label="lab",
+        extra={"mcc": "mcc"},
+    )
+    table = pa.Table.from_pylist([{**r, "lab": rng.choice([0, 1, None])} for r in rows])
+    dataset = table_to_dataset(table, mapping)
+    assert dataset.transactions == _reference_transactions(rows, mapping)
+    labels = [r["lab"] for r in sorted(table.to_pylist(), key=lambda r: r["t"])]
+    assert dataset.labels is not None
+    assert [None if math.isnan(x) else int(x) for x in dataset.labels] == labels

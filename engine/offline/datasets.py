@@ -131,6 +131,10 @@ def table_to_dataset(table: pa.Table, mapping: ColumnMapping) -> Dataset:
     event_ms = _event_ms(table, mapping.event_time)
     if mapping.amount not in table.column_names:
         raise DatasetError(f"column {mapping.amount!r} not in the data")
+    # Sort once, on the Arrow side: every column below comes out in event-time order.
+    order = np.argsort(event_ms, kind="stable")
+    table = table.take(pa.array(order))
+    event_ms = event_ms[order]
     amounts = table[mapping.amount].to_numpy(zero_copy_only=False).astype(np.float64)
     currencies = _strings(table, mapping.currency) if mapping.currency else [mapping.default_currency] * n
     ids = _strings(table, mapping.transaction_id)
@@ -140,42 +144,65 @@ def table_to_dataset(table: pa.Table, mapping: ColumnMapping) -> Dataset:
     ips = _strings(table, mapping.ip)
     countries = _strings(table, mapping.country)
     merchants = _strings(table, mapping.merchant_id)
-    channels = _strings(table, mapping.channel)
+    channel_of = {c.value: c for c in Channel}
+    if mapping.channel is None:
+        channels = [Channel.UNSPECIFIED] * n
+    else:
+        channels = [channel_of.get(c.lower(), Channel.UNSPECIFIED) for c in _strings(table, mapping.channel)]
     extras = {name: _strings(table, col) for name, col in mapping.extra.items()}
+    if extras:
+        attributes = [tuple((k, v[i]) for k, v in extras.items() if v[i]) for i in range(n)]
+    else:
+        attributes = [()] * n
     labels = None
     if mapping.label is not None:
         # Nulls become NaN: an unknown label is not "genuine".
         labels = pc.cast(table[mapping.label], pa.float64()).to_numpy(zero_copy_only=False)
 
+    minors = _minor_units(amounts, currencies, mapping.amount_in_minor_units)
+    out = list(
+        map(
+            Transaction,
+            ids,
+            event_ms.tolist(),
+            minors,
+            currencies,
+            users,
+            cards,
+            devices,
+            ips,
+            countries,
+            merchants,
+            channels,
+            attributes,
+        )
+    )
+    return Dataset(out, labels)
+
+
+def _minor_units(amounts: np.ndarray, currencies: list[str], in_minor_units: bool) -> list[int]:
+    """Each amount as an integer in minor units of its currency.
+
+    Minor units are truncated to integers, major units multiplied by 10^exponent
+    and rounded half to even (Python's `round`). Whole columns at once where
+    float64 holds every value exactly; otherwise (NaN, huge amounts: refused
+    or raising later) one by one, with the same results and errors.
+    """
     from engine.iso import CURRENCY_EXPONENTS
 
-    order = np.argsort(event_ms, kind="stable")
-    out: list[Transaction] = []
-    channel_of = {c.value: c for c in Channel}
-    for i in order.tolist():
-        cur = currencies[i]
-        if mapping.amount_in_minor_units:
-            minor = int(amounts[i])
-        else:
-            minor = round(amounts[i] * 10 ** CURRENCY_EXPONENTS.get(cur, 2))
-        attrs = tuple((k, v[i]) for k, v in extras.items() if v[i])
-        out.append(
-            Transaction(
-                transaction_id=ids[i],
-                event_time_ms=int(event_ms[i]),
-                amount_minor=minor,
-                currency=cur,
-                user_id=users[i],
-                card_id=cards[i],
-                device_id=devices[i],
-                ip=ips[i],
-                country=countries[i],
-                merchant_id=merchants[i],
-                channel=channel_of.get(channels[i].lower(), Channel.UNSPECIFIED),
-                attributes=attrs,
-            )
-        )
-    return Dataset(out, labels[order] if labels is not None else None)
+    if in_minor_units:
+        scaled = amounts
+    elif len(set(currencies)) <= 1:
+        scaled = amounts * float(10 ** CURRENCY_EXPONENTS.get(currencies[0] if currencies else "", 2))
+    else:
+        powers = {c: float(10 ** CURRENCY_EXPONENTS.get(c, 2)) for c in set(currencies)}
+        scaled = amounts * np.array([powers[c] for c in currencies], dtype=np.float64)
+    if bool(np.all(np.abs(scaled) < 2.0**53)):  # False for NaN and infinities too
+        whole = np.trunc(scaled) if in_minor_units else np.rint(scaled)
+        return whole.astype(np.int64).tolist()  # type: ignore[no-any-return]
+    if in_minor_units:
+        return [int(a) for a in amounts.tolist()]
+    return [round(a) for a in scaled.tolist()]
 
 
 def default_data_path(*parts: str) -> Path | None:

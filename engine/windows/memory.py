@@ -169,22 +169,24 @@ class MemoryStore:
         cap = plan.max_events_per_series
         all_series = self._series
         by_write = self._by_write
-        for bg in bound.groups:
-            group = bg.group
-            key = (group.storage, bg.entity_value)
+        ttl_extra_s = self._ttl_extra_s
+        for group, entity_value, bound_value in bound.groups:
+            storage, retention_ms, retention_s, capped, numeric, windows = group.layout
+            key = (storage, entity_value)
             series = all_series.get(key)
             if series is None:
                 series = all_series[key] = _Series()
-            expires = series.expires = now + group.retention_ms / 1000.0 + self._ttl_extra_s
+                order = by_write.get(storage)
+                if order is None:
+                    order = by_write[storage] = OrderedDict()
+                order[key] = None  # the most recently written
+            else:
+                by_write[storage].move_to_end(key)
+            expires = series.expires = now + retention_s + ttl_extra_s
             if expires < self._next_idle:
                 self._next_idle = expires
-            order = by_write.get(group.storage)
-            if order is None:
-                order = by_write[group.storage] = OrderedDict()
-            order[key] = None
-            order.move_to_end(key)
             ts, ids, values, at = series.ts, series.ids, series.values, series.at
-            value = int(bg.value) if group.numeric else bg.value
+            value = int(bound_value) if numeric else bound_value
             old = at.get(txid)
             if old is None and (not ts or t > ts[-1]):
                 # In time order: the newest event, appended.
@@ -204,27 +206,26 @@ class MemoryStore:
             at[txid] = t
             # Drop what no window can need any more: events older than this event's
             # time minus the retention (longest window + allowed lateness).
-            cutoff = t - group.retention_ms
+            cutoff = t - retention_ms
             if ts[0] < cutoff:
                 # Events with time < cutoff, as Redis drops scores in [-inf, cutoff).
                 series.drop_oldest(bisect_left(ts, cutoff))
-            if group.value_field is not None and len(ts) > cap:
+            if capped and len(ts) > cap:
                 # A value series keeps at most `cap` events, oldest first out (as the Lua script).
                 series.drop_oldest(len(ts) - cap)
             hi = bisect_right(ts, t)  # events with time <= t
-            for w in group.windows:
-                lo = bisect_right(ts, t - w.duration_ms, 0, hi)  # events with time > t - d
-                code = w.agg_code
+            for output, code, duration_ms in windows:
+                lo = bisect_right(ts, t - duration_ms, 0, hi)  # events with time > t - d
                 if code == _COUNT:
-                    raw[w.output] = hi - lo
+                    raw[output] = hi - lo
+                elif code == _SUM:
+                    raw[output] = sum(values[lo:hi])  # type: ignore[arg-type]
                 elif code == _DISTINCT:
                     distinct = set(values[lo:hi])
                     distinct.discard("")
-                    raw[w.output] = len(distinct)
-                elif code == _SUM:
-                    raw[w.output] = sum(values[lo:hi])  # type: ignore[arg-type]
-                elif code == _MIN:
-                    raw[w.output] = min(values[lo:hi], default=0)  # type: ignore[type-var,assignment]
+                    raw[output] = len(distinct)
                 elif code == _MAX:
-                    raw[w.output] = max(values[lo:hi], default=0)  # type: ignore[type-var,assignment]
+                    raw[output] = max(values[lo:hi], default=0)  # type: ignore[type-var,assignment]
+                elif code == _MIN:
+                    raw[output] = min(values[lo:hi], default=0)  # type: ignore[type-var,assignment]
         return tuple(raw)

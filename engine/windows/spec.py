@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 #: Character that joins an entity's field values and an event's payload
@@ -77,6 +77,11 @@ class Group:
     tag: str = ""  # the entity's fields joined: 'card_id' or 'card_id+merchant_id'
     storage: str = ""  # stable name of the series: 'card_id' or 'card_id#amount_base_minor'
     numeric: bool = False  # the stored value is an integer (sums, extremes), not a string
+    #: What the in-process store reads on every transaction, as one flat tuple:
+    #: (storage, retention_ms, retention in s, value series?, numeric, ((output, agg_code, duration_ms), ...)).
+    layout: tuple[str, int, float, bool, bool, tuple[tuple[int, int, int], ...]] = field(
+        default=("", 0, 0.0, False, False, ()), compare=False, repr=False
+    )
 
     @classmethod
     def make(
@@ -85,7 +90,15 @@ class Group:
         tag = "+".join(entity)
         storage = tag if value_field is None else f"{tag}#{value_field}"
         numeric = value_field in NUMERIC_FIELDS.values()
-        return cls(entity, value_field, windows, retention_ms, tag, storage, numeric)
+        layout = (
+            storage,
+            retention_ms,
+            retention_ms / 1000.0,
+            value_field is not None,
+            numeric,
+            tuple((w.output, w.agg_code, w.duration_ms) for w in windows),
+        )
+        return cls(entity, value_field, windows, retention_ms, tag, storage, numeric, layout)
 
 
 class BoundGroup(NamedTuple):
@@ -193,7 +206,10 @@ class WindowPlan:
 
     def finish(self, raw: Sequence[int]) -> dict[str, float]:
         """Turn the store's raw integers (0 where absent) into named window values."""
-        out: dict[str, float] = {}
+        return self.finish_into(raw, {})
+
+    def finish_into(self, raw: Sequence[int], out: dict[str, Any]) -> dict[str, Any]:
+        """`finish`, written into `out` (a transaction's field map); returns `out`."""
         for name, is_avg, a, b, scale in self._finish_rows:
             if is_avg:
                 count = raw[b]

@@ -176,7 +176,7 @@ class Pipeline:
             try:
                 step = self._windows(snap, txn, None)
             except (InvalidTransaction, IdempotencyConflict) as exc:
-                out.append(exc)
+                out.append(exc.with_traceback(None))  # no frames kept alive (and no cycle through this one)
                 continue
             if isinstance(step, Scored):
                 out.append(step)
@@ -246,7 +246,7 @@ class Pipeline:
         else:
             if outcome.replay is not None:
                 return Scored(ScoreResult.from_json(outcome.replay), replayed=True, fields={})
-            fields.update(plan.finish(outcome.raw))
+            plan.finish_into(outcome.raw, fields)
         return _Pending(txn, fields, fingerprint, windows_ok)
 
     def _predict_one(self, snap: Snapshot, fields: dict[str, Any]) -> float:

@@ -402,3 +402,24 @@ def test_table_to_dataset_matches_row_by_row(minor_units: bool, one_currency: bo
     labels = [r["lab"] for r in sorted(table.to_pylist(), key=lambda r: r["t"])]
     assert dataset.labels is not None
     assert [None if math.isnan(x) else int(x) for x in dataset.labels] == labels
+
+
+def test_replay_pauses_the_cycle_collector_only_while_it_runs(synthetic_data: Path) -> None:
+    import gc
+
+    ruleset = load_ruleset(RULES)
+    stream = read_dataset(synthetic_data, PRESETS["native"]).transactions[:300]
+    assert gc.isenabled()
+    running = replay(stream, ruleset, None, batch_size=50)
+    next(running)
+    assert not gc.isenabled()
+    running.close()  # abandoned half-way
+    assert gc.isenabled()
+    assert len(list(replay(stream, ruleset, None))) == 300
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        list(replay(stream, ruleset, None))
+        assert not gc.isenabled()  # left as it was
+    finally:
+        gc.enable()

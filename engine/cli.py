@@ -4,7 +4,7 @@ risk-engine serve [--port N] [--rules PATH] [--model PATH] [--redis-url URL]
 risk-engine rules check PATH
 risk-engine rules test PATH
 risk-engine rules fields PATH
-risk-engine simulate --out FILE [--days N] [--users N] [--seed S]
+risk-engine simulate (--out FILE | --target HOST:PORT [--rate N]) [--days N] [--users N] [--seed S]
 risk-engine train --data FILE --config FILE [--rules PATH] [--out DIR] [--promote]
 risk-engine backtest --data FILE [--rules PATH] [--model DIR] [--compare PATH] [--mapping M] --out DIR
 """
@@ -179,16 +179,35 @@ def _backtest(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from engine.offline.synthetic import generate, write_parquet
+    from engine.offline.synthetic import generate, shift_to_present, stream, write_parquet
 
     if args.days < 1 or args.users < 1:
         print("risk-engine simulate: --days and --users must be at least 1", file=sys.stderr)
         return 2
-    rows = generate(days=args.days, users=args.users, merchants=max(args.users // 5, 1), seed=args.seed)
-    path = write_parquet(rows, args.out)
+    if (args.out is None) == (args.target is None):
+        print("risk-engine simulate: give --out FILE or --target HOST:PORT", file=sys.stderr)
+        return 2
+    merchants = args.merchants or max(args.users // 5, 1)
+    rows = generate(days=args.days, users=args.users, merchants=merchants, seed=args.seed)
     frauds = sum(1 for r in rows if r["label"])
-    print(f"wrote {path}: {len(rows):,} transactions, {frauds:,} labeled fraud (mapping: native)")
-    return 0
+    if args.out is not None:
+        path = write_parquet(rows, args.out)
+        print(f"wrote {path}: {len(rows):,} transactions, {frauds:,} labeled fraud (mapping: native)")
+        return 0
+    live = shift_to_present(rows)
+    if args.count is not None:
+        live = live[: args.count]
+    print(f"streaming {len(live):,} transactions (the last simulated day) to {args.target} at {args.rate:g}/s")
+    try:
+        stats = stream(live, args.target, args.rate, duration_s=args.duration)
+    except KeyboardInterrupt:
+        return 130
+    lat = sorted(stats.latencies_ms)
+    p50 = lat[len(lat) // 2] if lat else float("nan")
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
+    print(f"sent {stats.sent:,}: decisions {stats.decisions}, errors {stats.errors or 'none'}; "
+          f"latency p50 {p50:.2f} ms, p99 {p99:.2f} ms")  # fmt: skip
+    return 1 if stats.errors else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,10 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_backtest)
 
-    p = sub.add_parser("simulate", help="write labeled, gateway-shaped synthetic transactions (Parquet)")
-    p.add_argument("--out", required=True, help="Parquet file to write")
+    p = sub.add_parser(
+        "simulate", help="labeled, gateway-shaped synthetic transactions: write Parquet or stream to a server"
+    )
+    p.add_argument("--out", help="Parquet file to write (native mapping, plus merchant_category and scenario)")
+    p.add_argument("--target", metavar="HOST:PORT", help="stream the last simulated day to this server instead")
+    p.add_argument("--rate", type=float, default=50.0, help="with --target: transactions per second (default 50)")
+    p.add_argument("--duration", type=float, help="with --target: stop after this many seconds")
+    p.add_argument("--count", type=int, help="with --target: send at most this many transactions")
     p.add_argument("--days", type=int, default=30, help="days of traffic (default 30)")
     p.add_argument("--users", type=int, default=300, help="number of users (default 300)")
+    p.add_argument("--merchants", type=int, help="number of merchants (default users / 5)")
     p.add_argument("--seed", type=int, default=7, help="random seed; the same seed gives the same file")
     p.set_defaults(func=_simulate)
 

@@ -1,6 +1,7 @@
 """The `risk-engine` command: serve, train, and check rules.
 
-risk-engine serve [--port N] [--rules PATH] [--model PATH] [--redis-url URL]
+risk-engine serve [--port N] [--rules PATH] [--model PATH] [--redis-url URL] [--decision-log DIR] ...
+risk-engine decisions export --since T --until T [--feedback FILE] [--log DIR] --out FILE
 risk-engine rules check PATH
 risk-engine rules test PATH
 risk-engine rules fields PATH
@@ -21,25 +22,41 @@ from engine.config import ROOT, ConfigError, ServeConfig
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from engine.logs import configure
     from engine.model.predictor import ModelInvalid
     from engine.rules.errors import RuleSetInvalid
     from engine.service.server import serve
 
-    config = ServeConfig.from_env()
-    overrides = {
-        "host": args.host,
-        "port": args.port,
-        "rules": Path(args.rules) if args.rules else None,
-        "model": Path(args.model) if args.model else None,
-        "redis_url": args.redis_url,
-        "redis_budget_ms": args.redis_budget_ms,
-        "threads": args.threads,
-        "reload_interval_s": args.reload_interval,
-    }
-    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    if args.metrics_port is not None:
-        config = replace(config, metrics_port=None if args.metrics_port == "off" else int(args.metrics_port))
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
     try:
+        config = ServeConfig.from_env()
+        overrides = {
+            "host": args.host,
+            "port": args.port,
+            "rules": path(args.rules),
+            "model": path(args.model),
+            "redis_url": args.redis_url,
+            "redis_budget_ms": args.redis_budget_ms,
+            "threads": args.threads,
+            "reload_interval_s": args.reload_interval,
+            "log_format": args.log_format,
+            "tls_cert": path(args.tls_cert),
+            "tls_key": path(args.tls_key),
+            "tls_client_ca": path(args.tls_client_ca),
+            "admin_host": args.admin_host,
+        }
+        config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        for flag, name in (("--metrics-port", "metrics_port"), ("--admin-port", "admin_port")):
+            value = getattr(args, name)
+            if value is not None:
+                if value != "off" and not value.isdigit():
+                    raise ConfigError(f"{flag} must be a port number or 'off', got {value!r}")
+                config = replace(config, **{name: None if value == "off" else int(value)})
+        if args.decision_log is not None:
+            config = replace(config, decision_log=None if args.decision_log == "off" else Path(args.decision_log))
+        configure(config.log_format if config.log_format in ("json", "text") else "text")
         serve(config)
     except ConfigError as exc:
         print(f"risk-engine serve: {exc}", file=sys.stderr)
@@ -50,6 +67,27 @@ def _serve(args: argparse.Namespace) -> int:
     except ModelInvalid as exc:
         print(f"risk-engine serve: the model cannot be served: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _decisions_export(args: argparse.Namespace) -> int:
+    from engine.decisions import ExportError, export, parse_time
+
+    try:
+        summary = export(
+            Path(args.log),
+            Path(args.out),
+            since_ms=parse_time(args.since) if args.since else None,
+            until_ms=parse_time(args.until) if args.until else None,
+            feedback=Path(args.feedback) if args.feedback else None,
+        )
+    except ExportError as exc:
+        print(f"risk-engine decisions export: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {summary.path}: {summary.rows:,} transactions, {summary.labeled:,} labeled"
+        f" ({summary.duplicates:,} repeated records, the last kept; {summary.bad_lines:,} unreadable lines skipped)"
+    )
     return 0
 
 
@@ -229,7 +267,25 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="seconds between checks of the rules folder, 0: off (RISK_RELOAD_INTERVAL_S, 1)",
     )
+    p.add_argument("--log-format", choices=("json", "text"), help="log lines (RISK_LOG_FORMAT, json)")
+    p.add_argument("--decision-log", help="folder of the decision log, or 'off' (RISK_DECISION_LOG, off)")
+    p.add_argument("--tls-cert", help="server certificate chain, PEM: turns TLS on (RISK_TLS_CERT)")
+    p.add_argument("--tls-key", help="server private key, PEM (RISK_TLS_KEY)")
+    p.add_argument("--tls-client-ca", help="CA bundle for client certificates: mutual TLS (RISK_TLS_CLIENT_CA)")
+    p.add_argument("--admin-host", help="admin service address (RISK_ADMIN_HOST, 127.0.0.1)")
+    p.add_argument("--admin-port", help="admin service port, or 'off' (RISK_ADMIN_PORT, 50052)")
     p.set_defaults(func=_serve)
+
+    decisions = sub.add_parser("decisions", help="the decision log").add_subparsers(
+        dest="decisions_command", required=True
+    )
+    p = decisions.add_parser("export", help="decisions (joined with labels) as a training-ready Parquet file")
+    p.add_argument("--log", default="decisions", help="decision log folder (default decisions/)")
+    p.add_argument("--since", help="event time from (inclusive): 2026-01-31, 2026-01-31T12:00:00Z or epoch ms")
+    p.add_argument("--until", help="event time until (exclusive), same forms")
+    p.add_argument("--feedback", help="labels: CSV or Parquet with transaction_id,label[,label_time]")
+    p.add_argument("--out", required=True, help="Parquet file to write")
+    p.set_defaults(func=_decisions_export)
 
     rules = sub.add_parser("rules", help="work with rule sets").add_subparsers(dest="rules_command", required=True)
     p = rules.add_parser("check", help="validate a rule set; errors with file:line:column")

@@ -1,22 +1,92 @@
-"""Service settings: flags, with environment variables as defaults, validated at start."""
+"""Service settings: flags, with environment variables as defaults, validated at start.
+
+`ServeConfig.from_env()` reads every RISK_* variable (and REDIS_URL) and
+`check()` validates the whole config; both collect every problem before
+raising one `ConfigError` that names each bad setting (flag and variable),
+so an operator fixes them all in one go. Secrets (the password in a Redis
+URL) never appear in an error or a log line: use `redacted_redis_url`.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from engine.validation import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
 
+T = TypeVar("T")
+
 
 class ConfigError(ValueError):
-    pass
+    """One or more bad settings; `problems` lists each, one line apiece."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            super().__init__(self.problems[0])
+        else:
+            super().__init__(f"{len(self.problems)} bad settings:\n" + "\n".join(f"  {p}" for p in self.problems))
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+def redact_url(url: str) -> str:
+    """The URL with its password (if any) replaced by ***."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    except ValueError:
+        netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+#: The admin port of `risk-engine serve` (ServeConfig itself defaults to no admin service).
+DEFAULT_ADMIN_PORT: int | None = 50052
+
+#: Every environment variable the service reads (others starting with RISK_ are reported as unknown).
+ENV_VARS = (
+    "RISK_HOST",
+    "RISK_PORT",
+    "RISK_RULES",
+    "RISK_MODEL",
+    "REDIS_URL",
+    "RISK_REDIS_PREFIX",
+    "RISK_REDIS_BUDGET_MS",
+    "RISK_IDEMPOTENCY_TTL_S",
+    "RISK_THREADS",
+    "RISK_MAX_CONCURRENT_RPCS",
+    "RISK_GRACE_S",
+    "RISK_RELOAD_INTERVAL_S",
+    "RISK_METRICS_HOST",
+    "RISK_METRICS_PORT",
+    "RISK_MAX_EVENT_AGE_S",
+    "RISK_MAX_EVENT_LEAD_S",
+    "RISK_LOG_FORMAT",
+    "RISK_DECISION_LOG",
+    "RISK_DECISION_LOG_MAX_FILE_MB",
+    "RISK_DECISION_LOG_ROTATE_S",
+    "RISK_DECISION_LOG_MAX_TOTAL_MB",
+    "RISK_DECISION_LOG_QUEUE",
+    "RISK_TLS_CERT",
+    "RISK_TLS_KEY",
+    "RISK_TLS_CLIENT_CA",
+    "RISK_ADMIN_HOST",
+    "RISK_ADMIN_PORT",
+)
 
 
 @dataclass(frozen=True)
@@ -39,52 +109,214 @@ class ServeConfig:
     #: Port of the Prometheus /metrics endpoint; None turns it off, 0 picks a free port.
     metrics_port: int | None = 9464
     limits: Limits = field(default_factory=Limits)
+    #: 'json' (one object per line) or 'text'.
+    log_format: str = "json"
+    #: Folder of the decision log (JSON Lines, rotated); None: no decision log.
+    decision_log: Path | None = None
+    decision_log_max_file_mb: float = 64.0
+    decision_log_rotate_s: float = 3600.0
+    decision_log_max_total_mb: float = 1024.0
+    decision_log_queue: int = 10_000
+    #: Server certificate chain and key (PEM): both set turns TLS on for the gRPC port.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: CA bundle (PEM) that client certificates must chain to: set, it requires mutual TLS.
+    tls_client_ca: Path | None = None
+    #: The admin gRPC service (risk.v1.Admin: Reload, Status) on its own port; None: off, 0: a free port.
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = None
+
+    @property
+    def redacted_redis_url(self) -> str:
+        return redact_url(self.redis_url) if self.redis_url else ""
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None or self.tls_key is not None
 
     @classmethod
-    def from_env(cls) -> ServeConfig:
-        """Defaults from RISK_* environment variables (and REDIS_URL)."""
-        d = Limits()
-        try:
-            return cls(
-                host=_env("RISK_HOST", "127.0.0.1"),
-                port=int(_env("RISK_PORT", "50051")),
-                rules=Path(_env("RISK_RULES", str(ROOT / "rules"))),
-                model=Path(_env("RISK_MODEL", str(ROOT / "models"))),
-                redis_url=_env("REDIS_URL", ""),
-                redis_prefix=_env("RISK_REDIS_PREFIX", "risk"),
-                redis_budget_ms=float(_env("RISK_REDIS_BUDGET_MS", "50")),
-                idempotency_ttl_s=float(_env("RISK_IDEMPOTENCY_TTL_S", "86400")),
-                threads=int(_env("RISK_THREADS", "16")),
-                grace_s=float(_env("RISK_GRACE_S", "10")),
-                reload_interval_s=float(_env("RISK_RELOAD_INTERVAL_S", "1")),
-                metrics_host=_env("RISK_METRICS_HOST", "127.0.0.1"),
-                metrics_port=None
-                if _env("RISK_METRICS_PORT", "9464") == "off"
-                else int(_env("RISK_METRICS_PORT", "9464")),
-                limits=Limits(
-                    max_event_age_s=float(_env("RISK_MAX_EVENT_AGE_S", str(d.max_event_age_s))),
-                    max_event_lead_s=float(_env("RISK_MAX_EVENT_LEAD_S", str(d.max_event_lead_s))),
-                ),
-            )
-        except ValueError as exc:
-            raise ConfigError(f"bad environment setting: {exc}") from None
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeConfig:
+        """Defaults from RISK_* environment variables (and REDIS_URL); every bad value named at once."""
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+        d = cls()
+        dl = Limits()
+
+        def get(name: str, parse: Callable[[str], T], default: T) -> T:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return parse(raw.strip())
+            except ValueError as exc:
+                shown = redact_url(raw) if "URL" in name else raw
+                problems.append(f"{name}={shown!r}: {exc}")
+                return default
+
+        values: dict[str, Any] = {
+            "host": get("RISK_HOST", str, d.host),
+            "port": get("RISK_PORT", _int, d.port),
+            "rules": get("RISK_RULES", Path, d.rules),
+            "model": get("RISK_MODEL", Path, d.model),
+            "redis_url": get("REDIS_URL", str, d.redis_url),
+            "redis_prefix": get("RISK_REDIS_PREFIX", str, d.redis_prefix),
+            "redis_budget_ms": get("RISK_REDIS_BUDGET_MS", _float, d.redis_budget_ms),
+            "idempotency_ttl_s": get("RISK_IDEMPOTENCY_TTL_S", _float, d.idempotency_ttl_s),
+            "threads": get("RISK_THREADS", _int, d.threads),
+            "max_concurrent_rpcs": get("RISK_MAX_CONCURRENT_RPCS", _int, d.max_concurrent_rpcs),
+            "grace_s": get("RISK_GRACE_S", _float, d.grace_s),
+            "reload_interval_s": get("RISK_RELOAD_INTERVAL_S", _float, d.reload_interval_s),
+            "metrics_host": get("RISK_METRICS_HOST", str, d.metrics_host),
+            "metrics_port": get("RISK_METRICS_PORT", _port_or_off, d.metrics_port),
+            "limits": Limits(
+                max_event_age_s=get("RISK_MAX_EVENT_AGE_S", _float, dl.max_event_age_s),
+                max_event_lead_s=get("RISK_MAX_EVENT_LEAD_S", _float, dl.max_event_lead_s),
+            ),
+            "log_format": get("RISK_LOG_FORMAT", str, d.log_format),
+            "decision_log": get("RISK_DECISION_LOG", _path_or_off, d.decision_log),
+            "decision_log_max_file_mb": get("RISK_DECISION_LOG_MAX_FILE_MB", _float, d.decision_log_max_file_mb),
+            "decision_log_rotate_s": get("RISK_DECISION_LOG_ROTATE_S", _float, d.decision_log_rotate_s),
+            "decision_log_max_total_mb": get("RISK_DECISION_LOG_MAX_TOTAL_MB", _float, d.decision_log_max_total_mb),
+            "decision_log_queue": get("RISK_DECISION_LOG_QUEUE", _int, d.decision_log_queue),
+            "tls_cert": get("RISK_TLS_CERT", Path, d.tls_cert),
+            "tls_key": get("RISK_TLS_KEY", Path, d.tls_key),
+            "tls_client_ca": get("RISK_TLS_CLIENT_CA", Path, d.tls_client_ca),
+            "admin_host": get("RISK_ADMIN_HOST", str, d.admin_host),
+            "admin_port": get("RISK_ADMIN_PORT", _port_or_off, DEFAULT_ADMIN_PORT),
+        }
+        if problems:
+            raise ConfigError(problems)
+        return cls(**values)
 
     def check(self) -> None:
+        """Raise ConfigError naming every bad setting (flag / environment variable)."""
+        p: list[str] = []
         if not 0 <= self.port <= 65535:
-            raise ConfigError(f"--port must be 0..65535, got {self.port}")
+            p.append(f"--port / RISK_PORT must be 0..65535, got {self.port}")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"--redis-url must start with redis://, rediss:// or unix://, got {self.redis_url!r}")
+            p.append(
+                "--redis-url / REDIS_URL must start with redis://, rediss:// or unix://,"
+                f" got {self.redacted_redis_url!r}"
+            )
         if not 1 <= self.redis_budget_ms <= 10_000:
-            raise ConfigError(f"the Redis budget must be 1..10000 ms, got {self.redis_budget_ms}")
-        if self.idempotency_ttl_s <= 0:
-            raise ConfigError(f"the idempotency TTL must be positive, got {self.idempotency_ttl_s}")
-        if self.reload_interval_s < 0:
-            raise ConfigError(f"the reload interval must be 0 (off) or positive, got {self.reload_interval_s}")
+            p.append(f"--redis-budget-ms / RISK_REDIS_BUDGET_MS must be 1..10000 ms, got {self.redis_budget_ms}")
+        if not self.idempotency_ttl_s > 0:
+            p.append(f"RISK_IDEMPOTENCY_TTL_S must be positive, got {self.idempotency_ttl_s}")
+        if not self.reload_interval_s >= 0:
+            p.append(
+                f"--reload-interval / RISK_RELOAD_INTERVAL_S must be 0 (off) or positive, got {self.reload_interval_s}"
+            )
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            raise ConfigError(f"the metrics port must be 0..65535 or 'off', got {self.metrics_port}")
+            p.append(f"--metrics-port / RISK_METRICS_PORT must be 0..65535 or 'off', got {self.metrics_port}")
         if self.threads < 1:
-            raise ConfigError("--threads must be at least 1")
+            p.append(f"--threads / RISK_THREADS must be at least 1, got {self.threads}")
+        if self.max_concurrent_rpcs < 1:
+            p.append(f"RISK_MAX_CONCURRENT_RPCS must be at least 1, got {self.max_concurrent_rpcs}")
+        if not self.grace_s >= 0:
+            p.append(f"RISK_GRACE_S must be 0 or positive, got {self.grace_s}")
+        if not (self.limits.max_event_age_s > 0 and self.limits.max_event_lead_s >= 0):
+            p.append("RISK_MAX_EVENT_AGE_S must be positive and RISK_MAX_EVENT_LEAD_S 0 or positive")
+        if self.log_format not in ("json", "text"):
+            p.append(f"--log-format / RISK_LOG_FORMAT must be 'json' or 'text', got {self.log_format!r}")
         if not self.rules.exists():
-            raise ConfigError(f"--rules {self.rules}: no such file or folder")
+            p.append(f"--rules / RISK_RULES {self.rules}: no such file or folder")
         if not self.model.exists():
-            raise ConfigError(f"--model {self.model}: no such folder")
+            p.append(f"--model / RISK_MODEL {self.model}: no such folder")
+        if self.decision_log is not None:
+            if self.decision_log.exists() and not self.decision_log.is_dir():
+                p.append(f"--decision-log / RISK_DECISION_LOG {self.decision_log}: not a folder")
+            if not self.decision_log_max_file_mb > 0:
+                p.append(f"RISK_DECISION_LOG_MAX_FILE_MB must be positive, got {self.decision_log_max_file_mb}")
+            if not self.decision_log_rotate_s > 0:
+                p.append(f"RISK_DECISION_LOG_ROTATE_S must be positive, got {self.decision_log_rotate_s}")
+            if not self.decision_log_max_total_mb >= self.decision_log_max_file_mb:
+                p.append(
+                    "RISK_DECISION_LOG_MAX_TOTAL_MB must be at least RISK_DECISION_LOG_MAX_FILE_MB,"
+                    f" got {self.decision_log_max_total_mb} < {self.decision_log_max_file_mb}"
+                )
+            if self.decision_log_queue < 1:
+                p.append(f"RISK_DECISION_LOG_QUEUE must be at least 1, got {self.decision_log_queue}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            p.append("--tls-cert / RISK_TLS_CERT and --tls-key / RISK_TLS_KEY go together: set both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            p.append("--tls-client-ca / RISK_TLS_CLIENT_CA (mutual TLS) needs --tls-cert and --tls-key")
+        for flag, path in (
+            ("--tls-cert / RISK_TLS_CERT", self.tls_cert),
+            ("--tls-key / RISK_TLS_KEY", self.tls_key),
+            ("--tls-client-ca / RISK_TLS_CLIENT_CA", self.tls_client_ca),
+        ):
+            if path is not None and not path.is_file():
+                p.append(f"{flag} {path}: no such file")
+            elif path is not None and not os.access(path, os.R_OK):
+                p.append(f"{flag} {path}: not readable")
+        if self.admin_port is not None:
+            if not 0 <= self.admin_port <= 65535:
+                p.append(f"--admin-port / RISK_ADMIN_PORT must be 0..65535 or 'off', got {self.admin_port}")
+            if not _is_loopback(self.admin_host) and self.tls_client_ca is None:
+                p.append(
+                    f"--admin-host / RISK_ADMIN_HOST {self.admin_host!r} is not a loopback address: the admin"
+                    " service may listen beyond localhost only with mutual TLS (--tls-client-ca)"
+                )
+            elif self.admin_port != 0 and self.admin_port == self.port:
+                p.append(f"--admin-port must differ from --port ({self.port})")
+        if p:
+            raise ConfigError(p)
+
+    def summary(self) -> dict[str, object]:
+        """What the server runs with, safe to log (no secrets)."""
+        return {
+            "host": self.host,
+            "rules": str(self.rules),
+            "model": str(self.model),
+            "redis": self.redacted_redis_url or "embedded",
+            "redis_budget_ms": self.redis_budget_ms,
+            "threads": self.threads,
+            "max_concurrent_rpcs": self.max_concurrent_rpcs,
+            "tls": "mutual" if self.tls_client_ca else ("on" if self.tls else "off"),
+            "decision_log": str(self.decision_log) if self.decision_log else "off",
+        }
+
+
+def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """RISK_* variables the service does not read (typos, most likely)."""
+    env = os.environ if environ is None else environ
+    return sorted(k for k in env if k.startswith("RISK_") and k not in ENV_VARS)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("not an integer") from None
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("not a finite number")
+    return value
+
+
+def _port_or_off(text: str) -> int | None:
+    if text.lower() == "off":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("not a port number or 'off'") from None
+
+
+def _path_or_off(text: str) -> Path | None:
+    return None if text.lower() == "off" else Path(text)

@@ -13,17 +13,50 @@ as in the tests) and exposes it over HTTP with prometheus-client. Names:
 | `risk_last_reload_failure_timestamp_seconds` | gauge | 0 when no reload has failed |
 | `risk_decisions_total` | counter | `decision`, `degraded` |
 | `risk_rule_hits_total` | counter | `rule_id`, `mode` = `active` or `shadow` |
+| `risk_requests_total` | counter | `method`, `code` (gRPC status name: `OK`, `INVALID_ARGUMENT`, ...) |
+| `risk_request_duration_seconds` | histogram | `method`; server-side, from the handler's start to its answer |
+| `risk_degraded_total` | counter | `cause` = `windows`, `model` or `record` (the pipeline's `on_degraded`) |
+| `risk_store_errors_total` | counter | `kind`: `timeout`, `connection`, `cooldown`, `deadline`, `other` (*) |
+| `risk_decision_log_records_total` | counter | `result` = `written`, `queue_full` (dropped), `write_error` (lost) |
+| `risk_decision_log_queue` | gauge | records waiting for the writer |
+| `risk_decision_log_files_rotated_total`, `risk_decision_log_files_deleted_total` | counter | |
+
+(*) `cooldown`: failing fast after an error; `deadline`: skipped, too little time left.
+
+`RESOURCE_EXHAUSTED` refusals beyond `max_concurrent_rpcs` are answered by
+gRPC's core before any handler runs and do not appear in `risk_requests_total`.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from engine.decisions import DecisionLog
 from engine.reload import ReloadStatus
 from engine.transaction import ReasonSource, ScoreResult
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25)
+STORE_ERROR_KINDS = ("timeout", "connection", "cooldown", "deadline", "other")
+
+
+def store_error_kind(detail: str) -> str:
+    """Classify the message of a StoreUnavailable (engine.windows.redis_store, engine.pipeline)."""
+    if "cooling down" in detail:
+        return "cooldown"
+    if "before the caller's deadline" in detail or "too close to the caller's deadline" in detail:
+        return "deadline"
+    if "Timeout" in detail or "timed out" in detail:
+        return "timeout"
+    if "Connection" in detail or "refused" in detail or "reset by peer" in detail or "Busy" in detail:
+        return "connection"
+    return "other"
 
 
 class Metrics:
@@ -42,9 +75,28 @@ class Metrics:
         )
         self.decisions = Counter("risk_decisions", "Scored transactions", ["decision", "degraded"], registry=r)
         self.rule_hits = Counter("risk_rule_hits", "Rules that fired", ["rule_id", "mode"], registry=r)
+        self.requests = Counter("risk_requests", "Calls answered, by gRPC status", ["method", "code"], registry=r)
+        self.latency = Histogram(
+            "risk_request_duration_seconds",
+            "Server-side time of a call",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.degraded = Counter("risk_degraded", "Degraded steps, by cause", ["cause"], registry=r)
+        self.store_errors = Counter(
+            "risk_store_errors", "Window store (Redis) calls that failed or were skipped", ["kind"], registry=r
+        )
+        # Pre-create the children that are read before they first happen (dashboards see zeros, not gaps).
+        self._score_latency = self.latency.labels("Score")
+        self._score_codes: dict[str, Counter] = {}
+        for cause in ("windows", "model", "record"):
+            self.degraded.labels(cause)
+        for kind in STORE_ERROR_KINDS:
+            self.store_errors.labels(kind)
         self._lock = threading.Lock()
         self._status: ReloadStatus | None = None
-        self.server: ThreadingHTTPServer | None = None
+        self.server: ThreadingHTTPServer | WSGIServer | None = None
 
     def set_status(self, status: ReloadStatus) -> None:
         with self._lock:
@@ -71,6 +123,26 @@ class Metrics:
         for reason in result.shadow:
             self.rule_hits.labels(reason.rule_id, "shadow").inc()
 
+    def request(self, code: str, seconds: float, method: str = "Score") -> None:
+        """One answered call: its status code name and server-side duration."""
+        counter = self._score_codes.get(code) if method == "Score" else None
+        if counter is None:
+            counter = self.requests.labels(method, code)
+            if method == "Score":
+                self._score_codes[code] = counter
+        counter.inc()
+        (self._score_latency if method == "Score" else self.latency.labels(method)).observe(seconds)
+
+    def on_degraded(self, cause: str, detail: str) -> None:
+        """Count a degraded step (the pipeline's on_degraded); store failures also by kind."""
+        self.degraded.labels(cause).inc()
+        if cause in ("windows", "record"):
+            self.store_errors.labels(store_error_kind(detail)).inc()
+
+    def watch_decision_log(self, decisions: DecisionLog) -> None:
+        """Export the decision log's counters, read at scrape time (nothing on the request thread)."""
+        self.registry.register(_DecisionLogCollector(decisions))
+
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics over HTTP; return the bound port."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
@@ -81,3 +153,25 @@ class Metrics:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+
+
+class _DecisionLogCollector(Collector):
+    def __init__(self, decisions: DecisionLog) -> None:
+        self.decisions = decisions
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.decisions.stats
+        records = CounterMetricFamily(
+            "risk_decision_log_records", "Decision log records, by outcome", labels=["result"]
+        )
+        records.add_metric(["written"], stats.written)
+        records.add_metric(["queue_full"], stats.dropped_queue_full)
+        records.add_metric(["write_error"], stats.write_failures)
+        yield records
+        yield GaugeMetricFamily("risk_decision_log_queue", "Records waiting for the writer", self.decisions.queued)
+        yield CounterMetricFamily(
+            "risk_decision_log_files_rotated", "Decision log files closed by rotation", stats.files_rotated
+        )
+        yield CounterMetricFamily(
+            "risk_decision_log_files_deleted", "Decision log files deleted to bound the total", stats.files_deleted
+        )

@@ -7,14 +7,21 @@ went (`risk-ruleset-version`, `risk-ruleset-digest`, `risk-model-version`,
 `risk-last-reload`: `ok` or `failed <unix time>: <first error>`). SIGTERM or
 SIGINT stop accepting new calls and let in-flight ones finish within the
 grace period; SIGHUP reloads the rule set at once (it is also watched).
+
+Also here: TLS or mutual TLS on the scoring port (`tls_cert`, `tls_key`,
+`tls_client_ca`), the admin service on its own port (`engine.service.admin`),
+the decision log (`engine.decisions`) fed after each fresh answer, and the
+metrics of requests, latency, degraded causes and store errors.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -22,13 +29,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from engine.config import ServeConfig
+from engine.config import ConfigError, ServeConfig, unknown_env
+from engine.decisions import DecisionLog
 from engine.model.predictor import load_model
 from engine.pipeline import Pipeline
 from engine.reload import Reloader, ReloadStatus
 from engine.rules.ruleset import load_ruleset
+from engine.service.admin import AdminServicer
 from engine.service.metrics import Metrics
-from engine.service.pb import risk_pb2
+from engine.service.pb import admin_pb2, admin_pb2_grpc, risk_pb2
 from engine.service.servicer import RiskEngineServicer
 from engine.windows.memory import MemoryStore
 from engine.windows.redis_store import RedisStore
@@ -36,6 +45,7 @@ from engine.windows.store import WindowStore
 
 log = logging.getLogger("risk_engine.server")
 SERVICE_NAME = risk_pb2.DESCRIPTOR.services_by_name["RiskEngine"].full_name
+ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
 def _ascii(text: str, limit: int = 300) -> str:
@@ -80,12 +90,19 @@ class Running:
     reloader: Reloader
     metrics: Metrics
     metrics_port: int | None
+    decisions: DecisionLog | None = None
+    admin_server: grpc.Server | None = None
+    admin_port: int | None = None
 
     def stop(self, grace_s: float) -> None:
         self.reloader.stop()
         self.health.enter_graceful_shutdown()
+        if self.admin_server is not None:
+            self.admin_server.stop(0)
         self.server.stop(grace_s).wait()
         self.store.close()
+        if self.decisions is not None:
+            self.decisions.close()
         self.metrics.close()
 
 
@@ -110,13 +127,16 @@ class DegradedLog:
     During a Redis outage every call is degraded: one line per call would flood the log.
     """
 
-    def __init__(self, interval_s: float = 1.0) -> None:
+    def __init__(self, interval_s: float = 1.0, count: Callable[[str, str], None] | None = None) -> None:
         self.interval_s = interval_s
+        self.count = count
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}
         self._count: dict[str, int] = {}
 
     def __call__(self, cause: str, detail: str) -> None:
+        if self.count is not None:
+            self.count(cause, detail)
         now = time.monotonic()
         with self._lock:
             self._count[cause] = self._count.get(cause, 0) + 1
@@ -124,12 +144,57 @@ class DegradedLog:
                 return
             count, self._count[cause] = self._count[cause], 0
             self._last[cause] = now
-        log.warning("degraded answers (%d since last report): %s unavailable: %s", count, cause, detail)
+        log.warning(
+            "degraded answers (%d since last report): %s unavailable: %s",
+            count,
+            cause,
+            detail,
+            extra={"event": "degraded", "cause": cause, "count": count},
+        )
+
+
+def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials of the scoring port (None: plaintext); mutual TLS when a client CA is set."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    try:
+        cert = config.tls_cert.read_bytes()
+        key = config.tls_key.read_bytes()
+        ca = config.tls_client_ca.read_bytes() if config.tls_client_ca is not None else None
+    except OSError as exc:
+        raise ConfigError(f"cannot read a TLS file: {exc}") from None
+    for what, data, marker in (("--tls-cert", cert, b"CERTIFICATE"), ("--tls-key", key, b"PRIVATE KEY")):
+        if b"-----BEGIN" not in data or marker not in data:
+            raise ConfigError(f"{what}: not a PEM {marker.decode().lower()}")
+    if ca is not None and b"CERTIFICATE" not in ca:
+        raise ConfigError("--tls-client-ca: not a PEM certificate bundle")
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def make_decision_log(config: ServeConfig, metrics: Metrics) -> DecisionLog | None:
+    if config.decision_log is None:
+        return None
+    try:
+        dlog = DecisionLog(
+            config.decision_log,
+            max_file_bytes=int(config.decision_log_max_file_mb * 1024 * 1024),
+            rotate_s=config.decision_log_rotate_s,
+            max_total_bytes=int(config.decision_log_max_total_mb * 1024 * 1024),
+            queue_size=config.decision_log_queue,
+        )
+    except OSError as exc:
+        raise ConfigError(f"--decision-log / RISK_DECISION_LOG {config.decision_log}: {exc}") from None
+    if not os.access(config.decision_log, os.W_OK):
+        dlog.close()
+        raise ConfigError(f"--decision-log / RISK_DECISION_LOG {config.decision_log}: not writable")
+    metrics.watch_decision_log(dlog)
+    return dlog
 
 
 def start(config: ServeConfig) -> Running:
     """Load everything, then start serving; raise on a bad rule set, model or config."""
     config.check()
+    credentials = server_credentials(config)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="score"),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
@@ -146,8 +211,9 @@ def start(config: ServeConfig) -> Running:
     ruleset = load_ruleset(config.rules)
     model = load_model(config.model, ruleset)
     store = make_store(config)
-    pipeline = Pipeline(ruleset, model, store, limits=config.limits, on_degraded=DegradedLog())
     metrics = Metrics()
+    pipeline = Pipeline(ruleset, model, store, limits=config.limits, on_degraded=DegradedLog(count=metrics.on_degraded))
+    decisions = make_decision_log(config, metrics)
 
     def on_change(status: ReloadStatus) -> None:
         health_servicer.status = status
@@ -156,20 +222,50 @@ def start(config: ServeConfig) -> Running:
     reloader = Reloader(pipeline, config.rules, config.model, interval_s=config.reload_interval_s or 1.0)
     on_change(reloader.status)
     reloader.on_change = on_change
-    server.add_generic_rpc_handlers((RiskEngineServicer(pipeline, metrics.observe).handler(),))
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    servicer = RiskEngineServicer(
+        pipeline,
+        metrics.observe,
+        on_scored=decisions.record if decisions is not None else None,
+        on_request=metrics.request,
+    )
+    server.add_generic_rpc_handlers((servicer.handler(),))
+    address = f"{config.host}:{config.port}"
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
-        raise OSError(f"cannot listen on {config.host}:{config.port}")
+        if decisions is not None:
+            decisions.close()
+        raise OSError(f"cannot listen on {address}")
+    admin_server, admin_port = None, None
+    if config.admin_port is not None:
+        admin_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="admin"),
+            maximum_concurrent_rpcs=4,
+            options=[("grpc.so_reuseport", 0)],
+        )
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(reloader, store.name, lambda: decisions), admin_server)
+        admin_address = f"{config.admin_host}:{config.admin_port}"
+        # Beyond loopback the config check demands mutual TLS: the same credentials as the scoring port.
+        admin_port = (
+            admin_server.add_secure_port(admin_address, credentials)
+            if credentials is not None and config.tls_client_ca is not None
+            else admin_server.add_insecure_port(admin_address)
+        )
+        if admin_port == 0:
+            if decisions is not None:
+                decisions.close()
+            raise OSError(f"cannot listen on {admin_address} (admin)")
     metrics_port = None
     if config.metrics_port is not None:
         metrics_port = metrics.serve(config.metrics_host, config.metrics_port)
     server.start()
+    if admin_server is not None:
+        admin_server.start()
     if config.reload_interval_s > 0:
         reloader.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     log.info(
-        "serving on %s:%d rules=%s (%s) model=%s store=%s metrics=%s",
+        "serving on %s:%d rules=%s (%s) model=%s store=%s metrics=%s admin=%s tls=%s decision_log=%s",
         config.host,
         port,
         ruleset.version,
@@ -177,21 +273,59 @@ def start(config: ServeConfig) -> Running:
         model.version,
         store.name,
         f"{config.metrics_host}:{metrics_port}" if metrics_port is not None else "off",
+        f"{config.admin_host}:{admin_port}" if admin_port is not None else "off",
+        "mutual" if config.tls_client_ca else ("on" if credentials else "off"),
+        config.decision_log or "off",
+        extra={
+            "event": "start",
+            "port": port,
+            "ruleset_version": ruleset.version,
+            "ruleset_digest": ruleset.digest,
+            "model_version": model.version,
+            "store": store.name,
+            "metrics_port": metrics_port,
+            "admin_port": admin_port,
+            "config": config.summary(),
+        },
     )
-    return Running(server, port, pipeline, health_servicer, store, reloader, metrics, metrics_port)
+    return Running(
+        server,
+        port,
+        pipeline,
+        health_servicer,
+        store,
+        reloader,
+        metrics,
+        metrics_port,
+        decisions,
+        admin_server,
+        admin_port,
+    )
 
 
 def serve(config: ServeConfig) -> None:
     """Run until SIGTERM or SIGINT, then drain in-flight calls and exit."""
+    unknown = unknown_env()
+    if unknown:
+        log.warning(
+            "unknown environment variable(s) ignored: %s (see `risk-engine serve --help`)",
+            ", ".join(unknown),
+            extra={"event": "config"},
+        )
     running = start(config)
     stop = threading.Event()
 
     def handle(signum: int, _frame: object) -> None:
-        log.info("signal %d: draining in-flight calls (grace %.1f s)", signum, config.grace_s)
+        log.info(
+            "signal %d: draining in-flight calls (grace %.1f s)",
+            signum,
+            config.grace_s,
+            extra={"event": "stop", "signal": signum},
+        )
         stop.set()
 
     def hangup(_signum: int, _frame: object) -> None:
-        log.info("SIGHUP: reloading the rule set")
+        log.info("SIGHUP: reloading the rule set", extra={"event": "reload"})
         threading.Thread(target=running.reloader.reload_now, name="sighup-reload", daemon=True).start()
 
     signal.signal(signal.SIGTERM, handle)
@@ -200,4 +334,4 @@ def serve(config: ServeConfig) -> None:
     while not stop.wait(0.5):
         pass
     running.stop(config.grace_s)
-    log.info("stopped")
+    log.info("stopped", extra={"event": "stop"})

@@ -17,6 +17,7 @@ generic INTERNAL "exception deserializing request".
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import grpc
@@ -25,15 +26,36 @@ from google.protobuf.message import DecodeError
 from engine.pipeline import IdempotencyConflict, InvalidTransaction, Pipeline
 from engine.service.convert import to_response, to_transaction
 from engine.service.pb import risk_pb2, risk_pb2_grpc
-from engine.transaction import ScoreResult
+from engine.transaction import ScoreResult, Transaction
 
 log = logging.getLogger("risk_engine.service")
 
+#: Called once per answered call with its status code name and its server-side duration in seconds.
+OnRequest = Callable[[str, float], None]
+
+
+class _Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self.code = code
+        self.details = details
+
 
 class RiskEngineServicer(risk_pb2_grpc.RiskEngineServicer):
-    def __init__(self, pipeline: Pipeline, observe: Callable[[ScoreResult], None] | None = None) -> None:
+    """Scores calls; `observe` sees each fresh result, `on_scored` each fresh (transaction, result),
+    `on_request` each call's status code and duration (replays included)."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        observe: Callable[[ScoreResult], None] | None = None,
+        *,
+        on_scored: Callable[[Transaction, ScoreResult], object] | None = None,
+        on_request: OnRequest | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.observe = observe or (lambda result: None)
+        self.on_scored = on_scored
+        self.on_request = on_request
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's handler, parsing requests itself (see the module docstring)."""
@@ -45,29 +67,57 @@ class RiskEngineServicer(risk_pb2_grpc.RiskEngineServicer):
         return grpc.method_handlers_generic_handler("risk.v1.RiskEngine", {"Score": score})
 
     def score_bytes(self, raw: bytes, context: grpc.ServicerContext) -> risk_pb2.ScoreResponse:
+        started = time.perf_counter()
         try:
-            request = risk_pb2.ScoreRequest.FromString(raw)
-        except DecodeError:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request: not a valid risk.v1.ScoreRequest message")
-        return self.Score(request, context)
+            try:
+                request = risk_pb2.ScoreRequest.FromString(raw)
+            except DecodeError:
+                raise _Refused(
+                    grpc.StatusCode.INVALID_ARGUMENT, "request: not a valid risk.v1.ScoreRequest message"
+                ) from None
+            response = self._score(request, context)
+        except _Refused as refused:
+            self._answered(refused.code.name, started)
+            context.abort(refused.code, refused.details)
+        self._answered("OK", started)
+        return response
 
     def Score(self, request: risk_pb2.ScoreRequest, context: grpc.ServicerContext) -> risk_pb2.ScoreResponse:  # noqa: N802
+        started = time.perf_counter()
+        try:
+            response = self._score(request, context)
+        except _Refused as refused:
+            self._answered(refused.code.name, started)
+            context.abort(refused.code, refused.details)
+        self._answered("OK", started)
+        return response
+
+    def _answered(self, code: str, started: float) -> None:
+        if self.on_request is not None:
+            self.on_request(code, time.perf_counter() - started)
+
+    def _score(self, request: risk_pb2.ScoreRequest, context: grpc.ServicerContext) -> risk_pb2.ScoreResponse:
         try:
             txn = to_transaction(request, self.pipeline.limits)
             scored = self.pipeline.score(txn, context.time_remaining())
         except InvalidTransaction as exc:
             path = exc.field if exc.field == "transaction" else f"transaction.{exc.field}"
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{path}: {exc.reason}")
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{path}: {exc.reason}") from None
         except IdempotencyConflict as exc:
-            context.abort(
+            raise _Refused(
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"transaction.transaction_id: {exc.transaction_id!r} was already scored with different content",
-            )
+            ) from None
         except Exception:
-            log.exception("unexpected error while scoring")
-            context.abort(grpc.StatusCode.INTERNAL, "internal error while scoring; see the server log")
+            log.exception(
+                "unexpected error while scoring",
+                extra={"event": "error", "transaction_id": request.transaction.transaction_id[:128]},
+            )
+            raise _Refused(grpc.StatusCode.INTERNAL, "internal error while scoring; see the server log") from None
         if scored.replayed:
             context.send_initial_metadata((("risk-replayed", "true"),))
         else:
             self.observe(scored.result)
+            if self.on_scored is not None:
+                self.on_scored(txn, scored.result)
         return to_response(scored.result)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,10 +75,9 @@ class Model:
 
     def matrix(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """One feature row per field map, in the model's order (bools as 0/1, missing as NaN)."""
-        features = self.features
-        return np.array([[float(fields[name]) for name in features] for fields in rows], dtype=np.float64).reshape(
-            len(rows), len(features)
-        )
+        # NumPy converts each bool, int and float exactly as float() does.
+        row = operator.itemgetter(*self.features)
+        return np.array(list(map(row, rows)), dtype=np.float64).reshape(len(rows), len(self.features))
 
     def predict(self, fields: Mapping[str, Any]) -> float:
         return self.predict_many((fields,))[0]

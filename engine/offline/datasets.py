@@ -8,6 +8,9 @@ time (stable, so ties keep file order), which is the order replay needs.
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,8 +128,33 @@ def read_dataset(path: str | Path, mapping: ColumnMapping, limit: int | None = N
     return table_to_dataset(table, mapping)
 
 
+@contextmanager
+def paused_cycle_collector() -> Iterator[None]:
+    """Pause Python's cycle collector for a bulk job, then restore it as it was.
+
+    Reading and replaying history build millions of small objects and keep
+    many alive (the transactions, the window state), so the collector walks an
+    ever larger heap over and over: a quarter of replay time, two thirds of
+    reading time. Neither makes reference cycles (reference counting frees
+    everything), so pausing it loses nothing; it resumes when the job ends
+    (or is abandoned).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def table_to_dataset(table: pa.Table, mapping: ColumnMapping) -> Dataset:
     """Map an Arrow table (e.g. `pa.Table.from_pylist(rows)`) into sorted transactions."""
+    with paused_cycle_collector():
+        return _table_to_dataset(table, mapping)
+
+
+def _table_to_dataset(table: pa.Table, mapping: ColumnMapping) -> Dataset:
     n = table.num_rows
     event_ms = _event_ms(table, mapping.event_time)
     if mapping.amount not in table.column_names:

@@ -7,14 +7,13 @@ and training both read their features from here.
 
 from __future__ import annotations
 
-import gc
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from engine.model.predictor import Model
+from engine.offline.datasets import paused_cycle_collector
 from engine.pipeline import Pipeline, Scored
 from engine.rules.ruleset import RuleSet
 from engine.transaction import Transaction
@@ -56,7 +55,7 @@ def replay(
     pipeline = Pipeline(ruleset, model, MemoryStore(remember_responses=False), check_clock=False, record=False)
     started = time.perf_counter()
     total = len(transactions)
-    with _no_cyclic_gc():
+    with paused_cycle_collector():
         for first in range(0, total, batch_size):
             batch = transactions[first : first + batch_size]
             for i, (txn, scored) in enumerate(zip(batch, pipeline.score_batch(batch), strict=True), first):
@@ -72,26 +71,6 @@ def replay(
                     progress(i, total)
                 yield i, scored
     stats.seconds = time.perf_counter() - started
-
-
-@contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
-    """Pause Python's cycle collector for the replay, then restore it as it was.
-
-    Replay builds millions of small objects (field maps, window series,
-    answers) and keeps many alive (the dataset, the window state), so the
-    collector walks an ever larger heap over and over: about a quarter of the
-    replay time. The pipeline makes no reference cycles per transaction
-    (reference counting frees everything), so pausing it loses nothing; a
-    collector resumes when the replay ends (or is abandoned).
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def print_progress(done: int, total: int) -> None:

@@ -170,62 +170,68 @@ class MemoryStore:
         all_series = self._series
         by_write = self._by_write
         ttl_extra_s = self._ttl_extra_s
-        for group, entity_value, bound_value in bound.groups:
-            storage, retention_ms, retention_s, capped, numeric, windows = group.layout
-            key = (storage, entity_value)
-            series = all_series.get(key)
-            if series is None:
-                series = all_series[key] = _Series()
-                order = by_write.get(storage)
-                if order is None:
-                    order = by_write[storage] = OrderedDict()
-                order[key] = None  # the most recently written
-            else:
-                by_write[storage].move_to_end(key)
-            expires = series.expires = now + retention_s + ttl_extra_s
-            if expires < self._next_idle:
-                self._next_idle = expires
-            ts, ids, values, at = series.ts, series.ids, series.values, series.at
-            value = int(bound_value) if numeric else bound_value
-            old = at.get(txid)
-            if old is None and (not ts or t > ts[-1]):
-                # In time order: the newest event, appended.
-                ts.append(t)
-                ids.append(txid)
-                values.append(value)
-            else:
-                if old is not None:  # the same id again: replace, as ZADD does
-                    i = series.position(old, txid)
-                    del ts[i]
-                    del ids[i]
-                    del values[i]
-                i = series.position(t, txid)
-                ts.insert(i, t)
-                ids.insert(i, txid)
-                values.insert(i, value)
-            at[txid] = t
-            # Drop what no window can need any more: events older than this event's
-            # time minus the retention (longest window + allowed lateness).
-            cutoff = t - retention_ms
-            if ts[0] < cutoff:
-                # Events with time < cutoff, as Redis drops scores in [-inf, cutoff).
-                series.drop_oldest(bisect_left(ts, cutoff))
-            if capped and len(ts) > cap:
-                # A value series keeps at most `cap` events, oldest first out (as the Lua script).
-                series.drop_oldest(len(ts) - cap)
-            hi = bisect_right(ts, t)  # events with time <= t
-            for output, code, duration_ms in windows:
-                lo = bisect_right(ts, t - duration_ms, 0, hi)  # events with time > t - d
-                if code == _COUNT:
-                    raw[output] = hi - lo
-                elif code == _SUM:
-                    raw[output] = sum(values[lo:hi])  # type: ignore[arg-type]
-                elif code == _DISTINCT:
-                    distinct = set(values[lo:hi])
-                    distinct.discard("")
-                    raw[output] = len(distinct)
-                elif code == _MAX:
-                    raw[output] = max(values[lo:hi], default=0)  # type: ignore[type-var,assignment]
-                elif code == _MIN:
-                    raw[output] = min(values[lo:hi], default=0)  # type: ignore[type-var,assignment]
+        next_idle = self._next_idle
+        try:
+            for group, entity_value, bound_value in bound.groups:
+                storage, retention_ms, retention_s, capped, numeric, windows = group.layout
+                key = (storage, entity_value)
+                series = all_series.get(key)
+                if series is None:
+                    series = all_series[key] = _Series()
+                    order = by_write.get(storage)
+                    if order is None:
+                        order = by_write[storage] = OrderedDict()
+                    order[key] = None  # the most recently written
+                else:
+                    by_write[storage].move_to_end(key)
+                expires = series.expires = now + retention_s + ttl_extra_s
+                if expires < next_idle:
+                    next_idle = expires
+                ts, ids, values, at = series.ts, series.ids, series.values, series.at
+                value = int(bound_value) if numeric else bound_value
+                old = at.get(txid)
+                if old is None and (not ts or t > ts[-1]):
+                    # In time order: the newest event, appended.
+                    ts.append(t)
+                    ids.append(txid)
+                    values.append(value)
+                    in_order = True
+                else:
+                    in_order = False
+                    if old is not None:  # the same id again: replace, as ZADD does
+                        i = series.position(old, txid)
+                        del ts[i]
+                        del ids[i]
+                        del values[i]
+                    i = series.position(t, txid)
+                    ts.insert(i, t)
+                    ids.insert(i, txid)
+                    values.insert(i, value)
+                at[txid] = t
+                # Drop what no window can need any more: events older than this event's
+                # time minus the retention (longest window + allowed lateness).
+                cutoff = t - retention_ms
+                if ts[0] < cutoff:
+                    # Events with time < cutoff, as Redis drops scores in [-inf, cutoff).
+                    series.drop_oldest(bisect_left(ts, cutoff))
+                if capped and len(ts) > cap:
+                    # A value series keeps at most `cap` events, oldest first out (as the Lua script).
+                    series.drop_oldest(len(ts) - cap)
+                hi = len(ts) if in_order else bisect_right(ts, t)  # events with time <= t
+                for output, code, duration_ms in windows:
+                    lo = bisect_right(ts, t - duration_ms, 0, hi)  # events with time > t - d
+                    if code == _COUNT:
+                        raw[output] = hi - lo
+                    elif code == _SUM:
+                        raw[output] = sum(values[lo:hi])  # type: ignore[arg-type]
+                    elif code == _DISTINCT:
+                        distinct = set(values[lo:hi])
+                        distinct.discard("")
+                        raw[output] = len(distinct)
+                    elif code == _MAX:
+                        raw[output] = max(values[lo:hi], default=0)  # type: ignore[type-var,assignment]
+                    elif code == _MIN:
+                        raw[output] = min(values[lo:hi], default=0)  # type: ignore[type-var,assignment]
+        finally:
+            self._next_idle = next_idle
         return tuple(raw)

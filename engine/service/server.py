@@ -254,6 +254,9 @@ def start(config: ServeConfig) -> Running:
             if decisions is not None:
                 decisions.close()
             raise OSError(f"cannot listen on {admin_address} (admin)")
+    warm = getattr(store, "ping", None)
+    if warm is not None and not warm():  # opens a pooled connection before the first call needs one
+        log.warning("the window store does not answer yet: calls are degraded until it does", extra={"event": "start"})
     metrics_port = None
     if config.metrics_port is not None:
         metrics_port = metrics.serve(config.metrics_host, config.metrics_port)

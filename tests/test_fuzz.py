@@ -122,3 +122,78 @@ def test_raw_bytes_never_crash_the_server(channel: grpc.Channel, raw: bytes) -> 
     except grpc.RpcError as exc:
         assert exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS), exc
         assert exc.details().startswith(("request:", "transaction")), exc.details()
+
+
+def _valid_bytes() -> bytes:
+    req = risk_pb2.ScoreRequest(
+        transaction=risk_pb2.Transaction(
+            transaction_id="fuzz-seed",
+            amount_minor=2_500,
+            currency="EUR",
+            card_id="c1",
+            ip="81.2.69.160",
+            country="DE",
+            channel=risk_pb2.CHANNEL_APP,
+            attributes={"mcc": "5812"},
+        )
+    )
+    ms = now_ms()
+    req.transaction.event_time.CopyFrom(Timestamp(seconds=ms // 1000, nanos=0))
+    return req.SerializeToString()
+
+
+@st.composite
+def mutated_bytes(draw: st.DrawFn) -> bytes:
+    """A valid request's bytes with flips, cuts, insertions and duplicated pieces: mostly near-misses."""
+    data = bytearray(_valid_bytes())
+    for _ in range(draw(st.integers(1, 6))):
+        op = draw(st.sampled_from(["flip", "cut", "insert", "repeat", "varint"]))
+        pos = draw(st.integers(0, max(len(data) - 1, 0)))
+        if op == "flip" and data:
+            data[pos] ^= 1 << draw(st.integers(0, 7))
+        elif op == "cut":
+            del data[pos : pos + draw(st.integers(1, 8))]
+        elif op == "insert":
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
+        elif op == "repeat":
+            data += data[pos : pos + draw(st.integers(1, 16))]
+        else:  # an overlong varint, a classic parser trap
+            data[pos:pos] = b"\xff" * draw(st.integers(1, 11))
+    return bytes(data)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=mutated_bytes())
+def test_mutated_valid_requests_get_ok_or_invalid_argument(channel: grpc.Channel, raw: bytes) -> None:
+    call = channel.unary_unary("/risk.v1.RiskEngine/Score")
+    try:
+        call(raw, timeout=5)
+    except grpc.RpcError as exc:
+        # ALREADY_EXISTS: a mutation that keeps the seed's id but changes its content.
+        assert exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS), exc
+        assert exc.details().startswith(("request:", "transaction")), exc.details()
+
+
+@settings(max_examples=2000, deadline=None)
+@given(req=requests())
+def test_conversion_and_validation_only_ever_refuse_with_a_field(req: risk_pb2.ScoreRequest) -> None:
+    """In process, many more examples: mapping and validation raise nothing but InvalidTransaction."""
+    from engine.service.convert import to_transaction
+    from engine.validation import InvalidTransaction, Limits, validate
+
+    limits = Limits()
+    try:
+        validate(to_transaction(req, limits), limits, now_ms())
+    except InvalidTransaction as exc:
+        assert exc.field and exc.reason
+
+
+def test_an_oversized_request_is_refused_without_reaching_the_engine(channel: grpc.Channel) -> None:
+    call = channel.unary_unary("/risk.v1.RiskEngine/Score")
+    with pytest.raises(grpc.RpcError) as refused:
+        call(b"\x0a" + b"\xff" * 2_000_000, timeout=5)  # over the 1 MiB receive limit
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    stub = risk_pb2_grpc.RiskEngineStub(channel)
+    req = risk_pb2.ScoreRequest.FromString(_valid_bytes())
+    req.transaction.transaction_id = f"fuzz-after-{next(_ids)}"
+    assert stub.Score(req, timeout=5).decision != risk_pb2.DECISION_UNSPECIFIED  # still serving

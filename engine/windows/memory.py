@@ -86,9 +86,9 @@ class MemoryStore:
         max_event_delay_s: float = 86400.0 + 300.0,
     ) -> None:
         self._ttl_extra_s = max_event_delay_s
-        # Per group: its series, least recently written first (same TTL, so same order of expiry).
-        self._by_write: dict[str, OrderedDict[tuple[str, str], None]] = {}
-        self._series: dict[tuple[str, str], _Series] = {}
+        # Per group (storage name): its series by entity value, least recently written
+        # first (one TTL per group, so also the order in which they expire).
+        self._series: dict[str, OrderedDict[str, _Series]] = {}
         self._seen: OrderedDict[str, tuple[float, str, bytes | None]] = OrderedDict()
         # No series expires before this wall-clock time: the minimum over the oldest
         # written series of each group, lowered by every write. A series' expiry only
@@ -134,15 +134,14 @@ class MemoryStore:
         if now <= self._next_idle:
             return  # no series can have expired yet (see _next_idle)
         soonest = float("inf")
-        for order in self._by_write.values():
-            while order:
-                key = next(iter(order))
-                expires = self._series[key].expires
+        for group_series in self._series.values():
+            while group_series:
+                key = next(iter(group_series))
+                expires = group_series[key].expires
                 if expires >= now:
                     soonest = min(soonest, expires)
                     break
-                del order[key]
-                del self._series[key]
+                del group_series[key]
         self._next_idle = soonest
 
     def _bound_records(self) -> None:
@@ -168,22 +167,19 @@ class MemoryStore:
         now = time.monotonic()
         cap = plan.max_events_per_series
         all_series = self._series
-        by_write = self._by_write
         ttl_extra_s = self._ttl_extra_s
         next_idle = self._next_idle
         try:
             for group, entity_value, bound_value in bound.groups:
                 storage, retention_ms, retention_s, capped, numeric, windows = group.layout
-                key = (storage, entity_value)
-                series = all_series.get(key)
+                group_series = all_series.get(storage)
+                if group_series is None:
+                    group_series = all_series[storage] = OrderedDict()
+                series = group_series.get(entity_value)
                 if series is None:
-                    series = all_series[key] = _Series()
-                    order = by_write.get(storage)
-                    if order is None:
-                        order = by_write[storage] = OrderedDict()
-                    order[key] = None  # the most recently written
+                    series = group_series[entity_value] = _Series()  # the most recently written
                 else:
-                    by_write[storage].move_to_end(key)
+                    group_series.move_to_end(entity_value)
                 expires = series.expires = now + retention_s + ttl_extra_s
                 if expires < next_idle:
                     next_idle = expires

@@ -196,7 +196,7 @@ def _backtest(args: argparse.Namespace) -> int:
             args.data,
             args.rules,
             args.out,
-            model=args.model,
+            model=None if args.no_model else args.model,
             compare=args.compare,
             mapping=args.mapping,
             limit=args.limit,
@@ -209,7 +209,11 @@ def _backtest(args: argparse.Namespace) -> int:
         print(f"risk-engine backtest: the rule set is invalid:\n{exc}", file=sys.stderr)
         return 2
     except ModelInvalid as exc:
-        print(f"risk-engine backtest: the model cannot be used: {exc}", file=sys.stderr)
+        print(
+            f"risk-engine backtest: the model cannot be used: {exc}\n"
+            "  (pass --model DIR for another model, or --no-model to backtest the rules alone)",
+            file=sys.stderr,
+        )
         return 2
     for path in result.files:
         print(f"wrote {path}")
@@ -309,7 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("backtest", help="replay labeled history through the pipeline and report the decisions")
     p.add_argument("--data", required=True, help="Parquet or CSV file of labeled transactions")
     p.add_argument("--rules", default=str(ROOT / "rules"), help="rule set to backtest (default rules/)")
-    p.add_argument("--model", help="model folder or registry (default: no model, score NaN)")
+    p.add_argument(
+        "--model",
+        default=str(ROOT / "models"),
+        help="model folder or registry (default: the promoted model of models/)",
+    )
+    p.add_argument("--no-model", action="store_true", help="backtest the rules alone (score NaN)")
     p.add_argument("--compare", metavar="PATH", help="a second rule set: list the changed decisions and metric deltas")
     p.add_argument("--mapping", default="native", help="column mapping: a preset (native, handbook) or a YAML file")
     p.add_argument("--out", required=True, help="folder for transactions.parquet, summary.{json,md}, report.html")

@@ -47,18 +47,20 @@ class ReloadStatus:
 
 
 def _watched_files(rules: Path, ruleset: RuleSet, model: Path) -> list[Path]:
-    files = set(rules.glob("*.yaml")) if rules.is_dir() else {rules}
-    files.update(Path(f) for f in ruleset.files)
+    """Files outside the rules folder that the set reads (e.g. a geoip database), and PROMOTED."""
+    files = {Path(f) for f in ruleset.files}
     files.add(model / PROMOTED)
     return sorted(files)
 
 
 def _fingerprint(files: list[Path], rules: Path) -> str:
-    """Changes when a watched file is added, removed, or rewritten."""
+    """Changes when a file of the rules folder (at any depth) or a watched file is added, removed or rewritten."""
     h = hashlib.sha256()
     current = set(files)
     if rules.is_dir():
-        current.update(rules.glob("*.yaml"))
+        current.update(f for f in rules.rglob("*") if not f.is_dir())
+    else:
+        current.add(rules)
     for path in sorted(current):
         try:
             st = path.stat()
@@ -100,22 +102,36 @@ class Reloader:
         self._thread: threading.Thread | None = None
 
     def reload_now(self) -> bool:
-        """Load, check and test the rule set and model on disk; swap them in if sound. True when swapped."""
+        """Load, check and test the rule set and model on disk; swap them in if sound. True when swapped.
+
+        Files that change while they are being loaded could give a mix of old and
+        new files: such a load is thrown away and done again (three tries).
+        """
         with self._lock:
-            fingerprint = _fingerprint(self._files, self.rules)
-            try:
-                ruleset = load_ruleset(self.rules)
-                model: Model = load_model(self.model_path, ruleset)
-            except RuleSetInvalid as exc:
-                return self._refused(fingerprint, f"rule set refused ({len(exc.errors)} error(s)):\n{exc}")
-            except ModelInvalid as exc:
-                return self._refused(fingerprint, f"model refused: {exc}")
-            except Exception as exc:
-                log.exception("reload failed unexpectedly")
-                return self._refused(fingerprint, f"reload failed: {type(exc).__name__}: {exc}")
+            for _ in range(3):
+                before = _fingerprint(self._files, self.rules)
+                try:
+                    ruleset = load_ruleset(self.rules)
+                    model: Model = load_model(self.model_path, ruleset)
+                    failure = ""
+                except RuleSetInvalid as exc:
+                    failure = f"rule set refused ({len(exc.errors)} error(s)):\n{exc}"
+                except ModelInvalid as exc:
+                    failure = f"model refused: {exc}"
+                except Exception as exc:
+                    log.exception("reload failed unexpectedly")
+                    failure = f"reload failed: {type(exc).__name__}: {exc}"
+                if _fingerprint(self._files, self.rules) == before:
+                    break
+                time.sleep(self.interval_s / 4)
+            else:
+                return self._refused(before, "the rule files kept changing while they were loaded; try again")
+            if failure:
+                return self._refused(before, failure)
             self.pipeline.swap(ruleset, model)
-            self._files = _watched_files(self.rules, ruleset, self.model_path)
-            self._seen = _fingerprint(self._files, self.rules)
+            files = _watched_files(self.rules, ruleset, self.model_path)
+            self._seen = before if files == self._files else _fingerprint(files, self.rules)
+            self._files = files
             old = self.status
             self.status = replace(
                 old,

@@ -119,7 +119,8 @@ def case(tmp_path: Path) -> dict[str, Path]:
 
 
 def run(*argv: str) -> int:
-    return main(["backtest", "--quiet", *argv])
+    """The CLI on the small hand-made rule sets, which the shipped model does not fit: no model unless given."""
+    return main(["backtest", "--quiet", *argv, *(() if "--model" in argv else ("--no-model",))])
 
 
 def summary_of(out: Path) -> dict[str, Any]:
@@ -442,3 +443,18 @@ def test_progress_lines_off_a_terminal() -> None:
     assert len(lines) == 2
     assert lines[0].startswith("  replay [") and "0/10" in lines[0]
     assert "10/10" in lines[1] and "done in" in lines[1] and "#" * 30 in lines[1]
+
+
+def test_the_default_model_is_the_promoted_one(synthetic_data: Path, tmp_path: Path) -> None:
+    """Like the server, a backtest scores with the promoted model of models/ unless told otherwise."""
+    from tests.conftest import ROOT
+
+    out = tmp_path / "out"
+    assert main(["backtest", "--quiet", "--data", str(synthetic_data), "--limit", "300", "--out", str(out)]) == 0
+    promoted = (ROOT / "models" / "PROMOTED").read_text().strip()
+    assert summary_of(out)["inputs"]["model_version"] == promoted
+    assert (
+        main(["backtest", "--quiet", "--data", str(synthetic_data), "--limit", "300", "--out", str(out), "--no-model"])
+        == 0
+    )
+    assert summary_of(out)["inputs"]["model_version"] in ("", None)

@@ -211,3 +211,57 @@ def test_sighup_reloads_the_running_server(trained_registry: Path, rules_copy: P
         out = proc.communicate(timeout=20)[0].decode()
     assert proc.returncode == 0, out
     assert "SIGHUP: reloading the rule set" in out and "reloaded: rule set after-sighup" in out
+
+
+def test_a_refused_set_is_retried_when_its_missing_file_appears(trained_registry: Path, rules_copy: Path) -> None:
+    from engine.model.predictor import load_model
+    from engine.pipeline import Pipeline
+    from engine.reload import Reloader
+    from engine.rules import load_ruleset
+    from engine.windows.memory import MemoryStore
+
+    ruleset = load_ruleset(rules_copy)
+    pipeline = Pipeline(ruleset, load_model(trained_registry, ruleset), MemoryStore())
+    reloader = Reloader(pipeline, rules_copy, trained_registry, interval_s=0.01)
+    lists = rules_copy / "lists.yaml"
+    lists.write_text(lists.read_text() + "  vip_cards: {kind: string, file: lists/vip_cards.txt}\n")
+    set_version(rules_copy, "with-vip")
+    assert reloader.poll() is None  # changed: wait one interval for it to settle
+    assert reloader.poll() is False  # refused: the list file is missing
+    assert "vip_cards.txt" in reloader.status.last_failure
+    assert reloader.poll() is None  # the same broken files are not retried
+    (rules_copy / "lists" / "vip_cards.txt").write_text("card-vip-1\n")
+    assert reloader.poll() is None
+    assert reloader.poll() is True
+    assert pipeline.snapshot.ruleset.version == "with-vip" and "vip_cards" in pipeline.snapshot.ruleset.lists
+
+
+def test_files_changed_during_a_load_are_loaded_again(
+    trained_registry: Path, rules_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.reload
+    from engine.model.predictor import load_model
+    from engine.pipeline import Pipeline
+    from engine.reload import Reloader
+    from engine.rules import load_ruleset
+    from engine.windows.memory import MemoryStore
+
+    ruleset = load_ruleset(rules_copy)
+    pipeline = Pipeline(ruleset, load_model(trained_registry, ruleset), MemoryStore())
+    reloader = Reloader(pipeline, rules_copy, trained_registry, interval_s=0.01)
+    calls: list[str] = []
+
+    def load_while_an_analyst_saves(path: Path) -> object:
+        result = load_ruleset(path)
+        calls.append(result.version)
+        if len(calls) == 1:  # the analyst saves the next version while the first is loading
+            time.sleep(0.02)
+            set_version(rules_copy, "v3")
+        return result
+
+    monkeypatch.setattr(engine.reload, "load_ruleset", load_while_an_analyst_saves)
+    set_version(rules_copy, "v2")
+    assert reloader.reload_now() is True
+    assert calls == ["v2", "v3"]
+    assert pipeline.snapshot.ruleset.version == "v3"
+    assert reloader.poll() is None  # nothing left behind on disk

@@ -372,3 +372,135 @@ def test_merchant_category_is_a_field_and_is_validated() -> None:
                 Transaction("t", 1_767_268_800_000, 100, "EUR", card_id="c", merchant_category=bad), Limits(), None
             )
         assert exc.value.field == "merchant_category"
+
+
+# --- hardening (found in review) ------------------------------------------------------------------
+
+
+def load_errors(folder: Path) -> list[tuple[str, int, int, str]]:
+    with pytest.raises(RuleSetInvalid) as exc:
+        load_ruleset(folder)
+    return [(Path(e.file).name, e.line, e.column, e.message) for e in exc.value.errors]
+
+
+def test_yaml_anchors_and_aliases_are_refused(tmp_path: Path) -> None:
+    # nested aliases would expand a few lines into billions of values
+    write(
+        tmp_path,
+        "a.yaml",
+        'version: "1"\nlists:\n  x:\n    kind: string\n    values:\n      - &l0 [a, b]\n      - *l0\n',
+    )
+    assert load_errors(tmp_path) == [("a.yaml", 6, 9, "invalid YAML: anchors (&name) are not allowed in rule files")]
+
+
+def test_hostile_inputs_give_errors_not_tracebacks(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", 'version: "1"\nx: ' + "[" * 5000 + "\n")
+    assert load_errors(tmp_path) == [("a.yaml", 1, 1, "invalid YAML: nested too deeply")]
+    write(
+        tmp_path,
+        "a.yaml",
+        'version: "1"\n'
+        + RULE.format(cond="amount < 1" + "0" * 400)
+        + "tests:\n  - {name: t, transaction: {amount: .inf}, expect: {decision: allow}}\n"
+        + "  - {name: u, transaction: {amount: .nan}, expect: {decision: allow}}\n"
+        + "  - {name: v, transaction: {amount: 1, attributes: {k: [1, 2]}}, expect: {decision: allow}}\n",
+    )
+    messages = [e[3] for e in load_errors(tmp_path)]
+    assert messages == [
+        "test 't': the transaction needs an 'amount' in major units (e.g. 12.50)",
+        "test 'u': the transaction needs an 'amount' in major units (e.g. 12.50)",
+        "test 'v': 'attributes' must map names to plain values",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("rule_lines", "line", "token"),
+    [
+        # leading spaces inside the quotes (the failing comparison starts at `amount`)
+        (["  - condition: \"  amount > 'x'\""], 3, "amount"),
+        # non-ASCII text before the error: columns count characters, not bytes
+        (["  - condition: \"merchant_id == '商户商户' and amont > 5\""], 3, "amont"),
+        # a folded block: the error is on its second line
+        (["  - condition: >", "      amount > 5 and", "      amont > 5"], 5, "amont"),
+        # a literal block
+        (["  - condition: |", "      amount > 5", "      and amont > 5"], 5, "amont"),
+        # a plain scalar over two lines
+        (["  - condition: amount > 5 and", "      amont > 5"], 4, "amont"),
+    ],
+)
+def test_condition_errors_point_at_the_character(tmp_path: Path, rule_lines: list[str], line: int, token: str) -> None:
+    rest = ["    id: r1", "    action: deny", "    reason_code: X", "    message: m"]
+    lines = ['version: "1"', "rules:", *rule_lines, *rest]
+    write(tmp_path, "a.yaml", "\n".join(lines) + "\n")
+    ((_, got_line, got_column, message),) = load_errors(tmp_path)
+    assert (got_line, got_column) == (line, lines[line - 1].index(token) + 1), message
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["ip_country == ''", "country == '' and amount > 10", "channel not in ['atm']", "country not in ['XX']"],
+)
+def test_unknown_values_and_negations_are_not_unreachable(text: str) -> None:
+    compile_condition(text, SCOPE)
+
+
+def test_a_missing_score_or_window_can_be_tested(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "a.yaml",
+        'version: "1"\ncurrency: {base: EUR}\n'
+        "windows:\n  - {name: card_count_1h, entity: card_id, aggregate: count, duration: 1h}\n"
+        "rules:\n"
+        '  - {id: no_score, condition: "score is missing and amount >= 1000", action: review, reason_code: A,'
+        " message: m}\n"
+        '  - {id: low_score, condition: "if_missing(score, 0) < 0.1", action: review, reason_code: B, message: m}\n'
+        '  - {id: scored, condition: "score < 0.1", action: review, reason_code: C, message: m}\n'
+        '  - {id: no_windows, condition: "card_count_1h is missing", action: review, reason_code: D, message: m}\n',
+    )
+    rs = load_ruleset(tmp_path)
+    txn = Transaction("t", 1_767_268_800_000, 200_000, "EUR", card_id="c")
+    fields = fields_of(rs, txn)
+    fields.update({"score": math.nan, "card_count_1h": math.nan})
+    acting, _ = evaluate_rules(rs, fields, "t", windows_ok=False, score_ok=False)
+    assert sorted(r.code for r in acting) == ["A", "B", "D"]  # C reads the score as a value: skipped
+
+
+def test_list_files_bom_ipv4_mapped_and_confinement(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    (rules / "lists").mkdir(parents=True)
+    (rules / "lists" / "cards.txt").write_bytes("\ufeffcard-1\ncard-2\n".encode())
+    (rules / "lists" / "nets.txt").write_text("::ffff:10.0.0.0/104\n")
+    write(
+        rules,
+        "a.yaml",
+        'version: "1"\nlists:\n  cards: {kind: string, file: lists/cards.txt}\n'
+        "  nets: {kind: cidr, file: lists/nets.txt}\n",
+    )
+    rs = load_ruleset(rules)
+    assert rs.lists["cards"].values == frozenset({"card-1", "card-2"})
+    nets = rs.lists["nets"].values
+    assert isinstance(nets, CidrSet)
+    assert nets.contains(ipaddress.ip_address("10.1.2.3"))  # addresses are compared as IPv4
+    assert run("in_cidr(ip, '::ffff:10.0.0.0/104')", ip="10.9.9.9")
+    (tmp_path / "secret.txt").write_text("top secret\n")
+    leak = "  leak: {kind: country, file: ../secret.txt}"
+    write(rules, "a.yaml", f'version: "1"\nlists:\n{leak}\n')
+    ((_, line, column, message),) = load_errors(rules)
+    assert (line, column) == (3, leak.index("../") + 1) and message.startswith(
+        "list 'leak': the file must be inside the rules folder"
+    )
+    assert "top secret" not in message
+
+
+def test_big_lists_parse_once_per_file_version(tmp_path: Path) -> None:
+    import time
+
+    lines = [f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}/32" for i in range(200_000)]
+    write(tmp_path, "lists/nets.txt", "\n".join(lines) + "\n")
+    write(tmp_path, "a.yaml", 'version: "1"\nlists:\n  nets: {kind: cidr, file: lists/nets.txt}\n')
+    first = load_ruleset(tmp_path)
+    started = time.perf_counter()
+    second = load_ruleset(tmp_path)
+    assert second.lists["nets"].values is first.lists["nets"].values  # not parsed again
+    assert time.perf_counter() - started < 5  # a generous bound: reparsing would not be caught by it alone
+    assert first.lists["nets"].values.contains(ipaddress.ip_address("10.3.13.63"))

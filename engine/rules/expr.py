@@ -17,8 +17,8 @@ Names come from a catalog (enriched fields, window names, `score`), each
 with a type (number, string, bool); a condition must be a bool, `<`-style
 comparisons take numbers, `==` compares equal types, `in` takes a list of
 literals of the left side's type or a named list of that type (a CIDR list
-takes the `ip` field). Division by zero, or arithmetic on a missing (NaN)
-value, makes the condition false.
+takes the `ip` field). `x / 0`, like arithmetic on a missing (NaN) value, is
+missing: it makes its own comparison false, not the whole condition.
 
 Besides types, the checker refuses conditions that can never be true: a
 comparison with a value outside a field's domain (`channel == 'atm'`) and
@@ -46,14 +46,15 @@ Condition = Callable[[Mapping[str, Any]], bool]
 
 
 class ExprError(Exception):
-    """An error at (line, column) of the condition text, both 1-based."""
+    """An error at character `offset` (0-based) of the condition text; `line`/`column` (1-based) within it."""
 
-    def __init__(self, line: int, column: int, message: str, hint: str = "") -> None:
+    def __init__(self, line: int, column: int, message: str, hint: str = "", offset: int | None = None) -> None:
         super().__init__(message)
         self.line = line
         self.column = column
         self.message = message
         self.hint = hint
+        self.offset = column - 1 if offset is None else offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,9 @@ class Compiled:
     fn: Condition
     names: frozenset[str]  # catalog names the condition reads
     lists: frozenset[str] = frozenset()  # named lists it reads
+    #: names read as values, not only tested with `is missing` / `if_missing`: a rule
+    #: must be skipped when one of these could not be computed, but not for the others
+    valued: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,11 @@ class Function:
     returns: str
     impl: Callable[..., Any]
     doc: str
+
+
+def _divide(a: float, b: float) -> float:
+    """a / b, missing (NaN) for a zero divisor: it falsifies only its own comparison."""
+    return a / b if b else math.nan
 
 
 def _nan_min(*xs: float) -> float:
@@ -145,11 +154,15 @@ class _Checker:
         self.scope = scope
         self.catalog = scope.catalog
         self.names: set[str] = set()
+        self.valued: set[str] = set()
+        self.guarded = 0  # > 0 inside `is missing` and the first argument of if_missing()
         self.lists: set[str] = set()
         self.env: dict[str, Any] = {"__builtins__": {}}
+        self.to_char: Callable[[int], int] = lambda col: col  # byte column -> character offset
 
     def fail(self, node: ast.AST, message: str, hint: str = "") -> ExprError:
-        return ExprError(getattr(node, "lineno", 1), getattr(node, "col_offset", 0) + 1, message, hint)
+        offset = self.to_char(getattr(node, "col_offset", 0))
+        return ExprError(1, offset + 1, message, hint, offset)
 
     def field(self, name: str) -> ast.expr:
         return ast.Subscript(value=ast.Name(id="f", ctx=ast.Load()), slice=ast.Constant(value=name), ctx=ast.Load())
@@ -186,6 +199,8 @@ class _Checker:
             right, rk = self.check(node.right)
             if lk != NUMBER or rk != NUMBER:
                 raise self.fail(node, f"arithmetic needs numbers, got {lk} and {rk}")
+            if isinstance(node.op, ast.Div):
+                return ast.Call(func=self.bind(_divide), args=[left, right], keywords=[]), NUMBER
             return ast.BinOp(left=left, op=node.op, right=right), NUMBER
         if isinstance(node, ast.Compare):
             return self.compare(node)
@@ -203,10 +218,13 @@ class _Checker:
                     hint = f"'{node.id}' is a function: call it, e.g. {node.id}(...)"
                 raise self.fail(node, f"unknown field '{node.id}'", hint)
             self.names.add(node.id)
+            if not self.guarded:
+                self.valued.add(node.id)
             return self.field(node.id), found
         if isinstance(node, ast.Attribute):
             if isinstance(node.value, ast.Name) and node.value.id == "attributes":
                 self.names.add("attributes")
+                self.valued.add("attributes")
                 getter = ast.Attribute(value=self.field("attributes"), attr="get", ctx=ast.Load())
                 call = ast.Call(func=getter, args=[ast.Constant(value=node.attr), ast.Constant(value="")], keywords=[])
                 return call, STRING
@@ -244,7 +262,12 @@ class _Checker:
         args = []
         for i, arg in enumerate(node.args):
             want_type = params[min(i, len(params) - 1)]
-            rebuilt, kind = self.check(arg)
+            guard = name == "if_missing" and i == 0
+            self.guarded += guard
+            try:
+                rebuilt, kind = self.check(arg)
+            finally:
+                self.guarded -= guard
             if kind != want_type:
                 raise self.fail(arg, f"argument {i + 1} of {name}() must be a {want_type}, got a {kind}")
             args.append(rebuilt)
@@ -254,6 +277,7 @@ class _Checker:
         if not (isinstance(node, ast.Name) and node.id == "ip" and "ip" in self.catalog):
             raise self.fail(node, f"{what} matches the 'ip' field, e.g. 'ip in lists.blocked_ranges'")
         self.names.add("ip")
+        self.valued.add("ip")
         return self.field(ADDRESS_FIELD)
 
     def in_cidr(self, node: ast.Call) -> tuple[ast.expr, str]:
@@ -317,7 +341,8 @@ class _Checker:
         if lk == BOOL:
             raise self.fail(node, f"'{symbol}' needs a number or string on the left")
         right, values = self.literal_list(right_node, lk)
-        self.check_domain(left_node, values, node)
+        if not negate:  # `not in` a list of impossible values is merely always true
+            self.check_domain(left_node, values, node)
         return ast.Compare(left=left, ops=[ast.NotIn() if negate else ast.In()], comparators=[right])
 
     def check_domain(self, name_node: ast.AST, values: Any, at: ast.AST) -> None:
@@ -335,7 +360,11 @@ class _Checker:
                 raise self.fail(at, f"'{name_node.id}' is never {value!r}, so this can never be true", hint)
 
     def missing(self, node: ast.Compare, left_node: ast.AST, negate: bool) -> tuple[ast.expr, str]:
-        left, kind = self.check(left_node)
+        self.guarded += 1
+        try:
+            left, kind = self.check(left_node)
+        finally:
+            self.guarded -= 1
         if kind == BOOL:
             raise self.fail(node, "a true/false field is never missing")
         if kind == STRING:
@@ -392,8 +421,11 @@ def _conjuncts(node: ast.AST) -> list[ast.AST]:
 
 
 def _number(node: ast.AST) -> float | None:
-    if isinstance(node, ast.Constant) and _type_of_value(node.value) == NUMBER:
-        return float(node.value)
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+        try:
+            return float(node.value)
+        except OverflowError:  # an integer literal beyond float range
+            return math.inf if node.value > 0 else -math.inf
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         inner = _number(node.operand)
         return -inner if inner is not None else None
@@ -410,7 +442,7 @@ def contradiction(text: str) -> str | None:
     (bounds like `amount > 100 and amount < 50`, two different `==`
     values, `==` outside an `in` list) and at a constant `false`.
     """
-    source = " ".join(text.split("\n"))
+    source = text.replace("\r", " ").replace("\n", " ")
     body = ast.parse(source.strip(), mode="eval").body
     if isinstance(body, ast.Name) and body.id == "false":
         return "the condition is always false"
@@ -480,14 +512,26 @@ def compile_condition(text: str, scope: Scope | Mapping[str, str], label: str = 
         raise ExprError(1, 1, "the condition is empty")
     if len(text) > MAX_CONDITION_LENGTH:
         raise ExprError(1, 1, f"the condition is {len(text)} characters long, the limit is {MAX_CONDITION_LENGTH}")
-    source = " ".join(text.split("\n")) if "\n" in text else text
+    # One line, same length: a newline becomes a space, so a character offset in the
+    # parsed line is the same offset in the analyst's text (mapped back to lines later).
+    source = text.replace("\r", " ").replace("\n", " ")
+    lead = len(source) - len(source.lstrip())
+    body_text = source.strip()
+    encoded = body_text.encode("utf-8")
+
+    def to_char(byte_col: int) -> int:
+        return lead + len(encoded[: max(byte_col, 0)].decode("utf-8", errors="ignore"))
+
     try:
-        tree = ast.parse(source.strip(), mode="eval")
+        tree = ast.parse(body_text, mode="eval")
     except SyntaxError as exc:
-        raise ExprError(exc.lineno or 1, exc.offset or 1, f"syntax error: {exc.msg}") from None
+        # SyntaxError offsets are 1-based characters (not bytes) in Python 3.10+
+        offset = lead + max((exc.offset or 1) - 1, 0)
+        raise ExprError(1, offset + 1, f"syntax error: {exc.msg}", offset=offset) from None
     except (RecursionError, MemoryError):
         raise ExprError(1, 1, "the condition is nested too deeply") from None
     checker = _Checker(scope)
+    checker.to_char = to_char
     try:
         body, kind = checker.check(tree.body)
     except RecursionError:
@@ -508,4 +552,6 @@ def compile_condition(text: str, scope: Scope | Mapping[str, str], label: str = 
     except (RecursionError, MemoryError):
         raise ExprError(1, 1, "the condition is nested too deeply") from None
     fn = eval(code, checker.env)  # noqa: S307 - evaluates the AST built above, never user text
-    return Compiled(fn=fn, names=frozenset(checker.names), lists=frozenset(checker.lists))
+    return Compiled(
+        fn=fn, names=frozenset(checker.names), lists=frozenset(checker.lists), valued=frozenset(checker.valued)
+    )

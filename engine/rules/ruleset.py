@@ -36,9 +36,9 @@ from typing import Any
 from engine.enrich import BOOL, FIELDS, NUMBER, STRING, Enricher, GeoLookup, Money
 from engine.iso import COUNTRIES, CURRENCY_EXPONENTS
 from engine.rules.errors import RuleError, RuleSetInvalid
-from engine.rules.expr import Condition, ExprError, Scope, compile_condition
-from engine.rules.lists import KINDS, MAX_LIST_SIZE, CidrSet, ListValueError, NamedList, parse_value, read_list_file
-from engine.rules.source import Located, LocatedList, YamlError, load_yaml
+from engine.rules.expr import Compiled, Condition, ExprError, Scope, compile_condition
+from engine.rules.lists import KINDS, MAX_LIST_SIZE, ListValueError, NamedList, hold, load_list_file, parse_value
+from engine.rules.source import Located, LocatedList, YamlError, load_yaml, locate
 from engine.transaction import Action, Channel, Transaction
 from engine.windows.spec import DEFAULT_MAX_EVENTS, NUMERIC_FIELDS, Aggregate, WindowPlan, WindowSpec
 
@@ -88,8 +88,8 @@ AMOUNT_FIELDS = frozenset({"amount", "amount_base_minor"})
 DOMAINS: dict[str, frozenset[str]] = {
     "channel": frozenset(c.value for c in Channel),
     "currency": frozenset(CURRENCY_EXPONENTS),
-    "country": COUNTRIES,
-    "ip_country": COUNTRIES,
+    "country": COUNTRIES | {""},  # '' is "not sent" / "unknown"
+    "ip_country": COUNTRIES | {""},
 }
 
 
@@ -174,6 +174,7 @@ class _Builder:
     def __init__(self) -> None:
         self.errors: list[RuleError] = []
         self.file = ""
+        self._lines: dict[str, list[str]] = {}
 
     def err(self, pos: tuple[int, int], message: str, hint: str = "") -> None:
         self.errors.append(RuleError(self.file, pos[0], pos[1], message, hint))
@@ -185,26 +186,27 @@ class _Builder:
                 hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
                 self.err(node.key_at(key), f"unknown key '{key}' in {what}", hint)
 
-    def condition(
-        self, node: Located, key: str, catalog: Mapping[str, str] | Scope, label: str
-    ) -> tuple[Condition, frozenset[str]] | None:
+    def lines(self) -> list[str]:
+        if self.file not in self._lines:
+            try:
+                self._lines[self.file] = Path(self.file).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError):
+                self._lines[self.file] = []
+        return self._lines[self.file]
+
+    def condition(self, node: Located, key: str, catalog: Mapping[str, str] | Scope, label: str) -> Compiled | None:
         text = node.get(key)
         line, col = node.value_at(key)
-        quote = node.value_pos.get(key, (0, 0, 0))[2]
         if not isinstance(text, str):
             self.err((line, col), f"'{key}' must be a string holding a condition")
             return None
         try:
-            compiled = compile_condition(text, catalog, label)
+            return compile_condition(text, catalog, label)
         except ExprError as exc:
-            at = (
-                (line, col + quote + exc.column - 1)
-                if exc.line == 1 and "\n" not in text
-                else (line + exc.line, exc.column)
-            )
+            style = node.value_style.get(key, "")
+            at = locate(self.lines(), line, col, style, text, exc.offset)
             self.err(at, f"in {label}: {exc.message}", exc.hint)
             return None
-        return compiled.fn, compiled.names
 
 
 def _read_files(path: Path, b: _Builder) -> list[tuple[str, Located]]:
@@ -343,7 +345,7 @@ def load_ruleset(path: str | Path, *, run_tests: bool = True) -> RuleSet:
 
         geo = default_geo()
 
-    lists = _lists(b, list_nodes, files)
+    lists = _lists(b, list_nodes, files, (path if path.is_dir() else path.parent).resolve())
     specs = _windows(b, windows_nodes)
     catalog: dict[str, str] = {name: kind for name, (kind, _) in FIELDS.items()}
     for spec in specs:
@@ -403,7 +405,9 @@ def _money(b: _Builder, node: Any, pos: tuple[int, int]) -> Money | None:
         b.err(node.value_at("base"), f"base currency {base!r} is not an ISO 4217 code")
         return None
     rates: dict[str, float] = {}
-    raw = node.get("rates", {})
+    raw = node.get("rates")
+    if raw is None:
+        return Money(base, rates)
     if not isinstance(raw, Located):
         b.err(node.value_at("rates"), "'rates' must map currency codes to numbers")
         return None
@@ -533,7 +537,7 @@ def _degraded(
     for key in conds:
         if key in node:
             got = b.condition(node, key, plain, f"degraded.{key}")
-            conds[key] = got[0] if got else None
+            conds[key] = got.fn if got else None
     return DegradedPolicy(conds["review_when"], conds["deny_when"])
 
 
@@ -553,7 +557,7 @@ def _geoip(b: _Builder, value: Any, pos: tuple[int, int], files: list[str]) -> G
     return db
 
 
-def _lists(b: _Builder, nodes: list[tuple[str, Located]], files: list[str]) -> dict[str, NamedList]:
+def _lists(b: _Builder, nodes: list[tuple[str, Located]], files: list[str], root: Path) -> dict[str, NamedList]:
     out: dict[str, NamedList] = {}
     seen: dict[str, str] = {}
     for file, mapping in nodes:
@@ -583,37 +587,43 @@ def _lists(b: _Builder, nodes: list[tuple[str, Located]], files: list[str]) -> d
                     at, f"list '{name}' needs exactly one of 'values' (inline) or 'file' (a text file beside the rules)"
                 )
                 continue
-            entries: list[tuple[Any, str, tuple[int, int]]] = []  # value, file, position
             if "values" in spec:
                 raw = spec["values"]
                 if not isinstance(raw, LocatedList):
                     b.err(spec.value_at("values"), f"list '{name}': 'values' must be a list")
                     continue
-                entries = [(v, file, raw.item_pos[i]) for i, v in enumerate(raw)]
+                if len(raw) > MAX_LIST_SIZE:
+                    b.err(at, f"list '{name}' has {len(raw)} values, the limit is {MAX_LIST_SIZE}")
+                    continue
+                values = []
+                for i, value in enumerate(raw):
+                    try:
+                        values.append(parse_value(kind, value))
+                    except ListValueError as exc:
+                        b.err(raw.item_pos[i], f"list '{name}': {exc}")
+                if len(values) < len(raw):
+                    continue
+                held = hold(kind, values)
             else:
-                rel = spec["file"]
-                path = Path(file).parent / str(rel)
+                rel = str(spec["file"])
+                path = (Path(file).parent / rel).resolve()
+                if not path.is_relative_to(root):
+                    b.err(spec.value_at("file"), f"list '{name}': the file must be inside the rules folder {root}")
+                    continue
                 try:
-                    text = path.read_text(encoding="utf-8")
+                    held, count, problems = load_list_file(path, kind)
                 except (OSError, UnicodeDecodeError) as exc:
                     b.err(spec.value_at("file"), f"list '{name}': cannot read {path}: {exc}")
                     continue
                 files.append(str(path))
-                entries = [(v, str(path), (line, 1)) for line, v in read_list_file(text)]
-            if len(entries) > MAX_LIST_SIZE:
-                b.err(at, f"list '{name}' has {len(entries)} values, the limit is {MAX_LIST_SIZE}")
-                continue
-            values = []
-            ok = True
-            for value, where, pos in entries:
-                try:
-                    values.append(parse_value(kind, value))
-                except ListValueError as exc:
-                    b.errors.append(RuleError(where, pos[0], pos[1], f"list '{name}': {exc}"))
-                    ok = False
-            if ok:
-                held: frozenset[Any] | CidrSet = CidrSet(values) if kind == "cidr" else frozenset(values)
-                out[name] = NamedList(name, kind, held, f"{file}:{at[0]}")
+                for line, message in problems:
+                    b.errors.append(RuleError(str(path), line, 1, f"list '{name}': {message}"))
+                if problems:
+                    continue
+                if count > MAX_LIST_SIZE:
+                    b.err(at, f"list '{name}' has {count} values, the limit is {MAX_LIST_SIZE}")
+                    continue
+            out[name] = NamedList(name, kind, held, f"{file}:{at[0]}")
         b.file = ""
     return out
 
@@ -682,7 +692,7 @@ def _rules(
         if mode == "disabled":
             disabled.append(rid)
             continue
-        fn, names = got
+        fn, names = got.fn, got.names
         rules.append(
             Rule(
                 id=rid,
@@ -692,8 +702,8 @@ def _rules(
                 message=message.strip(),
                 condition=fn,
                 reads=names,
-                uses_windows=bool(names & window_names),
-                uses_score=SCORE in names,
+                uses_windows=bool(got.valued & window_names),
+                uses_score=SCORE in got.valued,
                 source=f"{file}:{node.value_at('id')[0]}",
                 mode=mode,
                 rollout=float(rollout),
@@ -733,7 +743,7 @@ def _test_transaction(b: _Builder, node: Located, tname: str, money: Money) -> T
         b.err(node.value_at("currency"), f"test '{tname}': {currency!r} is not an ISO 4217 currency code")
         return None
     amount = node.get("amount")
-    if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
+    if isinstance(amount, bool) or not isinstance(amount, int | float) or not 0 <= amount < 1e15:
         b.err(
             node.value_at("amount") if "amount" in node else (node.line, node.column),
             f"test '{tname}': the transaction needs an 'amount' in major units (e.g. 12.50)",
@@ -761,8 +771,8 @@ def _test_transaction(b: _Builder, node: Located, tname: str, money: Money) -> T
         )
         return None
     attrs = node.get("attributes", {})
-    if not isinstance(attrs, dict):
-        b.err(node.value_at("attributes"), f"test '{tname}': 'attributes' must be a mapping")
+    if not isinstance(attrs, dict) or not all(isinstance(v, str | int | float) for v in attrs.values()):
+        b.err(node.value_at("attributes"), f"test '{tname}': 'attributes' must map names to plain values")
         return None
     strings = {
         k: str(node.get(k, ""))

@@ -35,9 +35,6 @@ class Limits:
     max_event_lead_s: float = 300.0
 
 
-_ID_FIELDS = ("user_id", "card_id", "device_id", "merchant_id")
-
-
 def _check_id(field: str, value: str, limits: Limits, required: bool = False) -> None:
     if not value:
         if required:
@@ -92,8 +89,16 @@ def validate(txn: Transaction, limits: Limits, now_ms: int | None) -> IPAddress 
         raise InvalidTransaction("currency", "is required")
     if txn.currency not in CURRENCY_EXPONENTS:
         raise InvalidTransaction("currency", f"{txn.currency[:8]!r} is not an ISO 4217 currency code")
-    for name in _ID_FIELDS:
-        _check_id(name, getattr(txn, name), limits)
+    longest = limits.max_id_length
+    for name, value in (
+        ("user_id", txn.user_id),
+        ("card_id", txn.card_id),
+        ("device_id", txn.device_id),
+        ("merchant_id", txn.merchant_id),
+    ):
+        # The common case (absent, or a plain token) without a call; anything else gets its reason.
+        if value and (len(value) > longest or not (value.isascii() and value.isprintable()) or " " in value):
+            _check_id(name, value, limits)
     if not (txn.user_id or txn.card_id):
         raise InvalidTransaction("card_id", "card_id or user_id is required")
     if txn.merchant_category and (

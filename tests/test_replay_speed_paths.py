@@ -423,3 +423,23 @@ def test_replay_pauses_the_cycle_collector_only_while_it_runs(synthetic_data: Pa
         assert not gc.isenabled()  # left as it was
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("name", ["user_id", "card_id", "device_id", "merchant_id"])
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("x" * 129, "is 129 characters long, the limit is 128"),
+        ("商户1", "must be printable ASCII without spaces"),
+        ("a b", "must be printable ASCII without spaces"),
+        ("a\x1fb", "must be printable ASCII without spaces"),
+    ],
+)
+def test_each_id_is_refused_with_its_reason(name: str, value: str, reason: str) -> None:
+    from engine.validation import Limits, validate
+
+    txn = replace(Transaction("v-1", T0, 100, "EUR", card_id="c1", user_id="u1"), **{name: value})
+    with pytest.raises(InvalidTransaction) as caught:
+        validate(txn, Limits(), None)
+    assert (caught.value.field, caught.value.reason) == (name, reason)
+    assert validate(replace(txn, **{name: "x" * 128}), Limits(), None) is None  # at the limit: fine

@@ -379,6 +379,7 @@ def run_faults(
 
         def corrupt_model() -> None:
             folder = server.registry / "corrupt-model"
+            shutil.rmtree(folder, ignore_errors=True)
             shutil.copytree(server.registry / good.strip(), folder)
             (folder / "model.txt").write_bytes(os.urandom(2048))
             promoted.write_text("corrupt-model\n")

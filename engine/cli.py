@@ -48,12 +48,17 @@ def _serve(args: argparse.Namespace) -> int:
             "admin_host": args.admin_host,
         }
         config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        ports: dict[str, int | None] = {}
         for flag, name in (("--metrics-port", "metrics_port"), ("--admin-port", "admin_port")):
             value = getattr(args, name)
             if value is not None:
                 if value != "off" and not value.isdigit():
                     raise ConfigError(f"{flag} must be a port number or 'off', got {value!r}")
-                config = replace(config, **{name: None if value == "off" else int(value)})
+                ports[name] = None if value == "off" else int(value)
+        if "metrics_port" in ports:
+            config = replace(config, metrics_port=ports["metrics_port"])
+        if "admin_port" in ports:
+            config = replace(config, admin_port=ports["admin_port"])
         if args.decision_log is not None:
             config = replace(config, decision_log=None if args.decision_log == "off" else Path(args.decision_log))
         configure(config.log_format if config.log_format in ("json", "text") else "text")

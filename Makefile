@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 DATA   ?= ../shared/data/handbook/transactions.parquet
 
-.PHONY: install serve test lint format proto model bench clean check-redis lock
+.PHONY: install serve test lint format proto model bench demo clean check-redis lock
 
 install: $(STAMP)
 
@@ -47,9 +47,17 @@ proto: install
 model: install
 	$(BIN)/risk-engine train --data $(DATA) --rules rules/ --config models/handbook.train.yaml --out models/ --promote
 
-## Latency of Score over loopback with a real Redis; writes benchmarks/results/.
-bench: install
-	$(BIN)/python benchmarks/score_latency.py
+## Throughput and latency of Score under load (closed and open loop) against a trivial gRPC server, on a
+## Redis and an in-process store it starts itself (~6 minutes); writes benchmarks/results/ and benchmarks/README.md.
+bench: install check-redis
+	$(BIN)/python benchmarks/loadgen.py
+
+## A newcomer's tour: start the server and stream simulated traffic through it, with decisions,
+## reasons and live latency in the terminal (DURATION seconds, RATE per second; Ctrl-C stops).
+DURATION ?= 30
+RATE     ?= 25
+demo: install
+	$(BIN)/python benchmarks/demo.py --duration $(DURATION) --rate $(RATE)
 
 ## Re-pin every installed package (direct ones are pinned in pyproject.toml) into requirements.lock.
 lock:

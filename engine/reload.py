@@ -149,6 +149,13 @@ class Reloader:
                 len(ruleset.rules),
                 len(ruleset.tests),
                 model.version,
+                extra={
+                    "event": "reload",
+                    "result": "ok",
+                    "ruleset_version": ruleset.version,
+                    "ruleset_digest": ruleset.digest,
+                    "model_version": model.version,
+                },
             )
         self.on_change(self.status)
         return True
@@ -163,7 +170,18 @@ class Reloader:
             last_failure=why,
             last_attempt_ok=False,
         )
-        log.error("%s; still serving rule set %s, model %s", why, old.ruleset_version, old.model_version)
+        log.error(
+            "%s; still serving rule set %s, model %s",
+            why,
+            old.ruleset_version,
+            old.model_version,
+            extra={
+                "event": "reload",
+                "result": "failed",
+                "ruleset_version": old.ruleset_version,
+                "model_version": old.model_version,
+            },
+        )
         self.on_change(self.status)
         return False
 

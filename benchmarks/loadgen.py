@@ -387,7 +387,7 @@ def build_pool(size: int, path: Path, seed: int = 7) -> int:
     """Serialize `size` unique requests (simulated traffic of the last day) into a pickle file."""
     from engine.offline.synthetic import generate, shift_to_present, to_request
 
-    users = max(int(size / 1.8), 500)  # about 2 payments per user a day; the last 24 hours are kept
+    users = max(int(size / 1.4), 500)  # about 2 payments per user a day; ~1.5 in the last 24 hours kept
     rows = shift_to_present(generate(days=2, users=users, merchants=max(users // 30, 50), seed=seed))
     prefix = f"lg-{time.time_ns():x}-"
     pool = [to_request(r, prefix).SerializeToString() for r in rows[:size]]
@@ -527,7 +527,8 @@ def machine() -> dict[str, Any]:
     if redis:
         out = subprocess.run([redis, "--version"], capture_output=True, text=True).stdout
         versions["redis-server"] = next((w.split("=")[1] for w in out.split() if w.startswith("v=")), "?")
-    return {"cpus": os.cpu_count(), "cpu": cpu, "memory": mem, "versions": versions}
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory": mem, "versions": versions, "load_average_at_end": load}
 
 
 TARGET_NAMES = {
@@ -550,7 +551,8 @@ def markdown(report: dict[str, Any]) -> str:
         + f". Client processes, server and Redis share the same {m['cpus']} cores: the client's CPU is the"
         " server's loss, so every figure here is a floor of what a separate client machine would see. "
         f"{report['when']}; {report['settings']['warmup_s']:g} s warm-up and {report['settings']['duration_s']:g} s"
-        " measured per phase; latency percentiles over every completed call.",
+        " measured per phase; latency percentiles over every completed call. Load average (1 / 5 / 15 min) at"
+        f" the end: {m.get('load_average_at_end', '?')} (other work on the machine shows here).",
         "",
         "| target | max rate /s (closed loop, in flight) | open loop at ½ max: rate /s, p50 / p99 / p99.9 ms"
         " | one in flight: p50 / p90 / p99 / p99.9 ms | errors | CPU ms per request at max: client / server / Redis |",

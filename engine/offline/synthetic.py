@@ -459,10 +459,11 @@ def shift_to_present(
     if not rows:
         return []
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    last = rows[-1]["event_time_ms"]
+    # The end of the stream, ignoring the last few stragglers (a bust-out running into the next day).
+    last = rows[min(len(rows) - 1, int(len(rows) * 0.999))]["event_time_ms"]
     shift = now_ms - lead_ms - last
     keep_from = last - DAY_MS + 10 * 60_000
-    return [{**r, "event_time_ms": r["event_time_ms"] + shift} for r in rows if r["event_time_ms"] >= keep_from]
+    return [{**r, "event_time_ms": r["event_time_ms"] + shift} for r in rows if keep_from <= r["event_time_ms"] <= last]
 
 
 def to_request(row: dict[str, Any], id_prefix: str = "") -> Any:
@@ -486,12 +487,9 @@ def to_request(row: dict[str, Any], id_prefix: str = "") -> Any:
             country=row["country"],
             merchant_id=row["merchant_id"],
             merchant_category=row.get("merchant_category", ""),
-            channel=_CHANNEL_ENUM[row["channel"]],
+            channel=risk_pb2.Channel.Value(f"CHANNEL_{row['channel'].upper()}"),
         )
     )
-
-
-_CHANNEL_ENUM = {"unspecified": 0, "app": 1, "web": 2, "qr_code": 3, "mini_program": 4}
 
 
 @dataclass

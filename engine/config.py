@@ -193,11 +193,18 @@ class ServeConfig:
         p: list[str] = []
         if not 0 <= self.port <= 65535:
             p.append(f"--port / RISK_PORT must be 0..65535, got {self.port}")
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://")):
             p.append(
-                "--redis-url / REDIS_URL must start with redis://, rediss:// or unix://,"
+                "--redis-url / REDIS_URL must start with redis://, rediss://, unix:// or redis+cluster://,"
                 f" got {self.redacted_redis_url!r}"
             )
+        elif self.redis_url.startswith("redis+cluster://"):
+            from engine.windows.redis_store import parse_cluster_url
+
+            try:
+                parse_cluster_url(self.redis_url)
+            except ValueError as exc:
+                p.append(f"--redis-url / REDIS_URL {self.redacted_redis_url!r}: {exc}")
         if not 1 <= self.redis_budget_ms <= 10_000:
             p.append(f"--redis-budget-ms / RISK_REDIS_BUDGET_MS must be 1..10000 ms, got {self.redis_budget_ms}")
         if not self.idempotency_ttl_s > 0:

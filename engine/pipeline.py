@@ -237,7 +237,7 @@ class Pipeline:
         windows_ok = True
         try:
             if time_left_s is not None and time_left_s < store.budget_s + DEADLINE_MARGIN_S:
-                raise StoreUnavailable(f"{time_left_s * 1000:.0f} ms left before the caller's deadline")
+                raise StoreUnavailable(f"{time_left_s * 1000:.0f} ms left before the caller's deadline", "deadline")
             outcome = store.apply(plan, bound, fingerprint)
         except StoreUnavailable as exc:
             windows_ok = False

@@ -2,7 +2,9 @@
 
 Hypothesis draws streams with out-of-order events, retries (before and after
 the response was recorded), ids reused with other content, shared and
-missing entities, and events on exact window edges.
+missing entities, and events on exact window edges; and, over several days,
+filters, delays and bucketed (longer than a day) windows in the in-process
+store, standalone Redis and a real local Redis Cluster.
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.windows.memory import MemoryStore
-from engine.windows.redis_store import RedisStore
+from engine.windows.redis_store import RedisClusterStore, RedisStore
 from engine.windows.spec import Aggregate, WindowPlan, WindowSpec
-from engine.windows.store import IdempotencyConflict
+from engine.windows.store import IdempotencyConflict, WindowStore
+from tests import windows_cluster
+from tests.windows_cluster import LocalCluster
+
+redis_cluster = windows_cluster.redis_cluster  # the session's local cluster (a fixture)
 
 MIN = 60_000
+HOUR = 60 * MIN
+DAY = 24 * HOUR
 T0 = 1_767_225_600_000
 
 PLAN = WindowPlan(
@@ -58,42 +66,101 @@ streams = st.lists(st.one_of(new_event, new_event, new_event, retry, remember), 
 _runs = itertools.count()
 
 
+def _run_stream(plan: WindowPlan, stores: list[WindowStore], stream: list[tuple]) -> None:
+    """Apply the stream to every store; each step must give the same answer in all of them."""
+    sent: list[tuple[str, int, dict[str, object], str]] = []
+    for step in stream:
+        if step[0] == "new":
+            _, offset, card, device, amount = step
+            txid = f"t{len(sent)}"
+            fields = {"card_id": card, "device_id": device, "amount_base_minor": amount}
+            item = (txid, T0 + offset, fields, f"fp-{txid}")
+        elif step[0] == "retry" and sent:
+            txid, t, fields, fp = sent[step[1] % len(sent)]
+            item = (txid, t, fields, fp + "-changed" if step[2] else fp)
+        elif step[0] == "remember" and sent:
+            txid, _, _, fp = sent[step[1] % len(sent)]
+            for store in stores:
+                store.remember(txid, fp, f"response-{txid}")
+            continue
+        else:
+            continue
+        txid, t, fields, fp = item
+        answers = []
+        for store in stores:
+            try:
+                outcome = store.apply(plan, plan.bind(txid, t, fields), fp)
+                answers.append(("replay", outcome.replay) if outcome.replay else ("values", plan.finish(outcome.raw)))
+            except IdempotencyConflict:
+                answers.append(("conflict", None))
+        for store, answer in zip(stores[1:], answers[1:], strict=True):
+            assert answer == answers[0], f"step {step}: memory {answers[0]} != {store.name} {answer}"
+        if step[0] == "new":
+            sent.append(item)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stream=streams)
 def test_memory_and_redis_agree(redis_url: tuple[str, str], stream: list[tuple]) -> None:
     url, prefix = redis_url
     redis_store = RedisStore(url, prefix=f"{prefix}-{next(_runs)}", budget_s=2.0)
-    memory = MemoryStore()
-    sent: list[tuple[str, int, dict[str, object], str]] = []
     try:
-        for step in stream:
-            if step[0] == "new":
-                _, offset, card, device, amount = step
-                txid = f"t{len(sent)}"
-                fields = {"card_id": card, "device_id": device, "amount_base_minor": amount}
-                item = (txid, T0 + offset, fields, f"fp-{txid}")
-            elif step[0] == "retry" and sent:
-                txid, t, fields, fp = sent[step[1] % len(sent)]
-                item = (txid, t, fields, fp + "-changed" if step[2] else fp)
-            elif step[0] == "remember" and sent:
-                txid, _, _, fp = sent[step[1] % len(sent)]
-                memory.remember(txid, fp, f"response-{txid}")
-                redis_store.remember(txid, fp, f"response-{txid}")
-                continue
-            else:
-                continue
-            txid, t, fields, fp = item
-            answers = []
-            for store in (memory, redis_store):
-                try:
-                    outcome = store.apply(PLAN, PLAN.bind(txid, t, fields), fp)
-                    answers.append(
-                        ("replay", outcome.replay) if outcome.replay else ("values", PLAN.finish(outcome.raw))
-                    )
-                except IdempotencyConflict:
-                    answers.append(("conflict", None))
-            assert answers[0] == answers[1], f"step {step}: memory {answers[0]} != redis {answers[1]}"
-            if step[0] == "new":
-                sent.append(item)
+        _run_stream(PLAN, [MemoryStore(), redis_store], stream)
     finally:
         redis_store.close()
+
+
+# Filters, delays and bucketed (longer than a day) windows, over streams of several days,
+# in the three stores: in-process, standalone Redis and Redis Cluster.
+BIG = "amount_base_minor >= 500000000"
+LONG_PLAN = WindowPlan(
+    [
+        WindowSpec("card_count_2d", ("card_id",), Aggregate.COUNT, 2 * DAY),
+        WindowSpec("card_count_1h", ("card_id",), Aggregate.COUNT, HOUR),
+        WindowSpec("card_sum_3d_big", ("card_id",), Aggregate.SUM, 3 * DAY, "amount", BIG),
+        WindowSpec("card_count_1h_big", ("card_id",), Aggregate.COUNT, HOUR, None, BIG),
+        WindowSpec("card_min_2d", ("card_id",), Aggregate.MIN, 2 * DAY, "amount"),
+        WindowSpec("card_max_2d", ("card_id",), Aggregate.MAX, 2 * DAY, "amount"),
+        WindowSpec("card_avg_1d_after_1d", ("card_id",), Aggregate.AVG, DAY, "amount", None, DAY),
+        WindowSpec("card_count_30m_after_20m", ("card_id",), Aggregate.COUNT, 30 * MIN, None, None, 20 * MIN),
+        WindowSpec("card_max_1h_after_10m", ("card_id",), Aggregate.MAX, HOUR, "amount", None, 10 * MIN),
+        WindowSpec("device_cards_2d", ("device_id",), Aggregate.DISTINCT, 2 * DAY, "card_id"),
+        WindowSpec("device_count_2d_after_12h", ("device_id",), Aggregate.COUNT, 2 * DAY, None, None, 12 * HOUR),
+    ],
+    allowed_lateness_ms=2 * HOUR,
+    amount_scale=0.01,
+    max_events_per_series=9,
+)
+long_offsets = st.one_of(
+    st.integers(0, 5 * 24).map(lambda h: h * HOUR),  # on bucket edges
+    st.integers(0, 5 * 24 * 12).map(lambda m: m * 5 * MIN),
+    st.integers(0, 5 * DAY),
+    st.integers(0, 5 * 24).map(lambda h: h * HOUR - 1),
+)
+long_event = st.tuples(
+    st.just("new"),
+    long_offsets,
+    st.sampled_from(["c1", "c2"]),
+    st.sampled_from(["d1", "d2", ""]),
+    st.integers(0, 10**9),
+)
+long_streams = st.lists(st.one_of(long_event, long_event, long_event, retry, remember), min_size=1, max_size=50)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stream=long_streams)
+def test_filters_delays_and_buckets_agree_in_all_stores(
+    redis_url: tuple[str, str], redis_cluster: LocalCluster, stream: list[tuple]
+) -> None:
+    url, prefix = redis_url
+    run = next(_runs)
+    stores: list[WindowStore] = [
+        MemoryStore(),
+        RedisStore(url, prefix=f"{prefix}-long-{run}", budget_s=2.0),
+        RedisClusterStore(redis_cluster.nodes, prefix=f"{prefix}-cl-{run}", budget_s=2.0),
+    ]
+    try:
+        _run_stream(LONG_PLAN, stores, stream)
+    finally:
+        for s in stores:
+            s.close()

@@ -40,7 +40,7 @@ from engine.rules.expr import Compiled, Condition, ExprError, Scope, compile_con
 from engine.rules.lists import KINDS, MAX_LIST_SIZE, ListValueError, NamedList, hold, load_list_file, parse_value
 from engine.rules.source import Located, LocatedList, YamlError, load_yaml, locate
 from engine.transaction import Action, Channel, Transaction
-from engine.windows.spec import DEFAULT_MAX_EVENTS, NUMERIC_FIELDS, Aggregate, WindowPlan, WindowSpec
+from engine.windows.spec import DEFAULT_MAX_EVENTS, EXACT_MS, NUMERIC_FIELDS, Aggregate, WindowPlan, WindowSpec
 
 SCORE = "score"
 #: Names a window may not take: the score, the attribute map, literals, Python keywords.
@@ -67,7 +67,7 @@ _TOP_KEYS = (
     "rules",
     "tests",
 )
-_WINDOW_KEYS = ("name", "entity", "aggregate", "field", "duration", "description")
+_WINDOW_KEYS = ("name", "entity", "aggregate", "field", "duration", "filter", "delay", "description")
 _RULE_KEYS = (
     "id",
     "description",
@@ -494,8 +494,39 @@ def _windows(b: _Builder, nodes: list[tuple[str, Located, int, int]]) -> list[Wi
                 f"window '{name}': '{aggregate.value}' needs a numeric 'field', one of {', '.join(NUMERIC_FIELDS)}",
             )
             continue
-        specs.append(WindowSpec(name, entity, aggregate, duration, fld))
+        delay = 0
+        if "delay" in node:
+            got_delay = parse_duration(node.get("delay"))
+            if got_delay is None or not 0 <= got_delay <= MAX_WINDOW_MS:
+                b.err(
+                    node.value_at("delay"),
+                    f"window '{name}': 'delay' must be a duration from 0s to 90d, like '1h' or '7d'",
+                )
+                continue
+            delay = got_delay
+            if aggregate is not Aggregate.DISTINCT and duration + delay > EXACT_MS and duration < EXACT_MS:
+                b.err(
+                    node.value_at("delay"),
+                    f"window '{name}': a window reaching back more than 1d (duration + delay) is kept in hourly "
+                    "buckets, so its duration must be at least 1d",
+                    "shorten the delay, or lengthen the duration",
+                )
+                continue
+        filter_text = None
+        filter_fn = None
+        if "filter" in node:
+            # Over the enriched fields only: no windows, no score, no lists (a list reload
+            # would silently change what an existing series holds).
+            compiled = b.condition(node, "filter", _FILTER_SCOPE, f"window '{name}' filter")
+            if compiled is None:
+                continue
+            filter_text = " ".join(str(node.get("filter")).split())
+            filter_fn = compiled.fn
+        specs.append(WindowSpec(name, entity, aggregate, duration, fld, filter_text, delay, filter_fn))
     return specs
+
+
+_FILTER_SCOPE = Scope({name: kind for name, (kind, _) in FIELDS.items()}, {}, DOMAINS)
 
 
 def _threshold(b: _Builder, node: Located, key: str) -> float | None:

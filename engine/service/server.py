@@ -40,7 +40,7 @@ from engine.service.metrics import Metrics
 from engine.service.pb import admin_pb2, admin_pb2_grpc, risk_pb2
 from engine.service.servicer import RiskEngineServicer
 from engine.windows.memory import MemoryStore
-from engine.windows.redis_store import RedisStore
+from engine.windows.redis_store import RedisClusterStore, RedisStore
 from engine.windows.store import WindowStore
 
 log = logging.getLogger("risk_engine.server")
@@ -108,6 +108,16 @@ class Running:
 
 def make_store(config: ServeConfig) -> WindowStore:
     delay = config.limits.max_event_age_s + config.limits.max_event_lead_s
+    if config.redis_url.startswith("redis+cluster://"):
+        return RedisClusterStore(
+            config.redis_url,
+            prefix=config.redis_prefix,
+            budget_s=config.redis_budget_ms / 1000.0,
+            cooldown_s=config.redis_cooldown_ms / 1000.0,
+            idempotency_ttl_s=config.idempotency_ttl_s,
+            max_connections=max(config.threads, 8),
+            max_event_delay_s=delay,
+        )
     if config.redis_url:
         return RedisStore(
             config.redis_url,
@@ -254,8 +264,7 @@ def start(config: ServeConfig) -> Running:
             if decisions is not None:
                 decisions.close()
             raise OSError(f"cannot listen on {admin_address} (admin)")
-    warm = getattr(store, "ping", None)
-    if warm is not None and not warm():  # opens a pooled connection before the first call needs one
+    if not store.warm_up(ruleset.windows):  # connects and loads the scripts before the first call needs them
         log.warning("the window store does not answer yet: calls are degraded until it does", extra={"event": "start"})
     metrics_port = None
     if config.metrics_port is not None:

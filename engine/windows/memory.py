@@ -15,7 +15,7 @@ import zlib
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 
-from engine.windows.spec import AGG_CODES, Aggregate, BoundWindows, WindowPlan
+from engine.windows.spec import AGG_CODES, BUCKET_MS, EXACT, Aggregate, BoundWindows, WindowPlan
 from engine.windows.store import IdempotencyConflict, WindowsOutcome
 
 _COUNT = AGG_CODES[Aggregate.COUNT]
@@ -32,10 +32,13 @@ class _Series:
     so that window bounds are bisections of plain integers and sums, extremes
     and distinct counts work on plain slices. Events that arrive in time
     order (replay, and most live traffic) are appended; only a late event or
-    a re-added id pays for a search among equal times.
+    a re-added id pays for a search among equal times. Groups with a bucketed
+    window also keep hourly buckets (`bk` bucket index ascending, `bc` count,
+    `bs` sum, `bmin`, `bmax`): every event is added to its bucket once, when
+    its id is first added.
     """
 
-    __slots__ = ("at", "expires", "ids", "ts", "values")
+    __slots__ = ("at", "bc", "bk", "bmax", "bmin", "bs", "expires", "ids", "ts", "values")
 
     def __init__(self) -> None:
         self.ts: list[int] = []  # event times, ascending
@@ -43,6 +46,11 @@ class _Series:
         self.values: list[int | str] = []  # the aggregated value of each event ('' for counts)
         self.at: dict[str, int] = {}  # transaction id -> event time, to find a re-added id
         self.expires = 0.0  # wall clock (monotonic s) after which the series is idle, as Redis PEXPIRE
+        self.bk: list[int] = []
+        self.bc: list[int] = []
+        self.bs: list[int] = []
+        self.bmin: list[int] = []
+        self.bmax: list[int] = []
 
     def position(self, t: int, txid: str) -> int:
         """Where (t, txid) is or would be in (event time, transaction id) order."""
@@ -57,6 +65,52 @@ class _Series:
         del self.ts[:n]
         del self.ids[:n]
         del self.values[:n]
+
+    def add_to_bucket(self, t: int, value: int) -> None:
+        j = t // BUCKET_MS
+        bk = self.bk
+        if bk and bk[-1] == j:
+            i = len(bk) - 1
+        else:
+            i = bisect_left(bk, j)
+            if i == len(bk) or bk[i] != j:
+                bk.insert(i, j)
+                self.bc.insert(i, 1)
+                self.bs.insert(i, value)
+                self.bmin.insert(i, value)
+                self.bmax.insert(i, value)
+                return
+        self.bc[i] += 1
+        self.bs[i] += value
+        if value < self.bmin[i]:
+            self.bmin[i] = value
+        if value > self.bmax[i]:
+            self.bmax[i] = value
+
+    def drop_buckets_before(self, j: int) -> None:
+        n = bisect_left(self.bk, j)
+        if n:
+            del self.bk[:n]
+            del self.bc[:n]
+            del self.bs[:n]
+            del self.bmin[:n]
+            del self.bmax[:n]
+
+    def read_buckets(self, code: int, first: int, last: int) -> tuple[int, int]:
+        """(number of events, aggregate) over buckets first..last (inclusive)."""
+        bk = self.bk
+        lo = bisect_left(bk, first)
+        hi = bisect_right(bk, last, lo)
+        if lo >= hi:
+            return 0, 0
+        n = sum(self.bc[lo:hi])
+        if code == _COUNT:
+            return n, n
+        if code == _SUM:
+            return n, sum(self.bs[lo:hi])
+        if code == _MIN:
+            return n, min(self.bmin[lo:hi])
+        return n, max(self.bmax[lo:hi])
 
 
 class MemoryStore:
@@ -101,6 +155,7 @@ class MemoryStore:
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
         with self._lock:
+            first = True
             if self._remember:
                 now = time.monotonic()
                 self._expire(now)
@@ -110,11 +165,12 @@ class MemoryStore:
                         raise IdempotencyConflict(bound.transaction_id)
                     if seen[2] is not None:
                         return WindowsOutcome(replay=zlib.decompress(seen[2]).decode(), raw=())
+                    first = False  # seen, not answered: its event is in already
                 else:
                     self._seen[bound.transaction_id] = (now + self._ttl, fingerprint, None)
                     self._bound_records()
             self._drop_idle()
-            return WindowsOutcome(replay=None, raw=self._update_and_read(plan, bound))
+            return WindowsOutcome(replay=None, raw=self._update_and_read(plan, bound, first))
 
     def remember(self, transaction_id: str, fingerprint: str, response: str) -> None:
         if not self._remember:
@@ -127,6 +183,9 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
+
+    def warm_up(self, plan: WindowPlan | None = None) -> bool:
+        return True
 
     def _drop_idle(self) -> None:
         """Forget series idle for longer than their TTL, as Redis lets such keys expire."""
@@ -160,7 +219,7 @@ class MemoryStore:
         """Whether `apply` reads the fingerprint (only to check idempotency records)."""
         return self._remember
 
-    def _update_and_read(self, plan: WindowPlan, bound: BoundWindows) -> tuple[int, ...]:
+    def _update_and_read(self, plan: WindowPlan, bound: BoundWindows, first: bool = True) -> tuple[int, ...]:
         raw = [0] * plan.raw_size
         t = bound.event_time_ms
         txid = bound.transaction_id
@@ -170,64 +229,114 @@ class MemoryStore:
         ttl_extra_s = self._ttl_extra_s
         next_idle = self._next_idle
         try:
-            for group, entity_value, bound_value in bound.groups:
-                storage, retention_ms, retention_s, capped, numeric, windows = group.layout
+            for group, entity_value, bound_value, add in bound.groups:
+                storage, retention_ms, retention_s, capped, numeric, windows, bucket_ms = group.layout
                 group_series = all_series.get(storage)
                 if group_series is None:
+                    if not add:
+                        continue  # nothing to read, and a filtered-out event writes nothing
                     group_series = all_series[storage] = OrderedDict()
                 series = group_series.get(entity_value)
                 if series is None:
+                    if not add:
+                        continue
                     series = group_series[entity_value] = _Series()  # the most recently written
-                else:
+                elif add and t < series.ts[-1] - retention_ms:
+                    add = False  # too late: older than what the series keeps, it is only read
+                ts, ids, values = series.ts, series.ids, series.values
+                if add:
                     group_series.move_to_end(entity_value)
-                expires = series.expires = now + retention_s + ttl_extra_s
-                if expires < next_idle:
-                    next_idle = expires
-                ts, ids, values, at = series.ts, series.ids, series.values, series.at
-                value = int(bound_value) if numeric else bound_value
-                old = at.get(txid)
-                if old is None and (not ts or t > ts[-1]):
-                    # In time order: the newest event, appended.
-                    ts.append(t)
-                    ids.append(txid)
-                    values.append(value)
-                    in_order = True
+                    expires = series.expires = now + retention_s + ttl_extra_s
+                    if expires < next_idle:
+                        next_idle = expires
+                    at = series.at
+                    value = int(bound_value) if numeric else bound_value
+                    old = at.get(txid)
+                    if old is None and (not ts or t > ts[-1]):
+                        # In time order: the newest event, appended.
+                        ts.append(t)
+                        ids.append(txid)
+                        values.append(value)
+                        in_order = True
+                    else:
+                        in_order = False
+                        if old is not None:  # the same id again: replace, as ZADD does
+                            i = series.position(old, txid)
+                            del ts[i]
+                            del ids[i]
+                            del values[i]
+                        i = series.position(t, txid)
+                        ts.insert(i, t)
+                        ids.insert(i, txid)
+                        values.insert(i, value)
+                    at[txid] = t
+                    if bucket_ms:
+                        bk = series.bk
+                        if first and old is None:  # each event enters its bucket once
+                            if not numeric and bk and bk[-1] == t // BUCKET_MS:
+                                series.bc[-1] += 1  # a count series' current hour: the common case
+                            else:
+                                series.add_to_bucket(t, value if numeric else 0)  # type: ignore[arg-type]
+                        if bk and bk[0] < (t - bucket_ms) // BUCKET_MS:
+                            series.drop_buckets_before((t - bucket_ms) // BUCKET_MS)
+                    # Drop what no window can need any more: events older than this event's
+                    # time minus the retention (longest exact reach + allowed lateness).
+                    cutoff = t - retention_ms
+                    if ts[0] < cutoff:
+                        # Events with time < cutoff, as Redis drops scores in [-inf, cutoff).
+                        series.drop_oldest(bisect_left(ts, cutoff))
+                    if capped and len(ts) > cap:
+                        # A value series keeps at most `cap` events, oldest first out (as the Lua script).
+                        series.drop_oldest(len(ts) - cap)
+                    hi = len(ts) if in_order else bisect_right(ts, t)  # events with time <= t
                 else:
-                    in_order = False
-                    if old is not None:  # the same id again: replace, as ZADD does
-                        i = series.position(old, txid)
-                        del ts[i]
-                        del ids[i]
-                        del values[i]
-                    i = series.position(t, txid)
-                    ts.insert(i, t)
-                    ids.insert(i, txid)
-                    values.insert(i, value)
-                at[txid] = t
-                # Drop what no window can need any more: events older than this event's
-                # time minus the retention (longest window + allowed lateness).
-                cutoff = t - retention_ms
-                if ts[0] < cutoff:
-                    # Events with time < cutoff, as Redis drops scores in [-inf, cutoff).
-                    series.drop_oldest(bisect_left(ts, cutoff))
-                if capped and len(ts) > cap:
-                    # A value series keeps at most `cap` events, oldest first out (as the Lua script).
-                    series.drop_oldest(len(ts) - cap)
-                hi = len(ts) if in_order else bisect_right(ts, t)  # events with time <= t
-                for output, code, duration_ms in windows:
-                    lo = bisect_right(ts, t - duration_ms, 0, hi)  # events with time > t - d
+                    hi = bisect_right(ts, t)
+                for output, code, reach, delay, mode in windows:
+                    if mode == EXACT:
+                        lo = bisect_right(ts, t - reach, 0, hi)  # events with time > t - delay - d
+                        top = bisect_right(ts, t - delay, lo, hi) if delay else hi  # ... and <= t - delay
+                        if code == _COUNT:
+                            raw[output] = top - lo
+                        elif code == _SUM:
+                            raw[output] = sum(values[lo:top])  # type: ignore[arg-type]
+                        elif code == _DISTINCT:
+                            distinct = set(values[lo:top])
+                            distinct.discard("")
+                            raw[output] = len(distinct)
+                        elif code == _MAX:
+                            raw[output] = max(values[lo:top], default=0)  # type: ignore[type-var,assignment]
+                        elif code == _MIN:
+                            raw[output] = min(values[lo:top], default=0)  # type: ignore[type-var,assignment]
+                        continue
+                    # Bucketed: whole hours after the hour of t - delay - d, up to the hour
+                    # before t's (read exactly from the events) or before t - delay's.
+                    if delay:
+                        lo = top = 0
+                        last = (t - delay) // BUCKET_MS - 1
+                    else:
+                        lo = bisect_left(ts, t // BUCKET_MS * BUCKET_MS, 0, hi)
+                        top = hi
+                        last = t // BUCKET_MS - 1
+                    bk = series.bk
+                    if not bk or bk[0] > last:
+                        n = agg = 0  # no bucket before the current hour
+                    elif code == _COUNT:
+                        blo = bisect_left(bk, (t - reach) // BUCKET_MS + 1)
+                        n = agg = sum(series.bc[blo : bisect_right(bk, last, blo)])
+                    else:
+                        n, agg = series.read_buckets(code, (t - reach) // BUCKET_MS + 1, last)
                     if code == _COUNT:
-                        raw[output] = hi - lo
+                        raw[output] = top - lo + n
                     elif code == _SUM:
-                        raw[output] = sum(values[lo:hi])  # type: ignore[arg-type]
-                    elif code == _DISTINCT:
-                        distinct = set(values[lo:hi])
-                        distinct.discard("")
-                        raw[output] = len(distinct)
-                    elif code == _MAX:
-                        raw[output] = max(values[lo:hi], default=0)  # type: ignore[type-var,assignment]
-                    elif code == _MIN:
-                        raw[output] = min(values[lo:hi], default=0)  # type: ignore[type-var,assignment]
+                        raw[output] = sum(values[lo:top]) + agg  # type: ignore[arg-type]
+                    elif top > lo:
+                        part = values[lo:top]
+                        if code == _MIN:
+                            raw[output] = min(part) if not n else min(min(part), agg)  # type: ignore[type-var,assignment]
+                        else:
+                            raw[output] = max(part) if not n else max(max(part), agg)  # type: ignore[type-var,assignment]
+                    else:
+                        raw[output] = agg
         finally:
             self._next_idle = next_idle
         return tuple(raw)

@@ -1,43 +1,172 @@
-"""Window store in Redis: one Lua call per transaction, with a strict time budget.
+"""Window stores in Redis: standalone (one Lua call per transaction) and Redis Cluster.
 
-Key layout (prefix `P`, entity fields `card_id`, value `c1`):
-- `{P:card_id:c1}:n`          sorted set of the entity's events (counts)
-- `{P:card_id:c1}:z:FIELD`    sorted set of the events whose FIELD is aggregated
-- `{P:card_id:c1}:h:FIELD`    hash transaction id -> FIELD value
-- `P:idem:{TXID}`             idempotency record: fingerprint, newline, the response
-                              (zlib-compressed JSON: about 300-500 bytes a transaction)
+Key layout (prefix `P`, entity fields `card_id`, value `c1`; `S` is '' or
+`:f<hash of the filter>` for a window with a filter):
+- `{P:card_id:c1}:nS`          sorted set of the entity's events (counts)
+- `{P:card_id:c1}:z:FIELDS`    sorted set of the events whose FIELD is aggregated
+- `{P:card_id:c1}:h:FIELDS`    hash transaction id -> FIELD value
+- `{P:card_id:c1}:bS`, `:b:FIELDS`  hourly buckets of a group with a window
+                               reaching back more than a day: bucket index ->
+                               "count" or "count sum min max"
+- `P:idem:{TXID}`              idempotency record: fingerprint, newline, the response
+                               (zlib-compressed JSON: about 300-500 bytes a transaction)
 The braces are Redis Cluster hash tags: all keys of one entity value share a
 slot. Window keys expire after their retention plus the longest accepted event
 delay (wall clock), records after the idempotency TTL, so idle entities cost
 nothing.
 
-Failure policy: socket timeouts equal to the budget, no client retries (a
+Failure policy: socket timeouts within the budget, no client retries (a
 payment cannot wait for redis-py's defaults), and after a failure the store
 fails fast for `cooldown_s` before it tries Redis again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import weakref
 import zlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
-from typing import NoReturn, cast
+from typing import Any, NoReturn, cast
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
+from redis.crc import key_slot
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
-from engine.windows.spec import BoundWindows, WindowPlan
+from engine.windows.spec import BoundGroup, BoundWindows, WindowPlan
 from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowsOutcome
 
 LUA_SOURCE = resources.files("engine.windows").joinpath("windows.lua").read_text()
 
+#: Check-and-claim of an idempotency record (Redis Cluster: the record lives in
+#: its own slot, so it is checked before any entity is touched).
+#: {0} reused id, {1, response} answered retry, {3} seen not answered, {4} new (claimed).
+CLAIM_SOURCE = """
+local seen = redis.call('GET', KEYS[1])
+if not seen then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {4}
+end
+local nl = string.find(seen, '\\n', 1, true)
+local fp = seen
+if nl then fp = string.sub(seen, 1, nl - 1) end
+if fp ~= ARGV[1] then return {0} end
+if nl then return {1, string.sub(seen, nl + 1)} end
+return {3}
+"""
 
-class RedisStore:
-    """Window and idempotency state in a standalone Redis."""
+
+def unavailable_kind(exc: BaseException) -> str:
+    """StoreUnavailable.kind of a redis-py error."""
+    if isinstance(exc, redis.TimeoutError):
+        return "timeout"
+    if isinstance(exc, redis.ConnectionError | redis.exceptions.ClusterDownError | redis.exceptions.TryAgainError):
+        return "connection"
+    if isinstance(exc, redis.exceptions.MovedError | redis.exceptions.AskError):
+        return "connection"  # the slot moved (failover or resharding): the map is refreshed
+    return "other"
+
+
+class _RedisBase:
+    """What both stores share: keys, the per-plan script, the failure policy."""
+
+    name = "redis"
+    budget_s: float
+
+    def __init__(
+        self, prefix: str, cooldown_s: float, idempotency_ttl_s: float, max_event_delay_s: float, budget_s: float
+    ) -> None:
+        self.prefix = prefix
+        self.budget_s = budget_s
+        # Keys expire by wall clock, windows are in event time: a key must outlive
+        # its retention by the longest an event may be delayed (validation's
+        # max age plus lead), or a delayed event would find its history gone.
+        self._ttl_extra_ms = int(max_event_delay_s * 1000)
+        self._ttl_ms = int(idempotency_ttl_s * 1000)
+        if self._ttl_ms <= 0:
+            raise ValueError("idempotency_ttl_s must be positive")
+        self._cooldown = cooldown_s
+        self._open_until = 0.0
+        self._lock = threading.Lock()
+        self._sources: weakref.WeakKeyDictionary[WindowPlan, tuple[str, dict[int, int]]] = weakref.WeakKeyDictionary()
+        self.last_error = ""
+
+    # -- keys --------------------------------------------------------------
+    def _idem_key(self, transaction_id: str) -> str:
+        return f"{self.prefix}:idem:{{{transaction_id}}}"
+
+    def _entity_tag(self, group_tag: str, value: str) -> str:
+        return f"{{{self.prefix}:{group_tag}:{value}}}"
+
+    def _group_keys(self, bg: BoundGroup) -> list[str]:
+        g = bg.group
+        tag = self._entity_tag(g.tag, bg.entity_value)
+        if g.value_field is None:
+            keys = [f"{tag}:n{g.suffix}"]
+            if g.bucket_retention_ms:
+                keys.append(f"{tag}:b{g.suffix}")
+        else:
+            keys = [f"{tag}:z:{g.value_field}{g.suffix}", f"{tag}:h:{g.value_field}{g.suffix}"]
+            if g.bucket_retention_ms:
+                keys.append(f"{tag}:b:{g.value_field}{g.suffix}")
+        return keys
+
+    def _source(self, plan: WindowPlan) -> tuple[str, dict[int, int]]:
+        """The script text for this plan (its layout written in as constants) and each group's index."""
+        known = self._sources.get(plan)
+        if known is not None:
+            return known
+        groups = []
+        for g in plan.groups:
+            ttl = max(g.retention_ms, g.bucket_retention_ms) + self._ttl_extra_ms
+            nums = [0 if g.value_field is None else 1, g.retention_ms, ttl, plan.max_events_per_series]
+            nums.append(g.bucket_retention_ms)
+            for w in g.windows:
+                nums += [w.output, w.agg_code, w.duration_ms + w.delay_ms, w.delay_ms, w.mode]
+            groups.append("{" + ", ".join(str(n) for n in nums) + "}")
+        header = f"local LAYOUT = {{{', '.join(groups)}}}\nlocal RAW_SIZE = {plan.raw_size}\n"
+        built = (header + LUA_SOURCE, {id(g): i + 1 for i, g in enumerate(plan.groups)})
+        with self._lock:
+            return self._sources.setdefault(plan, built)
+
+    def _script_args(
+        self, bound: BoundWindows, fingerprint: str, mode: str, groups: Sequence[BoundGroup], index: dict[int, int]
+    ) -> tuple[list[str], list[str | int]]:
+        keys: list[str] = []
+        args: list[str | int] = [
+            bound.transaction_id,
+            bound.event_time_ms,
+            fingerprint,
+            self._ttl_ms,
+            len(groups),
+            mode,
+        ]
+        for bg in groups:
+            keys += self._group_keys(bg)
+            args += [index[id(bg.group)], bg.value, 1 if bg.add else 0]
+        return keys, args
+
+    # -- failure handling --------------------------------------------------
+    def _guard(self) -> None:
+        if time.monotonic() < self._open_until:
+            raise StoreUnavailable(f"redis unavailable (cooling down after: {self.last_error})", "cooldown")
+
+    def _trip(self, exc: BaseException, kind: str | None = None) -> NoReturn:
+        with self._lock:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._open_until = time.monotonic() + self._cooldown
+        raise StoreUnavailable(self.last_error, kind or unavailable_kind(exc)) from exc
+
+
+class RedisStore(_RedisBase):
+    """Window and idempotency state in a standalone Redis: one script call per transaction."""
 
     name = "redis"
 
@@ -53,12 +182,7 @@ class RedisStore:
         max_connections: int = 64,
         max_event_delay_s: float = 86400.0 + 300.0,
     ) -> None:
-        self.prefix = prefix
-        # Keys expire by wall clock, windows are in event time: a key must outlive
-        # its retention by the longest an event may be delayed (validation's
-        # max age plus lead), or a delayed event would find its history gone.
-        self._ttl_extra_ms = int(max_event_delay_s * 1000)
-        self.budget_s = budget_s
+        super().__init__(prefix, cooldown_s, idempotency_ttl_s, max_event_delay_s, budget_s)
         no_retry = Retry(NoBackoff(), 0)
         # A blocking pool: a thread waits (up to the budget) for a free connection
         # instead of failing, and the pool never grows past max_connections.
@@ -73,60 +197,20 @@ class RedisStore:
         )
         self._client = redis.Redis(connection_pool=pool, retry=no_retry)
         self._plans: weakref.WeakKeyDictionary[WindowPlan, tuple[Script, dict[int, int]]] = weakref.WeakKeyDictionary()
-        self._ttl_ms = int(idempotency_ttl_s * 1000)
-        self._cooldown = cooldown_s
-        self._open_until = 0.0
-        self._lock = threading.Lock()
-        self.last_error = ""
-        if self._ttl_ms <= 0:
-            raise ValueError("idempotency_ttl_s must be positive")
 
-    # -- keys --------------------------------------------------------------
-    def _idem_key(self, transaction_id: str) -> str:
-        return f"{self.prefix}:idem:{{{transaction_id}}}"
-
-    def _entity_tag(self, group_tag: str, value: str) -> str:
-        return f"{{{self.prefix}:{group_tag}:{value}}}"
-
-    # -- store protocol ----------------------------------------------------
     def _compiled(self, plan: WindowPlan) -> tuple[Script, dict[int, int]]:
-        """The script for this plan (its layout written in as constants) and each group's index, once per plan."""
         known = self._plans.get(plan)
         if known is not None:
             return known
-        groups = []
-        for g in plan.groups:
-            nums = [0 if g.value_field is None else 1, g.retention_ms, g.retention_ms + self._ttl_extra_ms]
-            nums.append(plan.max_events_per_series)
-            for w in g.windows:
-                nums += [w.output, w.agg_code, w.duration_ms]
-            groups.append("{" + ", ".join(str(n) for n in nums) + "}")
-        header = f"local LAYOUT = {{{', '.join(groups)}}}\nlocal RAW_SIZE = {plan.raw_size}\n"
-        script = cast(Script, self._client.register_script(header + LUA_SOURCE))
-        built = (script, {id(g): i + 1 for i, g in enumerate(plan.groups)})
+        source, index = self._source(plan)
+        built = (cast(Script, self._client.register_script(source)), index)
         with self._lock:
             return self._plans.setdefault(plan, built)
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
         script, index = self._compiled(plan)
-        keys = [self._idem_key(bound.transaction_id)]
-        args: list[str | int] = [
-            bound.transaction_id,
-            bound.event_time_ms,
-            fingerprint,
-            self._ttl_ms,
-            len(bound.groups),
-        ]
-        for bg in bound.groups:
-            g = bg.group
-            tag = self._entity_tag(g.tag, bg.entity_value)
-            if g.value_field is None:
-                keys.append(f"{tag}:n")
-            else:
-                keys.append(f"{tag}:z:{g.value_field}")
-                keys.append(f"{tag}:h:{g.value_field}")
-            args += [index[id(g)], bg.value]
-        reply = self._call(script, keys, args)
+        keys, args = self._script_args(bound, fingerprint, "S", bound.groups, index)
+        reply = self._call(script, [self._idem_key(bound.transaction_id), *keys], args)
         kind = int(reply[0])
         if kind == 0:
             raise IdempotencyConflict(bound.transaction_id)
@@ -153,7 +237,16 @@ class RedisStore:
         except redis.RedisError:
             return False
 
-    # -- failure handling --------------------------------------------------
+    def warm_up(self, plan: WindowPlan | None = None) -> bool:
+        """Open a pooled connection and load the plan's script, before the first call needs them."""
+        try:
+            self._client.ping()
+            if plan is not None:
+                self._client.script_load(self._source(plan)[0])
+            return True
+        except redis.RedisError:
+            return False
+
     def _call(self, script: Script, keys: list[str], args: list[str | int]) -> list[bytes | int]:
         self._guard()
         try:
@@ -162,12 +255,201 @@ class RedisStore:
             self._trip(exc)
         raise AssertionError("unreachable")
 
-    def _guard(self) -> None:
-        if time.monotonic() < self._open_until:
-            raise StoreUnavailable(f"redis unavailable (cooling down after: {self.last_error})")
 
-    def _trip(self, exc: Exception) -> NoReturn:
-        with self._lock:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            self._open_until = time.monotonic() + self._cooldown
-        raise StoreUnavailable(self.last_error) from exc
+def parse_cluster_url(url: str) -> list[tuple[str, int]]:
+    """'redis+cluster://h1:p1,h2:p2' -> [(h1, p1), (h2, p2)] (startup nodes)."""
+    scheme = "redis+cluster://"
+    if not url.startswith(scheme):
+        raise ValueError(f"a Redis Cluster URL starts with {scheme}")
+    rest = url[len(scheme) :].split("/", 1)[0].split("?", 1)[0]
+    if "@" in rest:
+        raise ValueError("passwords in a Redis Cluster URL are not supported yet")
+    nodes = []
+    for part in rest.split(","):
+        host, _, port = part.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{part!r} is not host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    return nodes
+
+
+class RedisClusterStore(_RedisBase):
+    """Window and idempotency state in a Redis Cluster.
+
+    Per transaction: (1) one call checks and claims the idempotency record (its
+    own slot), before any entity is touched, so a reused id with other content
+    never reaches a series; (2) one script call per entity value (its keys share
+    a slot), grouped into one pipeline per master and sent to all masters
+    together. Each round trip has half the budget. A NOSCRIPT reply (a master
+    that lost its script cache: a failover, a restart) is answered with EVAL
+    on that master, which caches the script there again.
+    """
+
+    name = "redis-cluster"
+
+    def __init__(
+        self,
+        nodes: Sequence[tuple[str, int]] | str,
+        *,
+        prefix: str = "risk",
+        budget_s: float = 0.05,
+        connect_budget_s: float | None = None,
+        cooldown_s: float = 0.5,
+        idempotency_ttl_s: float = 86400.0,
+        max_connections: int = 64,
+        max_event_delay_s: float = 86400.0 + 300.0,
+    ) -> None:
+        super().__init__(prefix, cooldown_s, idempotency_ttl_s, max_event_delay_s, budget_s)
+        if isinstance(nodes, str):
+            nodes = parse_cluster_url(nodes)
+        self._startup = [ClusterNode(h, p) for h, p in nodes]
+        hop = budget_s / 2
+        self._kwargs: dict[str, Any] = {
+            "socket_timeout": hop,
+            "socket_connect_timeout": connect_budget_s if connect_budget_s is not None else hop,
+            "max_connections": max_connections,
+            "health_check_interval": 0,
+        }
+        self._client: RedisCluster | None = None
+        self._stale = True  # the slot map must be (re)read before the next call
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="risk-cluster")
+        self._claim_sha = hashlib.sha1(CLAIM_SOURCE.encode(), usedforsecurity=False).hexdigest()
+        self._shas: dict[str, str] = {}
+
+    # -- topology ----------------------------------------------------------
+    def _cluster(self) -> RedisCluster:
+        """The client with a fresh slot map (read again after any failure)."""
+        if self._stale or self._client is None:
+            with self._lock:
+                if self._stale or self._client is None:
+                    if self._client is None:
+                        self._client = RedisCluster(
+                            startup_nodes=self._startup,
+                            retry=Retry(NoBackoff(), 0),
+                            require_full_coverage=False,
+                            reinitialize_steps=1,
+                            **self._kwargs,
+                        )
+                    else:
+                        self._client.nodes_manager.initialize()
+                    self._stale = False
+        return self._client
+
+    def _node_client(self, cluster: RedisCluster, key: str) -> tuple[str, redis.Redis]:
+        node = cluster.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+        conn = node.redis_connection or cluster.get_redis_connection(node)
+        return node.name, conn
+
+    # -- calls -------------------------------------------------------------
+    def _run_node(self, conn: redis.Redis, calls: list[tuple[str, str, list[str], list[Any]]]) -> list[Any]:
+        """One pipeline to one master: EVALSHA each call; NOSCRIPT ones again with EVAL."""
+        pipe = conn.pipeline(transaction=False)
+        for sha, _, keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        replies = pipe.execute(raise_on_error=False)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            pipe = conn.pipeline(transaction=False)
+            for i in missing:
+                _, source, keys, args = calls[i]
+                pipe.eval(source, len(keys), *keys, *args)
+            for i, r in zip(missing, pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = r
+        return cast(list[Any], replies)
+
+    def _issue(self, per_node: dict[str, tuple[redis.Redis, list[tuple[str, str, list[str], list[Any]]]]]) -> list[Any]:
+        """Run the pipelines of all masters together; the replies in call order per node, concatenated."""
+        items = list(per_node.values())
+        if len(items) == 1:
+            results = [self._run_node(*items[0])]
+        else:
+            futures = [self._pool.submit(self._run_node, conn, calls) for conn, calls in items]
+            results = [f.result() for f in futures]
+        out: list[Any] = []
+        for replies in results:
+            out.extend(replies)
+        return out
+
+    def _fail(self, exc: BaseException) -> NoReturn:
+        self._stale = True  # a failover or a moved slot: read the slot map again
+        self._trip(exc)
+
+    def _sha(self, source: str) -> str:
+        sha = self._shas.get(source)
+        if sha is None:
+            sha = self._shas[source] = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        return sha
+
+    def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
+        self._guard()
+        source, index = self._source(plan)
+        sha = self._sha(source)
+        try:
+            cluster = self._cluster()
+            # 1. The idempotency record, in its own slot: checked (and claimed) first.
+            idem = self._idem_key(bound.transaction_id)
+            _, conn = self._node_client(cluster, idem)
+            claim = self._run_node(conn, [(self._claim_sha, CLAIM_SOURCE, [idem], [fingerprint, self._ttl_ms])])[0]
+            if isinstance(claim, Exception):
+                raise claim
+            status = int(claim[0])
+            if status == 0:
+                raise IdempotencyConflict(bound.transaction_id)
+            if status == 1:
+                return WindowsOutcome(replay=zlib.decompress(claim[1]).decode(), raw=())
+            mode = "F" if status == 4 else "R"
+            # 2. One script call per entity value, one pipeline per master, all together.
+            by_entity: dict[tuple[str, str], list[BoundGroup]] = {}
+            for bg in bound.groups:
+                by_entity.setdefault((bg.group.tag, bg.entity_value), []).append(bg)
+            per_node: dict[str, tuple[redis.Redis, list[tuple[str, str, list[str], list[Any]]]]] = {}
+            for (tag, value), groups in by_entity.items():
+                keys, args = self._script_args(bound, fingerprint, mode, groups, index)
+                name, conn = self._node_client(cluster, self._entity_tag(tag, value))
+                per_node.setdefault(name, (conn, []))[1].append((sha, source, keys, args))
+            replies = self._issue(per_node) if per_node else []
+        except IdempotencyConflict:
+            raise
+        except (redis.RedisError, OSError) as exc:
+            self._fail(exc)
+        raw = [0] * plan.raw_size
+        for reply in replies:
+            if isinstance(reply, Exception):
+                self._fail(reply)
+            for i, v in enumerate(reply[1:]):
+                if v:
+                    raw[i] += int(v)  # each output belongs to one entity's call; the others return 0
+        return WindowsOutcome(replay=None, raw=tuple(raw))
+
+    def remember(self, transaction_id: str, fingerprint: str, response: str) -> None:
+        self._guard()
+        try:
+            record = fingerprint.encode() + b"\n" + zlib.compress(response.encode(), 1)
+            self._cluster().set(self._idem_key(transaction_id), record, px=self._ttl_ms)
+        except (redis.RedisError, OSError) as exc:
+            self._fail(exc)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._cluster().ping(target_nodes=RedisCluster.PRIMARIES))
+        except (redis.RedisError, OSError):
+            self._stale = True
+            return False
+
+    def warm_up(self, plan: WindowPlan | None = None) -> bool:
+        """Read the slot map, connect to every master and load the scripts there."""
+        try:
+            cluster = self._cluster()
+            cluster.ping(target_nodes=RedisCluster.PRIMARIES)
+            cluster.script_load(CLAIM_SOURCE)  # redis-py sends SCRIPT LOAD to every master
+            if plan is not None:
+                cluster.script_load(self._source(plan)[0])
+            return True
+        except (redis.RedisError, OSError):
+            self._stale = True
+            return False
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        if self._client is not None:
+            self._client.close()

@@ -1,16 +1,19 @@
 """Window definitions and the plan that groups them by entity.
 
-Windows that share an entity (e.g. every window keyed by `card_id`) share one
-piece of state in the store: one sorted set of events per entity value, each
-event carrying the few values its windows aggregate. The plan is compiled once
-per rule set; per transaction it is only *bound* to the field values.
+Windows that share an entity, an aggregated field and a filter share one
+series per entity value in the store: its recent events kept one by one
+(the exact part) and, when a window reaches back more than a day, hourly
+buckets of the older ones. The plan is compiled once per rule set; per
+transaction it is only *bound* to the field values.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any, NamedTuple
 
 #: Character that joins an entity's field values and an event's payload
@@ -34,75 +37,141 @@ AGG_CODES = {Aggregate.COUNT: 1, Aggregate.SUM: 2, Aggregate.MIN: 3, Aggregate.M
 #: Default cap on the events of one value series (see WindowPlan).
 DEFAULT_MAX_EVENTS = 5_000
 
-#: Numeric fields a window may aggregate, and the integer the store keeps for
-#: each (exact sums, identical in Lua and Python); `scale` turns it back.
-NUMERIC_FIELDS = {"amount": "amount_base_minor"}
+#: Windows whose duration plus delay is at most this are exact; longer ones
+#: (except distinct counts) read hourly buckets for their old part.
+EXACT_MS = 86_400_000
+#: Width of a bucket: a bucketed window misses less than this at each
+#: rounded edge (see docs/windows.md, "Long windows").
+BUCKET_MS = 3_600_000
+
+#: Numeric fields a window may aggregate -> the integer the store keeps for each
+#: (exact sums, identical in Lua and Python).
+NUMERIC_FIELDS = {
+    "amount": "amount_base_minor",  # minor units of the base currency
+    "amount_original": "amount_original_milli",  # thousandths of a major unit of the transaction currency
+    "amount_minor": "amount_minor",  # minor units of the transaction currency, as sent
+    "hour": "hour",
+    "day_of_week": "day_of_week",
+}
+#: Stored field -> (enriched field it is computed from, multiplier, scale back; None: the plan's amount scale).
+STORED_NUMBERS: dict[str, tuple[str, int, float | None]] = {
+    "amount_base_minor": ("amount_base_minor", 1, None),
+    "amount_original_milli": ("amount_original", 1000, 0.001),
+    "amount_minor": ("amount_minor", 1, 1.0),
+    "hour": ("hour", 1, 1.0),
+    "day_of_week": ("day_of_week", 1, 1.0),
+}
+
+#: Window read modes: exact; bucketed without delay (old part in buckets, the
+#: current hour exact); bucketed with delay (whole buckets only).
+EXACT, BUCKETED, BUCKETED_DELAYED = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True)
 class WindowSpec:
-    """One window: `aggregate` of `field` over events of `entity` in the last `duration_ms`."""
+    """One window: `aggregate` of `field` over events of `entity` in (t - delay - duration, t - delay]."""
 
     name: str
     entity: tuple[str, ...]
     aggregate: Aggregate
     duration_ms: int
     field: str | None = None
+    #: Condition text over the enriched fields: only events that pass it are in the window.
+    filter: str | None = None
+    delay_ms: int = 0
+    #: The compiled filter (engine.rules.expr); compared through `filter`.
+    filter_fn: Callable[[Mapping[str, Any]], bool] | None = dc_field(default=None, compare=False, repr=False)
+
+    @property
+    def bucketed(self) -> bool:
+        return self.aggregate is not Aggregate.DISTINCT and self.duration_ms + self.delay_ms > EXACT_MS
 
 
 @dataclass(frozen=True, slots=True)
 class StoredWindow:
-    """How the store computes one window: aggregate code and duration."""
+    """How the store computes one window."""
 
     output: int  # position in the plan's raw output vector
     agg_code: int
     duration_ms: int
+    delay_ms: int = 0
+    mode: int = EXACT
 
 
 @dataclass(frozen=True, slots=True)
 class Group:
-    """Windows that share an entity and an aggregated field, hence one series of events.
+    """Windows that share an entity, an aggregated field and a filter, hence one series of events.
 
     Each entity value has one series per group: its events ordered by time,
-    each with the one value the group aggregates (none for counts). Keeping
-    one series per (entity, field) means adding a window over a new field
-    starts a new series without touching the history of the others.
+    each with the one value the group aggregates (none for counts), and
+    hourly buckets when a window of the group is bucketed.
     """
 
     entity: tuple[str, ...]
-    value_field: str | None  # the enriched field stored with each event
+    value_field: str | None  # the stored field kept with each event
     windows: tuple[StoredWindow, ...]
-    retention_ms: int  # longest window + allowed lateness
+    retention_ms: int  # of the exact part: longest exact reach (at least an hour when bucketed) + lateness
+    bucket_retention_ms: int = 0  # of the buckets: longest bucketed reach + lateness; 0: no buckets
+    filter: str | None = None
+    filter_fn: Callable[[Mapping[str, Any]], bool] | None = dc_field(default=None, compare=False, repr=False)
     # Derived once at load, read on every transaction:
     tag: str = ""  # the entity's fields joined: 'card_id' or 'card_id+merchant_id'
-    storage: str = ""  # stable name of the series: 'card_id' or 'card_id#amount_base_minor'
+    storage: str = ""  # stable name of the series: 'card_id', 'card_id#amount_base_minor', + '?f<hash>'
+    suffix: str = ""  # '' or ':f<hash of the filter>' (Redis key suffix)
     numeric: bool = False  # the stored value is an integer (sums, extremes), not a string
     #: What the in-process store reads on every transaction, as one flat tuple:
-    #: (storage, retention_ms, retention in s, value series?, numeric, ((output, agg_code, duration_ms), ...)).
-    layout: tuple[str, int, float, bool, bool, tuple[tuple[int, int, int], ...]] = field(
-        default=("", 0, 0.0, False, False, ()), compare=False, repr=False
+    #: (storage, retention_ms, longest retention in s, value series?, numeric,
+    #:  ((output, agg_code, reach = duration + delay, delay, mode), ...), bucket retention ms).
+    layout: tuple[str, int, float, bool, bool, tuple[tuple[int, int, int, int, int], ...], int] = dc_field(
+        default=("", 0, 0.0, False, False, (), 0), compare=False, repr=False
     )
 
     @classmethod
     def make(
-        cls, entity: tuple[str, ...], value_field: str | None, windows: tuple[StoredWindow, ...], retention_ms: int
+        cls,
+        entity: tuple[str, ...],
+        value_field: str | None,
+        windows: tuple[StoredWindow, ...],
+        retention_ms: int,
+        bucket_retention_ms: int = 0,
+        filter_text: str | None = None,
+        filter_fn: Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> Group:
         tag = "+".join(entity)
         storage = tag if value_field is None else f"{tag}#{value_field}"
-        numeric = value_field in NUMERIC_FIELDS.values()
+        suffix = ""
+        if filter_text is not None:
+            digest = hashlib.sha256(filter_text.encode()).hexdigest()[:10]
+            suffix = f":f{digest}"
+            storage += f"?f{digest}"
+        numeric = value_field in STORED_NUMBERS
         layout = (
             storage,
             retention_ms,
-            retention_ms / 1000.0,
+            max(retention_ms, bucket_retention_ms) / 1000.0,
             value_field is not None,
             numeric,
-            tuple((w.output, w.agg_code, w.duration_ms) for w in windows),
+            tuple((w.output, w.agg_code, w.duration_ms + w.delay_ms, w.delay_ms, w.mode) for w in windows),
+            bucket_retention_ms,
         )
-        return cls(entity, value_field, windows, retention_ms, tag, storage, numeric, layout)
+        return cls(
+            entity,
+            value_field,
+            windows,
+            retention_ms,
+            bucket_retention_ms,
+            filter_text,
+            filter_fn,
+            tag,
+            storage,
+            suffix,
+            numeric,
+            layout,
+        )
 
 
 class BoundGroup(NamedTuple):
-    """A group bound to one transaction: its entity value and the value it stores.
+    """A group bound to one transaction: its entity value, the value it stores, and whether it is added.
 
     (Named tuples: built for every group of every transaction, and cheaper to
     build than frozen dataclasses while just as immutable.)
@@ -111,6 +180,7 @@ class BoundGroup(NamedTuple):
     group: Group
     entity_value: str
     value: str
+    add: bool = True  # False: the transaction fails the group's filter; its windows are only read
 
 
 class BoundWindows(NamedTuple):
@@ -119,6 +189,26 @@ class BoundWindows(NamedTuple):
     transaction_id: str
     event_time_ms: int
     groups: tuple[BoundGroup, ...]  # only groups whose entity is present
+
+
+#: A group's key (entity, stored field, filter) and one window need (key, code, duration, delay, mode).
+_GroupKey = tuple[tuple[str, ...], str | None, str | None]
+_Need = tuple[_GroupKey, int, int, int, int]
+
+
+def compile_filter(text: str) -> Callable[[Mapping[str, Any]], bool]:
+    """A window filter compiled over the enriched fields (no windows, no score, no lists)."""
+    from engine.enrich import FIELDS  # the rules import this module: compile lazily
+    from engine.rules.expr import compile_condition
+
+    return compile_condition(text, {name: kind for name, (kind, _) in FIELDS.items()}, "window filter").fn
+
+
+def _passes(fn: Callable[[Mapping[str, Any]], bool], fields: Mapping[str, Any]) -> bool:
+    try:
+        return bool(fn(fields))
+    except (ArithmeticError, TypeError, ValueError, KeyError):
+        return False
 
 
 class WindowPlan:
@@ -145,44 +235,81 @@ class WindowPlan:
         self.amount_scale = amount_scale
         self.names = tuple(s.name for s in self.specs)
 
-        # What each spec needs from the store: (series key, aggregate code, duration).
-        needs: list[list[tuple[tuple[tuple[str, ...], str | None], int, int]]] = []
+        filters: dict[str | None, Callable[[Mapping[str, Any]], bool] | None] = {None: None}
+        needs: list[list[_Need]] = []
         for spec in self.specs:
-            count_key = (spec.entity, None)
-            value_key = (spec.entity, None if spec.field is None else NUMERIC_FIELDS.get(spec.field, spec.field))
-            d = spec.duration_ms
+            if spec.filter is not None and spec.filter not in filters:
+                filters[spec.filter] = spec.filter_fn or compile_filter(spec.filter)
+            count_key = (spec.entity, None, spec.filter)
+            stored = None if spec.field is None else NUMERIC_FIELDS.get(spec.field, spec.field)
+            value_key = (spec.entity, stored, spec.filter)
+            d, delay = spec.duration_ms, spec.delay_ms
+            mode = (BUCKETED_DELAYED if delay else BUCKETED) if spec.bucketed else EXACT
             if spec.aggregate is Aggregate.COUNT:
-                needs.append([(count_key, AGG_CODES[Aggregate.COUNT], d)])
+                needs.append([(count_key, AGG_CODES[Aggregate.COUNT], d, delay, mode)])
             elif spec.aggregate is Aggregate.AVG:
-                needs.append([(value_key, AGG_CODES[Aggregate.SUM], d), (count_key, AGG_CODES[Aggregate.COUNT], d)])
+                needs.append(
+                    [
+                        (value_key, AGG_CODES[Aggregate.SUM], d, delay, mode),
+                        (count_key, AGG_CODES[Aggregate.COUNT], d, delay, mode),
+                    ]
+                )
             else:
-                needs.append([(value_key, AGG_CODES[spec.aggregate], d)])
+                needs.append([(value_key, AGG_CODES[spec.aggregate], d, delay, mode)])
 
         # One group per series key; identical needs share one stored window.
-        per_group: dict[tuple[tuple[str, ...], str | None], list[tuple[int, int]]] = {}
+        per_group: dict[_GroupKey, list[tuple[int, int, int, int]]] = {}
         for need in needs:
-            for key, code, d in need:
-                if (code, d) not in per_group.setdefault(key, []):
-                    per_group[key].append((code, d))
-        index: dict[tuple[tuple[tuple[str, ...], str | None], int, int], int] = {}
+            for key, *rest in need:
+                if tuple(rest) not in per_group.setdefault(key, []):
+                    per_group[key].append(tuple(rest))  # type: ignore[arg-type]
+        index: dict[_Need, int] = {}
         groups = []
         for key, wins in per_group.items():
-            stored = []
-            for code, d in wins:
-                index[(key, code, d)] = len(index)
-                stored.append(StoredWindow(index[(key, code, d)], code, d))
-            longest = max(d for _, d in wins)
-            groups.append(Group.make(key[0], key[1], tuple(stored), longest + allowed_lateness_ms))
+            stored_windows = []
+            for code, d, delay, mode in wins:
+                index[(key, code, d, delay, mode)] = len(index)
+                stored_windows.append(StoredWindow(index[(key, code, d, delay, mode)], code, d, delay, mode))
+            exact_reach = [d + delay for _, d, delay, mode in wins if mode == EXACT]
+            bucket_reach = [d + delay for _, d, delay, mode in wins if mode != EXACT]
+            # The exact part also holds the current hour of a bucketed window.
+            exact = max([*exact_reach, BUCKET_MS if bucket_reach else 0])
+            buckets = max(bucket_reach) + allowed_lateness_ms if bucket_reach else 0
+            groups.append(
+                Group.make(
+                    key[0],
+                    key[1],
+                    tuple(stored_windows),
+                    exact + allowed_lateness_ms,
+                    buckets,
+                    key[2],
+                    filters.get(key[2]),
+                )
+            )
         self.groups = tuple(groups)
         self.raw_size = len(index)
-        # What `bind` reads per group: the entity's one field (None when composite)
-        # and the stored value's field.
-        self._binders = tuple((g, g.entity[0] if len(g.entity) == 1 else None, g.value_field) for g in self.groups)
+        # What `bind` reads per group: the entity's one field (None when composite),
+        # the stored value's source field and multiplier, and the filter.
+        self._binders = tuple(
+            (
+                g,
+                g.entity[0] if len(g.entity) == 1 else None,
+                STORED_NUMBERS[g.value_field][0] if g.value_field in STORED_NUMBERS else g.value_field,
+                STORED_NUMBERS[g.value_field][1] if g.value_field in STORED_NUMBERS else 0,
+                g.filter,
+                g.filter_fn,
+            )
+            for g in self.groups
+        )
+        self.has_filters = any(g.filter is not None for g in self.groups)
 
         # _finish[i] = (is_avg, raw index a, raw index b, scale) for spec i
         self._finish: list[tuple[bool, int, int, float]] = []
         for spec, need in zip(self.specs, needs, strict=True):
-            scale = amount_scale if spec.field in NUMERIC_FIELDS else 1.0
+            scale = 1.0
+            if spec.field in NUMERIC_FIELDS:
+                own = STORED_NUMBERS[NUMERIC_FIELDS[spec.field]][2]
+                scale = amount_scale if own is None else own
             a = index[need[0]]
             b = index[need[1]] if len(need) > 1 else 0
             self._finish.append((spec.aggregate is Aggregate.AVG, a, b, scale))
@@ -190,7 +317,8 @@ class WindowPlan:
 
     def bind(self, transaction_id: str, event_time_ms: int, fields: Mapping[str, Any]) -> BoundWindows:
         bound = []
-        for g, single, value_field in self._binders:
+        passed: dict[str, bool] = {}
+        for g, single, source, multiplier, filter_text, filter_fn in self._binders:
             if single is not None:
                 entity_value = fields[single]
                 if entity_value == "":
@@ -200,8 +328,21 @@ class WindowPlan:
                 if "" in parts:
                     continue
                 entity_value = SEPARATOR.join(parts)
-            value = "" if value_field is None else str(fields[value_field])
-            bound.append(BoundGroup(g, entity_value, value))
+            if source is None:
+                value = ""
+            elif multiplier == 1:
+                value = str(fields[source])
+            elif multiplier:
+                value = str(round(fields[source] * multiplier))
+            else:
+                value = str(fields[source])
+            if filter_text is None:
+                bound.append(BoundGroup(g, entity_value, value))
+            else:
+                ok = passed.get(filter_text)
+                if ok is None:
+                    ok = passed[filter_text] = filter_fn is not None and _passes(filter_fn, fields)
+                bound.append(BoundGroup(g, entity_value, value, ok))
         return BoundWindows(transaction_id, event_time_ms, tuple(bound))
 
     def finish(self, raw: Sequence[int]) -> dict[str, float]:

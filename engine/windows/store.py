@@ -13,9 +13,21 @@ from typing import Protocol
 
 from engine.windows.spec import BoundWindows, WindowPlan
 
+#: What made a store unavailable (`StoreUnavailable.kind`).
+UNAVAILABLE_KINDS = ("timeout", "connection", "cooldown", "deadline", "other")
+
 
 class StoreUnavailable(Exception):
-    """The store could not answer within its budget (down, slow, broken)."""
+    """The store could not answer within its budget (down, slow, broken).
+
+    `kind` says why: 'timeout', 'connection', 'cooldown' (failing fast after
+    a failure), 'deadline' (not called: the caller's deadline was too close)
+    or 'other'.
+    """
+
+    def __init__(self, message: str, kind: str = "other") -> None:
+        super().__init__(message)
+        self.kind = kind if kind in UNAVAILABLE_KINDS else "other"
 
 
 class IdempotencyConflict(Exception):
@@ -51,6 +63,10 @@ class WindowStore(Protocol):
 
     def remember(self, transaction_id: str, fingerprint: str, response: str) -> None:
         """Keep the response of a scored transaction for its retries."""
+        ...
+
+    def warm_up(self, plan: WindowPlan | None = None) -> bool:
+        """Connect (and load the plan's scripts) before the first call needs it; False when it does not answer."""
         ...
 
     def close(self) -> None: ...

@@ -54,7 +54,7 @@ class LocalCluster:
         if binary is None:
             raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
         d = self.workdir / str(port)
-        d.mkdir(exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True)
         self.procs[port] = subprocess.Popen(
             [
                 binary,

@@ -101,8 +101,10 @@ class Enricher:
         self.money = money
         self.timezone = ZoneInfo(timezone)
         self.geo = geo
-        self._base_scale = 10.0 ** -CURRENCY_EXPONENTS[money.base]
-        self._minor_scale = {code: 10.0**-exponent for code, exponent in CURRENCY_EXPONENTS.items()}
+        # Divide by 10^exponent (exact powers of ten) rather than multiply by 10^-exponent
+        # (not representable): 1999 / 100 is 19.99, 1999 * 0.01 is 19.990000000000002.
+        self._base_divisor = 10 ** CURRENCY_EXPONENTS[money.base]
+        self._minor_divisor = {code: 10**exponent for code, exponent in CURRENCY_EXPONENTS.items()}
         # UTC hour -> the zone's UTC offset in microseconds throughout that hour, or
         # None when it changes within the hour (see `local_hour_and_weekday`).
         self._offsets: dict[int, int | None] = {}
@@ -148,8 +150,8 @@ class Enricher:
                 where = self.geo.lookup(addr)
                 ip_country, ip_region = where.country, where.region
         return {
-            "amount": base_minor * self._base_scale,
-            "amount_original": txn.amount_minor * self._minor_scale[txn.currency],
+            "amount": base_minor / self._base_divisor,
+            "amount_original": txn.amount_minor / self._minor_divisor[txn.currency],
             "amount_minor": txn.amount_minor,
             "amount_base_minor": base_minor,
             "currency": txn.currency,

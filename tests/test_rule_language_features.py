@@ -504,3 +504,33 @@ def test_big_lists_parse_once_per_file_version(tmp_path: Path) -> None:
     assert second.lists["nets"].values is first.lists["nets"].values  # not parsed again
     assert time.perf_counter() - started < 5  # a generous bound: reparsing would not be caught by it alone
     assert first.lists["nets"].values.contains(ipaddress.ip_address("10.3.13.63"))
+
+
+def test_amounts_are_exact_decimals() -> None:
+    """19.99 EUR is 19.99: rules compare amounts with the literals analysts write."""
+    enricher = Enricher(Money("EUR", {}))
+    for minor in (1999, 1, 10, 29, 57, 115, 1_000_000_07):
+        fields = enricher.enrich(Transaction("t", 1_767_268_800_000, minor, "EUR", card_id="c"))
+        assert fields["amount"] == float(f"{minor // 100}.{minor % 100:02d}")
+    fields = enricher.enrich(Transaction("t", 1_767_268_800_000, 1999, "EUR", card_id="c"))
+    assert compile_condition("amount == 19.99 and amount in [19.99] and not amount > 19.99", SCOPE).fn(fields)
+
+
+def test_the_native_mapping_reads_the_merchant_category(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from engine.offline.datasets import PRESETS, table_to_dataset
+
+    row: dict[str, Any] = {
+        "transaction_id": "t1",
+        "event_time_ms": 1_767_268_800_000,
+        "amount_minor": 500,
+        "currency": "EUR",
+        "label": 0,
+        **dict.fromkeys(("user_id", "card_id", "device_id", "ip", "country", "merchant_id", "channel"), ""),
+    }
+    row["card_id"] = "c"
+    with_mcc = table_to_dataset(pa.Table.from_pylist([{**row, "merchant_category": "7995"}]), PRESETS["native"])
+    assert with_mcc.transactions[0].merchant_category == "7995"
+    without = table_to_dataset(pa.Table.from_pylist([row]), PRESETS["native"])  # older files: no such column
+    assert without.transactions[0].merchant_category == ""

@@ -68,7 +68,7 @@ import yaml
 
 from engine.iso import CURRENCY_EXPONENTS
 from engine.model.predictor import Model
-from engine.offline.datasets import PRESETS, ColumnMapping, DatasetError, table_to_dataset
+from engine.offline.datasets import PRESETS, ColumnMapping, DatasetError, optional_fields, table_to_dataset
 from engine.offline.replay import ReplayStats, replay
 from engine.rules.ruleset import RuleSet
 from engine.transaction import Action, ReasonSource, Transaction
@@ -184,9 +184,12 @@ def read_table(path: str | Path) -> pa.Table:
 def check_columns(table: pa.Table, mapping: ColumnMapping, where: str) -> None:
     """Every column the mapping names must be in the table (one message listing all that are not)."""
     wanted: dict[str, str] = {}
+    optional = optional_fields(mapping)
     for name in _MAPPING_FIELDS:
         value = getattr(mapping, name)
         if name in ("amount_in_minor_units", "default_currency", "extra") or value is None:
+            continue
+        if name in optional and value not in table.column_names:
             continue
         wanted[name] = value
     for attr, column in mapping.extra.items():

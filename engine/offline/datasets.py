@@ -39,6 +39,7 @@ class ColumnMapping:
     ip: str | None = None
     country: str | None = None
     merchant_id: str | None = None
+    merchant_category: str | None = None
     channel: str | None = None
     label: str | None = None
     extra: dict[str, str] = field(default_factory=dict)  # attribute name -> column
@@ -58,6 +59,7 @@ PRESETS: dict[str, ColumnMapping] = {
         ip="ip",
         country="country",
         merchant_id="merchant_id",
+        merchant_category="merchant_category",
         channel="channel",
         label="label",
     ),
@@ -148,6 +150,15 @@ def paused_cycle_collector() -> Iterator[None]:
             gc.enable()
 
 
+def optional_fields(mapping: ColumnMapping) -> frozenset[str]:
+    """Fields whose column a file may lack under this mapping.
+
+    The presets name `merchant_category`, which files written before the
+    column existed do not have; a mapping written by hand means what it says.
+    """
+    return frozenset({"merchant_category"}) if any(mapping is p for p in PRESETS.values()) else frozenset()
+
+
 def table_to_dataset(table: pa.Table, mapping: ColumnMapping) -> Dataset:
     """Map an Arrow table (e.g. `pa.Table.from_pylist(rows)`) into sorted transactions."""
     with paused_cycle_collector():
@@ -172,6 +183,10 @@ def _table_to_dataset(table: pa.Table, mapping: ColumnMapping) -> Dataset:
     ips = _strings(table, mapping.ip)
     countries = _strings(table, mapping.country)
     merchants = _strings(table, mapping.merchant_id)
+    mcc_column = mapping.merchant_category
+    if mcc_column not in table.column_names and "merchant_category" in optional_fields(mapping):
+        mcc_column = None
+    categories = _strings(table, mcc_column)
     channel_of = {c.value: c for c in Channel}
     if mapping.channel is None:
         channels = [Channel.UNSPECIFIED] * n
@@ -203,6 +218,7 @@ def _table_to_dataset(table: pa.Table, mapping: ColumnMapping) -> Dataset:
             merchants,
             channels,
             attributes,
+            categories,
         )
     )
     return Dataset(out, labels)

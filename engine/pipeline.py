@@ -40,11 +40,18 @@ class Snapshot:
     feature_names: tuple[str, ...]  # numeric fields reported in responses, in a stable order
 
 
+#: The steps whose duration `Scored.timings_ns` reports, in order.
+STEPS = ("prepare", "windows", "model", "rules", "record")
+
+
 @dataclass(frozen=True, slots=True)
 class Scored:
     result: ScoreResult
     replayed: bool  # a retry answered from the idempotency record
     fields: dict[str, Any]  # every field the rules saw (empty for a replay)
+    #: ns spent in each of STEPS: validation + enrichment + binding, the window store
+    #: call, the model, rules + decision + answer, the record; zeros where not measured
+    timings_ns: tuple[int, ...] = (0, 0, 0, 0, 0)
 
 
 @dataclass(slots=True)
@@ -57,6 +64,9 @@ class _Pending:
     windows_ok: bool
     score: float = float("nan")
     elapsed_ns: int = 0
+    prepare_ns: int = 0
+    store_ns: int = 0
+    model_ns: int = 0
 
 
 #: What `score_batch` gives for each transaction: its answer, or the error `score` would raise.
@@ -146,7 +156,9 @@ class Pipeline:
         if isinstance(step, Scored):
             return step
         if step.windows_ok:
+            before_model = time.perf_counter_ns()
             step.score = self._predict_one(snap, step.fields)
+            step.model_ns = time.perf_counter_ns() - before_model
         elapsed_ns = time.perf_counter_ns() - started
         return self._conclude(snap, step, elapsed_ns, deadline)
 
@@ -222,6 +234,7 @@ class Pipeline:
         with its windows (NaN when the store could not answer).
         """
         ruleset = snap.ruleset
+        started = time.perf_counter_ns()
         addr = validate(txn, self.limits, int(self.clock() * 1000) if self.check_clock else None)
         if addr is not None and (ip := str(addr)) != txn.ip:
             txn = replace(txn, ip=ip)  # one spelling per address, for windows and retries
@@ -235,6 +248,7 @@ class Pipeline:
         fingerprint = txn.fingerprint() if self.record or getattr(store, "uses_fingerprints", True) else ""
 
         windows_ok = True
+        before_store = time.perf_counter_ns()
         try:
             if time_left_s is not None and time_left_s < store.budget_s + DEADLINE_MARGIN_S:
                 raise StoreUnavailable(f"{time_left_s * 1000:.0f} ms left before the caller's deadline", "deadline")
@@ -247,7 +261,10 @@ class Pipeline:
             if outcome.replay is not None:
                 return Scored(ScoreResult.from_json(outcome.replay), replayed=True, fields={})
             plan.finish_into(outcome.raw, fields)
-        return _Pending(txn, fields, fingerprint, windows_ok)
+        done = time.perf_counter_ns()
+        return _Pending(
+            txn, fields, fingerprint, windows_ok, prepare_ns=before_store - started, store_ns=done - before_store
+        )
 
     def _predict_one(self, snap: Snapshot, fields: dict[str, Any]) -> float:
         """The model's score for one transaction with complete windows (NaN when it fails)."""
@@ -306,6 +323,7 @@ class Pipeline:
             elapsed_us=(elapsed_ns + time.perf_counter_ns() - started) // 1000,
             shadow=tuple(shadow),
         )
+        concluded = time.perf_counter_ns()
         if windows_ok and self.record:
             # The record is a second store call: skipped when it could outlast the
             # caller's deadline (a retry is then scored again, counting nothing twice).
@@ -316,7 +334,14 @@ class Pipeline:
                     self.store.remember(txn.transaction_id, step.fingerprint, result.to_json())
                 except StoreUnavailable as exc:
                     self.on_degraded("record", str(exc))
-        return Scored(result, replayed=False, fields=fields)
+        timings = (
+            step.prepare_ns,
+            step.store_ns,
+            step.model_ns,
+            concluded - started,
+            time.perf_counter_ns() - concluded,
+        )
+        return Scored(result, replayed=False, fields=fields, timings_ns=timings)
 
     @staticmethod
     def _fallback(ruleset: RuleSet, fields: dict[str, Any]) -> Reason:

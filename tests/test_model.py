@@ -82,6 +82,26 @@ def test_model_refused_when_a_window_it_uses_was_redefined(trained_registry: Pat
         load_model(trained_registry, load_ruleset(rules))
 
 
+@pytest.mark.parametrize(
+    "redefined",
+    [
+        "{name: card_count_1d, entity: card_id, aggregate: count, duration: 1d, filter: \"channel == 'web'\"}",
+        "{name: card_count_1d, entity: card_id, aggregate: count, duration: 1d, delay: 1h}",
+    ],
+)
+def test_model_refused_when_a_window_gained_a_filter_or_delay(
+    trained_registry: Path, tmp_path: Path, redefined: str
+) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    text = (rules / "engine.yaml").read_text()
+    original = "{name: card_count_1d, entity: card_id, aggregate: count, duration: 1d}"
+    assert original in text
+    (rules / "engine.yaml").write_text(text.replace(original, redefined))
+    with pytest.raises(ModelInvalid, match="card_count_1d"):
+        load_model(trained_registry, load_ruleset(rules))
+
+
 def test_server_refuses_to_start_with_a_mismatched_model(trained_registry: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(resolve_model_dir(trained_registry), bad)

@@ -170,6 +170,14 @@ def test_rule_hits_are_counted_by_mode(live: Running) -> None:
         assert "NIGHT_NO_DEVICE" not in {r.code for r in resp.reasons}
     text = metrics_text(live)
     assert 'risk_rule_hits_total{mode="shadow",rule_id="unknown_device_at_night"} 3.0' in text
+    # every fresh Score is timed step by step
+    for step in ("prepare", "windows", "model", "rules", "record"):
+        count = next(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(f'risk_step_duration_seconds_count{{step="{step}"}}')
+        )
+        assert count >= 3, step
     channel.close()
 
 

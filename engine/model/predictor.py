@@ -37,13 +37,19 @@ class ModelInvalid(Exception):
 
 
 def window_to_dict(spec: WindowSpec) -> dict[str, Any]:
-    return {
+    """How a window is defined, as a model's metadata records it (filter and delay only when set)."""
+    out: dict[str, Any] = {
         "name": spec.name,
         "entity": list(spec.entity),
         "aggregate": spec.aggregate.value,
         "field": spec.field,
         "duration_ms": spec.duration_ms,
     }
+    if spec.filter is not None:
+        out["filter"] = spec.filter
+    if spec.delay_ms:
+        out["delay_ms"] = spec.delay_ms
+    return out
 
 
 def resolve_model_dir(path: str | Path) -> Path:

@@ -235,6 +235,7 @@ def start(config: ServeConfig) -> Running:
     servicer = RiskEngineServicer(
         pipeline,
         metrics.observe,
+        observe_steps=metrics.observe_steps,
         on_scored=decisions.record if decisions is not None else None,
         on_request=metrics.request,
     )

@@ -49,11 +49,13 @@ class RiskEngineServicer(risk_pb2_grpc.RiskEngineServicer):
         pipeline: Pipeline,
         observe: Callable[[ScoreResult], None] | None = None,
         *,
+        observe_steps: Callable[[tuple[int, ...]], None] | None = None,
         on_scored: Callable[[Transaction, ScoreResult], object] | None = None,
         on_request: OnRequest | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.observe = observe or (lambda result: None)
+        self.observe_steps = observe_steps or (lambda timings: None)
         self.on_scored = on_scored
         self.on_request = on_request
 
@@ -118,6 +120,7 @@ class RiskEngineServicer(risk_pb2_grpc.RiskEngineServicer):
             context.send_initial_metadata((("risk-replayed", "true"),))
         else:
             self.observe(scored.result)
+            self.observe_steps(scored.timings_ns)
             if self.on_scored is not None:
                 self.on_scored(txn, scored.result)
         return to_response(scored.result)

@@ -40,6 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
             "redis_url": args.redis_url,
             "redis_budget_ms": args.redis_budget_ms,
             "threads": args.threads,
+            "workers": args.workers,
             "reload_interval_s": args.reload_interval,
             "log_format": args.log_format,
             "tls_cert": path(args.tls_cert),
@@ -270,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis-url", help="Redis URL (REDIS_URL); empty: the embedded in-process store")
     p.add_argument("--redis-budget-ms", type=float, help="time budget of one Redis call (RISK_REDIS_BUDGET_MS, 50)")
     p.add_argument("--threads", type=int, help="worker threads (RISK_THREADS, 16)")
+    p.add_argument(
+        "--workers", type=int, help="server processes sharing the port, more than 1 needs Redis (RISK_WORKERS, 1)"
+    )
     p.add_argument("--metrics-port", help="Prometheus /metrics port, or 'off' (RISK_METRICS_PORT, 9464)")
     p.add_argument(
         "--reload-interval",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ ENV_VARS = (
     "RISK_REDIS_BUDGET_MS",
     "RISK_IDEMPOTENCY_TTL_S",
     "RISK_THREADS",
+    "RISK_WORKERS",
     "RISK_MAX_CONCURRENT_RPCS",
     "RISK_GRACE_S",
     "RISK_RELOAD_INTERVAL_S",
@@ -101,6 +103,10 @@ class ServeConfig:
     redis_cooldown_ms: float = 500.0
     idempotency_ttl_s: float = 86400.0
     threads: int = 16
+    #: Server processes sharing the port (SO_REUSEPORT), supervised by the parent; more than 1 needs Redis.
+    workers: int = 1
+    #: Set in a worker process of `--workers N` (0..N-1): its scoring socket joins the shared port.
+    worker_index: int | None = None
     max_concurrent_rpcs: int = 256
     grace_s: float = 10.0
     #: How often the rules folder is checked for changes; 0 turns the watcher off (SIGHUP still reloads).
@@ -163,6 +169,7 @@ class ServeConfig:
             "redis_budget_ms": get("RISK_REDIS_BUDGET_MS", _float, d.redis_budget_ms),
             "idempotency_ttl_s": get("RISK_IDEMPOTENCY_TTL_S", _float, d.idempotency_ttl_s),
             "threads": get("RISK_THREADS", _int, d.threads),
+            "workers": get("RISK_WORKERS", _int, d.workers),
             "max_concurrent_rpcs": get("RISK_MAX_CONCURRENT_RPCS", _int, d.max_concurrent_rpcs),
             "grace_s": get("RISK_GRACE_S", _float, d.grace_s),
             "reload_interval_s": get("RISK_RELOAD_INTERVAL_S", _float, d.reload_interval_s),
@@ -217,6 +224,15 @@ class ServeConfig:
             p.append(f"--metrics-port / RISK_METRICS_PORT must be 0..65535 or 'off', got {self.metrics_port}")
         if self.threads < 1:
             p.append(f"--threads / RISK_THREADS must be at least 1, got {self.threads}")
+        if self.workers < 1:
+            p.append(f"--workers / RISK_WORKERS must be at least 1, got {self.workers}")
+        elif self.workers > 1 and not self.redis_url:
+            p.append(
+                f"--workers / RISK_WORKERS {self.workers} needs Redis (--redis-url / REDIS_URL): with the embedded"
+                " in-process store each worker process would keep its own window counts"
+            )
+        elif self.workers > 1 and sys.platform != "linux":
+            p.append(f"--workers / RISK_WORKERS {self.workers} needs Linux (SO_REUSEPORT load balancing)")
         if self.max_concurrent_rpcs < 1:
             p.append(f"RISK_MAX_CONCURRENT_RPCS must be at least 1, got {self.max_concurrent_rpcs}")
         if not self.grace_s >= 0:
@@ -278,6 +294,8 @@ class ServeConfig:
             "redis": self.redacted_redis_url or "embedded",
             "redis_budget_ms": self.redis_budget_ms,
             "threads": self.threads,
+            "workers": self.workers,
+            "worker_index": self.worker_index,
             "max_concurrent_rpcs": self.max_concurrent_rpcs,
             "tls": "mutual" if self.tls_client_ca else ("on" if self.tls else "off"),
             "decision_log": str(self.decision_log) if self.decision_log else "off",

@@ -209,8 +209,13 @@ def start(config: ServeConfig) -> Running:
         futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="score"),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         # No SO_REUSEPORT: a second server on the same port must fail, not silently
-        # split traffic (and, with the in-process store, window state).
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 1024 * 1024)],
+        # split traffic (and, with the in-process store, window state). Except in the
+        # workers of `--workers N`, which share the port their parent checked was free
+        # and holds (engine.service.workers).
+        options=[
+            ("grpc.so_reuseport", 1 if config.worker_index is not None else 0),
+            ("grpc.max_receive_message_length", 1024 * 1024),
+        ],
     )
     health_servicer = VersionedHealth()
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -316,8 +321,12 @@ def start(config: ServeConfig) -> Running:
     )
 
 
-def serve(config: ServeConfig) -> None:
-    """Run until SIGTERM or SIGINT, then drain in-flight calls and exit."""
+def serve(config: ServeConfig, on_started: Callable[[Running], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain in-flight calls and exit.
+
+    With `workers` > 1 this process supervises that many server processes
+    sharing the port instead (`engine.service.workers`).
+    """
     unknown = unknown_env()
     if unknown:
         log.warning(
@@ -325,6 +334,11 @@ def serve(config: ServeConfig) -> None:
             ", ".join(unknown),
             extra={"event": "config"},
         )
+    if config.workers > 1 and config.worker_index is None:
+        from engine.service.workers import supervise
+
+        supervise(config)
+        return
     running = start(config)
     stop = threading.Event()
 
@@ -344,6 +358,8 @@ def serve(config: ServeConfig) -> None:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGHUP, hangup)
+    if on_started is not None:
+        on_started(running)
     while not stop.wait(0.5):
         pass
     running.stop(config.grace_s)

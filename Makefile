@@ -25,10 +25,13 @@ test: install check-redis
 	$(BIN)/pytest -q
 
 check-redis:
-	@if [ -z "$$REDIS_URL" ] && ! command -v redis-server >/dev/null 2>&1; then \
-	  echo "error: the tests need a real Redis: install redis-server (e.g. apt-get install redis-server) or set REDIS_URL" >&2; \
-	  exit 1; \
-	fi
+	@for tool in redis-server redis-cli openssl; do \
+	  if ! command -v $$tool >/dev/null 2>&1; then \
+	    echo "error: the tests need $$tool (a real Redis and a local Redis Cluster; TLS certificates):" \
+	      "install it, e.g. apt-get install redis-server openssl" >&2; \
+	    exit 1; \
+	  fi; \
+	done
 
 lint: install
 	$(BIN)/ruff check .

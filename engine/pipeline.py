@@ -76,6 +76,21 @@ BatchAnswer = Scored | InvalidTransaction | IdempotencyConflict
 _PLACEHOLDER: Any = object()
 
 
+def prepare(
+    ruleset: RuleSet, txn: Transaction, limits: Limits, now_ms: int | None
+) -> tuple[Transaction, dict[str, Any]]:
+    """Validation and enrichment: the transaction in its canonical spelling and its field map.
+
+    Raises InvalidTransaction. Shared by scoring and by the rule tests.
+    """
+    addr = validate(txn, limits, now_ms)
+    if addr is not None and (ip := str(addr)) != txn.ip:
+        txn = replace(txn, ip=ip)  # one spelling per address, for windows and retries
+    fields = ruleset.enricher.enrich(txn, addr)
+    fields["attributes"] = dict(txn.attributes)
+    return txn, fields
+
+
 def model_reasons(ruleset: RuleSet, score: float) -> list[Reason]:
     """The reason the model's thresholds add for a score (none for NaN or a low score)."""
     policy = ruleset.model_policy
@@ -125,7 +140,7 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
         check_clock: bool = True,
         record: bool = True,
-        on_degraded: Callable[[str, str], None] | None = None,
+        on_degraded: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.snapshot = make_snapshot(ruleset, model)
         self.store = store
@@ -133,7 +148,8 @@ class Pipeline:
         self.clock = clock
         self.check_clock = check_clock
         self.record = record
-        self.on_degraded = on_degraded or (lambda cause, detail: None)
+        # on_degraded(cause, detail, kind): kind is the StoreUnavailable kind for store failures, '' otherwise
+        self.on_degraded = on_degraded or (lambda cause, detail, kind: None)
 
     def swap(self, ruleset: RuleSet, model: Model | None) -> None:
         self.snapshot = make_snapshot(ruleset, model)
@@ -221,7 +237,7 @@ class Pipeline:
                 for step, score in zip(with_windows, scores, strict=True):
                     step.score = score
                     if math.isnan(score):
-                        self.on_degraded("model", "the model returned a non-finite score")
+                        self.on_degraded("model", "the model returned a non-finite score", "")
         share = (time.perf_counter_ns() - started) // len(pending)
         for position, step in pending:
             out[position] = self._conclude(snap, step, step.elapsed_ns + share, None)
@@ -235,11 +251,7 @@ class Pipeline:
         """
         ruleset = snap.ruleset
         started = time.perf_counter_ns()
-        addr = validate(txn, self.limits, int(self.clock() * 1000) if self.check_clock else None)
-        if addr is not None and (ip := str(addr)) != txn.ip:
-            txn = replace(txn, ip=ip)  # one spelling per address, for windows and retries
-        fields = ruleset.enricher.enrich(txn, addr)
-        fields["attributes"] = dict(txn.attributes)
+        txn, fields = prepare(ruleset, txn, self.limits, int(self.clock() * 1000) if self.check_clock else None)
         plan = ruleset.windows
         bound = plan.bind(txn.transaction_id, txn.event_time_ms, fields)
         # The fingerprint tells a retry from a reused id: only a store that keeps
@@ -256,7 +268,7 @@ class Pipeline:
         except StoreUnavailable as exc:
             windows_ok = False
             fields.update(plan.missing())
-            self.on_degraded("windows", str(exc))
+            self.on_degraded("windows", str(exc), exc.kind)
         else:
             if outcome.replay is not None:
                 return Scored(ScoreResult.from_json(outcome.replay), replayed=True, fields={})
@@ -278,10 +290,10 @@ class Pipeline:
         try:
             score = model.predict(fields)
         except Exception as exc:  # noqa: BLE001 - a broken model must not fail the payment
-            self.on_degraded("model", f"{type(exc).__name__}: {exc}")
+            self.on_degraded("model", f"{type(exc).__name__}: {exc}", "")
             return float("nan")
         if math.isnan(score):
-            self.on_degraded("model", "the model returned a non-finite score")
+            self.on_degraded("model", "the model returned a non-finite score", "")
         return score
 
     def _conclude(self, snap: Snapshot, step: _Pending, elapsed_ns: int, deadline: float | None) -> Scored:
@@ -328,12 +340,12 @@ class Pipeline:
             # The record is a second store call: skipped when it could outlast the
             # caller's deadline (a retry is then scored again, counting nothing twice).
             if deadline is not None and deadline - time.monotonic() < self.store.budget_s + DEADLINE_MARGIN_S:
-                self.on_degraded("record", "skipped: too close to the caller's deadline")
+                self.on_degraded("record", "skipped: too close to the caller's deadline", "deadline")
             else:
                 try:
                     self.store.remember(txn.transaction_id, step.fingerprint, result.to_json())
                 except StoreUnavailable as exc:
-                    self.on_degraded("record", str(exc))
+                    self.on_degraded("record", str(exc), exc.kind)
         timings = (
             step.prepare_ns,
             step.store_ns,

@@ -173,7 +173,7 @@ def test_score_batch_with_a_failing_model_degrades_each_row_as_score(
             MemoryStore(remember_responses=False),
             check_clock=False,
             record=False,
-            on_degraded=lambda cause, detail: seen.append((cause, detail)),
+            on_degraded=lambda cause, detail, kind: seen.append((cause, detail)),
         )
 
     want = _one_by_one(pipeline(), stream)

@@ -14,11 +14,11 @@ import math
 from dataclasses import dataclass
 
 from engine.decision import decide
-from engine.pipeline import model_reasons
+from engine.pipeline import model_reasons, prepare
 from engine.rules.evaluate import evaluate_rules
 from engine.rules.ruleset import SCORE, RuleSet, RuleTest
 from engine.transaction import Action
-from engine.validation import InvalidTransaction, Limits, validate
+from engine.validation import InvalidTransaction, Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +39,10 @@ def _names(items: frozenset[str]) -> str:
 
 
 def run_rule_test(ruleset: RuleSet, test: RuleTest) -> TestOutcome:
-    txn = test.transaction
     try:
-        addr = validate(txn, Limits(), None)
-        fields = ruleset.enricher.enrich(txn, addr)
+        txn, fields = prepare(ruleset, test.transaction, Limits(), None)
     except InvalidTransaction as exc:
         return TestOutcome(test, None, frozenset(), frozenset(), f"test '{test.name}': invalid transaction: {exc}")
-    fields["attributes"] = dict(txn.attributes)
     fields.update(ruleset.windows.finish([0] * ruleset.windows.raw_size))
     fields.update(test.windows)
     fields.update(test.fields)

@@ -43,24 +43,11 @@ from engine.decisions import DecisionLog
 from engine.pipeline import STEPS
 from engine.reload import ReloadStatus
 from engine.transaction import ReasonSource, ScoreResult
+from engine.windows.store import UNAVAILABLE_KINDS
 
 #: Pipeline steps run from about 5 µs (rules) to a Redis budget (50 ms).
 STEP_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25)
-STORE_ERROR_KINDS = ("timeout", "connection", "cooldown", "deadline", "other")
-
-
-def store_error_kind(detail: str) -> str:
-    """Classify the message of a StoreUnavailable (engine.windows.redis_store, engine.pipeline)."""
-    if "cooling down" in detail:
-        return "cooldown"
-    if "before the caller's deadline" in detail or "too close to the caller's deadline" in detail:
-        return "deadline"
-    if "Timeout" in detail or "timed out" in detail:
-        return "timeout"
-    if "Connection" in detail or "refused" in detail or "reset by peer" in detail or "Busy" in detail:
-        return "connection"
-    return "other"
 
 
 class Metrics:
@@ -104,7 +91,7 @@ class Metrics:
         self._score_codes: dict[str, Counter] = {}
         for cause in ("windows", "model", "record"):
             self.degraded.labels(cause)
-        for kind in STORE_ERROR_KINDS:
+        for kind in UNAVAILABLE_KINDS:
             self.store_errors.labels(kind)
         self._lock = threading.Lock()
         self._status: ReloadStatus | None = None
@@ -150,11 +137,11 @@ class Metrics:
         counter.inc()
         (self._score_latency if method == "Score" else self.latency.labels(method)).observe(seconds)
 
-    def on_degraded(self, cause: str, detail: str) -> None:
-        """Count a degraded step (the pipeline's on_degraded); store failures also by kind."""
+    def on_degraded(self, cause: str, kind: str) -> None:
+        """Count a degraded step (the pipeline's on_degraded); store failures also by their kind."""
         self.degraded.labels(cause).inc()
-        if cause in ("windows", "record"):
-            self.store_errors.labels(store_error_kind(detail)).inc()
+        if kind:
+            self.store_errors.labels(kind).inc()
 
     def watch_decision_log(self, decisions: DecisionLog) -> None:
         """Export the decision log's counters, read at scrape time (nothing on the request thread)."""

@@ -138,15 +138,16 @@ class DegradedLog:
     """
 
     def __init__(self, interval_s: float = 1.0, count: Callable[[str, str], None] | None = None) -> None:
+        """`count(cause, kind)` sees every degraded step, the log line only one per interval and cause."""
         self.interval_s = interval_s
         self.count = count
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}
         self._count: dict[str, int] = {}
 
-    def __call__(self, cause: str, detail: str) -> None:
+    def __call__(self, cause: str, detail: str, kind: str = "") -> None:
         if self.count is not None:
-            self.count(cause, detail)
+            self.count(cause, kind)
         now = time.monotonic()
         with self._lock:
             self._count[cause] = self._count.get(cause, 0) + 1

@@ -26,6 +26,9 @@ from engine.offline.synthetic import generate, write_parquet
 from engine.offline.train import train
 from engine.service.pb import risk_pb2_grpc
 from engine.service.server import Running, start
+from engine.windows.memory import MemoryStore
+from engine.windows.redis_store import RedisStore
+from engine.windows.store import WindowStore
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules"
@@ -179,3 +182,15 @@ def stub(server: Running) -> Iterator[risk_pb2_grpc.RiskEngineStub]:
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     yield risk_pb2_grpc.RiskEngineStub(channel)
     channel.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[WindowStore]:
+    """A window store test runs against the in-process store and a real Redis."""
+    if request.param == "memory":
+        yield MemoryStore()
+    else:
+        url, prefix = request.getfixturevalue("redis_url")
+        s = RedisStore(url, prefix=prefix, budget_s=2.0)
+        yield s
+        s.close()

@@ -1,11 +1,14 @@
-"""Building requests for tests."""
+"""Building requests for tests, and waiting for a server process."""
 
 from __future__ import annotations
 
 import itertools
+import subprocess
 import time
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.service.pb import risk_pb2
 
@@ -51,3 +54,18 @@ def request(
         ms = event_time_ms if event_time_ms is not None else now_ms()
         t.event_time.CopyFrom(Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000))
     return risk_pb2.ScoreRequest(transaction=t)
+
+
+def wait_serving(channel: grpc.Channel, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """Until the server process answers SERVING for risk.v1.RiskEngine; fail if it exits or takes too long."""
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            request = health_pb2.HealthCheckRequest(service="risk.v1.RiskEngine")
+            if health.Check(request, timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None, "server did not become SERVING"
+        time.sleep(0.1)

@@ -16,13 +16,12 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.config import ConfigError, ServeConfig
 from engine.service.pb import admin_pb2, admin_pb2_grpc, risk_pb2_grpc
 from engine.service.server import Running, start
 from tests.conftest import ROOT, RedisProcess, free_port, make_config
-from tests.helpers import request
+from tests.helpers import request, wait_serving
 
 
 @pytest.fixture
@@ -237,16 +236,7 @@ def test_json_logs_one_line_per_event_and_no_redis_password(trained_registry: Pa
     )
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    break
-            except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "server did not become SERVING"
-            time.sleep(0.1)
+        wait_serving(channel, proc)
         stub = risk_pb2_grpc.RiskEngineStub(channel)
         assert not stub.Score(request(card_id="tok_4f9a"), timeout=5).degraded  # the password works
         own_redis.stop()

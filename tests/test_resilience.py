@@ -19,12 +19,11 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import Running, start
 from tests.conftest import ROOT, RedisProcess, free_port, make_config
-from tests.helpers import now_ms, request
+from tests.helpers import now_ms, request, wait_serving
 
 
 @pytest.fixture
@@ -140,19 +139,7 @@ def test_sigterm_drains_the_call_in_flight(trained_registry: Path, own_redis: Re
     )
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if (
-                    health.Check(health_pb2.HealthCheckRequest(service="risk.v1.RiskEngine"), timeout=1).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    break
-            except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "server did not become SERVING"
-            time.sleep(0.1)
+        wait_serving(channel, proc)
         stub = risk_pb2_grpc.RiskEngineStub(channel)
         assert not stub.Score(request(), timeout=5).degraded
 

@@ -7,8 +7,6 @@ never counts twice; late events read their own past and count for later ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from engine.windows.memory import MemoryStore
@@ -35,17 +33,6 @@ def plan() -> WindowPlan:
         allowed_lateness_ms=5 * MIN,
         amount_scale=0.01,
     )
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> Iterator[WindowStore]:
-    if request.param == "memory":
-        yield MemoryStore()
-    else:
-        url, prefix = request.getfixturevalue("redis_url")
-        s = RedisStore(url, prefix=prefix, budget_s=2.0)
-        yield s
-        s.close()
 
 
 def event(

@@ -10,13 +10,9 @@ rounded edge (never an event outside the window).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-
-import pytest
 
 from engine.rules.ruleset import load_ruleset
 from engine.windows.memory import MemoryStore
-from engine.windows.redis_store import RedisStore
 from engine.windows.spec import BUCKET_MS, Aggregate, WindowPlan, WindowSpec
 from engine.windows.store import WindowStore
 
@@ -24,17 +20,6 @@ MIN = 60_000
 HOUR = 60 * MIN
 DAY = 24 * HOUR
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, on an hour boundary
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> Iterator[WindowStore]:
-    if request.param == "memory":
-        yield MemoryStore()
-    else:
-        url, prefix = request.getfixturevalue("redis_url")
-        s = RedisStore(url, prefix=prefix, budget_s=2.0)
-        yield s
-        s.close()
 
 
 def put(store: WindowStore, p: WindowPlan, txid: str, t: int, amount: int = 100, card: str = "c1") -> dict[str, float]:

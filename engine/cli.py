@@ -258,6 +258,41 @@ def _simulate(args: argparse.Namespace) -> int:
     return 1 if stats.errors else 0
 
 
+def _feedback_import(args: argparse.Namespace) -> int:
+    import grpc
+
+    from engine.offline.backtest import BacktestError
+    from engine.offline.datasets import DatasetError
+    from engine.rules.ruleset import parse_duration
+    from engine.service.feedback_client import read_feedback, send_feedback
+
+    delay = None
+    if args.label_delay is not None:
+        delay = parse_duration(args.label_delay)
+        if delay is None:
+            print(
+                f"risk-engine feedback import: --label-delay {args.label_delay!r} is not a duration like 7d",
+                file=sys.stderr,
+            )
+            return 2
+    try:
+        items, unlabeled = read_feedback(args.data, args.mapping, delay)
+    except (BacktestError, DatasetError, ValueError, OSError) as exc:
+        print(f"risk-engine feedback import: {exc}", file=sys.stderr)
+        return 2
+    with grpc.insecure_channel(args.target) as channel:
+        report = send_feedback(channel, items, timeout_s=args.timeout)
+    refused = sum(report.refused.values())
+    print(
+        f"sent {report.sent:,} labels to {args.target}: {report.recorded:,} recorded, "
+        f"{report.duplicates:,} already recorded, {refused:,} refused {dict(report.refused) or ''}; "
+        f"{unlabeled:,} unlabeled rows skipped"
+    )
+    for line in report.first_errors:
+        print(f"  {line}", file=sys.stderr)
+    return 1 if refused else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="risk-engine", description="Real-time transaction risk engine")
@@ -300,6 +335,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="Parquet file to write")
     p.set_defaults(func=_decisions_export)
 
+    feedback = sub.add_parser("feedback", help="label feedback (outcomes known after the fact)").add_subparsers(
+        dest="feedback_command", required=True
+    )
+    p = feedback.add_parser("import", help="send the labels of a file to a running server (the Feedback rpc)")
+    p.add_argument("--data", required=True, help="Parquet or CSV of labeled transactions")
+    p.add_argument("--target", default="127.0.0.1:50051", help="server address (default 127.0.0.1:50051)")
+    p.add_argument("--mapping", default="native", help="column mapping: a preset (native, handbook) or a YAML file")
+    p.add_argument(
+        "--label-delay",
+        help="without a label time column: labels known this long after the transaction (e.g. 7d; default: now)",
+    )
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds per call (default 2)")
+    p.set_defaults(func=_feedback_import)
+
     rules = sub.add_parser("rules", help="work with rule sets").add_subparsers(dest="rules_command", required=True)
     p = rules.add_parser("check", help="validate a rule set; errors with file:line:column")
     p.add_argument("path")
@@ -329,7 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-model", action="store_true", help="backtest the rules alone (score NaN)")
     p.add_argument("--compare", metavar="PATH", help="a second rule set: list the changed decisions and metric deltas")
-    p.add_argument("--mapping", default="native", help="column mapping: a preset (native, handbook) or a YAML file")
+    p.add_argument(
+        "--mapping",
+        default=None,
+        help="column mapping: a preset (native, handbook) or a YAML file "
+        "(default: the rule set's data_mapping, else native)",
+    )
     p.add_argument("--out", required=True, help="folder for transactions.parquet, summary.{json,md}, report.html")
     p.add_argument("--limit", type=int, help="replay only the first N rows of the file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -22,8 +22,9 @@ from engine.enrich import BOOL, NUMBER
 from engine.model.predictor import Model
 from engine.rules.evaluate import evaluate_rules
 from engine.rules.ruleset import SCORE, RuleSet
-from engine.transaction import Action, Reason, ReasonSource, ScoreResult, Transaction
+from engine.transaction import Action, Feedback, FeedbackResult, Reason, ReasonSource, ScoreResult, Transaction
 from engine.validation import InvalidTransaction, Limits, validate
+from engine.windows.spec import LABELS
 from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowStore
 
 # The errors a door must handle, importable from here.
@@ -216,6 +217,52 @@ class Pipeline:
         self._finish_batch(snap, pending, out)
         return out
 
+    def feedback(self, fb: Feedback, time_left_s: float | None = None) -> FeedbackResult:
+        """Record a transaction's outcome in the label windows that count it, once.
+
+        The transaction is validated and enriched as when it was scored (its
+        event time is not checked against the clock: labels come late), and
+        the outcome is added, at `known_at_ms`, to the label series of its
+        entities. A retry with the same content is answered from the record
+        (`duplicate`, even when its `known_at_ms` differs: the first stands); a
+        different outcome for the same transaction is an IdempotencyConflict.
+        Raises InvalidTransaction, IdempotencyConflict and StoreUnavailable: a
+        label is not on a payment's path, so nothing is degraded, the caller
+        retries.
+        """
+        ruleset = self.snapshot.ruleset
+        if fb.outcome not in LABELS:
+            raise InvalidTransaction("outcome", f"must be one of {', '.join(LABELS)}")
+        txn, fields = prepare(ruleset, fb.transaction, self.limits, None)
+        if fb.known_at_ms < txn.event_time_ms:
+            raise InvalidTransaction("known_at", "lies before the transaction's event_time")
+        if self.check_clock and fb.known_at_ms > self.clock() * 1000 + self.limits.max_event_lead_s * 1000:
+            raise InvalidTransaction("known_at", f"lies more than {self.limits.max_event_lead_s:.0f} s in the future")
+        fb = replace(fb, transaction=txn)
+        plan = ruleset.windows
+        bound = plan.bind_feedback(f"label {txn.transaction_id}", fb.known_at_ms, fields, fb.outcome)
+        fingerprint = fb.fingerprint()
+        store = self.store
+        if time_left_s is not None and time_left_s < store.budget_s + DEADLINE_MARGIN_S:
+            raise StoreUnavailable(f"{time_left_s * 1000:.0f} ms left before the caller's deadline", "deadline")
+        outcome = store.apply(plan, bound, fingerprint)
+        if outcome.replay is not None:
+            return FeedbackResult.from_json(outcome.replay, duplicate=True)
+        result = FeedbackResult(
+            transaction_id=txn.transaction_id,
+            outcome=fb.outcome,
+            known_at_ms=fb.known_at_ms,
+            duplicate=False,
+            series_updated=sum(1 for bg in bound.groups if bg.add),
+            ruleset_version=ruleset.version,
+        )
+        if self.record:
+            try:
+                store.remember(bound.transaction_id, fingerprint, result.to_json())
+            except StoreUnavailable as exc:  # counted already; a retry re-adds the same event, once
+                self.on_degraded("record", str(exc), exc.kind)
+        return result
+
     def _finish_batch(
         self,
         snap: Snapshot,
@@ -273,6 +320,8 @@ class Pipeline:
             if outcome.replay is not None:
                 return Scored(ScoreResult.from_json(outcome.replay), replayed=True, fields={})
             plan.finish_into(outcome.raw, fields)
+        if ruleset.features:
+            ruleset.derive(fields)
         done = time.perf_counter_ns()
         return _Pending(
             txn, fields, fingerprint, windows_ok, prepare_ns=before_store - started, store_ns=done - before_store

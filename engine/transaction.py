@@ -151,3 +151,49 @@ class ScoreResult:
                 for c, s, m, a, rid in data.get("sh", ())
             ),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """The outcome of a scored transaction, learned after the fact (a chargeback, a confirmed fraud).
+
+    `transaction` is the transaction as it was scored (its entities say whose
+    label windows count the outcome); `known_at_ms` is when the outcome
+    became known, the time at which label windows count it.
+    """
+
+    transaction: Transaction
+    outcome: str  # engine.windows.spec.FRAUD or GENUINE
+    known_at_ms: int
+
+    def fingerprint(self) -> str:
+        """A digest of the transaction and outcome, to tell a retry from a second, different outcome.
+
+        `known_at_ms` is left out: a retry that lets the server default it to
+        "now" is still the same feedback (the first recording's time stands).
+        """
+        payload = f"{self.transaction.fingerprint()}|{self.outcome}"
+        return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackResult:
+    """What recording a feedback did."""
+
+    transaction_id: str
+    outcome: str
+    known_at_ms: int
+    duplicate: bool  # a retry of a feedback already recorded: nothing counted twice
+    series_updated: int  # label series the outcome was added to (0: no window counts it)
+    ruleset_version: str
+
+    def to_json(self) -> str:
+        return json.dumps(
+            [self.transaction_id, self.outcome, self.known_at_ms, self.series_updated, self.ruleset_version],
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes, duplicate: bool) -> FeedbackResult:
+        txid, outcome, known_at_ms, updated, version = json.loads(text)
+        return cls(txid, outcome, known_at_ms, duplicate, updated, version)

@@ -54,7 +54,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,7 +69,7 @@ import yaml
 from engine.iso import CURRENCY_EXPONENTS
 from engine.model.predictor import Model
 from engine.offline.datasets import PRESETS, ColumnMapping, DatasetError, optional_fields, table_to_dataset
-from engine.offline.replay import ReplayStats, replay
+from engine.offline.replay import LabelEvent, ReplayStats, label_events, replay
 from engine.rules.ruleset import RuleSet
 from engine.transaction import Action, ReasonSource, Transaction
 
@@ -239,8 +239,9 @@ def run_replay(
     ruleset: RuleSet,
     model: Model | None,
     progress: Callable[[int, int], None] | None = None,
+    labels: Sequence[LabelEvent] = (),
 ) -> Run:
-    """Replay and collect decisions, scores, reasons, rule hits and features as arrays."""
+    """Replay (with its label feedback) and collect decisions, scores, reasons, rule hits and features."""
     n = len(transactions)
     rule_ids = [r.id for r in ruleset.rules]
     col_of = {rid: k for k, rid in enumerate(rule_ids)}
@@ -260,7 +261,7 @@ def run_replay(
     rule_source = ReasonSource.RULE
     stats = ReplayStats()
     tick = 0
-    for i, scored in replay(transactions, ruleset, model, stats):
+    for i, scored in replay(transactions, ruleset, model, stats, labels=labels):
         if progress is not None and i >= tick:
             progress(i, n)
             tick = i + 2_000
@@ -660,12 +661,13 @@ def backtest(
     *,
     model: str | Path | None = None,
     compare: str | Path | None = None,
-    mapping: str | Path = "native",
+    mapping: str | Path | None = None,
     limit: int | None = None,
     progress: bool = True,
 ) -> BacktestOutput:
     """Run a backtest and write its outputs into `out`; raises BacktestError on bad input.
 
+    `mapping` None: the rule set's `data_mapping`, else the native schema.
     RuleSetInvalid and ModelInvalid propagate (the CLI reports them).
     """
     from engine.model.predictor import load_model
@@ -674,8 +676,10 @@ def backtest(
 
     timing: dict[str, float] = {}
     started = time.perf_counter()
-    column_mapping = load_mapping(mapping)
     ruleset = load_ruleset(rules)
+    if mapping is None:
+        mapping = ruleset.data_mapping or "native"
+    column_mapping = load_mapping(mapping)
     ruleset_b = load_ruleset(compare) if compare is not None else None
     model_a = load_model(model, ruleset) if model is not None else None
     model_b = load_model(model, ruleset_b) if model is not None and ruleset_b is not None else None
@@ -696,7 +700,11 @@ def backtest(
 
     t0 = time.perf_counter()
     run_a = run_replay(
-        transactions, ruleset, model_a, Progress("replay A" if compare else "replay") if progress else None
+        transactions,
+        ruleset,
+        model_a,
+        Progress("replay A" if compare else "replay") if progress else None,
+        label_events(transactions, labels, dataset.label_times_ms, ruleset),
     )
     timing["replay_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -714,7 +722,13 @@ def backtest(
 
     if ruleset_b is not None:
         t0 = time.perf_counter()
-        run_b = run_replay(transactions, ruleset_b, model_b, Progress("replay B") if progress else None)
+        run_b = run_replay(
+            transactions,
+            ruleset_b,
+            model_b,
+            Progress("replay B") if progress else None,
+            label_events(transactions, labels, dataset.label_times_ms, ruleset_b),
+        )
         timing["replay_b_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         summary_b = summarize(run_b, labels, event_ms)

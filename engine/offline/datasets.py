@@ -42,6 +42,8 @@ class ColumnMapping:
     merchant_category: str | None = None
     channel: str | None = None
     label: str | None = None
+    #: When each label became known (a timestamp or epoch ms column); None: the rule set's label_delay after the event.
+    label_time: str | None = None
     extra: dict[str, str] = field(default_factory=dict)  # attribute name -> column
 
 
@@ -83,6 +85,8 @@ PRESETS: dict[str, ColumnMapping] = {
 class Dataset:
     transactions: list[Transaction]
     labels: np.ndarray | None  # float 0/1 per transaction (NaN: not labeled), when the mapping has a label
+    #: When each label became known, epoch ms (-1: unknown), when the mapping has a label time column.
+    label_times_ms: np.ndarray | None = None
 
 
 class DatasetError(ValueError):
@@ -109,17 +113,22 @@ def _strings(table: pa.Table, column: str | None) -> list[str]:
     return [v if v is not None else "" for v in col.to_pylist()]
 
 
-def _event_ms(table: pa.Table, column: str) -> np.ndarray:
+def _event_ms(table: pa.Table, column: str, missing: int | None = None) -> np.ndarray:
+    """A time column as epoch milliseconds; nulls become `missing` (None: nulls are an error)."""
     if column not in table.column_names:
         raise DatasetError(f"column {column!r} not in the data")
     col = table[column]
     if pa.types.is_timestamp(col.type):
-        col = pc.cast(col, pa.timestamp("ms"))
-        return pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False)
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        parsed = pc.cast(pc.strptime(col, format="%Y-%m-%dT%H:%M:%SZ", unit="ms"), pa.int64())
-        return parsed.to_numpy(zero_copy_only=False)
-    return pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False)
+        col = pc.cast(pc.cast(col, pa.timestamp("ms")), pa.int64())
+    elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        col = pc.cast(pc.strptime(col, format="%Y-%m-%dT%H:%M:%SZ", unit="ms"), pa.int64())
+    else:
+        col = pc.cast(col, pa.int64())
+    if col.null_count:
+        if missing is None:
+            raise DatasetError(f"column {column!r} has {col.null_count} empty values")
+        col = pc.fill_null(col, missing)
+    return col.to_numpy(zero_copy_only=False)
 
 
 def read_dataset(path: str | Path, mapping: ColumnMapping, limit: int | None = None) -> Dataset:
@@ -201,6 +210,9 @@ def _table_to_dataset(table: pa.Table, mapping: ColumnMapping) -> Dataset:
     if mapping.label is not None:
         # Nulls become NaN: an unknown label is not "genuine".
         labels = pc.cast(table[mapping.label], pa.float64()).to_numpy(zero_copy_only=False)
+    label_times = None
+    if mapping.label_time is not None:
+        label_times = _event_ms(table, mapping.label_time, missing=-1)
 
     minors = _minor_units(amounts, currencies, mapping.amount_in_minor_units)
     out = list(
@@ -221,7 +233,7 @@ def _table_to_dataset(table: pa.Table, mapping: ColumnMapping) -> Dataset:
             categories,
         )
     )
-    return Dataset(out, labels)
+    return Dataset(out, labels, label_times)
 
 
 def _minor_units(amounts: np.ndarray, currencies: list[str], in_minor_units: bool) -> list[int]:

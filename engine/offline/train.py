@@ -27,10 +27,44 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from engine.model.predictor import PROMOTED, window_to_dict
 from engine.offline.datasets import PRESETS, read_dataset
-from engine.offline.replay import ReplayStats, print_progress, replay
+from engine.offline.replay import ReplayStats, label_events, print_progress, replay
 from engine.rules.ruleset import load_ruleset
 
 DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The handbook's prequential protocol: one model per test week, trained on the weeks before it.
+
+    For a test week starting on day T, the model is trained on the
+    `train_days` that end `delay_days` before T (the labels of the last
+    week are not known yet when T starts), the last `early_stopping_days` of
+    them held out for early stopping. Cards already known compromised (a
+    fraud more than `delay_days` before a test day) are dropped from that
+    day's test rows, as the book does.
+    """
+
+    test_weeks: tuple[str, ...]  # first day of each 7-day test week (ISO dates)
+    train_days: int = 56
+    delay_days: int = 7
+    early_stopping_days: int = 7
+    test_days: int = 7
+
+
+@dataclass(frozen=True)
+class ThresholdPolicy:
+    """How the review and deny thresholds are chosen, on held-out scores of the model.
+
+    review: the highest threshold that sends at most `review_rate` of all
+    transactions to review or deny; deny: the lowest threshold at which at
+    least `deny_precision` of the transactions at or above it are fraud
+    (at least `min_deny_count` of them), never below the review threshold.
+    """
+
+    review_rate: float = 0.01
+    deny_precision: float = 0.9
+    min_deny_count: int = 20
 
 
 @dataclass(frozen=True)
@@ -40,25 +74,47 @@ class TrainConfig:
     features: tuple[str, ...]
     train: tuple[str, str]  # inclusive ISO dates
     early_stopping: tuple[str, str]
-    test: tuple[str, str]
+    test: tuple[str, str] | None
     params: dict[str, Any]
     num_boost_round: int
     early_stopping_rounds: int
+    validation: Validation | None = None
+    thresholds: ThresholdPolicy = ThresholdPolicy()
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         raw = yaml.safe_load(Path(path).read_text())
         split = raw["split"]
+        validation = None
+        if "validation" in raw:
+            v = raw["validation"]
+            validation = Validation(
+                test_weeks=tuple(str(w) for w in v["test_weeks"]),
+                train_days=int(v.get("train_days", 56)),
+                delay_days=int(v.get("delay_days", 7)),
+                early_stopping_days=int(v.get("early_stopping_days", 7)),
+                test_days=int(v.get("test_days", 7)),
+            )
+        t = raw.get("thresholds", {})
+        policy = ThresholdPolicy(
+            review_rate=float(t.get("review_rate", 0.01)),
+            deny_precision=float(t.get("deny_precision", 0.9)),
+            min_deny_count=int(t.get("min_deny_count", 20)),
+        )
+        if not 0 < policy.review_rate < 1 or not 0 < policy.deny_precision <= 1:
+            raise ValueError(f"{path}: thresholds: review_rate must be in (0, 1), deny_precision in (0, 1]")
         return cls(
             name=raw["name"],
             mapping=raw.get("mapping", "native"),
             features=tuple(raw["features"]),
             train=tuple(split["train"]),  # type: ignore[arg-type]
             early_stopping=tuple(split["early_stopping"]),  # type: ignore[arg-type]
-            test=tuple(split["test"]),  # type: ignore[arg-type]
+            test=tuple(split["test"]) if split.get("test") else None,  # type: ignore[arg-type]
             params=dict(raw.get("params", {})),
             num_boost_round=int(raw.get("num_boost_round", 1000)),
             early_stopping_rounds=int(raw.get("early_stopping_rounds", 50)),
+            validation=validation,
+            thresholds=policy,
         )
 
 
@@ -95,6 +151,164 @@ def card_precision_top_k(
     return float(np.mean(daily)) if daily else 0.0
 
 
+def known_compromised_mask(
+    days: np.ndarray, cards: np.ndarray, labels: np.ndarray, test_days: np.ndarray, delay_days: int
+) -> np.ndarray:
+    """Rows of `test_days` whose card had a fraud more than `delay_days` before that day (the book drops them).
+
+    `days` are day numbers of all rows, `test_days` a boolean mask of the rows
+    to check. On test day d, a card with a fraud on a day before
+    d - delay_days is known compromised (the book's "in the training period
+    or in the delay period up to the test day - 7 days").
+    """
+    first_fraud: dict[Any, int] = {}
+    for day, card in zip(days[labels > 0.5].tolist(), cards[labels > 0.5].tolist(), strict=True):
+        if card not in first_fraud or day < first_fraud[card]:
+            first_fraud[card] = day
+    out = np.zeros(len(days), dtype=bool)
+    for i in np.flatnonzero(test_days).tolist():
+        f = first_fraud.get(cards[i])
+        out[i] = f is not None and f < days[i] - delay_days
+    return out
+
+
+def evaluate_scores(
+    scores: np.ndarray, labels: np.ndarray, days: np.ndarray, cards: np.ndarray
+) -> dict[str, float | int]:
+    """AUC ROC, Average Precision and CP@100 of held-out scores (the data README's definitions)."""
+    return {
+        "rows": len(labels),
+        "frauds": int(labels.sum()),
+        "auc_roc": round(float(roc_auc_score(labels, scores)), 4),
+        "average_precision": round(float(average_precision_score(labels, scores)), 4),
+        "card_precision_top_100": round(card_precision_top_k(days, cards, scores, labels), 4),
+    }
+
+
+def choose_thresholds(scores: np.ndarray, labels: np.ndarray, policy: ThresholdPolicy) -> dict[str, Any]:
+    """Review and deny thresholds by the policy, and what they give on these held-out scores."""
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], labels[order] > 0.5
+    n, frauds = len(ranked), max(int(hits.sum()), 1)
+    k_review = max(int(policy.review_rate * n), 1)
+    review_at = float(ranked[k_review - 1])
+    precision_at_k = np.cumsum(hits) / np.arange(1, n + 1)
+    # Deny: the deepest k (lowest threshold) whose top-k precision meets the target; the
+    # threshold must also separate: the score at k must be above the next one.
+    ok = np.flatnonzero(precision_at_k >= policy.deny_precision)
+    ok = ok[(ok + 1 >= policy.min_deny_count) & (ok + 1 <= k_review)]
+    deny_at = float(ranked[ok[-1]]) if len(ok) else None
+
+    def at(threshold: float | None) -> dict[str, float] | None:
+        if threshold is None:
+            return None
+        flagged = scores >= threshold
+        tp = int((flagged & (labels > 0.5)).sum())
+        return {
+            "threshold": round(threshold, 6),
+            "rate": round(float(flagged.mean()), 6),
+            "precision": round(tp / max(int(flagged.sum()), 1), 4),
+            "recall": round(tp / frauds, 4),
+        }
+
+    return {
+        "review_at": round(review_at, 6),
+        "deny_at": None if deny_at is None else round(deny_at, 6),
+        "policy": {
+            "review_rate": policy.review_rate,
+            "deny_precision": policy.deny_precision,
+            "min_deny_count": policy.min_deny_count,
+        },
+        "review_or_deny": at(review_at),
+        "deny": at(deny_at),
+    }
+
+
+def _fit(
+    x: np.ndarray,
+    y: np.ndarray,
+    train_mask: np.ndarray,
+    es_mask: np.ndarray,
+    config: TrainConfig,
+    params: dict[str, Any],
+) -> lightgbm.Booster:
+    train_set = lightgbm.Dataset(x[train_mask], y[train_mask], feature_name=list(config.features), free_raw_data=False)
+    es_set = lightgbm.Dataset(x[es_mask], y[es_mask], reference=train_set)
+    return lightgbm.train(
+        params,
+        train_set,
+        num_boost_round=config.num_boost_round,
+        valid_sets=[es_set],
+        callbacks=[lightgbm.early_stopping(config.early_stopping_rounds, verbose=False)],
+    )
+
+
+def _iso(day: int) -> str:
+    return datetime.fromtimestamp(day * 86400, UTC).date().isoformat()
+
+
+def validate_prequential(
+    x: np.ndarray,
+    y: np.ndarray,
+    days: np.ndarray,
+    cards: np.ndarray,
+    valid: np.ndarray,
+    config: TrainConfig,
+    params: dict[str, Any],
+    quiet: bool = True,
+) -> dict[str, Any]:
+    """One model per test week (config.validation), scored with the book's protocol; metrics per week and mean."""
+    v = config.validation
+    assert v is not None
+    weeks = []
+    for week in v.test_weeks:
+        test_start = _day_ms(week) // DAY_MS
+        train_end = test_start - v.delay_days  # exclusive
+        es_start = train_end - v.early_stopping_days
+        train_start = train_end - v.train_days
+        train_mask = valid & (days >= train_start) & (days < es_start)
+        es_mask = valid & (days >= es_start) & (days < train_end)
+        test_mask = valid & (days >= test_start) & (days < test_start + v.test_days)
+        test_mask &= ~known_compromised_mask(days, cards, y, test_mask, v.delay_days)
+        for name, m in (("train", train_mask), ("early stopping", es_mask), ("test", test_mask)):
+            if m.sum() == 0 or y[m].sum() == 0:
+                raise ValueError(f"validation week {week}: the {name} period has no rows or no frauds")
+        booster = _fit(x, y, train_mask, es_mask, config, params)
+        scores = np.asarray(booster.predict(x[test_mask], num_iteration=booster.best_iteration))
+        result = evaluate_scores(scores, y[test_mask], days[test_mask], cards[test_mask])
+        weeks.append(
+            {
+                "test": [_iso(test_start), _iso(test_start + v.test_days - 1)],
+                "train": [_iso(train_start), _iso(es_start - 1)],
+                "early_stopping": [_iso(es_start), _iso(train_end - 1)],
+                "best_iteration": booster.best_iteration,
+                **result,
+            }
+        )
+        if not quiet:
+            print(
+                f"  week {week}: AUC {result['auc_roc']:.3f}  AP {result['average_precision']:.3f}  "
+                f"CP@100 {result['card_precision_top_100']:.3f}",
+                flush=True,
+            )
+    mean = {}
+    for key in ("auc_roc", "average_precision", "card_precision_top_100"):
+        values = np.array([w[key] for w in weeks], dtype=np.float64)
+        mean[key] = round(float(values.mean()), 4)
+        mean[f"{key}_std"] = round(float(values.std()), 4)
+    return {
+        "protocol": {
+            "train_days": v.train_days,
+            "delay_days": v.delay_days,
+            "early_stopping_days": v.early_stopping_days,
+            "test_days": v.test_days,
+            "known_compromised_cards_dropped": True,
+        },
+        "weeks": weeks,
+        "mean": mean,
+    }
+
+
 def train(
     data: str | Path,
     rules: str | Path,
@@ -104,7 +318,14 @@ def train(
     promote: bool = False,
     quiet: bool = False,
 ) -> Path:
-    """Train a model and write a versioned model folder under `out`; return its path."""
+    """Train a model and write a versioned model folder under `out`; return its path.
+
+    Replays the data once (with its labels fed back as they became known),
+    then: the prequential validation weeks when configured, the final model
+    on `split`, its thresholds by the policy on its held-out scores (the test
+    period when there is one, else the early-stopping period), a metrics
+    report, and the folder.
+    """
     config = TrainConfig.load(config_path)
     ruleset = load_ruleset(rules)
     unknown = [f for f in config.features if f not in ruleset.numeric_features]
@@ -123,7 +344,10 @@ def train(
     x = np.full((n, len(config.features)), np.nan, dtype=np.float64)
     valid = np.zeros(n, dtype=bool)
     stats = ReplayStats()
-    for i, scored in replay(dataset.transactions, ruleset, None, stats, None if quiet else print_progress):
+    labels = label_events(dataset.transactions, dataset.labels, dataset.label_times_ms, ruleset)
+    for i, scored in replay(
+        dataset.transactions, ruleset, None, stats, None if quiet else print_progress, labels=labels
+    ):
         fields = scored.fields
         x[i] = [float(fields[f]) for f in config.features]
         valid[i] = True
@@ -132,15 +356,17 @@ def train(
         print_progress(n, n)
 
     times = np.array([t.event_time_ms for t in dataset.transactions], dtype=np.int64)
+    days = times // DAY_MS
     cards = np.array([t.card_id for t in dataset.transactions], dtype=object)
-    y = dataset.labels.astype(np.float64)
-    masks = {
-        name: _mask(times, span) & valid
-        for name, span in (("train", config.train), ("early_stopping", config.early_stopping), ("test", config.test))
-    }
+    y = np.nan_to_num(dataset.labels.astype(np.float64), nan=0.0)
+    valid &= ~np.isnan(dataset.labels)  # unlabeled rows take no part in training or metrics
+    spans = {"train": config.train, "early_stopping": config.early_stopping}
+    if config.test is not None:
+        spans["test"] = config.test
+    masks = {name: _mask(times, span) & valid for name, span in spans.items()}
     for name, m in masks.items():
         if m.sum() == 0 or y[m].sum() == 0:
-            raise ValueError(f"the {name} period {getattr(config, name)} has no rows or no frauds in {data}")
+            raise ValueError(f"the {name} period {spans[name]} has no rows or no frauds in {data}")
 
     params = {
         "objective": "binary",
@@ -151,33 +377,23 @@ def train(
         "num_threads": 2,
         **config.params,
     }
-    train_set = lightgbm.Dataset(
-        x[masks["train"]], y[masks["train"]], feature_name=list(config.features), free_raw_data=False
-    )
-    es_set = lightgbm.Dataset(x[masks["early_stopping"]], y[masks["early_stopping"]], reference=train_set)
     fit_started = time.perf_counter()
-    booster = lightgbm.train(
-        params,
-        train_set,
-        num_boost_round=config.num_boost_round,
-        valid_sets=[es_set],
-        callbacks=[lightgbm.early_stopping(config.early_stopping_rounds, verbose=False)],
-    )
+    validation = None
+    if config.validation is not None:
+        validation = validate_prequential(x, y, days, cards, valid, config, params, quiet)
+    booster = _fit(x, y, masks["train"], masks["early_stopping"], config, params)
     fit_seconds = time.perf_counter() - fit_started
 
     metrics: dict[str, Any] = {}
+    held_out = "test" if "test" in masks else "early_stopping"
+    held_scores = np.zeros(0)
     for name, m in masks.items():
         scores = np.asarray(booster.predict(x[m], num_iteration=booster.best_iteration))
-        metrics[name] = {
-            "rows": int(m.sum()),
-            "frauds": int(y[m].sum()),
-            "auc_roc": round(float(roc_auc_score(y[m], scores)), 4),
-            "average_precision": round(float(average_precision_score(y[m], scores)), 4),
-        }
-        if name == "test":
-            metrics[name]["card_precision_top_100"] = round(
-                card_precision_top_k(times[m] // DAY_MS, cards[m], scores, y[m]), 4
-            )
+        metrics[name] = evaluate_scores(scores, y[m], days[m], cards[m])
+        if name == held_out:
+            held_scores = scores
+    thresholds = choose_thresholds(held_scores, y[masks[held_out]], config.thresholds)
+    thresholds["measured_on"] = held_out
 
     text = booster.model_to_string(num_iteration=booster.best_iteration)
     digest = hashlib.sha256(text.encode()).hexdigest()[:10]
@@ -189,19 +405,23 @@ def train(
     (folder / "model.txt").write_text(text)
     data_bytes = Path(data).read_bytes()
     windows = {s.name: s for s in ruleset.windows.specs}
+    derived = {name for name, _ in ruleset.features}
     metadata = {
         "version": version,
         "features": list(config.features),
         "windows": [window_to_dict(windows[f]) for f in config.features if f in windows],
+        "derived_features": [f for f in config.features if f in derived],
         "ruleset_version": ruleset.version,
         "base_currency": ruleset.enricher.money.base,
         "timezone": ruleset.enricher.timezone.key,
         "max_events_per_series": ruleset.windows.max_events_per_series,
+        "label_delay_ms": ruleset.label_delay_ms,
         "training_data": {
             "file": Path(data).name,
             "sha256": hashlib.sha256(data_bytes).hexdigest(),
             "rows": n,
             "rejected": stats.rejected,
+            "labels_fed_back": stats.labels,
             "from": datetime.fromtimestamp(times.min() / 1000, UTC).isoformat(),
             "to": datetime.fromtimestamp(times.max() / 1000, UTC).isoformat(),
             "mapping": config.mapping,
@@ -210,6 +430,8 @@ def train(
         "params": params,
         "best_iteration": booster.best_iteration,
         "metrics": metrics,
+        "validation": validation,
+        "thresholds": thresholds,
         "timing_seconds": {"replay": round(replay_seconds, 1), "fit": round(fit_seconds, 1)},
         "library_versions": {
             "lightgbm": lightgbm.__version__,
@@ -218,6 +440,78 @@ def train(
         },
     }
     (folder / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    (folder / "report.md").write_text(metrics_report(metadata))
     if promote:
         (Path(out) / PROMOTED).write_text(version + "\n")
     return folder
+
+
+def metrics_report(metadata: dict[str, Any]) -> str:
+    """The model folder's report.md: what it was trained on, how well it does, and its thresholds."""
+    lines = [f"# Model {metadata['version']}", ""]
+    data = metadata["training_data"]
+    lines += [
+        f"- **data**: {data['file']} ({data['rows']:,} rows, {data['from'][:10]} to {data['to'][:10]}, "
+        f"sha256 {data['sha256'][:12]}), mapping {data['mapping']}",
+        f"- **rule set**: {metadata['ruleset_version']} ({len(metadata['features'])} features, "
+        f"{len(metadata['windows'])} windows, labels fed back: {data['labels_fed_back']:,})",
+        f"- **final model**: trained on {metadata['split']['train'][0]} to {metadata['split']['train'][1]}, "
+        f"early stopping on {metadata['split']['early_stopping'][0]} to {metadata['split']['early_stopping'][1]} "
+        f"(best iteration {metadata['best_iteration']})",
+        f"- **time**: replay {metadata['timing_seconds']['replay']} s, fitting {metadata['timing_seconds']['fit']} s",
+        "",
+    ]
+    validation = metadata.get("validation")
+    if validation:
+        p = validation["protocol"]
+        lines += [
+            "## Validation (the handbook's prequential protocol)",
+            "",
+            f"One model per test week, trained on the {p['train_days']} days that end {p['delay_days']} days "
+            f"before it (the last {p['early_stopping_days']} for early stopping); cards known compromised "
+            "before a test day are dropped from it.",
+            "",
+            "| test week | trained on | rows | frauds | AUC ROC | AP | CP@100 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for w in validation["weeks"]:
+            lines.append(
+                f"| {w['test'][0]} to {w['test'][1]} | {w['train'][0]} to {w['early_stopping'][1]} | {w['rows']:,} "
+                f"| {w['frauds']:,} | {w['auc_roc']:.3f} | {w['average_precision']:.3f} "
+                f"| {w['card_precision_top_100']:.3f} |"
+            )
+        m = validation["mean"]
+        lines += [
+            f"| **mean ± std** | | | | **{m['auc_roc']:.3f}** ± {m['auc_roc_std']:.3f} "
+            f"| **{m['average_precision']:.3f}** ± {m['average_precision_std']:.3f} "
+            f"| **{m['card_precision_top_100']:.3f}** ± {m['card_precision_top_100_std']:.3f} |",
+            "",
+        ]
+    lines += ["## Final model", "", "| period | rows | frauds | AUC ROC | AP | CP@100 |", "|---|---|---|---|---|---|"]
+    for name, m in metadata["metrics"].items():
+        lines.append(
+            f"| {name} | {m['rows']:,} | {m['frauds']:,} | {m['auc_roc']:.3f} | {m['average_precision']:.3f} "
+            f"| {m['card_precision_top_100']:.3f} |"
+        )
+    t = metadata["thresholds"]
+    pol = t["policy"]
+    lines += [
+        "",
+        "## Thresholds",
+        "",
+        f"Policy: review the top {pol['review_rate']:.2%} of transactions by score; deny where at least "
+        f"{pol['deny_precision']:.0%} of the transactions at or above the threshold are fraud (at least "
+        f"{pol['min_deny_count']} of them). Measured on the {t['measured_on'].replace('_', ' ')} period.",
+        "",
+        "| threshold | score | share of transactions | precision | recall |",
+        "|---|---|---|---|---|",
+    ]
+    for label, key in (("review (or deny)", "review_or_deny"), ("deny", "deny")):
+        at = t[key]
+        if at is None:
+            lines.append(f"| {label} | none: the policy's precision is not reached | | | |")
+        else:
+            lines.append(
+                f"| {label} | {at['threshold']:.4f} | {at['rate']:.3%} | {at['precision']:.1%} | {at['recall']:.1%} |"
+            )
+    return "\n".join(lines) + "\n"

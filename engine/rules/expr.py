@@ -504,8 +504,12 @@ def contradiction(text: str) -> str | None:
     return None
 
 
-def compile_condition(text: str, scope: Scope | Mapping[str, str], label: str = "<rule>") -> Compiled:
-    """Parse, type-check and compile a condition; raise ExprError with a position."""
+def compile_condition(text: str, scope: Scope | Mapping[str, str], label: str = "<rule>", want: str = BOOL) -> Compiled:
+    """Parse, type-check and compile a condition; raise ExprError with a position.
+
+    With `want=NUMBER` the text is a numeric expression instead (a derived
+    feature): a number, or a bool read as 1 or 0.
+    """
     if not isinstance(scope, Scope):
         scope = Scope(scope)
     if not isinstance(text, str) or not text.strip():
@@ -536,10 +540,12 @@ def compile_condition(text: str, scope: Scope | Mapping[str, str], label: str = 
         body, kind = checker.check(tree.body)
     except RecursionError:
         raise ExprError(1, 1, "the condition is nested too deeply") from None
-    if kind != BOOL:
+    if want == BOOL and kind != BOOL:
         raise ExprError(1, 1, f"a condition must be true or false, this one is a {kind}")
+    if want == NUMBER and kind not in (NUMBER, BOOL):
+        raise ExprError(1, 1, f"a feature must be a number (or true/false), this one is a {kind}")
     try:
-        why = contradiction(text)
+        why = contradiction(text) if want == BOOL else None
     except RecursionError:
         why = None
     if why is not None:

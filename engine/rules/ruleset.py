@@ -40,7 +40,16 @@ from engine.rules.expr import Compiled, Condition, ExprError, Scope, compile_con
 from engine.rules.lists import KINDS, MAX_LIST_SIZE, ListValueError, NamedList, hold, load_list_file, parse_value
 from engine.rules.source import Located, LocatedList, YamlError, load_yaml, locate
 from engine.transaction import Action, Channel, Transaction
-from engine.windows.spec import DEFAULT_MAX_EVENTS, EXACT_MS, NUMERIC_FIELDS, Aggregate, WindowPlan, WindowSpec
+from engine.windows.spec import (
+    ANY_LABEL,
+    DEFAULT_MAX_EVENTS,
+    EXACT_MS,
+    LABELS,
+    NUMERIC_FIELDS,
+    Aggregate,
+    WindowPlan,
+    WindowSpec,
+)
 
 SCORE = "score"
 #: Names a window may not take: the score, the attribute map, literals, Python keywords.
@@ -60,6 +69,9 @@ _TOP_KEYS = (
     "allowed_lateness",
     "max_events_per_series",
     "windows",
+    "features",
+    "data_mapping",
+    "label_delay",
     "model",
     "degraded",
     "geoip",
@@ -67,7 +79,9 @@ _TOP_KEYS = (
     "rules",
     "tests",
 )
-_WINDOW_KEYS = ("name", "entity", "aggregate", "field", "duration", "filter", "delay", "description")
+_WINDOW_KEYS = ("name", "entity", "aggregate", "field", "duration", "filter", "delay", "source", "label", "description")
+_FEATURE_KEYS = ("name", "value", "description")
+SOURCES = ("transactions", "feedback")
 _RULE_KEYS = (
     "id",
     "description",
@@ -155,6 +169,20 @@ class RuleSet:
     disabled: tuple[str, ...] = ()  # ids of disabled rules: checked, never evaluated
     tests: tuple[RuleTest, ...] = ()
     files: tuple[str, ...] = ()  # every file the set was read from (rules, lists, geoip)
+    #: Derived features in definition order: (name, compiled expression).
+    features: tuple[tuple[str, Condition], ...] = ()
+    #: Column mapping (a preset name of engine.offline.datasets) that offline commands use by default.
+    data_mapping: str | None = None
+    #: When labels have no time of their own, they become known this long after the transaction.
+    label_delay_ms: int = 7 * 86_400_000
+
+    def derive(self, fields: dict[str, Any]) -> None:
+        """Compute the derived features into `fields` (NaN where a value cannot be computed)."""
+        for name, fn in self.features:
+            try:
+                fields[name] = float(fn(fields))
+            except (ArithmeticError, TypeError, ValueError):
+                fields[name] = math.nan
 
     @property
     def numeric_features(self) -> frozenset[str]:
@@ -194,14 +222,17 @@ class _Builder:
                 self._lines[self.file] = []
         return self._lines[self.file]
 
-    def condition(self, node: Located, key: str, catalog: Mapping[str, str] | Scope, label: str) -> Compiled | None:
+    def condition(
+        self, node: Located, key: str, catalog: Mapping[str, str] | Scope, label: str, want: str = BOOL
+    ) -> Compiled | None:
         text = node.get(key)
         line, col = node.value_at(key)
         if not isinstance(text, str):
-            self.err((line, col), f"'{key}' must be a string holding a condition")
+            what = "a condition" if want == BOOL else "an expression"
+            self.err((line, col), f"'{key}' must be a string holding {what}")
             return None
         try:
-            return compile_condition(text, catalog, label)
+            return compile_condition(text, catalog, label, want)
         except ExprError as exc:
             style = node.value_style.get(key, "")
             at = locate(self.lines(), line, col, style, text, exc.offset)
@@ -249,6 +280,7 @@ def load_ruleset(path: str | Path, *, run_tests: bool = True) -> RuleSet:
 
     settings: dict[str, tuple[str, Located]] = {}
     windows_nodes: list[tuple[str, Located, int, int]] = []
+    feature_nodes: list[tuple[str, Located, int, int]] = []
     rule_nodes: list[tuple[str, Located, int, int]] = []
     test_nodes: list[tuple[str, Located, int, int]] = []
     list_nodes: list[tuple[str, Located]] = []
@@ -261,6 +293,8 @@ def load_ruleset(path: str | Path, *, run_tests: bool = True) -> RuleSet:
             "currency",
             "allowed_lateness",
             "max_events_per_series",
+            "data_mapping",
+            "label_delay",
             "model",
             "degraded",
             "geoip",
@@ -275,7 +309,12 @@ def load_ruleset(path: str | Path, *, run_tests: bool = True) -> RuleSet:
                 list_nodes.append((file, doc["lists"]))
             else:
                 b.err(doc.value_at("lists"), "'lists' must map list names to {kind, values or file}")
-        for key, bucket in (("windows", windows_nodes), ("rules", rule_nodes), ("tests", test_nodes)):
+        for key, bucket in (
+            ("windows", windows_nodes),
+            ("features", feature_nodes),
+            ("rules", rule_nodes),
+            ("tests", test_nodes),
+        ):
             items = doc.get(key)
             if items is None:
                 continue
@@ -335,6 +374,23 @@ def load_ruleset(path: str | Path, *, run_tests: bool = True) -> RuleSet:
         else:
             max_events = got[0]
 
+    data_mapping = None
+    got = setting("data_mapping")
+    if got is not None:
+        if not isinstance(got[0], str) or not _ID.match(got[0]):
+            b.err(got[1], "'data_mapping' must name a column mapping, like 'handbook'")
+        else:
+            data_mapping = got[0]
+
+    label_delay = 7 * 86_400_000
+    got = setting("label_delay")
+    if got is not None:
+        ms = parse_duration(got[0])
+        if ms is None or ms > MAX_WINDOW_MS:
+            b.err(got[1], f"'label_delay' must be a duration from 0s to 90d, like '7d', got {got[0]!r}")
+        else:
+            label_delay = ms
+
     files = [name for name, _ in docs]
     geo = None
     got = setting("geoip")
@@ -350,8 +406,10 @@ def load_ruleset(path: str | Path, *, run_tests: bool = True) -> RuleSet:
     catalog: dict[str, str] = {name: kind for name, (kind, _) in FIELDS.items()}
     for spec in specs:
         catalog[spec.name] = NUMBER
+    lookup_names = {s.name for s in specs}
+    features = _features(b, feature_nodes, catalog, lists, lookup_names)
     catalog[SCORE] = NUMBER
-    window_names = frozenset(s.name for s in specs)
+    window_names = frozenset(lookup_names)  # windows and the features that read them
 
     model_policy = ModelPolicy(None, None)
     got = setting("model")
@@ -385,6 +443,9 @@ def load_ruleset(path: str | Path, *, run_tests: bool = True) -> RuleSet:
         disabled=tuple(disabled),
         tests=tuple(tests),
         files=tuple(files),
+        features=tuple(features),
+        data_mapping=data_mapping,
+        label_delay_ms=label_delay,
     )
     if run_tests and ruleset.tests:
         from engine.rules.testing import run_rule_tests  # testing builds on this module
@@ -522,8 +583,65 @@ def _windows(b: _Builder, nodes: list[tuple[str, Located, int, int]]) -> list[Wi
                 continue
             filter_text = " ".join(str(node.get("filter")).split())
             filter_fn = compiled.fn
-        specs.append(WindowSpec(name, entity, aggregate, duration, fld, filter_text, delay, filter_fn))
+        label = None
+        source = node.get("source", "transactions")
+        if source not in SOURCES:
+            b.err(node.value_at("source"), f"window '{name}': 'source' must be one of {', '.join(SOURCES)}")
+            continue
+        if source == "feedback":
+            label = node.get("label", ANY_LABEL)
+            if label not in (*LABELS, ANY_LABEL):
+                b.err(
+                    node.value_at("label"),
+                    f"window '{name}': 'label' must be one of {', '.join((*LABELS, ANY_LABEL))}",
+                )
+                continue
+        elif "label" in node:
+            b.err(node.key_at("label"), f"window '{name}': 'label' needs 'source: feedback'")
+            continue
+        specs.append(WindowSpec(name, entity, aggregate, duration, fld, filter_text, delay, filter_fn, label))
     return specs
+
+
+def _features(
+    b: _Builder,
+    nodes: list[tuple[str, Located, int, int]],
+    catalog: dict[str, str],
+    lists: Mapping[str, NamedList],
+    window_names: set[str],
+) -> list[tuple[str, Condition]]:
+    """Derived features: named numeric expressions over fields, windows and earlier features.
+
+    Each is added to `catalog` (a number) for the rules and the model. One that
+    reads a window (directly or through another feature) is added to
+    `window_names`, so that rules reading it are skipped when windows are missing.
+    """
+    out: list[tuple[str, Condition]] = []
+    seen: dict[str, str] = {}
+    for file, node, line, col in nodes:
+        b.file = file
+        b.unknown_keys(node, _FEATURE_KEYS, "a feature")
+        name = _named(b, node, "name", (line, col), seen, "feature")
+        if name is None:
+            continue
+        if name in catalog or name in RESERVED:
+            b.err(
+                node.value_at("name"), f"feature name '{name}' is taken (a field, a window or a word of the language)"
+            )
+            continue
+        # `score` is in scope only to refuse it with a clear message below.
+        scope = Scope({**catalog, SCORE: NUMBER}, lists, DOMAINS)
+        compiled = b.condition(node, "value", scope, f"feature '{name}'", want=NUMBER)
+        if compiled is None:
+            continue
+        if SCORE in compiled.names:
+            b.err(node.value_at("value"), f"feature '{name}' may not read the model score: the model reads features")
+            continue
+        catalog[name] = NUMBER
+        if compiled.names & window_names:
+            window_names.add(name)
+        out.append((name, compiled.fn))
+    return out
 
 
 _FILTER_SCOPE = Scope({name: kind for name, (kind, _) in FIELDS.items()}, {}, DOMAINS)

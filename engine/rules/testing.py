@@ -46,6 +46,10 @@ def run_rule_test(ruleset: RuleSet, test: RuleTest) -> TestOutcome:
     fields.update(ruleset.windows.finish([0] * ruleset.windows.raw_size))
     fields.update(test.windows)
     fields.update(test.fields)
+    # Derived features from what the test set, unless the test sets them itself.
+    ruleset.derive(fields)
+    fields.update(test.windows)
+    fields.update(test.fields)
     score = math.nan if test.score is None else test.score
     fields[SCORE] = score
     acting, shadow = evaluate_rules(ruleset, fields, txn.transaction_id, True, not math.isnan(score))

@@ -7,8 +7,9 @@ import math
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from engine.service.pb import risk_pb2
-from engine.transaction import Action, Channel, Reason, ReasonSource, ScoreResult, Transaction
+from engine.transaction import Action, Channel, Feedback, FeedbackResult, Reason, ReasonSource, ScoreResult, Transaction
 from engine.validation import InvalidTransaction, Limits
+from engine.windows.spec import FRAUD, GENUINE
 
 _CHANNELS = {
     risk_pb2.CHANNEL_UNSPECIFIED: Channel.UNSPECIFIED,
@@ -28,9 +29,10 @@ _SOURCES = {
     ReasonSource.SYSTEM: risk_pb2.REASON_SOURCE_SYSTEM,
 }
 _MAX_TIMESTAMP_SECONDS = 253402300799  # 9999-12-31T23:59:59Z, the Timestamp range
+_OUTCOMES = {risk_pb2.OUTCOME_FRAUD: FRAUD, risk_pb2.OUTCOME_GENUINE: GENUINE}
 
 
-def to_transaction(request: risk_pb2.ScoreRequest, limits: Limits) -> Transaction:
+def to_transaction(request: risk_pb2.ScoreRequest | risk_pb2.FeedbackRequest, limits: Limits) -> Transaction:
     """Map a request to a Transaction; raise InvalidTransaction for what the wire allows but we don't.
 
     Field names in errors are relative to `transaction` (the service adds the prefix).
@@ -88,6 +90,16 @@ def from_transaction(txn: Transaction) -> risk_pb2.ScoreRequest:
     )
 
 
+def from_feedback(fb: Feedback) -> risk_pb2.FeedbackRequest:
+    """The request a case-management system would send for a domain feedback (the import command)."""
+    seconds, millis = divmod(fb.known_at_ms, 1000)
+    return risk_pb2.FeedbackRequest(
+        transaction=from_transaction(fb.transaction).transaction,
+        outcome=next(code for code, name in _OUTCOMES.items() if name == fb.outcome),
+        known_at=Timestamp(seconds=seconds, nanos=millis * 1_000_000),
+    )
+
+
 def _reasons(reasons: tuple[Reason, ...]) -> list[risk_pb2.Reason]:
     return [
         risk_pb2.Reason(
@@ -113,4 +125,32 @@ def to_response(result: ScoreResult) -> risk_pb2.ScoreResponse:
         degraded=result.degraded,
         features={k: v for k, v in result.features.items() if not math.isnan(v)},
         elapsed_us=result.elapsed_us,
+    )
+
+
+def to_feedback(request: risk_pb2.FeedbackRequest, limits: Limits, now_ms: int) -> Feedback:
+    """Map a FeedbackRequest; `known_at` defaults to `now_ms`.
+
+    Errors name `outcome` and `known_at` as they are; other fields are
+    relative to `transaction`, as in `to_transaction`.
+    """
+    txn = to_transaction(request, limits)
+    outcome = _OUTCOMES.get(request.outcome)
+    if outcome is None:
+        raise InvalidTransaction("outcome", "must be OUTCOME_FRAUD or OUTCOME_GENUINE")
+    known_at_ms = now_ms
+    if request.HasField("known_at"):
+        ts = request.known_at
+        if not (0 < ts.seconds <= _MAX_TIMESTAMP_SECONDS) or not (0 <= ts.nanos < 1_000_000_000):
+            raise InvalidTransaction("known_at", "is outside the valid timestamp range")
+        known_at_ms = ts.seconds * 1000 + ts.nanos // 1_000_000
+    return Feedback(txn, outcome, known_at_ms)
+
+
+def to_feedback_response(result: FeedbackResult) -> risk_pb2.FeedbackResponse:
+    return risk_pb2.FeedbackResponse(
+        transaction_id=result.transaction_id,
+        duplicate=result.duplicate,
+        series_updated=result.series_updated,
+        ruleset_version=result.ruleset_version,
     )

@@ -9,6 +9,10 @@
 | bytes that are no ScoreRequest | INVALID_ARGUMENT |
 | anything unexpected          | INTERNAL (logged)  |
 
+Feedback maps the same way, except that the window store not answering is
+UNAVAILABLE (a label is not on a payment's path: the caller retries), and a
+second, different outcome for a transaction is ALREADY_EXISTS.
+
 The method is registered with a raw-bytes handler (`handler`) so that a
 request that does not even parse gets INVALID_ARGUMENT rather than gRPC's
 generic INTERNAL "exception deserializing request".
@@ -24,9 +28,10 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from engine.pipeline import IdempotencyConflict, InvalidTransaction, Pipeline
-from engine.service.convert import to_response, to_transaction
+from engine.service.convert import to_feedback, to_feedback_response, to_response, to_transaction
 from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.transaction import ScoreResult, Transaction
+from engine.windows.store import StoreUnavailable
 
 log = logging.getLogger("risk_engine.service")
 
@@ -66,7 +71,12 @@ class RiskEngineServicer(risk_pb2_grpc.RiskEngineServicer):
             request_deserializer=None,
             response_serializer=risk_pb2.ScoreResponse.SerializeToString,
         )
-        return grpc.method_handlers_generic_handler("risk.v1.RiskEngine", {"Score": score})
+        feedback = grpc.unary_unary_rpc_method_handler(
+            self.feedback_bytes,
+            request_deserializer=None,
+            response_serializer=risk_pb2.FeedbackResponse.SerializeToString,
+        )
+        return grpc.method_handlers_generic_handler("risk.v1.RiskEngine", {"Score": score, "Feedback": feedback})
 
     def score_bytes(self, raw: bytes, context: grpc.ServicerContext) -> risk_pb2.ScoreResponse:
         started = time.perf_counter()
@@ -83,6 +93,47 @@ class RiskEngineServicer(risk_pb2_grpc.RiskEngineServicer):
             context.abort(refused.code, refused.details)
         self._answered("OK", started)
         return response
+
+    def feedback_bytes(self, raw: bytes, context: grpc.ServicerContext) -> risk_pb2.FeedbackResponse:
+        started = time.perf_counter()
+        try:
+            try:
+                request = risk_pb2.FeedbackRequest.FromString(raw)
+            except DecodeError:
+                raise _Refused(
+                    grpc.StatusCode.INVALID_ARGUMENT, "request: not a valid risk.v1.FeedbackRequest message"
+                ) from None
+            response = self._feedback(request, context)
+        except _Refused as refused:
+            self._answered(refused.code.name, started)
+            context.abort(refused.code, refused.details)
+        self._answered("OK", started)
+        return response
+
+    def _feedback(self, request: risk_pb2.FeedbackRequest, context: grpc.ServicerContext) -> risk_pb2.FeedbackResponse:
+        try:
+            fb = to_feedback(request, self.pipeline.limits, int(self.pipeline.clock() * 1000))
+            result = self.pipeline.feedback(fb, context.time_remaining())
+        except InvalidTransaction as exc:
+            path = exc.field if exc.field in ("transaction", "outcome", "known_at") else f"transaction.{exc.field}"
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{path}: {exc.reason}") from None
+        except IdempotencyConflict:
+            raise _Refused(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"transaction.transaction_id: {request.transaction.transaction_id!r} already has a different "
+                "feedback (outcome or known_at)",
+            ) from None
+        except StoreUnavailable as exc:
+            raise _Refused(grpc.StatusCode.UNAVAILABLE, f"window store unavailable ({exc.kind}): retry") from None
+        except Exception:
+            log.exception(
+                "unexpected error while recording feedback",
+                extra={"event": "error", "transaction_id": request.transaction.transaction_id[:128]},
+            )
+            raise _Refused(
+                grpc.StatusCode.INTERNAL, "internal error while recording feedback; see the server log"
+            ) from None
+        return to_feedback_response(result)
 
     def Score(self, request: risk_pb2.ScoreRequest, context: grpc.ServicerContext) -> risk_pb2.ScoreResponse:  # noqa: N802
         started = time.perf_counter()

@@ -62,6 +62,10 @@ STORED_NUMBERS: dict[str, tuple[str, int, float | None]] = {
     "day_of_week": ("day_of_week", 1, 1.0),
 }
 
+#: Outcomes of label feedback a window can hold (WindowSpec.label).
+FRAUD, GENUINE, ANY_LABEL = "fraud", "genuine", "any"
+LABELS = (FRAUD, GENUINE)
+
 #: Window read modes: exact; bucketed without delay (old part in buckets, the
 #: current hour exact); bucketed with delay (whole buckets only).
 EXACT, BUCKETED, BUCKETED_DELAYED = 0, 1, 2
@@ -81,6 +85,10 @@ class WindowSpec:
     delay_ms: int = 0
     #: The compiled filter (engine.rules.expr); compared through `filter`.
     filter_fn: Callable[[Mapping[str, Any]], bool] | None = dc_field(default=None, compare=False, repr=False)
+    #: Which events the window holds: None for scored transactions; for label
+    #: feedback, the outcome it counts (FRAUD, GENUINE, or ANY_LABEL for both).
+    #: A feedback event's time is when its label became known.
+    label: str | None = None
 
     @property
     def bucketed(self) -> bool:
@@ -114,6 +122,7 @@ class Group:
     bucket_retention_ms: int = 0  # of the buckets: longest bucketed reach + lateness; 0: no buckets
     filter: str | None = None
     filter_fn: Callable[[Mapping[str, Any]], bool] | None = dc_field(default=None, compare=False, repr=False)
+    label: str | None = None  # feedback groups: the outcome they hold (see WindowSpec.label)
     # Derived once at load, read on every transaction:
     tag: str = ""  # the entity's fields joined: 'card_id' or 'card_id+merchant_id'
     storage: str = ""  # stable name of the series: 'card_id', 'card_id#amount_base_minor', + '?f<hash>'
@@ -136,13 +145,17 @@ class Group:
         bucket_retention_ms: int = 0,
         filter_text: str | None = None,
         filter_fn: Callable[[Mapping[str, Any]], bool] | None = None,
+        label: str | None = None,
     ) -> Group:
         tag = "+".join(entity)
         storage = tag if value_field is None else f"{tag}#{value_field}"
         suffix = ""
+        if label is not None:  # label feedback never shares a series with transactions
+            suffix = f":l{label}"
+            storage += f"!{label}"
         if filter_text is not None:
             digest = hashlib.sha256(filter_text.encode()).hexdigest()[:10]
-            suffix = f":f{digest}"
+            suffix += f":f{digest}"
             storage += f"?f{digest}"
         numeric = value_field in STORED_NUMBERS
         layout = (
@@ -162,6 +175,7 @@ class Group:
             bucket_retention_ms,
             filter_text,
             filter_fn,
+            label,
             tag,
             storage,
             suffix,
@@ -191,8 +205,8 @@ class BoundWindows(NamedTuple):
     groups: tuple[BoundGroup, ...]  # only groups whose entity is present
 
 
-#: A group's key (entity, stored field, filter) and one window need (key, code, duration, delay, mode).
-_GroupKey = tuple[tuple[str, ...], str | None, str | None]
+#: A group's key (entity, stored field, filter, label) and one window need (key, code, duration, delay, mode).
+_GroupKey = tuple[tuple[str, ...], str | None, str | None, str | None]
 _Need = tuple[_GroupKey, int, int, int, int]
 
 
@@ -240,9 +254,9 @@ class WindowPlan:
         for spec in self.specs:
             if spec.filter is not None and spec.filter not in filters:
                 filters[spec.filter] = spec.filter_fn or compile_filter(spec.filter)
-            count_key = (spec.entity, None, spec.filter)
+            count_key = (spec.entity, None, spec.filter, spec.label)
             stored = None if spec.field is None else NUMERIC_FIELDS.get(spec.field, spec.field)
-            value_key = (spec.entity, stored, spec.filter)
+            value_key = (spec.entity, stored, spec.filter, spec.label)
             d, delay = spec.duration_ms, spec.delay_ms
             mode = (BUCKETED_DELAYED if delay else BUCKETED) if spec.bucketed else EXACT
             if spec.aggregate is Aggregate.COUNT:
@@ -284,9 +298,17 @@ class WindowPlan:
                     buckets,
                     key[2],
                     filters.get(key[2]),
+                    key[3],
                 )
             )
         self.groups = tuple(groups)
+        #: Outcomes some window counts: replay makes feedback events only for these.
+        self.labels = frozenset(
+            label
+            for g in self.groups
+            if g.label is not None
+            for label in (LABELS if g.label == ANY_LABEL else (g.label,))
+        )
         self.raw_size = len(index)
         # What `bind` reads per group: the entity's one field (None when composite),
         # the stored value's source field and multiplier, and the filter.
@@ -298,6 +320,7 @@ class WindowPlan:
                 STORED_NUMBERS[g.value_field][1] if g.value_field in STORED_NUMBERS else 0,
                 g.filter,
                 g.filter_fn,
+                g.label,
             )
             for g in self.groups
         )
@@ -316,9 +339,23 @@ class WindowPlan:
         self._finish_rows = tuple((name, *row) for name, row in zip(self.names, self._finish, strict=True))
 
     def bind(self, transaction_id: str, event_time_ms: int, fields: Mapping[str, Any]) -> BoundWindows:
+        """A scored transaction: added to the windows of transactions (that it passes), read from all."""
+        return self._bind(transaction_id, event_time_ms, fields, None)
+
+    def bind_feedback(self, event_id: str, known_at_ms: int, fields: Mapping[str, Any], label: str) -> BoundWindows:
+        """A label that became known at `known_at_ms` for the transaction whose fields are `fields`.
+
+        Only the feedback groups that hold `label` take part (added when the
+        transaction passes their filter); nothing is read for the caller.
+        """
+        return self._bind(event_id, known_at_ms, fields, label)
+
+    def _bind(self, event_id: str, event_time_ms: int, fields: Mapping[str, Any], feedback: str | None) -> BoundWindows:
         bound = []
         passed: dict[str, bool] = {}
-        for g, single, source, multiplier, filter_text, filter_fn in self._binders:
+        for g, single, source, multiplier, filter_text, filter_fn, label in self._binders:
+            if feedback is not None and (label is None or (label != feedback and label != ANY_LABEL)):
+                continue  # a label touches only the feedback groups of its outcome
             if single is not None:
                 entity_value = fields[single]
                 if entity_value == "":
@@ -336,14 +373,16 @@ class WindowPlan:
                 value = str(round(fields[source] * multiplier))
             else:
                 value = str(fields[source])
-            if filter_text is None:
+            if feedback is None and label is not None:
+                bound.append(BoundGroup(g, entity_value, value, False))  # a transaction only reads labels
+            elif filter_text is None:
                 bound.append(BoundGroup(g, entity_value, value))
             else:
                 ok = passed.get(filter_text)
                 if ok is None:
                     ok = passed[filter_text] = filter_fn is not None and _passes(filter_fn, fields)
                 bound.append(BoundGroup(g, entity_value, value, ok))
-        return BoundWindows(transaction_id, event_time_ms, tuple(bound))
+        return BoundWindows(event_id, event_time_ms, tuple(bound))
 
     def finish(self, raw: Sequence[int]) -> dict[str, float]:
         """Turn the store's raw integers (0 where absent) into named window values."""

@@ -32,6 +32,12 @@ class ReasonSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REASON_SOURCE_RULE: _ClassVar[ReasonSource]
     REASON_SOURCE_MODEL: _ClassVar[ReasonSource]
     REASON_SOURCE_SYSTEM: _ClassVar[ReasonSource]
+
+class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_UNSPECIFIED: _ClassVar[Outcome]
+    OUTCOME_FRAUD: _ClassVar[Outcome]
+    OUTCOME_GENUINE: _ClassVar[Outcome]
 CHANNEL_UNSPECIFIED: Channel
 CHANNEL_APP: Channel
 CHANNEL_WEB: Channel
@@ -45,6 +51,9 @@ REASON_SOURCE_UNSPECIFIED: ReasonSource
 REASON_SOURCE_RULE: ReasonSource
 REASON_SOURCE_MODEL: ReasonSource
 REASON_SOURCE_SYSTEM: ReasonSource
+OUTCOME_UNSPECIFIED: Outcome
+OUTCOME_FRAUD: Outcome
+OUTCOME_GENUINE: Outcome
 
 class Transaction(_message.Message):
     __slots__ = ("transaction_id", "event_time", "amount_minor", "currency", "user_id", "card_id", "device_id", "ip", "country", "merchant_id", "channel", "attributes", "merchant_category")
@@ -90,18 +99,30 @@ class ScoreRequest(_message.Message):
     def __init__(self, transaction: _Optional[_Union[Transaction, _Mapping]] = ...) -> None: ...
 
 class Reason(_message.Message):
-    __slots__ = ("code", "source", "rule_id", "message", "action")
+    __slots__ = ("code", "source", "rule_id", "message", "action", "contributions")
     CODE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
     code: str
     source: ReasonSource
     rule_id: str
     message: str
     action: Decision
-    def __init__(self, code: _Optional[str] = ..., source: _Optional[_Union[ReasonSource, str]] = ..., rule_id: _Optional[str] = ..., message: _Optional[str] = ..., action: _Optional[_Union[Decision, str]] = ...) -> None: ...
+    contributions: _containers.RepeatedCompositeFieldContainer[Contribution]
+    def __init__(self, code: _Optional[str] = ..., source: _Optional[_Union[ReasonSource, str]] = ..., rule_id: _Optional[str] = ..., message: _Optional[str] = ..., action: _Optional[_Union[Decision, str]] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ...) -> None: ...
+
+class Contribution(_message.Message):
+    __slots__ = ("feature", "value", "contribution")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    value: float
+    contribution: float
+    def __init__(self, feature: _Optional[str] = ..., value: _Optional[float] = ..., contribution: _Optional[float] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("transaction_id", "decision", "score", "reasons", "ruleset_version", "model_version", "degraded", "features", "elapsed_us", "shadow_reasons")
@@ -133,3 +154,25 @@ class ScoreResponse(_message.Message):
     elapsed_us: int
     shadow_reasons: _containers.RepeatedCompositeFieldContainer[Reason]
     def __init__(self, transaction_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., ruleset_version: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., features: _Optional[_Mapping[str, float]] = ..., elapsed_us: _Optional[int] = ..., shadow_reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("transaction", "outcome", "known_at")
+    TRANSACTION_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_AT_FIELD_NUMBER: _ClassVar[int]
+    transaction: Transaction
+    outcome: Outcome
+    known_at: _timestamp_pb2.Timestamp
+    def __init__(self, transaction: _Optional[_Union[Transaction, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., known_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("transaction_id", "duplicate", "series_updated", "ruleset_version")
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    SERIES_UPDATED_FIELD_NUMBER: _ClassVar[int]
+    RULESET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    transaction_id: str
+    duplicate: bool
+    series_updated: int
+    ruleset_version: str
+    def __init__(self, transaction_id: _Optional[str] = ..., duplicate: _Optional[bool] = ..., series_updated: _Optional[int] = ..., ruleset_version: _Optional[str] = ...) -> None: ...

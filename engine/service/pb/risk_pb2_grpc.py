@@ -41,6 +41,11 @@ class RiskEngineStub:
                 request_serializer=risk_dot_v1_dot_risk__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=risk_dot_v1_dot_risk__pb2.ScoreResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/risk.v1.RiskEngine/Feedback',
+                request_serializer=risk_dot_v1_dot_risk__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=risk_dot_v1_dot_risk__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class RiskEngineServicer:
@@ -59,6 +64,23 @@ class RiskEngineServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Feedback records the outcome of a scored transaction, learned after the
+        fact (a chargeback, a confirmed fraud, an analyst's review), so that
+        label windows (e.g. a merchant's frauds known over 7 days) count it from
+        `known_at` on. Not on the payment's path: nothing is degraded, a store
+        that cannot answer gives UNAVAILABLE and the caller retries.
+
+        Idempotent on `transaction.transaction_id`: a retry with the same
+        transaction and outcome returns `duplicate = true` and counts nothing
+        twice (the first `known_at` stands); another outcome for the same
+        transaction fails with ALREADY_EXISTS.
+        Malformed input fails with INVALID_ARGUMENT naming the field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RiskEngineServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -66,6 +88,11 @@ def add_RiskEngineServicer_to_server(servicer, server):
                     servicer.Score,
                     request_deserializer=risk_dot_v1_dot_risk__pb2.ScoreRequest.FromString,
                     response_serializer=risk_dot_v1_dot_risk__pb2.ScoreResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=risk_dot_v1_dot_risk__pb2.FeedbackRequest.FromString,
+                    response_serializer=risk_dot_v1_dot_risk__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -96,6 +123,33 @@ class RiskEngine:
             '/risk.v1.RiskEngine/Score',
             risk_dot_v1_dot_risk__pb2.ScoreRequest.SerializeToString,
             risk_dot_v1_dot_risk__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/risk.v1.RiskEngine/Feedback',
+            risk_dot_v1_dot_risk__pb2.FeedbackRequest.SerializeToString,
+            risk_dot_v1_dot_risk__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

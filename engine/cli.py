@@ -156,15 +156,20 @@ def _rules_fields(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     windows = {s.name: s for s in rs.windows.specs}
+    derived = {name: text for name, _, text in rs.features}
     for name, kind in rs.catalog.items():
         if name in FIELDS:
             meaning = FIELDS[name][1]
         elif name == SCORE:
             meaning = "the model's fraud probability (NaN when the model could not run)"
+        elif name in derived:
+            meaning = f"feature: {derived[name]}"
         else:
             s = windows[name]
             of = f"({s.field})" if s.field else ""
-            meaning = f"window: {s.aggregate.value}{of} per {'+'.join(s.entity)} over {s.duration_ms // 1000} s"
+            what = "window" if s.label is None else f"label window ({s.label})"
+            delay = f", delayed {s.delay_ms // 1000} s" if s.delay_ms else ""
+            meaning = f"{what}: {s.aggregate.value}{of} per {'+'.join(s.entity)} over {s.duration_ms // 1000} s{delay}"
         print(f"{name:32} {kind:7} {meaning}")
     print(f"{'attributes.KEY':32} {'string':7} a gateway attribute ('' when not sent)")
     for name, named in sorted(rs.lists.items()):

@@ -91,7 +91,7 @@ def pipeline(folder: Path, store: WindowStore) -> Pipeline:
 def test_label_windows_and_features_load(tmp_path: Path) -> None:
     ruleset = load_ruleset(rules_dir(tmp_path))
     assert ruleset.windows.labels == {"fraud", "genuine"}  # the 'any' window needs both
-    assert [name for name, _ in ruleset.features] == ["merchant_fraud_ratio_7d", "merchant_risky"]
+    assert [name for name, _, _ in ruleset.features] == ["merchant_fraud_ratio_7d", "merchant_risky"]
     assert ruleset.catalog["merchant_fraud_ratio_7d"] == "number"
     assert ruleset.data_mapping == "native"
     assert ruleset.label_delay_ms == 2 * DAY

@@ -405,7 +405,7 @@ def train(
     (folder / "model.txt").write_text(text)
     data_bytes = Path(data).read_bytes()
     windows = {s.name: s for s in ruleset.windows.specs}
-    derived = {name for name, _ in ruleset.features}
+    derived = {name for name, _, _ in ruleset.features}
     metadata = {
         "version": version,
         "features": list(config.features),

@@ -169,8 +169,8 @@ class RuleSet:
     disabled: tuple[str, ...] = ()  # ids of disabled rules: checked, never evaluated
     tests: tuple[RuleTest, ...] = ()
     files: tuple[str, ...] = ()  # every file the set was read from (rules, lists, geoip)
-    #: Derived features in definition order: (name, compiled expression).
-    features: tuple[tuple[str, Condition], ...] = ()
+    #: Derived features in definition order: (name, compiled expression, its text).
+    features: tuple[tuple[str, Condition, str], ...] = ()
     #: Column mapping (a preset name of engine.offline.datasets) that offline commands use by default.
     data_mapping: str | None = None
     #: When labels have no time of their own, they become known this long after the transaction.
@@ -178,7 +178,7 @@ class RuleSet:
 
     def derive(self, fields: dict[str, Any]) -> None:
         """Compute the derived features into `fields` (NaN where a value cannot be computed)."""
-        for name, fn in self.features:
+        for name, fn, _ in self.features:
             try:
                 fields[name] = float(fn(fields))
             except (ArithmeticError, TypeError, ValueError):
@@ -609,14 +609,14 @@ def _features(
     catalog: dict[str, str],
     lists: Mapping[str, NamedList],
     window_names: set[str],
-) -> list[tuple[str, Condition]]:
+) -> list[tuple[str, Condition, str]]:
     """Derived features: named numeric expressions over fields, windows and earlier features.
 
     Each is added to `catalog` (a number) for the rules and the model. One that
     reads a window (directly or through another feature) is added to
     `window_names`, so that rules reading it are skipped when windows are missing.
     """
-    out: list[tuple[str, Condition]] = []
+    out: list[tuple[str, Condition, str]] = []
     seen: dict[str, str] = {}
     for file, node, line, col in nodes:
         b.file = file
@@ -640,7 +640,7 @@ def _features(
         catalog[name] = NUMBER
         if compiled.names & window_names:
             window_names.add(name)
-        out.append((name, compiled.fn))
+        out.append((name, compiled.fn, " ".join(str(node.get("value")).split())))
     return out
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from engine.decision import decide
 from engine.enrich import BOOL, NUMBER
-from engine.model.predictor import Model
+from engine.model.predictor import Model, applicable_thresholds
 from engine.rules.evaluate import evaluate_rules
 from engine.rules.ruleset import SCORE, RuleSet
 from engine.transaction import Action, Reason, ReasonSource, ScoreResult, Transaction
@@ -91,26 +91,32 @@ def prepare(
     return txn, fields
 
 
-def model_reasons(ruleset: RuleSet, score: float) -> list[Reason]:
-    """The reason the model's thresholds add for a score (none for NaN or a low score)."""
-    policy = ruleset.model_policy
+def model_reasons(ruleset: RuleSet, score: float, model: Model | None = None) -> list[Reason]:
+    """The reason the model's thresholds add for a score (none for NaN or a low score).
+
+    The thresholds are those `applicable_thresholds` gives: the rule set's
+    `model:` section where it sets them, else the model's own; the message
+    says which.
+    """
     if math.isnan(score):
         return []
-    if policy.deny_at is not None and score >= policy.deny_at:
+    thresholds = applicable_thresholds(ruleset, model)
+    deny, review = thresholds.deny_at, thresholds.review_at
+    if deny is not None and score >= deny.value:
         return [
             Reason(
                 "MODEL_SCORE_HIGH",
                 ReasonSource.MODEL,
-                f"model score {score:.3f} >= deny threshold {policy.deny_at}",
+                f"model score {score:.3f} >= deny threshold {deny.value} ({deny.source})",
                 Action.DENY,
             )
         ]
-    if policy.review_at is not None and score >= policy.review_at:
+    if review is not None and score >= review.value:
         return [
             Reason(
                 "MODEL_SCORE_ELEVATED",
                 ReasonSource.MODEL,
-                f"model score {score:.3f} >= review threshold {policy.review_at}",
+                f"model score {score:.3f} >= review threshold {review.value} ({review.source})",
                 Action.REVIEW,
             )
         ]
@@ -309,7 +315,7 @@ class Pipeline:
         reasons: list[Reason] = []
         acting, shadow = evaluate_rules(ruleset, fields, txn.transaction_id, windows_ok, score_ok)
         reasons.extend(acting)
-        reasons.extend(model_reasons(ruleset, score))
+        reasons.extend(model_reasons(ruleset, score, model))
         if not windows_ok:
             reasons.append(self._fallback(ruleset, fields))
         if model_failed:

@@ -25,7 +25,10 @@ Records (one JSON object per line, `"v": 1`): `decided_at_ms`, `transaction`
 model did not run), `degraded`, `reasons` and `shadow` (rules that fired,
 acting and shadow, with code, source, rule id, action and message),
 `features` (name -> number, null when unknown), `ruleset_version`,
-`model_version`, `elapsed_us`.
+`model_version`, `elapsed_us`, and `challenger` (null unless a challenger
+model runs: the other model's `model_version`, `score`, the `decision` it
+would have given, `challenger_decided` and `mode`; see
+`engine.transaction.ChallengerResult`).
 
 Exporting. `export` reads the files, keeps the transactions whose event time
 lies in [since, until) (the last record of a transaction scored more than
@@ -33,7 +36,11 @@ once), joins labels from a feedback file (CSV or Parquet:
 `transaction_id,label[,label_time]`) and writes a Parquet file in the
 project's native schema plus `label`, the decision, score, versions and one
 column per feature: `risk-engine train --data` and `backtest --data` read it
-as it is.
+as it is. With a challenger, the columns `champion_version`,
+`champion_score`, `champion_decision`, `challenger_version`,
+`challenger_score`, `challenger_decision`, `challenger_mode` and
+`challenger_decided` put both models side by side whichever one decided
+(null where no challenger ran).
 """
 
 from __future__ import annotations
@@ -104,7 +111,50 @@ def to_record(decided_at: float, txn: Transaction, result: ScoreResult) -> dict[
         "ruleset_version": result.ruleset_version,
         "model_version": result.model_version,
         "elapsed_us": result.elapsed_us,
+        "challenger": _challenger(result),
     }
+
+
+def _challenger(result: ScoreResult) -> dict[str, Any] | None:
+    c = result.challenger
+    if c is None:
+        return None
+    return {
+        "model_version": c.model_version,
+        "score": _finite(c.score),
+        "decision": c.decision.name.lower(),
+        "challenger_decided": c.challenger_decided,
+        "mode": c.mode,
+    }
+
+
+def _champion_and_challenger(record: dict[str, Any]) -> dict[str, Any]:
+    """Both models of a record side by side, whichever one decided (all None without a challenger)."""
+    other = record.get("challenger")
+    if not other:
+        return dict.fromkeys(CHALLENGER_COLUMNS)
+    decided = {"version": record["model_version"], "score": record["score"], "decision": record["decision"]}
+    slot = {"version": other["model_version"], "score": other["score"], "decision": other["decision"]}
+    champion, challenger = (slot, decided) if other["challenger_decided"] else (decided, slot)
+    return {
+        **{f"champion_{k}": v for k, v in champion.items()},
+        **{f"challenger_{k}": v for k, v in challenger.items()},
+        "challenger_mode": other["mode"],
+        "challenger_decided": other["challenger_decided"],
+    }
+
+
+#: The export's champion/challenger columns (`_champion_and_challenger`).
+CHALLENGER_COLUMNS = (
+    "champion_version",
+    "champion_score",
+    "champion_decision",
+    "challenger_version",
+    "challenger_score",
+    "challenger_decision",
+    "challenger_mode",
+    "challenger_decided",
+)
 
 
 @dataclass
@@ -515,6 +565,10 @@ def export(
     )
     columns["ruleset_version"] = [r["ruleset_version"] for r in rows]
     columns["model_version"] = [r["model_version"] for r in rows]
+    pairs = [_champion_and_challenger(r) for r in rows]
+    for name in CHALLENGER_COLUMNS:
+        kind = pa.float64() if name.endswith("_score") else pa.bool_() if name.endswith("_decided") else pa.string()
+        columns[name] = pa.array([pair[name] for pair in pairs], kind)
     for name in feature_names:
         column = name if name not in columns else f"feature_{name}"
         columns[column] = pa.array([r["features"].get(name) for r in rows], pa.float64())

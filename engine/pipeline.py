@@ -7,6 +7,14 @@ reasons -> record of the response for retries.
 The rule set and model in use form one immutable `Snapshot`; `swap` replaces
 it with a single reference assignment, so a request always sees one
 consistent pair.
+
+A snapshot may also hold a challenger model (`engine.model.registry`): it
+scores the same fields after the champion. In shadow mode it never decides;
+in split mode it decides the transactions whose stable bucket falls in its
+share (when it could score them). Either way the answer records the other
+model's version, score and the decision it would have given
+(`ScoreResult.challenger`), and a failing challenger never fails or
+degrades the answer.
 """
 
 from __future__ import annotations
@@ -19,10 +27,20 @@ from typing import Any
 
 from engine.decision import decide
 from engine.enrich import BOOL, NUMBER
-from engine.model.predictor import Model
+from engine.model.predictor import Model, applicable_thresholds
+from engine.model.registry import Challenger
 from engine.rules.evaluate import evaluate_rules
 from engine.rules.ruleset import SCORE, RuleSet
-from engine.transaction import Action, Feedback, FeedbackResult, Reason, ReasonSource, ScoreResult, Transaction
+from engine.transaction import (
+    Action,
+    ChallengerResult,
+    Feedback,
+    FeedbackResult,
+    Reason,
+    ReasonSource,
+    ScoreResult,
+    Transaction,
+)
 from engine.validation import InvalidTransaction, Limits, validate
 from engine.windows.spec import LABELS
 from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowStore
@@ -39,6 +57,7 @@ class Snapshot:
     ruleset: RuleSet
     model: Model | None  # None only offline, to compute features before a model exists
     feature_names: tuple[str, ...]  # numeric fields reported in responses, in a stable order
+    challenger: Challenger | None = None  # a second model beside `model`, in shadow or split mode
 
 
 #: The steps whose duration `Scored.timings_ns` reports, in order.
@@ -68,6 +87,7 @@ class _Pending:
     prepare_ns: int = 0
     store_ns: int = 0
     model_ns: int = 0
+    challenger_score: float = float("nan")
 
 
 #: What `score_batch` gives for each transaction: its answer, or the error `score` would raise.
@@ -92,35 +112,41 @@ def prepare(
     return txn, fields
 
 
-def model_reasons(ruleset: RuleSet, score: float) -> list[Reason]:
-    """The reason the model's thresholds add for a score (none for NaN or a low score)."""
-    policy = ruleset.model_policy
+def model_reasons(ruleset: RuleSet, score: float, model: Model | None = None) -> list[Reason]:
+    """The reason the model's thresholds add for a score (none for NaN or a low score).
+
+    The thresholds are those `applicable_thresholds` gives: the rule set's
+    `model:` section where it sets them, else the model's own; the message
+    says which.
+    """
     if math.isnan(score):
         return []
-    if policy.deny_at is not None and score >= policy.deny_at:
+    thresholds = applicable_thresholds(ruleset, model)
+    deny, review = thresholds.deny_at, thresholds.review_at
+    if deny is not None and score >= deny.value:
         return [
             Reason(
                 "MODEL_SCORE_HIGH",
                 ReasonSource.MODEL,
-                f"model score {score:.3f} >= deny threshold {policy.deny_at}",
+                f"model score {score:.3f} >= deny threshold {deny.value} ({deny.source})",
                 Action.DENY,
             )
         ]
-    if policy.review_at is not None and score >= policy.review_at:
+    if review is not None and score >= review.value:
         return [
             Reason(
                 "MODEL_SCORE_ELEVATED",
                 ReasonSource.MODEL,
-                f"model score {score:.3f} >= review threshold {policy.review_at}",
+                f"model score {score:.3f} >= review threshold {review.value} ({review.source})",
                 Action.REVIEW,
             )
         ]
     return []
 
 
-def make_snapshot(ruleset: RuleSet, model: Model | None) -> Snapshot:
+def make_snapshot(ruleset: RuleSet, model: Model | None, challenger: Challenger | None = None) -> Snapshot:
     names = tuple(sorted(n for n, t in ruleset.catalog.items() if t in (NUMBER, BOOL)))
-    return Snapshot(ruleset, model, names)
+    return Snapshot(ruleset, model, names, challenger)
 
 
 class Pipeline:
@@ -142,8 +168,9 @@ class Pipeline:
         check_clock: bool = True,
         record: bool = True,
         on_degraded: Callable[[str, str, str], None] | None = None,
+        challenger: Challenger | None = None,
     ) -> None:
-        self.snapshot = make_snapshot(ruleset, model)
+        self.snapshot = make_snapshot(ruleset, model, challenger)
         self.store = store
         self.limits = limits or Limits()
         self.clock = clock
@@ -152,8 +179,8 @@ class Pipeline:
         # on_degraded(cause, detail, kind): kind is the StoreUnavailable kind for store failures, '' otherwise
         self.on_degraded = on_degraded or (lambda cause, detail, kind: None)
 
-    def swap(self, ruleset: RuleSet, model: Model | None) -> None:
-        self.snapshot = make_snapshot(ruleset, model)
+    def swap(self, ruleset: RuleSet, model: Model | None, challenger: Challenger | None = None) -> None:
+        self.snapshot = make_snapshot(ruleset, model, challenger)
 
     def score(self, txn: Transaction, time_left_s: float | None = None) -> Scored:
         """Score one transaction.
@@ -175,6 +202,8 @@ class Pipeline:
         if step.windows_ok:
             before_model = time.perf_counter_ns()
             step.score = self._predict_one(snap, step.fields)
+            if snap.challenger is not None:
+                step.challenger_score = self._predict_challenger(snap.challenger, (step,))[0]
             step.model_ns = time.perf_counter_ns() - before_model
         elapsed_ns = time.perf_counter_ns() - started
         return self._conclude(snap, step, elapsed_ns, deadline)
@@ -285,6 +314,9 @@ class Pipeline:
                     step.score = score
                     if math.isnan(score):
                         self.on_degraded("model", "the model returned a non-finite score", "")
+        if snap.challenger is not None and with_windows:
+            for step, score in zip(with_windows, self._predict_challenger(snap.challenger, with_windows), strict=True):
+                step.challenger_score = score
         share = (time.perf_counter_ns() - started) // len(pending)
         for position, step in pending:
             out[position] = self._conclude(snap, step, step.elapsed_ns + share, None)
@@ -349,8 +381,9 @@ class Pipeline:
         """Rules, decision with reasons, and the record of the response for retries."""
         started = time.perf_counter_ns()
         ruleset = snap.ruleset
-        model = snap.model
-        txn, fields, score, windows_ok = step.txn, step.fields, step.score, step.windows_ok
+        # The model that decides (the champion, or a split challenger) and the other one.
+        model, score, other, other_score, challenger_decided = self._roles(snap, step)
+        txn, fields, windows_ok = step.txn, step.fields, step.windows_ok
         score_ok = not math.isnan(score)
         model_failed = model is not None and windows_ok and not score_ok
         fields[SCORE] = score
@@ -358,7 +391,7 @@ class Pipeline:
         reasons: list[Reason] = []
         acting, shadow = evaluate_rules(ruleset, fields, txn.transaction_id, windows_ok, score_ok)
         reasons.extend(acting)
-        reasons.extend(model_reasons(ruleset, score))
+        reasons.extend(model_reasons(ruleset, score, model))
         if not windows_ok:
             reasons.append(self._fallback(ruleset, fields))
         if model_failed:
@@ -383,6 +416,7 @@ class Pipeline:
             features={name: float(fields[name]) for name in snap.feature_names},
             elapsed_us=(elapsed_ns + time.perf_counter_ns() - started) // 1000,
             shadow=tuple(shadow),
+            challenger=self._other_result(snap, step, other, other_score, challenger_decided),
         )
         concluded = time.perf_counter_ns()
         if windows_ok and self.record:
@@ -403,6 +437,47 @@ class Pipeline:
             time.perf_counter_ns() - concluded,
         )
         return Scored(result, replayed=False, fields=fields, timings_ns=timings)
+
+    def _predict_challenger(self, challenger: Challenger, steps: Sequence[_Pending]) -> list[float]:
+        """The challenger's scores for transactions with complete windows: NaN where it fails, never an error."""
+        try:
+            if len(steps) == 1:
+                return [challenger.model.predict(steps[0].fields)]
+            return challenger.model.predict_many([step.fields for step in steps])
+        except Exception as exc:  # noqa: BLE001 - a broken challenger must not touch the champion's answer
+            if len(steps) > 1:  # then each alone, exactly as `score` would
+                return [self._predict_challenger(challenger, (step,))[0] for step in steps]
+            self.on_degraded("challenger", f"{type(exc).__name__}: {exc}", "")
+            return [float("nan")]
+
+    @staticmethod
+    def _roles(snap: Snapshot, step: _Pending) -> tuple[Model | None, float, Model | None, float, bool]:
+        """(deciding model, its score, other model, its score, whether the challenger decides).
+
+        The challenger decides in split mode when the transaction's stable
+        bucket falls in its share and it gave a score; otherwise the champion.
+        """
+        challenger = snap.challenger
+        if challenger is None:
+            return snap.model, step.score, None, float("nan"), False
+        if challenger.decides(step.txn.transaction_id) and not math.isnan(step.challenger_score):
+            return challenger.model, step.challenger_score, snap.model, step.score, True
+        return snap.model, step.score, challenger.model, step.challenger_score, False
+
+    def _other_result(
+        self, snap: Snapshot, step: _Pending, model: Model | None, score: float, challenger_decided: bool
+    ) -> ChallengerResult | None:
+        """The model that did not decide: its score and the decision it would have given (same rules, not acted on)."""
+        if snap.challenger is None or model is None:
+            return None
+        ruleset = snap.ruleset
+        fields = {**step.fields, SCORE: score}
+        acting, _ = evaluate_rules(ruleset, fields, step.txn.transaction_id, step.windows_ok, not math.isnan(score))
+        acting.extend(model_reasons(ruleset, score, model))
+        if not step.windows_ok:
+            acting.append(self._fallback(ruleset, fields))
+        decision, _ = decide(acting)
+        return ChallengerResult(model.version, score, decision, challenger_decided, snap.challenger.mode)
 
     @staticmethod
     def _fallback(ruleset: RuleSet, fields: dict[str, Any]) -> Reason:

@@ -1,12 +1,13 @@
 """Live reload: watching the rules folder, accepting a new rule set only when it is sound, swapping it in.
 
 A `Reloader` polls the files of the rule set (the YAML, the list files, the
-geoip database, the model registry's PROMOTED file) once per interval. When
+geoip database, the model registry's PROMOTED and CHALLENGER files) once per interval. When
 they change, it waits until they have stayed unchanged for one more
 interval (an analyst copying several files is not caught half-way), then
 loads the new set: parse, type-check, compile, run the rule tests, and load
-the model against it. Only if all of that succeeds does it swap the new rule
-set and model into the pipeline, in one reference assignment between
+the model (and the challenger, if the registry names one) against it. Only
+if all of that succeeds does it swap the new rule set and models into the
+pipeline, in one reference assignment between
 requests. A refused set is logged with its errors and the old one keeps
 serving; `status` says which version is active and what the last failure was.
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine.model.predictor import PROMOTED, Model, ModelInvalid, load_model
+from engine.model.registry import CHALLENGER, Challenger, load_challenger
 from engine.pipeline import Pipeline
 from engine.rules.errors import RuleSetInvalid
 from engine.rules.ruleset import RuleSet, load_ruleset
@@ -44,12 +46,14 @@ class ReloadStatus:
     last_failure_at: float = 0.0  # 0: never
     last_failure: str = ""  # the errors of the last refused set ('' when the last attempt succeeded)
     last_attempt_ok: bool = True
+    challenger: str = ""  # the challenger model and its mode, e.g. "v2 (split 10%)" ('' when none)
 
 
 def _watched_files(rules: Path, ruleset: RuleSet, model: Path) -> list[Path]:
-    """Files outside the rules folder that the set reads (e.g. a geoip database), and PROMOTED."""
+    """Files outside the rules folder that the set reads (e.g. a geoip database), PROMOTED and CHALLENGER."""
     files = {Path(f) for f in ruleset.files}
     files.add(model / PROMOTED)
+    files.add(model / CHALLENGER)
     return sorted(files)
 
 
@@ -68,6 +72,10 @@ def _fingerprint(files: list[Path], rules: Path) -> str:
         except OSError:
             h.update(f"{path}\0missing\n".encode())
     return h.hexdigest()
+
+
+def _describe(challenger: Challenger | None) -> str:
+    return "" if challenger is None else f"{challenger.model.version} ({challenger.describe()})"
 
 
 class Reloader:
@@ -93,6 +101,7 @@ class Reloader:
             ruleset_digest=snap.ruleset.digest,
             model_version=snap.model.version if snap.model is not None else "",
             loaded_at=time.time(),
+            challenger=_describe(snap.challenger),
         )
         self._lock = threading.Lock()  # one reload at a time (watcher and SIGHUP)
         self._files = _watched_files(rules, snap.ruleset, model)
@@ -113,6 +122,7 @@ class Reloader:
                 try:
                     ruleset = load_ruleset(self.rules)
                     model: Model = load_model(self.model_path, ruleset)
+                    challenger = load_challenger(self.model_path, ruleset)
                     failure = ""
                 except RuleSetInvalid as exc:
                     failure = f"rule set refused ({len(exc.errors)} error(s)):\n{exc}"
@@ -128,7 +138,7 @@ class Reloader:
                 return self._refused(before, "the rule files kept changing while they were loaded; try again")
             if failure:
                 return self._refused(before, failure)
-            self.pipeline.swap(ruleset, model)
+            self.pipeline.swap(ruleset, model, challenger)
             files = _watched_files(self.rules, ruleset, self.model_path)
             self._seen = before if files == self._files else _fingerprint(files, self.rules)
             self._files = files
@@ -139,16 +149,18 @@ class Reloader:
                 ruleset_digest=ruleset.digest,
                 model_version=model.version,
                 loaded_at=time.time(),
+                challenger=_describe(challenger),
                 reloads_ok=old.reloads_ok + 1,
                 last_attempt_ok=True,
             )
             log.info(
-                "reloaded: rule set %s (%s, %d rules, %d tests passed), model %s",
+                "reloaded: rule set %s (%s, %d rules, %d tests passed), model %s, challenger %s",
                 ruleset.version,
                 ruleset.digest,
                 len(ruleset.rules),
                 len(ruleset.tests),
                 model.version,
+                self.status.challenger or "none",
                 extra={
                     "event": "reload",
                     "result": "ok",

@@ -97,6 +97,23 @@ class Reason:
 
 
 @dataclass(frozen=True, slots=True)
+class ChallengerResult:
+    """The second model of a champion/challenger pair, scored on the same fields as the one that decided.
+
+    Normally the challenger. When the challenger decided (split mode, the
+    transaction in its share), the roles swap: the answer's score and model
+    version are the challenger's and this holds the champion's, so both
+    scores are always recorded.
+    """
+
+    model_version: str
+    score: float  # NaN when the model could not score
+    decision: Action  # what this model's score would have decided with the same rules (not acted on)
+    challenger_decided: bool  # True: the challenger decided and this is the champion
+    mode: str  # "shadow" or "split"
+
+
+@dataclass(frozen=True, slots=True)
 class ScoreResult:
     """The engine's answer for one transaction."""
 
@@ -111,6 +128,8 @@ class ScoreResult:
     elapsed_us: int = 0
     #: Rules that fired in shadow (or in the shadow part of a rollout): recorded, not acted on.
     shadow: tuple[Reason, ...] = ()
+    #: The other model of a champion/challenger pair (None: no challenger is running).
+    challenger: ChallengerResult | None = None
 
     def to_json(self) -> str:
         """Serialise for the idempotency record (a retry gets this back)."""
@@ -126,9 +145,17 @@ class ScoreResult:
                 "f": self.features,
                 "e": self.elapsed_us,
                 "sh": [[r.code, r.source.value, r.message, int(r.action), r.rule_id] for r in self.shadow],
+                **self._challenger_json(),
             },
             separators=(",", ":"),
         )
+
+    def _challenger_json(self) -> dict[str, Any]:
+        """The challenger's part of the record ("ch"; left out when no challenger ran)."""
+        c = self.challenger
+        if c is None:
+            return {}
+        return {"ch": [c.model_version, c.score, int(c.decision), c.challenger_decided, c.mode]}
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ScoreResult:
@@ -149,6 +176,11 @@ class ScoreResult:
             shadow=tuple(
                 Reason(code=c, source=ReasonSource(s), message=m, action=Action(a), rule_id=rid)
                 for c, s, m, a, rid in data.get("sh", ())
+            ),
+            challenger=None
+            if (ch := data.get("ch")) is None
+            else ChallengerResult(
+                model_version=ch[0], score=ch[1], decision=Action(ch[2]), challenger_decided=ch[3], mode=ch[4]
             ),
         )
 

@@ -49,7 +49,10 @@ def test_contract_names_the_gateway_depends_on() -> None:
         "features": 8,
         "elapsed_us": 9,
         "shadow_reasons": 10,
+        "challenger": 11,
     }
+    challenger = {f.name: f.number for f in risk_pb2.ChallengerResult.DESCRIPTOR.fields}
+    assert challenger == {"model_version": 1, "score": 2, "decision": 3, "challenger_decided": 4, "mode": 5}
     assert [v.name for v in risk_pb2.Decision.DESCRIPTOR.values] == [
         "DECISION_UNSPECIFIED",
         "DECISION_ALLOW",

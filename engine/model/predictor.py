@@ -2,9 +2,14 @@
 
 A model folder holds `model.txt` (LightGBM's text format) and
 `metadata.json`: the version, the ordered feature names, the definitions of
-the windows those features come from, the training data and the metrics. A
-registry folder (`models/`) holds model folders and a `PROMOTED` file naming
-the one to serve.
+the windows those features come from, the training data, the metrics and
+optionally the score thresholds chosen at training (`thresholds: {review_at,
+deny_at}`). A registry folder (`models/`) holds model folders and a
+`PROMOTED` file naming the one to serve (`engine.model.registry`).
+
+Which thresholds apply is decided in one place, `applicable_thresholds`: a
+threshold the rule set's `model:` section sets (an analyst's explicit
+override) wins; otherwise the model's own.
 
 At load the model is checked against the rule set it will serve with: every
 feature must be a numeric field the pipeline produces, every window it uses
@@ -50,6 +55,62 @@ _DTYPE_FLOAT64 = 1
 
 class ModelInvalid(Exception):
     """The model cannot be served with this rule set (or cannot be read)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """One score threshold and where it comes from: "rule set" or "model"."""
+
+    value: float
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """The score thresholds that apply (None: that threshold is not set anywhere)."""
+
+    review_at: Threshold | None
+    deny_at: Threshold | None
+
+
+def model_thresholds(metadata: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(review_at, deny_at) from a model's metadata (`thresholds`), each None when absent.
+
+    Raises ModelInvalid when they are present but not numbers in [0, 1], or review_at > deny_at.
+    """
+    raw = metadata.get("thresholds")
+    if raw is None:
+        return None, None
+    if not isinstance(raw, Mapping):
+        raise ModelInvalid(f"metadata 'thresholds' must be a mapping with review_at and/or deny_at, got {raw!r}")
+    values: list[float | None] = []
+    for key in ("review_at", "deny_at"):
+        value = raw.get(key)
+        if value is None:
+            values.append(None)
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            raise ModelInvalid(f"metadata thresholds.{key} must be a number in [0, 1], got {value!r}")
+        values.append(float(value))
+    review, deny = values
+    if review is not None and deny is not None and review > deny:
+        raise ModelInvalid(f"metadata thresholds: review_at {review} is above deny_at {deny}")
+    return review, deny
+
+
+def applicable_thresholds(ruleset: RuleSet, model: Model | None) -> Thresholds:
+    """The thresholds that apply to a model's score: each the rule set's when it sets it, else the model's."""
+    policy = ruleset.model_policy
+    own = model.thresholds if model is not None else (None, None)
+    chosen: list[Threshold | None] = []
+    for from_rules, from_model in zip((policy.review_at, policy.deny_at), own, strict=True):
+        if from_rules is not None:
+            chosen.append(Threshold(from_rules, "rule set"))
+        elif from_model is not None:
+            chosen.append(Threshold(from_model, "model"))
+        else:
+            chosen.append(None)
+    return Thresholds(chosen[0], chosen[1])
 
 
 def window_to_dict(spec: WindowSpec) -> dict[str, Any]:
@@ -176,6 +237,12 @@ class Model:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_row", operator.itemgetter(*self.features))
+        object.__setattr__(self, "_thresholds", model_thresholds(self.metadata))
+
+    @property
+    def thresholds(self) -> tuple[float | None, float | None]:
+        """(review_at, deny_at) chosen at training (metadata `thresholds`), each None when not given."""
+        return self._thresholds  # type: ignore[attr-defined, no-any-return]
 
     def vector(self, fields: Mapping[str, Any]) -> np.ndarray:
         """The feature row in the model's order (bools as 0/1, missing as NaN)."""

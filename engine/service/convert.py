@@ -113,6 +113,19 @@ def _reasons(reasons: tuple[Reason, ...]) -> list[risk_pb2.Reason]:
     ]
 
 
+def _challenger(result: ScoreResult) -> risk_pb2.ChallengerResult | None:
+    c = result.challenger
+    if c is None:
+        return None
+    return risk_pb2.ChallengerResult(
+        model_version=c.model_version,
+        score=c.score,
+        decision=_DECISIONS[c.decision],
+        challenger_decided=c.challenger_decided,
+        mode=c.mode,
+    )
+
+
 def to_response(result: ScoreResult) -> risk_pb2.ScoreResponse:
     return risk_pb2.ScoreResponse(
         transaction_id=result.transaction_id,
@@ -125,6 +138,7 @@ def to_response(result: ScoreResult) -> risk_pb2.ScoreResponse:
         degraded=result.degraded,
         features={k: v for k, v in result.features.items() if not math.isnan(v)},
         elapsed_us=result.elapsed_us,
+        challenger=_challenger(result),
     )
 
 

@@ -4,7 +4,8 @@ Health (`grpc.health.v1`): NOT_SERVING until the rule set and the model are
 loaded, SERVING after, NOT_SERVING again once a shutdown starts. Every health
 answer carries trailing metadata naming what serves and how the last reload
 went (`risk-ruleset-version`, `risk-ruleset-digest`, `risk-model-version`,
-`risk-last-reload`: `ok` or `failed <unix time>: <first error>`). SIGTERM or
+`risk-challenger`: the challenger model and its mode or '', `risk-last-reload`:
+`ok` or `failed <unix time>: <first error>`). SIGTERM or
 SIGINT stop accepting new calls and let in-flight ones finish within the
 grace period; SIGHUP reloads the rule set at once (it is also watched).
 
@@ -32,6 +33,7 @@ from grpc_reflection.v1alpha import reflection
 from engine.config import ConfigError, ServeConfig, unknown_env
 from engine.decisions import DecisionLog
 from engine.model.predictor import load_model
+from engine.model.registry import load_challenger
 from engine.pipeline import Pipeline
 from engine.reload import Reloader, ReloadStatus
 from engine.rules.ruleset import load_ruleset
@@ -70,6 +72,7 @@ class VersionedHealth(health.HealthServicer):
             ("risk-ruleset-version", _ascii(status.ruleset_version)),
             ("risk-ruleset-digest", status.ruleset_digest),
             ("risk-model-version", _ascii(status.model_version)),
+            ("risk-challenger", _ascii(status.challenger)),
             ("risk-last-reload", _ascii(last)),
         )
 
@@ -226,9 +229,17 @@ def start(config: ServeConfig) -> Running:
 
     ruleset = load_ruleset(config.rules)
     model = load_model(config.model, ruleset)
+    challenger = load_challenger(config.model, ruleset)
     store = make_store(config)
     metrics = Metrics()
-    pipeline = Pipeline(ruleset, model, store, limits=config.limits, on_degraded=DegradedLog(count=metrics.on_degraded))
+    pipeline = Pipeline(
+        ruleset,
+        model,
+        store,
+        limits=config.limits,
+        on_degraded=DegradedLog(count=metrics.on_degraded),
+        challenger=challenger,
+    )
     decisions = make_decision_log(config, metrics)
 
     def on_change(status: ReloadStatus) -> None:

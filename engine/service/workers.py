@@ -140,11 +140,14 @@ class _Worker:
 
 
 def _check_loads(config: ServeConfig) -> None:
-    """Load the rule set and the model once here: a bad one fails as it does with one process."""
+    """Load the rule set and the models once here: a bad one fails as it does with one process."""
     from engine.model.predictor import load_model
+    from engine.model.registry import load_challenger
     from engine.rules.ruleset import load_ruleset
 
-    load_model(config.model, load_ruleset(config.rules))
+    ruleset = load_ruleset(config.rules)
+    load_model(config.model, ruleset)
+    load_challenger(config.model, ruleset)
 
 
 def supervise(config: ServeConfig) -> None:

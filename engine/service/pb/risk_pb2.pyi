@@ -125,7 +125,7 @@ class Contribution(_message.Message):
     def __init__(self, feature: _Optional[str] = ..., value: _Optional[float] = ..., contribution: _Optional[float] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("transaction_id", "decision", "score", "reasons", "ruleset_version", "model_version", "degraded", "features", "elapsed_us", "shadow_reasons")
+    __slots__ = ("transaction_id", "decision", "score", "reasons", "ruleset_version", "model_version", "degraded", "features", "elapsed_us", "shadow_reasons", "challenger")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +143,7 @@ class ScoreResponse(_message.Message):
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_US_FIELD_NUMBER: _ClassVar[int]
     SHADOW_REASONS_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGER_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     decision: Decision
     score: float
@@ -153,7 +154,22 @@ class ScoreResponse(_message.Message):
     features: _containers.ScalarMap[str, float]
     elapsed_us: int
     shadow_reasons: _containers.RepeatedCompositeFieldContainer[Reason]
-    def __init__(self, transaction_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., ruleset_version: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., features: _Optional[_Mapping[str, float]] = ..., elapsed_us: _Optional[int] = ..., shadow_reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ...) -> None: ...
+    challenger: ChallengerResult
+    def __init__(self, transaction_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., ruleset_version: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., features: _Optional[_Mapping[str, float]] = ..., elapsed_us: _Optional[int] = ..., shadow_reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., challenger: _Optional[_Union[ChallengerResult, _Mapping]] = ...) -> None: ...
+
+class ChallengerResult(_message.Message):
+    __slots__ = ("model_version", "score", "decision", "challenger_decided", "mode")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGER_DECIDED_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    score: float
+    decision: Decision
+    challenger_decided: bool
+    mode: str
+    def __init__(self, model_version: _Optional[str] = ..., score: _Optional[float] = ..., decision: _Optional[_Union[Decision, str]] = ..., challenger_decided: _Optional[bool] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
     __slots__ = ("transaction", "outcome", "known_at")

@@ -149,6 +149,16 @@ def test_card_precision_top_k_by_hand() -> None:
     assert card_precision_top_k(days, cards, scores, labels, k=1) == pytest.approx((1 + 1) / 2)
 
 
+def test_card_precision_top_k_leaves_out_only_detected_cards() -> None:
+    days = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    cards = np.array(["a", "a", "b", "c", "a", "b", "d", "c"], dtype=object)
+    scores = np.array([0.9, 0.1, 0.8, 0.2, 0.99, 0.7, 0.6, 0.95])
+    labels = np.array([1, 0, 0, 1, 1, 1, 0, 1])
+    # Day 0, top 2: a (fraud), b -> 1/2; c is fraudulent but was not in the top 2: not detected.
+    # Day 1: a (detected) is left out, c is not: top 2 = c (fraud), b (fraud) -> 2/2.
+    assert card_precision_top_k(days, cards, scores, labels, k=2) == pytest.approx((0.5 + 1.0) / 2)
+
+
 def test_a_failing_model_degrades_and_skips_score_rules(trained_registry: Path) -> None:
     from dataclasses import replace
 

@@ -18,15 +18,16 @@ from tests.conftest import RULES, TEST_TRAIN_CONFIG
 
 
 def test_known_compromised_cards_by_hand() -> None:
-    # card a: fraud on day 0; card b: fraud on day 5; card c: never.
-    days = np.array([0, 5, 6, 8, 8, 8, 13, 13])
-    cards = np.array(["a", "b", "c", "a", "b", "c", "b", "a"], dtype=object)
-    labels = np.array([1, 1, 0, 0, 0, 0, 1, 0], dtype=np.float64)
-    test = days >= 8
-    # Day 8: a's fraud (day 0) is before 8 - 7 = 1: known; b's (day 5) is not yet.
+    # card z: fraud on day 0 (before the training week); a: day 1; b: day 5; c: never.
+    days = np.array([0, 1, 5, 6, 9, 9, 9, 9, 13, 13])
+    cards = np.array(["z", "a", "b", "c", "z", "a", "b", "c", "b", "a"], dtype=object)
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 0, 1, 0], dtype=np.float64)
+    test = days >= 9
+    # Test week from day 9, delay 7: the training week starts on day 1 (z's fraud is older).
+    # Day 9: a's fraud (day 1) is before 9 - 7 = 2: known; b's (day 5) not yet; z: too old.
     # Day 13: b's fraud (day 5) is before 13 - 7 = 6: known; a too.
-    got = known_compromised_mask(days, cards, labels, test, delay_days=7)
-    assert got.tolist() == [False, False, False, True, False, False, True, True]
+    got = known_compromised_mask(days, cards, labels, test, delay_days=7, since_day=1)
+    assert got.tolist() == [False, False, False, False, False, True, False, False, True, True]
 
 
 def test_thresholds_by_hand() -> None:

@@ -41,8 +41,8 @@ class Validation:
     `train_days` that end `delay_days` before T (the labels of the last
     week are not known yet when T starts), the last `early_stopping_days` of
     them held out for early stopping. Cards already known compromised (a
-    fraud more than `delay_days` before a test day) are dropped from that
-    day's test rows, as the book does.
+    fraud in the week before the delay, or in the delay up to `delay_days`
+    before a test day) are dropped from that day's test rows, as the book does.
     """
 
     test_weeks: tuple[str, ...]  # first day of each 7-day test week (ISO dates)
@@ -153,23 +153,29 @@ def card_precision_top_k(
 
 
 def known_compromised_mask(
-    days: np.ndarray, cards: np.ndarray, labels: np.ndarray, test_days: np.ndarray, delay_days: int
+    days: np.ndarray,
+    cards: np.ndarray,
+    labels: np.ndarray,
+    test_days: np.ndarray,
+    delay_days: int,
+    since_day: int,
 ) -> np.ndarray:
-    """Rows of `test_days` whose card had a fraud more than `delay_days` before that day (the book drops them).
+    """Rows of `test_days` whose card is known compromised on that row's day (the book drops them).
 
     `days` are day numbers of all rows, `test_days` a boolean mask of the rows
-    to check. On test day d, a card with a fraud on a day before
-    d - delay_days is known compromised (the book's "in the training period
-    or in the delay period up to the test day - 7 days").
+    to check. On test day d, a card is known compromised when it had a fraud
+    on a day in [since_day, d - delay_days): the book's "a fraud in the
+    training week, or in the delay period up to the test day - 7 days", with
+    `since_day` the first day of the week before the delay.
     """
-    first_fraud: dict[Any, int] = {}
+    fraud_days: dict[Any, list[int]] = {}
     for day, card in zip(days[labels > 0.5].tolist(), cards[labels > 0.5].tolist(), strict=True):
-        if card not in first_fraud or day < first_fraud[card]:
-            first_fraud[card] = day
+        if day >= since_day:
+            fraud_days.setdefault(card, []).append(day)
     out = np.zeros(len(days), dtype=bool)
     for i in np.flatnonzero(test_days).tolist():
-        f = first_fraud.get(cards[i])
-        out[i] = f is not None and f < days[i] - delay_days
+        seen = fraud_days.get(cards[i])
+        out[i] = seen is not None and min(seen) < days[i] - delay_days
     return out
 
 
@@ -270,7 +276,8 @@ def validate_prequential(
         train_mask = valid & (days >= train_start) & (days < es_start)
         es_mask = valid & (days >= es_start) & (days < train_end)
         test_mask = valid & (days >= test_start) & (days < test_start + v.test_days)
-        test_mask &= ~known_compromised_mask(days, cards, y, test_mask, v.delay_days)
+        since = test_start - v.delay_days - 7  # the book's training week
+        test_mask &= ~known_compromised_mask(days, cards, y, test_mask, v.delay_days, since)
         for name, m in (("train", train_mask), ("early stopping", es_mask), ("test", test_mask)):
             if m.sum() == 0 or y[m].sum() == 0:
                 raise ValueError(f"validation week {week}: the {name} period has no rows or no frauds")

@@ -181,6 +181,26 @@ def read_table(path: str | Path) -> pa.Table:
     raise BacktestError(f"{path}: expected a .parquet or .csv file")
 
 
+def pick_mapping(table: pa.Table, candidates: Sequence[str | Path], where: str) -> tuple[str, ColumnMapping]:
+    """The first candidate mapping whose columns are all in the table, with its name.
+
+    With one candidate its own error is raised; with several, one message
+    says what each lacks.
+    """
+    problems = []
+    for candidate in candidates:
+        mapping = load_mapping(candidate)
+        try:
+            check_columns(table, mapping, where)
+        except BacktestError as exc:
+            if len(candidates) == 1:
+                raise
+            problems.append(f"{Path(str(candidate)).name}: {str(exc).split(': ', 1)[1]}")
+            continue
+        return str(candidate), mapping
+    raise BacktestError(f"{where}: no mapping of the rule set fits the data; " + "; ".join(problems))
+
+
 def check_columns(table: pa.Table, mapping: ColumnMapping, where: str) -> None:
     """Every column the mapping names must be in the table (one message listing all that are not)."""
     wanted: dict[str, str] = {}
@@ -667,7 +687,8 @@ def backtest(
 ) -> BacktestOutput:
     """Run a backtest and write its outputs into `out`; raises BacktestError on bad input.
 
-    `mapping` None: the rule set's `data_mapping`, else the native schema.
+    `mapping` None: the first of the rule set's `data_mapping` whose columns
+    are in the file, else the native schema.
     RuleSetInvalid and ModelInvalid propagate (the CLI reports them).
     """
     from engine.model.predictor import load_model
@@ -677,15 +698,15 @@ def backtest(
     timing: dict[str, float] = {}
     started = time.perf_counter()
     ruleset = load_ruleset(rules)
-    if mapping is None:
-        mapping = ruleset.data_mapping or "native"
-    column_mapping = load_mapping(mapping)
+    candidates: Sequence[str | Path] = [mapping] if mapping is not None else (ruleset.data_mapping or ("native",))
+    for candidate in candidates:
+        load_mapping(candidate)  # a bad mapping is reported before the data is read
     ruleset_b = load_ruleset(compare) if compare is not None else None
     model_a = load_model(model, ruleset) if model is not None else None
     model_b = load_model(model, ruleset_b) if model is not None and ruleset_b is not None else None
 
     table = read_table(data)
-    check_columns(table, column_mapping, str(data))
+    mapping, column_mapping = pick_mapping(table, candidates, str(data))
     if limit is not None:
         table = table.slice(0, limit)
     try:
@@ -745,7 +766,7 @@ def backtest(
     summary = {
         "inputs": {
             "data": str(data),
-            "mapping": str(mapping),
+            "mapping": Path(mapping).name if str(mapping).endswith((".yaml", ".yml")) else str(mapping),
             "rules": str(rules),
             "compare_rules": str(compare) if compare is not None else None,
             "model": str(model) if model is not None else None,

@@ -26,7 +26,8 @@ import yaml
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from engine.model.predictor import PROMOTED, window_to_dict
-from engine.offline.datasets import PRESETS, read_dataset
+from engine.offline.backtest import pick_mapping, read_table
+from engine.offline.datasets import table_to_dataset
 from engine.offline.replay import ReplayStats, label_events, print_progress, replay
 from engine.rules.ruleset import load_ruleset
 
@@ -70,7 +71,7 @@ class ThresholdPolicy:
 @dataclass(frozen=True)
 class TrainConfig:
     name: str
-    mapping: str
+    mapping: str | None  # a preset or mapping file; None: the rule set's data_mapping
     features: tuple[str, ...]
     train: tuple[str, str]  # inclusive ISO dates
     early_stopping: tuple[str, str]
@@ -105,7 +106,7 @@ class TrainConfig:
             raise ValueError(f"{path}: thresholds: review_rate must be in (0, 1), deny_precision in (0, 1]")
         return cls(
             name=raw["name"],
-            mapping=raw.get("mapping", "native"),
+            mapping=raw.get("mapping"),
             features=tuple(raw["features"]),
             train=tuple(split["train"]),  # type: ignore[arg-type]
             early_stopping=tuple(split["early_stopping"]),  # type: ignore[arg-type]
@@ -341,7 +342,11 @@ def train(
         raise ValueError(f"features not produced by rule set {ruleset.version}: {', '.join(unknown)}")
 
     started = time.perf_counter()
-    dataset = read_dataset(data, PRESETS[config.mapping])
+    table = read_table(data)
+    candidates = [config.mapping] if config.mapping else (ruleset.data_mapping or ("native",))
+    mapping_name, mapping = pick_mapping(table, candidates, str(data))
+    dataset = table_to_dataset(table, mapping)
+    del table
     if dataset.labels is None:
         raise ValueError("the data has no label column in this mapping")
     ids = [t.transaction_id for t in dataset.transactions]
@@ -433,7 +438,7 @@ def train(
             "labels_fed_back": stats.labels,
             "from": datetime.fromtimestamp(times.min() / 1000, UTC).isoformat(),
             "to": datetime.fromtimestamp(times.max() / 1000, UTC).isoformat(),
-            "mapping": config.mapping,
+            "mapping": Path(mapping_name).name,
         },
         "split": {"train": config.train, "early_stopping": config.early_stopping, "test": config.test},
         "params": params,

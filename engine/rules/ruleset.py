@@ -171,8 +171,9 @@ class RuleSet:
     files: tuple[str, ...] = ()  # every file the set was read from (rules, lists, geoip)
     #: Derived features in definition order: (name, compiled expression, its text).
     features: tuple[tuple[str, Condition, str], ...] = ()
-    #: Column mapping (a preset name of engine.offline.datasets) that offline commands use by default.
-    data_mapping: str | None = None
+    #: Column mappings offline commands try when none is given, in order: preset names of
+    #: engine.offline.datasets, or mapping files (absolute paths; written relative to the folder).
+    data_mapping: tuple[str, ...] = ()
     #: When labels have no time of their own, they become known this long after the transaction.
     label_delay_ms: int = 7 * 86_400_000
 
@@ -374,14 +375,6 @@ def load_ruleset(path: str | Path, *, run_tests: bool = True) -> RuleSet:
         else:
             max_events = got[0]
 
-    data_mapping = None
-    got = setting("data_mapping")
-    if got is not None:
-        if not isinstance(got[0], str) or not _ID.match(got[0]):
-            b.err(got[1], "'data_mapping' must name a column mapping, like 'handbook'")
-        else:
-            data_mapping = got[0]
-
     label_delay = 7 * 86_400_000
     got = setting("label_delay")
     if got is not None:
@@ -392,6 +385,27 @@ def load_ruleset(path: str | Path, *, run_tests: bool = True) -> RuleSet:
             label_delay = ms
 
     files = [name for name, _ in docs]
+    data_mapping: list[str] = []
+    got = setting("data_mapping")
+    if got is not None:
+        root = (path if path.is_dir() else path.parent).resolve()
+        entries = got[0] if isinstance(got[0], list) else [got[0]]
+        for entry in entries:
+            if isinstance(entry, str) and _ID.match(entry):
+                data_mapping.append(entry)  # a preset; the offline commands check its name
+            elif isinstance(entry, str) and entry.endswith((".yaml", ".yml")):
+                if not (root / entry).is_file():
+                    b.err(got[1], f"'data_mapping': no mapping file {entry!r} beside the rules")
+                else:
+                    data_mapping.append(str(root / entry))
+                    files.append(str(root / entry))
+            else:
+                b.err(
+                    got[1],
+                    "'data_mapping' must be a mapping preset (like 'native') or a mapping file "
+                    "(like 'mappings/handbook.yaml'), or a list of them",
+                )
+
     geo = None
     got = setting("geoip")
     if got is not None:
@@ -444,7 +458,7 @@ def load_ruleset(path: str | Path, *, run_tests: bool = True) -> RuleSet:
         tests=tuple(tests),
         files=tuple(files),
         features=tuple(features),
-        data_mapping=data_mapping,
+        data_mapping=tuple(data_mapping),
         label_delay_ms=label_delay,
     )
     if run_tests and ruleset.tests:

@@ -190,10 +190,6 @@ def explainer(booster: lightgbm.Booster, methods: Sequence[str] = METHODS) -> Ex
     return build_explainer(booster, lambda: SingleRowPredictor(booster, _PREDICT_CONTRIB).outputs, methods)
 
 
-#: held while a model sets up its explanations, so that only one thread does
-_EXPLAINER_SETUP = threading.Lock()
-
-
 @dataclass(frozen=True)
 class Model:
     version: str
@@ -208,6 +204,8 @@ class Model:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_row", operator.itemgetter(*self.features))
+        # held while this model sets up its explanations, so that only one thread does
+        object.__setattr__(self, "_explainer_setup", threading.Lock())
 
     def vector(self, fields: Mapping[str, Any]) -> np.ndarray:
         """The feature row in the model's order (bools as 0/1, missing as NaN)."""
@@ -230,7 +228,7 @@ class Model:
     def prepare_explanations(self) -> Explainer:
         """Set up the explanations now rather than on the first `explain` (idempotent, thread-safe)."""
         if self.explainer is None:
-            with _EXPLAINER_SETUP:
+            with self._explainer_setup:  # type: ignore[attr-defined]
                 if self.explainer is None:
                     object.__setattr__(self, "explainer", explainer(self.booster))
         assert self.explainer is not None

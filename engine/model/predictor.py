@@ -23,6 +23,12 @@ trees and code as `Booster.predict`, so the same score to the last bit, in
 about a quarter of the time (`benchmarks/model_step.py`). When that entry
 point cannot be set up, `predict` falls back to `Booster.predict`. Batches
 (`predict_many`: replay, backtest, training) stay on `Booster.predict`.
+
+`explain` gives the features that pushed one score toward fraud, from the
+model's exact per-feature contributions (`engine.model.explain`): computed
+only when asked, from tables built on the first call or by
+`prepare_explanations` (a few hundred milliseconds, so a server calls it when
+it loads a model, off the request path).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from typing import Any
 import lightgbm
 import numpy as np
 
+from engine.model.explain import METHODS, Contribution, Explainer, build_explainer, top_contributions
 from engine.rules.ruleset import RuleSet
 from engine.windows.spec import WindowSpec
 
@@ -50,6 +57,7 @@ log = logging.getLogger("risk_engine.model")
 
 # LightGBM C API constants (c_api.h)
 _PREDICT_NORMAL = 0
+_PREDICT_CONTRIB = 3
 _DTYPE_FLOAT64 = 1
 
 
@@ -160,18 +168,23 @@ class SingleRowPredictor:
     Each thread gets its own row and output buffers, since ctypes lets other
     threads run during the C call. Raises `OSError` (or `AttributeError` on a
     LightGBM without the entry point) when it cannot be set up.
+
+    `predict_type` is the C API's: the score (`C_API_PREDICT_NORMAL`, the
+    default), or the feature contributions (`C_API_PREDICT_CONTRIB`: one per
+    feature then the expected value, read with `outputs`).
     """
 
-    def __init__(self, booster: lightgbm.Booster) -> None:
+    def __init__(self, booster: lightgbm.Booster, predict_type: int = _PREDICT_NORMAL) -> None:
         from lightgbm.basic import _LIB  # the library `Booster` itself calls
 
         self.num_features = booster.num_feature()
+        self.num_outputs = self.num_features + 1 if predict_type == _PREDICT_CONTRIB else 1
         self._call = _LIB.LGBM_BoosterPredictForMatSingleRowFast
         self._call.restype = ctypes.c_int
         handle = ctypes.c_void_p()
         status = _LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
             booster._handle,  # the C handle, as lightgbm's own predict passes it
-            ctypes.c_int(_PREDICT_NORMAL),
+            ctypes.c_int(predict_type),
             ctypes.c_int(0),  # start_iteration
             ctypes.c_int(booster.best_iteration if booster.best_iteration > 0 else -1),  # as Booster.predict
             ctypes.c_int(_DTYPE_FLOAT64),
@@ -188,7 +201,7 @@ class SingleRowPredictor:
 
     def _buffers(self) -> tuple[np.ndarray, np.ndarray, Any, Any, Any]:
         row = np.zeros(self.num_features, dtype=np.float64)
-        out = np.zeros(1, dtype=np.float64)
+        out = np.zeros(self.num_outputs, dtype=np.float64)
         out_len = ctypes.c_int64()
         buffers = (
             row,
@@ -200,8 +213,8 @@ class SingleRowPredictor:
         self._local.buffers = buffers
         return buffers
 
-    def __call__(self, values: Sequence[Any]) -> float:
-        """The model's output (a probability for a binary model) for one row of feature values."""
+    def _run(self, values: Sequence[Any] | np.ndarray) -> np.ndarray:
+        """This thread's output buffer, filled for one row of feature values."""
         try:
             row, out, row_p, out_p, len_p = self._local.buffers
         except AttributeError:
@@ -211,7 +224,15 @@ class SingleRowPredictor:
             from lightgbm.basic import _LIB
 
             raise RuntimeError(f"LightGBM single-row prediction failed: {_LIB.LGBM_GetLastError().decode()}")
-        return float(out[0])
+        return out
+
+    def __call__(self, values: Sequence[Any]) -> float:
+        """The model's output (a probability for a binary model) for one row of feature values."""
+        return float(self._run(values)[0])
+
+    def outputs(self, values: Sequence[Any] | np.ndarray) -> np.ndarray:
+        """All the outputs for one row of feature values (a copy: the buffer is reused)."""
+        return self._run(values).copy()
 
 
 def single_row_predictor(booster: lightgbm.Booster) -> SingleRowPredictor | None:
@@ -225,6 +246,11 @@ def single_row_predictor(booster: lightgbm.Booster) -> SingleRowPredictor | None
         return None
 
 
+def explainer(booster: lightgbm.Booster, methods: Sequence[str] = METHODS) -> Explainer:
+    """The fastest of `methods` that can explain this booster's scores (`engine.model.explain`)."""
+    return build_explainer(booster, lambda: SingleRowPredictor(booster, _PREDICT_CONTRIB).outputs, methods)
+
+
 @dataclass(frozen=True)
 class Model:
     version: str
@@ -234,10 +260,14 @@ class Model:
     path: Path
     #: LightGBM's fast single-row path (None: `predict` goes through `Booster.predict`)
     single_row: SingleRowPredictor | None = field(default=None, compare=False, repr=False)
+    #: how `explain` computes contributions (None: set up on first use, see `prepare_explanations`)
+    explainer: Explainer | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_row", operator.itemgetter(*self.features))
         object.__setattr__(self, "_thresholds", model_thresholds(self.metadata))
+        # held while this model sets up its explanations, so that only one thread does
+        object.__setattr__(self, "_explainer_setup", threading.Lock())
 
     @property
     def thresholds(self) -> tuple[float | None, float | None]:
@@ -261,6 +291,34 @@ class Model:
         values = self._row(fields)  # type: ignore[attr-defined]
         score = self.single_row(values if len(self.features) > 1 else (values,))
         return score if math.isfinite(score) else float("nan")
+
+    def prepare_explanations(self) -> Explainer:
+        """Set up the explanations now rather than on the first `explain` (idempotent, thread-safe)."""
+        if self.explainer is None:
+            with self._explainer_setup:  # type: ignore[attr-defined]
+                if self.explainer is None:
+                    object.__setattr__(self, "explainer", explainer(self.booster))
+        assert self.explainer is not None
+        return self.explainer
+
+    def contributions(self, fields: Mapping[str, Any]) -> np.ndarray:
+        """Each feature's contribution to the raw score (log-odds) of one transaction, then the expected value.
+
+        Exact path-dependent TreeSHAP: the values of `Booster.predict(X,
+        pred_contrib=True)`, in the order of `features`; they sum to the raw
+        score (`Booster.predict(X, raw_score=True)`).
+        """
+        return self.prepare_explanations().contributions(self.vector(fields)[0])
+
+    def explain(self, fields: Mapping[str, Any], top_k: int = 3) -> tuple[Contribution, ...]:
+        """The top_k features pushing this transaction's score toward fraud, largest contribution first.
+
+        Only features with a positive contribution (ties by feature name);
+        the value is the one the model read (bools as 0/1, NaN when missing).
+        """
+        row = self.vector(fields)[0]
+        contributions = self.prepare_explanations().contributions(row)
+        return top_contributions(self.features, row.tolist(), contributions.tolist(), top_k)
 
     def predict_many(self, rows: Sequence[Mapping[str, Any]]) -> list[float]:
         """Scores for many transactions with one model call: each as `predict` would give it alone.

@@ -72,14 +72,19 @@ def _finite(x: float) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else x
 
 
-def _reason(r: Reason) -> dict[str, str]:
-    return {
+def _reason(r: Reason) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "code": r.code,
         "source": r.source.value,
         "rule_id": r.rule_id,
         "action": r.action.name.lower(),
         "message": r.message,
     }
+    if r.contributions:
+        out["contributions"] = [
+            {"feature": c.feature, "value": _finite(c.value), "contribution": c.contribution} for c in r.contributions
+        ]
+    return out
 
 
 def to_record(decided_at: float, txn: Transaction, result: ScoreResult) -> dict[str, Any]:

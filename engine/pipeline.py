@@ -50,6 +50,8 @@ __all__ = ["BatchAnswer", "IdempotencyConflict", "InvalidTransaction", "Pipeline
 
 #: Time kept for the model, rules and the response after the window store answers.
 DEADLINE_MARGIN_S = 0.005
+#: Features named in the reason of a review or deny the model drove.
+EXPLAIN_TOP_K = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,7 +393,8 @@ class Pipeline:
         reasons: list[Reason] = []
         acting, shadow = evaluate_rules(ruleset, fields, txn.transaction_id, windows_ok, score_ok)
         reasons.extend(acting)
-        reasons.extend(model_reasons(ruleset, score, model))
+        for reason in model_reasons(ruleset, score, model):
+            reasons.append(self._explain(model, reason, fields) if model is not None else reason)
         if not windows_ok:
             reasons.append(self._fallback(ruleset, fields))
         if model_failed:
@@ -437,6 +440,15 @@ class Pipeline:
             time.perf_counter_ns() - concluded,
         )
         return Scored(result, replayed=False, fields=fields, timings_ns=timings)
+
+    def _explain(self, model: Model, reason: Reason, fields: dict[str, Any]) -> Reason:
+        """A review or deny the model drove, with the features that pushed its score up most."""
+        try:
+            contributions = model.explain(fields, EXPLAIN_TOP_K)
+        except Exception as exc:  # noqa: BLE001 - an explanation must not fail the payment
+            self.on_degraded("explain", f"{type(exc).__name__}: {exc}", "")
+            return reason
+        return replace(reason, contributions=contributions)
 
     def _predict_challenger(self, challenger: Challenger, steps: Sequence[_Pending]) -> list[float]:
         """The challenger's scores for transactions with complete windows: NaN where it fails, never an error."""

@@ -123,6 +123,10 @@ class Reloader:
                     ruleset = load_ruleset(self.rules)
                     model: Model = load_model(self.model_path, ruleset)
                     challenger = load_challenger(self.model_path, ruleset)
+                    # Set up before the swap: a request never waits for it.
+                    model.prepare_explanations()
+                    if challenger is not None:
+                        challenger.model.prepare_explanations()
                     failure = ""
                 except RuleSetInvalid as exc:
                     failure = f"rule set refused ({len(exc.errors)} error(s)):\n{exc}"

@@ -88,12 +88,23 @@ class Transaction:
 
 
 @dataclass(frozen=True, slots=True)
+class Contribution:
+    """One feature's share in a model score: its value in the row (NaN when missing) and its push on the raw score."""
+
+    feature: str
+    value: float
+    contribution: float  # log-odds (SHAP value)
+
+
+@dataclass(frozen=True, slots=True)
 class Reason:
     code: str
     source: ReasonSource
     message: str
     action: Action
     rule_id: str = ""
+    #: For a review or deny the model drove: the features that pushed its score up most.
+    contributions: tuple[Contribution, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,13 +149,13 @@ class ScoreResult:
                 "t": self.transaction_id,
                 "d": int(self.decision),
                 "s": self.score,
-                "r": [[r.code, r.source.value, r.message, int(r.action), r.rule_id] for r in self.reasons],
+                "r": [_reason_json(r) for r in self.reasons],
                 "rv": self.ruleset_version,
                 "mv": self.model_version,
                 "g": self.degraded,
                 "f": self.features,
                 "e": self.elapsed_us,
-                "sh": [[r.code, r.source.value, r.message, int(r.action), r.rule_id] for r in self.shadow],
+                "sh": [_reason_json(r) for r in self.shadow],
                 **self._challenger_json(),
             },
             separators=(",", ":"),
@@ -164,25 +175,32 @@ class ScoreResult:
             transaction_id=data["t"],
             decision=Action(data["d"]),
             score=data["s"],
-            reasons=tuple(
-                Reason(code=c, source=ReasonSource(s), message=m, action=Action(a), rule_id=rid)
-                for c, s, m, a, rid in data["r"]
-            ),
+            reasons=tuple(_reason_from(r) for r in data["r"]),
             ruleset_version=data["rv"],
             model_version=data["mv"],
             degraded=data["g"],
             features=data["f"],
             elapsed_us=data["e"],
-            shadow=tuple(
-                Reason(code=c, source=ReasonSource(s), message=m, action=Action(a), rule_id=rid)
-                for c, s, m, a, rid in data.get("sh", ())
-            ),
+            shadow=tuple(_reason_from(r) for r in data.get("sh", ())),
             challenger=None
             if (ch := data.get("ch")) is None
             else ChallengerResult(
                 model_version=ch[0], score=ch[1], decision=Action(ch[2]), challenger_decided=ch[3], mode=ch[4]
             ),
         )
+
+
+def _reason_json(r: Reason) -> list[Any]:
+    out: list[Any] = [r.code, r.source.value, r.message, int(r.action), r.rule_id]
+    if r.contributions:
+        out.append([[c.feature, c.value, c.contribution] for c in r.contributions])
+    return out
+
+
+def _reason_from(item: list[Any]) -> Reason:
+    code, source, message, action, rule_id, *rest = item
+    contributions = tuple(Contribution(f, v, c) for f, v, c in rest[0]) if rest else ()
+    return Reason(code, ReasonSource(source), message, Action(action), rule_id, contributions)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,8 @@ from typing import Any
 import lightgbm
 import numpy as np
 
+from engine.transaction import Contribution
+
 log = logging.getLogger("risk_engine.model")
 
 #: Largest table (doubles, all leaves together) `PathTables` builds: 64 MB (the shipped model needs 15).
@@ -62,15 +64,6 @@ _BUILD_CHUNK = 1 << 22
 
 #: The ways `Explainer` can compute contributions, fastest first.
 METHODS = ("tables", "lightgbm-single-row", "booster-predict")
-
-
-@dataclass(frozen=True)
-class Contribution:
-    """One reason: a feature, its value in the row (NaN when missing) and its push on the raw score."""
-
-    feature: str
-    value: float
-    contribution: float
 
 
 class Unsupported(Exception):

@@ -108,6 +108,10 @@ def _reasons(reasons: tuple[Reason, ...]) -> list[risk_pb2.Reason]:
             rule_id=r.rule_id,
             message=r.message,
             action=_DECISIONS[r.action],
+            contributions=[
+                risk_pb2.Contribution(feature=c.feature, value=c.value, contribution=c.contribution)
+                for c in r.contributions
+            ],
         )
         for r in reasons
     ]

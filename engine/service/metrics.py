@@ -16,7 +16,7 @@ as in the tests) and exposes it over HTTP with prometheus-client. Names:
 | `risk_requests_total` | counter | `method`, `code` (gRPC status name: `OK`, `INVALID_ARGUMENT`, ...) |
 | `risk_step_duration_seconds` | histogram | `step`: prepare, windows, model, rules, record (`engine.pipeline.STEPS`) |
 | `risk_request_duration_seconds` | histogram | `method`; server-side, from the handler's start to its answer |
-| `risk_degraded_total` | counter | `cause`: `windows`, `model`, `record`, `challenger` (the pipeline's `on_degraded`) |
+| `risk_degraded_total` | counter | `cause`: windows, model, record, challenger, explain (`on_degraded`) |
 | `risk_store_errors_total` | counter | `kind`: `timeout`, `connection`, `cooldown`, `deadline`, `other` (*) |
 | `risk_decision_log_records_total` | counter | `result` = `written`, `queue_full` (dropped), `write_error` (lost) |
 | `risk_decision_log_queue` | gauge | records waiting for the writer |
@@ -89,7 +89,7 @@ class Metrics:
         # Pre-create the children that are read before they first happen (dashboards see zeros, not gaps).
         self._score_latency = self.latency.labels("Score")
         self._score_codes: dict[str, Counter] = {}
-        for cause in ("windows", "model", "record", "challenger"):
+        for cause in ("windows", "model", "record", "challenger", "explain"):
             self.degraded.labels(cause)
         for kind in UNAVAILABLE_KINDS:
             self.store_errors.labels(kind)

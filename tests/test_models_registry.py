@@ -59,7 +59,7 @@ def registry(tmp_path: Path, trained_registry: Path, second_model: Path) -> Path
     shutil.copytree(second_model, bad)
     meta = json.loads((bad / "metadata.json").read_text())
     meta["version"] = "bad-features"
-    meta["features"][1] = "merchant_fraud_ratio_7d"  # not a field or window of the rule set
+    meta["features"][1] = "merchant_fraud_ratio_90d"  # not a field or window of the rule set
     (bad / "metadata.json").write_text(json.dumps(meta))
     (folder / PROMOTED).write_text(champion.name + "\n")
     return folder
@@ -145,7 +145,7 @@ def test_promote_refuses_a_model_whose_features_the_rules_cannot_produce(
     code, out, err = run_cli(capsys, "models", "promote", "bad-features", "--dir", str(registry))
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1
-    assert "refused, PROMOTED unchanged" in err and "merchant_fraud_ratio_7d" in err
+    assert "refused, PROMOTED unchanged" in err and "merchant_fraud_ratio_90d" in err
     assert (registry / PROMOTED).read_bytes() == before
 
 
@@ -159,7 +159,7 @@ def test_promote_refuses_a_model_whose_features_the_rules_cannot_produce(
         (["challenger", "OTHER", "--mode", "shadow", "--share", "0.5"], "applies to split mode only"),
         (["challenger", "OTHER"], "give VERSION and --mode"),
         (["challenger", "CHAMPION", "--mode", "shadow"], "is the promoted model"),
-        (["challenger", "bad-features", "--mode", "shadow"], "merchant_fraud_ratio_7d"),
+        (["challenger", "bad-features", "--mode", "shadow"], "merchant_fraud_ratio_90d"),
         (["challenger", "OTHER", "--clear"], "--clear takes no VERSION"),
     ],
 )
@@ -204,7 +204,7 @@ def test_a_hand_written_challenger_file_is_validated(registry: Path) -> None:
         (f"version: {other}\nmode: split\nshare: 2\n", "share must be from 0 to 1"),
         (f"version: {other}\nmode: shadow\nweight: 1\n", "unknown key(s) weight"),
         ("version: nope\nmode: shadow\n", "no model 'nope'"),
-        ("version: bad-features\nmode: shadow\n", "merchant_fraud_ratio_7d"),
+        ("version: bad-features\nmode: shadow\n", "merchant_fraud_ratio_90d"),
     ]:
         (registry / CHALLENGER).write_text(text)
         with pytest.raises(ModelInvalid, match="challenger: .*" + message.replace("(", r"\(").replace(")", r"\)")):
@@ -442,7 +442,7 @@ def test_promoted_model_is_served_without_restart_and_a_mismatched_one_is_refuse
     # reload is refused with the reason, and the model before it keeps serving.
     (registry / PROMOTED).write_text("bad-features\n")
     wait_for(lambda: health(live)["risk-last-reload"].startswith("failed"), "the refusal")
-    assert "merchant_fraud_ratio_7d" in health(live)["risk-last-reload"]
+    assert "merchant_fraud_ratio_90d" in health(live)["risk-last-reload"]
     assert stub.Score(request(), timeout=5).model_version == other
     assert health(live)["risk-model-version"] == other
 

@@ -29,11 +29,7 @@ def low_thresholds(tmp_path: Path) -> Path:
     """The shipped rules, with model thresholds so low that the model drives every answer."""
     folder = tmp_path / "rules"
     shutil.copytree(RULES, folder)
-    engine = folder / "engine.yaml"
-    text = engine.read_text()
-    start = text.index("model:\n")
-    end = text.index("\n\n", start)
-    engine.write_text(text[:start] + "model:\n  review_at: 0.0\n  deny_at: 0.999999" + text[end:])
+    (folder / "thresholds.yaml").write_text("model:\n  review_at: 0.0\n  deny_at: 0.999999\n")
     (folder / "tests.yaml").unlink()  # its expectations assume the shipped thresholds
     return folder
 

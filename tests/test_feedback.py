@@ -93,7 +93,7 @@ def test_label_windows_and_features_load(tmp_path: Path) -> None:
     assert ruleset.windows.labels == {"fraud", "genuine"}  # the 'any' window needs both
     assert [name for name, _, _ in ruleset.features] == ["merchant_fraud_ratio_7d", "merchant_risky"]
     assert ruleset.catalog["merchant_fraud_ratio_7d"] == "number"
-    assert ruleset.data_mapping == "native"
+    assert ruleset.data_mapping == ("native",)
     assert ruleset.label_delay_ms == 2 * DAY
     # A rule on a feature derived from windows is skipped when the windows are missing.
     assert ruleset.rules[0].uses_windows

@@ -222,7 +222,11 @@ def test_thresholds_come_from_the_rule_set_when_it_sets_them_else_from_the_model
     meta = json.loads((folder / "metadata.json").read_text())
     meta["thresholds"] = {"review_at": 0.2, "deny_at": 0.7}
     (folder / "metadata.json").write_text(json.dumps(meta))
-    shipped = load_ruleset(RULES)  # model: {review_at: 0.5, deny_at: 0.9}
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    override = rules / "thresholds.yaml"
+    override.write_text("model:\n  review_at: 0.5\n  deny_at: 0.9\n")
+    shipped = load_ruleset(rules)
     model = load_model(folder, shipped)
     assert model.thresholds == (0.2, 0.7)
 
@@ -230,13 +234,8 @@ def test_thresholds_come_from_the_rule_set_when_it_sets_them_else_from_the_model
     assert reason.action == Action.DENY and reason.message == "model score 0.930 >= deny threshold 0.9 (rule set)"
     assert model_reasons(shipped, 0.3, model) == []
 
-    rules = tmp_path / "rules"
-    shutil.copytree(RULES, rules)
-    text = (rules / "engine.yaml").read_text()
-    section = "model:\n  review_at: 0.5\n  deny_at: 0.9\n"
-    assert section in text
-    (rules / "engine.yaml").write_text(text.replace(section, ""))
-    bare = load_ruleset(rules, run_tests=False)  # the shipped rule tests expect the shipped thresholds
+    override.unlink()  # the shipped rules leave thresholds to the model
+    bare = load_ruleset(rules)
     [reason] = model_reasons(bare, 0.75, model)
     assert reason.action == Action.DENY and reason.message == "model score 0.750 >= deny threshold 0.7 (model)"
     [reason] = model_reasons(bare, 0.3, model)
@@ -244,8 +243,8 @@ def test_thresholds_come_from_the_rule_set_when_it_sets_them_else_from_the_model
     assert model_reasons(bare, 0.99, None) == []  # no thresholds anywhere
 
     # Each threshold the rule set sets overrides the model's; the other stays the model's.
-    (rules / "engine.yaml").write_text(text.replace(section, "model:\n  deny_at: 0.8\n"))
-    partial = load_ruleset(rules, run_tests=False)
+    override.write_text("model:\n  deny_at: 0.8\n")
+    partial = load_ruleset(rules)
     assert model_reasons(partial, 0.75, model)[0].message.endswith("review threshold 0.2 (model)")
     assert model_reasons(partial, 0.85, model)[0].message.endswith("deny threshold 0.8 (rule set)")
 

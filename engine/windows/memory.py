@@ -24,10 +24,18 @@ _MIN = AGG_CODES[Aggregate.MIN]
 _MAX = AGG_CODES[Aggregate.MAX]
 _DISTINCT = AGG_CODES[Aggregate.DISTINCT]
 
-#: A group's windows by how they are read: exact counts without delay (output, reach),
-#: other exact windows (output, code, reach, delay), bucketed windows without delay
-#: (output, code, reach), bucketed windows with a delay (output, code, reach, delay).
-_Reads = tuple[
+#: What `_update_and_read` needs of a group, prepared once per plan (see `MemoryStore._groups_for`):
+#: (its series by entity value, retention ms, idle time before expiry s, value series (capped)?,
+#:  numeric value?, bucket retention ms, then its windows by how they are read: exact counts
+#:  without delay (output, reach), other exact windows (output, code, reach, delay), bucketed
+#:  windows without delay (output, code, reach), bucketed windows with a delay (output, code, reach, delay)).
+_GroupState = tuple[
+    "OrderedDict[str, _Series]",
+    int,
+    float,
+    bool,
+    bool,
+    int,
     tuple[tuple[int, int], ...],
     tuple[tuple[int, int, int, int], ...],
     tuple[tuple[int, int, int], ...],
@@ -162,10 +170,10 @@ class MemoryStore:
         self._max_records = max_records
         self._remember = remember_responses
         self._lock = threading.Lock()
-        # id(plan) -> (plan, its windows by how they are read, per group): see `_reads_for`.
-        self._reads: dict[int, tuple[WindowPlan, dict[str, _Reads]]] = {}
+        # id(plan) -> (plan, what each of its groups needs per call): see `_groups_for`.
+        self._plans: dict[int, tuple[WindowPlan, dict[int, _GroupState]]] = {}
         self._last_plan: WindowPlan | None = None  # the plan of the last call and its table
-        self._last_reads: dict[str, _Reads] = {}
+        self._last_groups: dict[int, _GroupState] = {}
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
         with self._lock:
@@ -233,13 +241,16 @@ class MemoryStore:
         """Whether `apply` reads the fingerprint (only to check idempotency records)."""
         return self._remember
 
-    def _reads_for(self, plan: WindowPlan) -> dict[str, _Reads]:
-        """The plan's windows sorted by how they are read, per group (storage name); built once per plan."""
-        entry = self._reads.get(id(plan))
+    def _groups_for(self, plan: WindowPlan) -> dict[int, _GroupState]:
+        """What each group of the plan needs per call, by id(group); built once per plan.
+
+        The plan is kept with its table, so the ids of its groups stay theirs.
+        """
+        entry = self._plans.get(id(plan))
         if entry is not None and entry[0] is plan:
-            self._last_plan, self._last_reads = plan, entry[1]
+            self._last_plan, self._last_groups = plan, entry[1]
             return entry[1]
-        table: dict[str, _Reads] = {}
+        table: dict[int, _GroupState] = {}
         for group in plan.groups:
             counts: list[tuple[int, int]] = []
             other: list[tuple[int, int, int, int]] = []
@@ -254,11 +265,23 @@ class MemoryStore:
                     hourly.append((output, code, reach))
                 else:
                     delayed.append((output, code, reach, delay))
-            table[group.storage] = (tuple(counts), tuple(other), tuple(hourly), tuple(delayed))
-        if len(self._reads) >= 8:
-            self._reads.clear()  # plans of rule sets no longer in use
-        self._reads[id(plan)] = (plan, table)
-        self._last_plan, self._last_reads = plan, table
+            storage, retention_ms, retention_s, capped, numeric, _, bucket_ms = group.layout
+            table[id(group)] = (
+                self._series.setdefault(storage, OrderedDict()),
+                retention_ms,
+                retention_s + self._ttl_extra_s,
+                capped,
+                numeric,
+                bucket_ms,
+                tuple(counts),
+                tuple(other),
+                tuple(hourly),
+                tuple(delayed),
+            )
+        if len(self._plans) >= 8:
+            self._plans.clear()  # plans of rule sets no longer in use
+        self._plans[id(plan)] = (plan, table)
+        self._last_plan, self._last_groups = plan, table
         return table
 
     def _update_and_read(self, plan: WindowPlan, bound: BoundWindows, first: bool = True) -> tuple[int, ...]:
@@ -267,7 +290,7 @@ class MemoryStore:
         Written for speed (it is most of replay time): the common case, an
         event newer than every event of its series, appends and adds to the
         newest hourly bucket inline; windows are read in the groups prepared
-        by `_reads_for` (exact counts, other exact windows, bucketed windows,
+        by `_groups_for` (exact counts, other exact windows, bucketed windows,
         delayed bucketed windows), sharing the bisections they have in common.
         """
         raw = [0] * plan.raw_size
@@ -275,23 +298,18 @@ class MemoryStore:
         txid = bound.transaction_id
         now = time.monotonic()
         cap = plan.max_events_per_series
-        all_series = self._series
-        ttl_extra_s = self._ttl_extra_s
         next_idle = self._next_idle
-        reads = self._last_reads if plan is self._last_plan else self._reads_for(plan)
+        groups = self._last_groups if plan is self._last_plan else self._groups_for(plan)
         hour = t // BUCKET_MS
         try:
             for group, entity_value, bound_value, add in bound.groups:
-                storage, retention_ms, retention_s, capped, numeric, _, bucket_ms = group.layout
-                group_series = all_series.get(storage)
-                if group_series is None:
-                    if not add:
-                        continue  # nothing to read, and a filtered-out event writes nothing
-                    group_series = all_series[storage] = OrderedDict()
+                (group_series, retention_ms, idle_s, capped, numeric, bucket_ms, counts, other, hourly, delayed) = (
+                    groups[id(group)]
+                )
                 series = group_series.get(entity_value)
                 if series is None:
                     if not add:
-                        continue
+                        continue  # nothing to read, and a filtered-out event writes nothing
                     series = group_series[entity_value] = _Series()  # the most recently written
                     ts, ids, values = series.ts, series.ids, series.values
                 else:
@@ -300,7 +318,7 @@ class MemoryStore:
                         add = False  # too late: older than what the series keeps, it is only read
                 if add:
                     group_series.move_to_end(entity_value)
-                    expires = series.expires = now + retention_s + ttl_extra_s
+                    expires = series.expires = now + idle_s
                     if expires < next_idle:
                         next_idle = expires
                     at = series.at
@@ -362,7 +380,6 @@ class MemoryStore:
                     hi = len(ts) if hi >= 0 else bisect_right(ts, t)  # events with time <= t
                 else:
                     hi = bisect_right(ts, t)
-                counts, other, hourly, delayed = reads[storage]
                 for output, reach in counts:
                     raw[output] = hi - bisect_right(ts, t - reach, 0, hi)  # events in (t - d, t]
                 for output, code, reach, delay in other:

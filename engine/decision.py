@@ -25,6 +25,8 @@ from engine.transaction import Action, Reason, ReasonSource
 
 def decide(reasons: Sequence[Reason]) -> tuple[Action, tuple[Reason, ...]]:
     """Combine the reasons that fired into the decision and the ordered reasons."""
+    if not reasons:
+        return Action.ALLOW, ()  # most transactions: nothing fired
     actions = {r.action for r in reasons}
     if Action.DENY in actions:
         decision = Action.DENY

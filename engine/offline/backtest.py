@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -281,16 +282,39 @@ def run_replay(
     rule_source = ReasonSource.RULE
     stats = ReplayStats()
     tick = 0
+    # Per-transaction values are gathered in plain lists and written into the
+    # arrays a chunk at a time (one numpy call per column instead of one per value).
+    rows: list[int] = []
+    row_decision: list[int] = []
+    row_score: list[float] = []
+    row_degraded: list[bool] = []
+    row_amount: list[int] = []
+    row_features: list[tuple[float, ...]] = []
+    features_of = operator.itemgetter(*feature_names) if len(feature_names) > 1 else None
+    no_features = (math.nan,) * len(feature_names)
+
+    def flush() -> None:
+        if rows:
+            valid[rows] = True
+            decision[rows] = row_decision
+            score[rows] = row_score
+            degraded[rows] = row_degraded
+            amount_minor[rows] = row_amount
+            if row_features:
+                features[rows] = row_features
+            for column in (rows, row_decision, row_score, row_degraded, row_amount, row_features):
+                column.clear()
+
     for i, scored in replay(transactions, ruleset, model, stats, labels=labels):
         if progress is not None and i >= tick:
             progress(i, n)
             tick = i + 2_000
         result = scored.result
-        valid[i] = True
-        decision[i] = result.decision
-        score[i] = result.score
-        degraded[i] = result.degraded
-        amount_minor[i] = scored.fields["amount_base_minor"]
+        rows.append(i)
+        row_decision.append(result.decision)
+        row_score.append(result.score)
+        row_degraded.append(result.degraded)
+        row_amount.append(scored.fields["amount_base_minor"])
         reasons = result.reasons
         if reasons:
             counts[i] = len(reasons)
@@ -303,8 +327,13 @@ def run_replay(
             for r in shadow:
                 shadow_hits[i, col_of[r.rule_id]] = True
         feats = result.features
-        if feats:
+        if features_of is not None:
+            row_features.append(features_of(feats) if feats else no_features)
+        elif feats:
             features[i] = [feats[name] for name in feature_names]
+        if len(rows) >= 4096:
+            flush()
+    flush()
     if progress is not None:
         progress(n, n)
     offsets = np.zeros(n + 1, dtype=np.int64)

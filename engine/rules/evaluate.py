@@ -60,8 +60,9 @@ def evaluate_rules(
     acting: list[Reason] = []
     shadow: list[Reason] = []
     base = ruleset.enricher.money.base
+    complete = windows_ok and score_ok  # the common case: no rule is skipped
     for rule in ruleset.rules:
-        if (rule.uses_windows and not windows_ok) or (rule.uses_score and not score_ok):
+        if not complete and ((rule.uses_windows and not windows_ok) or (rule.uses_score and not score_ok)):
             continue
         try:
             fired = rule.condition(fields)

@@ -15,7 +15,7 @@ import zlib
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 
-from engine.windows.spec import AGG_CODES, BUCKET_MS, EXACT, Aggregate, BoundWindows, WindowPlan
+from engine.windows.spec import AGG_CODES, BUCKET_MS, BUCKETED, EXACT, Aggregate, BoundWindows, WindowPlan
 from engine.windows.store import IdempotencyConflict, WindowsOutcome
 
 _COUNT = AGG_CODES[Aggregate.COUNT]
@@ -23,6 +23,24 @@ _SUM = AGG_CODES[Aggregate.SUM]
 _MIN = AGG_CODES[Aggregate.MIN]
 _MAX = AGG_CODES[Aggregate.MAX]
 _DISTINCT = AGG_CODES[Aggregate.DISTINCT]
+
+#: What `_update_and_read` needs of a group, prepared once per plan (see `MemoryStore._groups_for`):
+#: (its series by entity value, retention ms, idle time before expiry s, value series (capped)?,
+#:  numeric value?, bucket retention ms, then its windows by how they are read: exact counts
+#:  without delay (output, reach), other exact windows (output, code, reach, delay), bucketed
+#:  windows without delay (output, code, reach), bucketed windows with a delay (output, code, reach, delay)).
+_GroupState = tuple[
+    "OrderedDict[str, _Series]",
+    int,
+    float,
+    bool,
+    bool,
+    int,
+    tuple[tuple[int, int], ...],
+    tuple[tuple[int, int, int, int], ...],
+    tuple[tuple[int, int, int], ...],
+    tuple[tuple[int, int, int, int], ...],
+]
 
 
 class _Series:
@@ -152,6 +170,10 @@ class MemoryStore:
         self._max_records = max_records
         self._remember = remember_responses
         self._lock = threading.Lock()
+        # id(plan) -> (plan, what each of its groups needs per call): see `_groups_for`.
+        self._plans: dict[int, tuple[WindowPlan, dict[int, _GroupState]]] = {}
+        self._last_plan: WindowPlan | None = None  # the plan of the last call and its table
+        self._last_groups: dict[int, _GroupState] = {}
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
         with self._lock:
@@ -219,34 +241,84 @@ class MemoryStore:
         """Whether `apply` reads the fingerprint (only to check idempotency records)."""
         return self._remember
 
+    def _groups_for(self, plan: WindowPlan) -> dict[int, _GroupState]:
+        """What each group of the plan needs per call, by id(group); built once per plan.
+
+        The plan is kept with its table, so the ids of its groups stay theirs.
+        """
+        entry = self._plans.get(id(plan))
+        if entry is not None and entry[0] is plan:
+            self._last_plan, self._last_groups = plan, entry[1]
+            return entry[1]
+        table: dict[int, _GroupState] = {}
+        for group in plan.groups:
+            counts: list[tuple[int, int]] = []
+            other: list[tuple[int, int, int, int]] = []
+            hourly: list[tuple[int, int, int]] = []
+            delayed: list[tuple[int, int, int, int]] = []
+            for output, code, reach, delay, mode in group.layout[5]:
+                if mode == EXACT and code == _COUNT and not delay:
+                    counts.append((output, reach))
+                elif mode == EXACT:
+                    other.append((output, code, reach, delay))
+                elif mode == BUCKETED:
+                    hourly.append((output, code, reach))
+                else:
+                    delayed.append((output, code, reach, delay))
+            storage, retention_ms, retention_s, capped, numeric, _, bucket_ms = group.layout
+            table[id(group)] = (
+                self._series.setdefault(storage, OrderedDict()),
+                retention_ms,
+                retention_s + self._ttl_extra_s,
+                capped,
+                numeric,
+                bucket_ms,
+                tuple(counts),
+                tuple(other),
+                tuple(hourly),
+                tuple(delayed),
+            )
+        if len(self._plans) >= 8:
+            self._plans.clear()  # plans of rule sets no longer in use
+        self._plans[id(plan)] = (plan, table)
+        self._last_plan, self._last_groups = plan, table
+        return table
+
     def _update_and_read(self, plan: WindowPlan, bound: BoundWindows, first: bool = True) -> tuple[int, ...]:
+        """Add the event to each bound group's series (unless filtered out or too late), then read its windows.
+
+        Written for speed (it is most of replay time): the common case, an
+        event newer than every event of its series, appends and adds to the
+        newest hourly bucket inline; windows are read in the groups prepared
+        by `_groups_for` (exact counts, other exact windows, bucketed windows,
+        delayed bucketed windows), sharing the bisections they have in common.
+        """
         raw = [0] * plan.raw_size
         t = bound.event_time_ms
         txid = bound.transaction_id
         now = time.monotonic()
         cap = plan.max_events_per_series
-        all_series = self._series
-        ttl_extra_s = self._ttl_extra_s
         next_idle = self._next_idle
+        groups = self._last_groups if plan is self._last_plan else self._groups_for(plan)
+        hour = t // BUCKET_MS
         try:
             for group, entity_value, bound_value, add in bound.groups:
-                storage, retention_ms, retention_s, capped, numeric, windows, bucket_ms = group.layout
-                group_series = all_series.get(storage)
-                if group_series is None:
-                    if not add:
-                        continue  # nothing to read, and a filtered-out event writes nothing
-                    group_series = all_series[storage] = OrderedDict()
+                (group_series, retention_ms, idle_s, capped, numeric, bucket_ms, counts, other, hourly, delayed) = (
+                    groups[id(group)]
+                )
                 series = group_series.get(entity_value)
                 if series is None:
                     if not add:
-                        continue
+                        continue  # nothing to read, and a filtered-out event writes nothing
                     series = group_series[entity_value] = _Series()  # the most recently written
-                elif add and t < series.ts[-1] - retention_ms:
-                    add = False  # too late: older than what the series keeps, it is only read
-                ts, ids, values = series.ts, series.ids, series.values
+                    ts, ids, values = series.ts, series.ids, series.values
+                else:
+                    ts, ids, values = series.ts, series.ids, series.values
+                    if add and t < ts[-1] - retention_ms:
+                        add = False  # too late: older than what the series keeps, it is only read
                 if add:
                     group_series.move_to_end(entity_value)
-                    expires = series.expires = now + retention_s + ttl_extra_s
+                    expires = series.expires = now + idle_s
                     if expires < next_idle:
                         next_idle = expires
                     at = series.at
@@ -257,9 +329,8 @@ class MemoryStore:
                         ts.append(t)
                         ids.append(txid)
                         values.append(value)
-                        in_order = True
+                        hi = len(ts)
                     else:
-                        in_order = False
                         if old is not None:  # the same id again: replace, as ZADD does
                             i = series.position(old, txid)
                             del ts[i]
@@ -269,12 +340,26 @@ class MemoryStore:
                         ts.insert(i, t)
                         ids.insert(i, txid)
                         values.insert(i, value)
+                        hi = -1  # found after the drops below
                     at[txid] = t
                     if bucket_ms:
                         bk = series.bk
                         if first and old is None:  # each event enters its bucket once
-                            if not numeric and bk and bk[-1] == t // BUCKET_MS:
-                                series.bc[-1] += 1  # a count series' current hour: the common case
+                            if not bk or bk[-1] < hour:  # a new newest hour: the common case
+                                amount = value if numeric else 0
+                                bk.append(hour)
+                                series.bc.append(1)
+                                series.bs.append(amount)  # type: ignore[arg-type]
+                                series.bmin.append(amount)  # type: ignore[arg-type]
+                                series.bmax.append(amount)  # type: ignore[arg-type]
+                            elif bk[-1] == hour:  # the newest hour again
+                                series.bc[-1] += 1
+                                if numeric:
+                                    series.bs[-1] += value  # type: ignore[operator]
+                                    if value < series.bmin[-1]:  # type: ignore[operator]
+                                        series.bmin[-1] = value  # type: ignore[assignment]
+                                    if value > series.bmax[-1]:  # type: ignore[operator]
+                                        series.bmax[-1] = value  # type: ignore[assignment]
                             else:
                                 series.add_to_bucket(t, value if numeric else 0)  # type: ignore[arg-type]
                         if bk and bk[0] < (t - bucket_ms) // BUCKET_MS:
@@ -284,59 +369,76 @@ class MemoryStore:
                     cutoff = t - retention_ms
                     if ts[0] < cutoff:
                         # Events with time < cutoff, as Redis drops scores in [-inf, cutoff).
-                        series.drop_oldest(bisect_left(ts, cutoff))
+                        if ts[1] >= cutoff:  # just one, the common case (ts[-1] = t is kept)
+                            del series.at[ids[0]]
+                            del ts[0], ids[0], values[0]
+                        else:
+                            series.drop_oldest(bisect_left(ts, cutoff))
                     if capped and len(ts) > cap:
                         # A value series keeps at most `cap` events, oldest first out (as the Lua script).
                         series.drop_oldest(len(ts) - cap)
-                    hi = len(ts) if in_order else bisect_right(ts, t)  # events with time <= t
+                    hi = len(ts) if hi >= 0 else bisect_right(ts, t)  # events with time <= t
                 else:
                     hi = bisect_right(ts, t)
-                for output, code, reach, delay, mode in windows:
-                    if mode == EXACT:
-                        lo = bisect_right(ts, t - reach, 0, hi)  # events with time > t - delay - d
-                        top = bisect_right(ts, t - delay, lo, hi) if delay else hi  # ... and <= t - delay
+                for output, reach in counts:
+                    raw[output] = hi - bisect_right(ts, t - reach, 0, hi)  # events in (t - d, t]
+                for output, code, reach, delay in other:
+                    lo = bisect_right(ts, t - reach, 0, hi)  # events with time > t - delay - d
+                    top = bisect_right(ts, t - delay, lo, hi) if delay else hi  # ... and <= t - delay
+                    if code == _COUNT:
+                        raw[output] = top - lo
+                    elif code == _SUM:
+                        raw[output] = sum(values[lo:top])  # type: ignore[arg-type]
+                    elif code == _DISTINCT:
+                        distinct = set(values[lo:top])
+                        distinct.discard("")
+                        raw[output] = len(distinct)
+                    elif code == _MAX:
+                        raw[output] = max(values[lo:top], default=0)  # type: ignore[type-var,assignment]
+                    elif code == _MIN:
+                        raw[output] = min(values[lo:top], default=0)  # type: ignore[type-var,assignment]
+                if hourly:
+                    # Bucketed: whole hours after the hour of t - d up to the hour before t's
+                    # (buckets bk[...:bhi]), and t's hour read exactly from the events.
+                    lo = bisect_left(ts, hour * BUCKET_MS, 0, hi)
+                    bk = series.bk
+                    bhi = bisect_right(bk, hour - 1)
+                    for output, code, reach in hourly:
+                        blo = bisect_left(bk, (t - reach) // BUCKET_MS + 1, 0, bhi)
                         if code == _COUNT:
-                            raw[output] = top - lo
+                            raw[output] = hi - lo + sum(series.bc[blo:bhi])
                         elif code == _SUM:
-                            raw[output] = sum(values[lo:top])  # type: ignore[arg-type]
-                        elif code == _DISTINCT:
-                            distinct = set(values[lo:top])
-                            distinct.discard("")
-                            raw[output] = len(distinct)
-                        elif code == _MAX:
-                            raw[output] = max(values[lo:top], default=0)  # type: ignore[type-var,assignment]
+                            raw[output] = sum(values[lo:hi]) + sum(series.bs[blo:bhi])  # type: ignore[arg-type]
                         elif code == _MIN:
-                            raw[output] = min(values[lo:top], default=0)  # type: ignore[type-var,assignment]
-                        continue
-                    # Bucketed: whole hours after the hour of t - delay - d, up to the hour
-                    # before t's (read exactly from the events) or before t - delay's.
-                    if delay:
-                        lo = top = 0
-                        last = (t - delay) // BUCKET_MS - 1
-                    else:
-                        lo = bisect_left(ts, t // BUCKET_MS * BUCKET_MS, 0, hi)
-                        top = hi
-                        last = t // BUCKET_MS - 1
+                            raw[output] = _least(values[lo:hi], series.bmin[blo:bhi])  # type: ignore[arg-type]
+                        else:
+                            raw[output] = _greatest(values[lo:hi], series.bmax[blo:bhi])  # type: ignore[arg-type]
+                for output, code, reach, delay in delayed:
+                    # Bucketed with a delay: whole hours after the hour of t - delay - d up to
+                    # the hour before t - delay's.
+                    last = (t - delay) // BUCKET_MS - 1
                     bk = series.bk
                     if not bk or bk[0] > last:
-                        n = agg = 0  # no bucket before the current hour
-                    elif code == _COUNT:
-                        blo = bisect_left(bk, (t - reach) // BUCKET_MS + 1)
-                        n = agg = sum(series.bc[blo : bisect_right(bk, last, blo)])
-                    else:
-                        n, agg = series.read_buckets(code, (t - reach) // BUCKET_MS + 1, last)
+                        continue  # no bucket: 0
                     if code == _COUNT:
-                        raw[output] = top - lo + n
-                    elif code == _SUM:
-                        raw[output] = sum(values[lo:top]) + agg  # type: ignore[arg-type]
-                    elif top > lo:
-                        part = values[lo:top]
-                        if code == _MIN:
-                            raw[output] = min(part) if not n else min(min(part), agg)  # type: ignore[type-var,assignment]
-                        else:
-                            raw[output] = max(part) if not n else max(max(part), agg)  # type: ignore[type-var,assignment]
+                        blo = bisect_left(bk, (t - reach) // BUCKET_MS + 1)
+                        raw[output] = sum(series.bc[blo : bisect_right(bk, last, blo)])
                     else:
-                        raw[output] = agg
+                        raw[output] = series.read_buckets(code, (t - reach) // BUCKET_MS + 1, last)[1]
         finally:
             self._next_idle = next_idle
         return tuple(raw)
+
+
+def _least(events: list[int], buckets: list[int]) -> int:
+    """The smallest of the events and bucket minimums (0 when both are empty)."""
+    if events:
+        return min(min(events), min(buckets)) if buckets else min(events)
+    return min(buckets) if buckets else 0
+
+
+def _greatest(events: list[int], buckets: list[int]) -> int:
+    """The largest of the events and bucket maximums (0 when both are empty)."""
+    if events:
+        return max(max(events), max(buckets)) if buckets else max(events)
+    return max(buckets) if buckets else 0

@@ -26,8 +26,13 @@ from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import Running
 from engine.transaction import Action, Channel, Feedback, Transaction
 from engine.windows.memory import MemoryStore
+from engine.windows.redis_store import RedisClusterStore
 from engine.windows.store import WindowStore
+from tests import windows_cluster
 from tests.helpers import now_ms, request
+from tests.windows_cluster import LocalCluster
+
+redis_cluster = windows_cluster.redis_cluster  # the session's local cluster (a fixture)
 
 DAY = 86_400_000
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -401,3 +406,24 @@ def test_feedback_import_of_a_file_without_labels_fails_clearly(
     pq.write_table(_labeled_table([(0, T0, "c1", "m1", 1.0)]).drop(["label"]), path)
     assert cli_main(["feedback", "import", "--data", str(path), "--target", "127.0.0.1:1"]) == 2
     assert "label" in capsys.readouterr().err
+
+
+def test_feedback_on_a_redis_cluster(tmp_path: Path, redis_cluster: LocalCluster) -> None:
+    """Label windows on a real local Redis Cluster: the same counts, once, as in the in-process store."""
+    store = RedisClusterStore(redis_cluster.url, prefix=f"fb-{uuid.uuid4().hex[:10]}", budget_s=2.0)
+    try:
+        cluster, memory = pipeline(rules_dir(tmp_path), store), pipeline(rules_dir(tmp_path), MemoryStore())
+        for p in (cluster, memory):
+            for i in range(3):
+                p.score(txn(i, T0 + i * 1000, card=f"c{i}"))
+            for i in (0, 1):
+                assert not p.feedback(Feedback(txn(i, T0 + i * 1000, card=f"c{i}"), "fraud", T0 + DAY)).duplicate
+            assert p.feedback(Feedback(txn(0, T0, card="c0"), "fraud", T0 + DAY)).duplicate
+        for i, t in enumerate((T0 + DAY - 1, T0 + DAY, T0 + 2 * DAY)):
+            got = cluster.score(txn(10 + i, t, card="c0")).fields
+            want = memory.score(txn(10 + i, t, card="c0")).fields
+            for name in ("merchant_frauds_known_7d", "merchant_labels_known_7d", "card_frauds_known_1d"):
+                assert got[name] == want[name], (t, name)
+        assert got["merchant_frauds_known_7d"] == 2 and got["card_frauds_known_1d"] == 0
+    finally:
+        store.close()

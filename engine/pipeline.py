@@ -1,8 +1,11 @@
 """The scoring pipeline: one code path for live serving, replay, backtest and training.
 
 For each transaction, in this order: validation -> enrichment -> idempotency
-check and windows (one store call) -> model score -> rules -> decision with
-reasons -> record of the response for retries.
+check and windows (one store call) -> derived features -> model score (and a
+challenger's) -> rules -> decision with reasons (and, for a review or deny the
+model drives, its explanation) -> record of the response for retries.
+`feedback` records a transaction's outcome, learned later, in the label
+windows that count it.
 
 The rule set and model in use form one immutable `Snapshot`; `swap` replaces
 it with a single reference assignment, so a request always sees one

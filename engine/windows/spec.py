@@ -3,7 +3,9 @@
 Windows that share an entity, an aggregated field and a filter share one
 series per entity value in the store: its recent events kept one by one
 (the exact part) and, when a window reaches back more than a day, hourly
-buckets of the older ones. The plan is compiled once per rule set; per
+buckets of the older ones. Label windows (`WindowSpec.label`) have series
+of their own, written by label feedback (`bind_feedback`) and only read by
+scored transactions. The plan is compiled once per rule set; per
 transaction it is only *bound* to the field values.
 """
 

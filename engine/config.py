@@ -88,6 +88,7 @@ ENV_VARS = (
     "RISK_TLS_CLIENT_CA",
     "RISK_ADMIN_HOST",
     "RISK_ADMIN_PORT",
+    "RISK_GC_TUNING",
 )
 
 
@@ -131,6 +132,8 @@ class ServeConfig:
     #: The admin gRPC service (risk.v1.Admin: Reload, Status) on its own port; None: off, 0: a free port.
     admin_host: str = "127.0.0.1"
     admin_port: int | None = None
+    #: Tune Python's cyclic garbage collector for serving (see engine.service.server.tune_gc).
+    gc_tuning: bool = True
 
     @property
     def redacted_redis_url(self) -> str:
@@ -190,6 +193,7 @@ class ServeConfig:
             "tls_client_ca": get("RISK_TLS_CLIENT_CA", Path, d.tls_client_ca),
             "admin_host": get("RISK_ADMIN_HOST", str, d.admin_host),
             "admin_port": get("RISK_ADMIN_PORT", _port_or_off, DEFAULT_ADMIN_PORT),
+            "gc_tuning": get("RISK_GC_TUNING", _on_off, d.gc_tuning),
         }
         if problems:
             raise ConfigError(problems)
@@ -315,6 +319,14 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _on_off(text: str) -> bool:
+    if text.lower() in ("on", "true", "1", "yes"):
+        return True
+    if text.lower() in ("off", "false", "0", "no"):
+        return False
+    raise ValueError("expected on or off")
 
 
 def _int(text: str) -> int:

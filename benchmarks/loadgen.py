@@ -161,6 +161,9 @@ class Job:
     stride: int
     timeout_s: float = 2.0
     max_outstanding: int = 4096
+    #: Connections, used in turn: the kernel spreads connections (not requests) over the processes
+    #: of `serve --workers N`, so a multi-process server needs several.
+    channels: int = 1
 
 
 async def _run(job: Job) -> dict[str, Any]:
@@ -171,9 +174,13 @@ async def _run(job: Job) -> dict[str, Any]:
     with open(job.pool, "rb") as fh:
         pool: list[bytes] = pickle.load(fh)  # our own file
     size = len(pool)
-    channel = grpc.aio.insecure_channel(job.target, options=[("grpc.so_reuseport", 0)])
-    call = channel.unary_unary(METHOD)  # bytes in, bytes out: messages were serialized beforehand
-    await channel.channel_ready()
+    # A local subchannel pool per channel: one TCP connection each, not one shared.
+    options = [("grpc.so_reuseport", 0), ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(job.target, options=options) for _ in range(job.channels)]
+    calls = [c.unary_unary(METHOD) for c in channels]  # bytes in, bytes out: messages were serialized beforehand
+    for c in channels:
+        await c.channel_ready()
+    turn = 0
     parse = risk_pb2.ScoreResponse.FromString
     decision_name = {v.number: v.name.removeprefix("DECISION_").lower() for v in risk_pb2.Decision.DESCRIPTOR.values}
 
@@ -195,8 +202,10 @@ async def _run(job: Job) -> dict[str, Any]:
         return req
 
     async def one(req: bytes, t0: float) -> None:
-        nonlocal ok, degraded
+        nonlocal ok, degraded, turn
         code = None
+        call = calls[turn % len(calls)]
+        turn += 1
         try:
             raw = await call(req, timeout=job.timeout_s)
         except grpc.aio.AioRpcError as exc:
@@ -247,7 +256,8 @@ async def _run(job: Job) -> dict[str, Any]:
         if tasks:
             await asyncio.wait(tasks)
     cpu1 = os.times()
-    await channel.close()
+    for c in channels:
+        await c.close()
     return {
         "latencies": lat.tobytes(),
         "ok": ok,
@@ -284,6 +294,25 @@ def cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every live process descending from it (Linux /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(parents.get(current, ()))
+    return tree
 
 
 class Service:
@@ -324,7 +353,8 @@ class Service:
         raise SystemExit(f"loadgen: {self.name} did not become SERVING within {timeout_s:.0f} s")
 
     def cpu(self) -> float:
-        return cpu_seconds(self.proc.pid)
+        """CPU time of the process and its children (the worker processes of `serve --workers N`)."""
+        return sum(cpu_seconds(pid) for pid in process_tree(self.proc.pid))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -372,9 +402,11 @@ def start_server(kind: str, workdir: Path, redis: Service | None) -> Service:
     else:
         cmd = [sys.executable, "-m", "engine.cli", "serve", "--port", str(port)]
         cmd += ["--rules", str(ROOT / "rules"), "--model", str(ROOT / "models")]
-        if kind == "redis":
+        if kind in ("redis", "redis-2w"):
             assert redis is not None
             cmd += ["--redis-url", f"redis://127.0.0.1:{redis.port}/0"]
+        if kind == "redis-2w":
+            cmd += ["--workers", "2"]
     svc = Service(kind, cmd, port, workdir / f"server-{kind}.log", env)
     svc.wait_serving()
     return svc
@@ -427,13 +459,14 @@ class Runner:
                 pool=str(self.pool),
                 offset=self.cursor + k,
                 stride=procs,
+                channels=16 if server.name == "redis-2w" else 1,
             )
             for k in range(procs)
         ]
         children = [ctx.Process(target=_client_main, args=(job, out), daemon=True) for job in jobs]
         for child in children:
             child.start()
-        watch_redis = self.redis is not None and server.name == "redis"
+        watch_redis = self.redis is not None and server.name in ("redis", "redis-2w")
         cpu0, rcpu0 = server.cpu(), self.redis.cpu() if watch_redis and self.redis else 0.0
         parts = [out.get(timeout=self.warmup_s + self.duration_s + 120) for _ in children]
         cpu1, rcpu1 = server.cpu(), self.redis.cpu() if watch_redis and self.redis else 0.0
@@ -535,6 +568,7 @@ TARGET_NAMES = {
     "trivial": "trivial server (fixed response: the Python gRPC ceiling)",
     "redis": "engine, Redis store",
     "memory": "engine, in-process store",
+    "redis-2w": "engine, Redis store, 2 server processes (serve --workers 2)",
 }
 
 
@@ -647,7 +681,11 @@ def ratios(targets: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--targets", default="trivial,redis,memory", help="comma list of trivial, redis, memory")
+    parser.add_argument(
+        "--targets",
+        default="trivial,redis,memory,redis-2w",
+        help="comma list of trivial, redis, memory, redis-2w (Redis, serve --workers 2, clients on 16 connections)",
+    )
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per phase (not measured)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per phase")
     parser.add_argument("--concurrency", default="2,8,32,128", help="in-flight counts of the closed-loop sweep")
@@ -681,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     try:
         redis = None
-        if "redis" in targets:
+        if "redis" in targets or "redis-2w" in targets:
             redis = start_redis(workdir)
             services.append(redis)
             runner.redis = redis

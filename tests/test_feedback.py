@@ -427,3 +427,22 @@ def test_feedback_on_a_redis_cluster(tmp_path: Path, redis_cluster: LocalCluster
         assert got["merchant_frauds_known_7d"] == 2 and got["card_frauds_known_1d"] == 0
     finally:
         store.close()
+
+
+def test_feedback_calls_have_their_own_request_metrics(server: Running, stub: risk_pb2_grpc.RiskEngineStub) -> None:
+    import urllib.request
+
+    t = request(event_time_ms=now_ms() - 60_000).transaction
+    stub.Feedback(_feedback_request(t, risk_pb2.OUTCOME_FRAUD))
+    with pytest.raises(grpc.RpcError):
+        stub.Feedback(_feedback_request(t, risk_pb2.OUTCOME_UNSPECIFIED))
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as resp:
+        lines = resp.read().decode().splitlines()
+
+    def value(name: str) -> float:
+        return next(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name + " "))
+
+    assert value('risk_requests_total{code="OK",method="Feedback"}') == 1
+    assert value('risk_requests_total{code="INVALID_ARGUMENT",method="Feedback"}') == 1
+    assert value('risk_request_duration_seconds_count{method="Feedback"}') == 2
+    assert not any(line.startswith('risk_requests_total{code="OK",method="Score"} ') for line in lines)

@@ -35,8 +35,8 @@ from engine.windows.store import StoreUnavailable
 
 log = logging.getLogger("risk_engine.service")
 
-#: Called once per answered call with its status code name and its server-side duration in seconds.
-OnRequest = Callable[[str, float], None]
+#: Called once per answered call with its status code name, its server-side duration in seconds and its method.
+OnRequest = Callable[[str, float, str], None]
 
 
 class _Refused(Exception):
@@ -47,7 +47,7 @@ class _Refused(Exception):
 
 class RiskEngineServicer(risk_pb2_grpc.RiskEngineServicer):
     """Scores calls; `observe` sees each fresh result, `on_scored` each fresh (transaction, result),
-    `on_request` each call's status code and duration (replays included)."""
+    `on_request` each call's status code, duration and method (replays included)."""
 
     def __init__(
         self,
@@ -105,9 +105,9 @@ class RiskEngineServicer(risk_pb2_grpc.RiskEngineServicer):
                 ) from None
             response = self._feedback(request, context)
         except _Refused as refused:
-            self._answered(refused.code.name, started)
+            self._answered(refused.code.name, started, "Feedback")
             context.abort(refused.code, refused.details)
-        self._answered("OK", started)
+        self._answered("OK", started, "Feedback")
         return response
 
     def _feedback(self, request: risk_pb2.FeedbackRequest, context: grpc.ServicerContext) -> risk_pb2.FeedbackResponse:
@@ -145,9 +145,9 @@ class RiskEngineServicer(risk_pb2_grpc.RiskEngineServicer):
         self._answered("OK", started)
         return response
 
-    def _answered(self, code: str, started: float) -> None:
+    def _answered(self, code: str, started: float, method: str = "Score") -> None:
         if self.on_request is not None:
-            self.on_request(code, time.perf_counter() - started)
+            self.on_request(code, time.perf_counter() - started, method)
 
     def _score(self, request: risk_pb2.ScoreRequest, context: grpc.ServicerContext) -> risk_pb2.ScoreResponse:
         try:

@@ -112,18 +112,9 @@ class Running:
 
 def make_store(config: ServeConfig) -> WindowStore:
     delay = config.limits.max_event_age_s + config.limits.max_event_lead_s
-    if config.redis_url.startswith("redis+cluster://"):
-        return RedisClusterStore(
-            config.redis_url,
-            prefix=config.redis_prefix,
-            budget_s=config.redis_budget_ms / 1000.0,
-            cooldown_s=config.redis_cooldown_ms / 1000.0,
-            idempotency_ttl_s=config.idempotency_ttl_s,
-            max_connections=max(config.threads, 8),
-            max_event_delay_s=delay,
-        )
     if config.redis_url:
-        return RedisStore(
+        kind = RedisClusterStore if config.redis_url.startswith("redis+cluster://") else RedisStore
+        return kind(
             config.redis_url,
             prefix=config.redis_prefix,
             budget_s=config.redis_budget_ms / 1000.0,

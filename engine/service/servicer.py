@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -34,6 +35,9 @@ from engine.transaction import ScoreResult, Transaction
 from engine.windows.store import StoreUnavailable
 
 log = logging.getLogger("risk_engine.service")
+
+Request = TypeVar("Request", risk_pb2.ScoreRequest, risk_pb2.FeedbackRequest)
+Response = TypeVar("Response", risk_pb2.ScoreResponse, risk_pb2.FeedbackResponse)
 
 #: Called once per answered call with its status code name, its server-side duration in seconds and its method.
 OnRequest = Callable[[str, float, str], None]
@@ -79,35 +83,34 @@ class RiskEngineServicer(risk_pb2_grpc.RiskEngineServicer):
         return grpc.method_handlers_generic_handler("risk.v1.RiskEngine", {"Score": score, "Feedback": feedback})
 
     def score_bytes(self, raw: bytes, context: grpc.ServicerContext) -> risk_pb2.ScoreResponse:
-        started = time.perf_counter()
-        try:
-            try:
-                request = risk_pb2.ScoreRequest.FromString(raw)
-            except DecodeError:
-                raise _Refused(
-                    grpc.StatusCode.INVALID_ARGUMENT, "request: not a valid risk.v1.ScoreRequest message"
-                ) from None
-            response = self._score(request, context)
-        except _Refused as refused:
-            self._answered(refused.code.name, started)
-            context.abort(refused.code, refused.details)
-        self._answered("OK", started)
-        return response
+        return self._answer(raw, context, risk_pb2.ScoreRequest, self._score, "Score")
 
     def feedback_bytes(self, raw: bytes, context: grpc.ServicerContext) -> risk_pb2.FeedbackResponse:
+        return self._answer(raw, context, risk_pb2.FeedbackRequest, self._feedback, "Feedback")
+
+    def _answer(
+        self,
+        raw: bytes,
+        context: grpc.ServicerContext,
+        message: type[Request],
+        handle: Callable[[Request, grpc.ServicerContext], Response],
+        method: str,
+    ) -> Response:
+        """Parse the request bytes, answer them with `handle`, count the call; refusals become the call's status."""
         started = time.perf_counter()
         try:
             try:
-                request = risk_pb2.FeedbackRequest.FromString(raw)
+                request = message.FromString(raw)
             except DecodeError:
                 raise _Refused(
-                    grpc.StatusCode.INVALID_ARGUMENT, "request: not a valid risk.v1.FeedbackRequest message"
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"request: not a valid {message.DESCRIPTOR.full_name} message",
                 ) from None
-            response = self._feedback(request, context)
+            response = handle(request, context)
         except _Refused as refused:
-            self._answered(refused.code.name, started, "Feedback")
+            self._answered(refused.code.name, started, method)
             context.abort(refused.code, refused.details)
-        self._answered("OK", started, "Feedback")
+        self._answered("OK", started, method)
         return response
 
     def _feedback(self, request: risk_pb2.FeedbackRequest, context: grpc.ServicerContext) -> risk_pb2.FeedbackResponse:

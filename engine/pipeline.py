@@ -30,7 +30,7 @@ from typing import Any
 
 from engine.decision import decide
 from engine.enrich import BOOL, NUMBER
-from engine.model.predictor import Model, applicable_thresholds
+from engine.model.predictor import Model, Thresholds, applicable_thresholds
 from engine.model.registry import Challenger
 from engine.rules.evaluate import evaluate_rules
 from engine.rules.ruleset import SCORE, RuleSet
@@ -57,12 +57,23 @@ DEADLINE_MARGIN_S = 0.005
 EXPLAIN_TOP_K = 3
 
 
+NO_THRESHOLDS = Thresholds(None, None)
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     ruleset: RuleSet
     model: Model | None  # None only offline, to compute features before a model exists
     feature_names: tuple[str, ...]  # numeric fields reported in responses, in a stable order
     challenger: Challenger | None = None  # a second model beside `model`, in shadow or split mode
+    #: The score thresholds that apply to `model` and to the challenger's model (applicable_thresholds, once)
+    thresholds: Thresholds = NO_THRESHOLDS
+    challenger_thresholds: Thresholds = NO_THRESHOLDS
+
+    def thresholds_of(self, model: Model | None) -> Thresholds:
+        if self.challenger is not None and model is self.challenger.model:
+            return self.challenger_thresholds
+        return self.thresholds
 
 
 #: The steps whose duration `Scored.timings_ns` reports, in order.
@@ -124,9 +135,13 @@ def model_reasons(ruleset: RuleSet, score: float, model: Model | None = None) ->
     `model:` section where it sets them, else the model's own; the message
     says which.
     """
+    return reasons_at(applicable_thresholds(ruleset, model), score)
+
+
+def reasons_at(thresholds: Thresholds, score: float) -> list[Reason]:
+    """`model_reasons` with the thresholds already chosen (the snapshot keeps them)."""
     if math.isnan(score):
         return []
-    thresholds = applicable_thresholds(ruleset, model)
     deny, review = thresholds.deny_at, thresholds.review_at
     if deny is not None and score >= deny.value:
         return [
@@ -156,7 +171,14 @@ def _features(names: tuple[str, ...], fields: dict[str, Any]) -> dict[str, float
 
 def make_snapshot(ruleset: RuleSet, model: Model | None, challenger: Challenger | None = None) -> Snapshot:
     names = tuple(sorted(n for n, t in ruleset.catalog.items() if t in (NUMBER, BOOL)))
-    return Snapshot(ruleset, model, names, challenger)
+    return Snapshot(
+        ruleset,
+        model,
+        names,
+        challenger,
+        applicable_thresholds(ruleset, model),
+        applicable_thresholds(ruleset, challenger.model if challenger is not None else None),
+    )
 
 
 class Pipeline:
@@ -401,7 +423,7 @@ class Pipeline:
         reasons: list[Reason] = []
         acting, shadow = evaluate_rules(ruleset, fields, txn.transaction_id, windows_ok, score_ok)
         reasons.extend(acting)
-        for reason in model_reasons(ruleset, score, model):
+        for reason in reasons_at(snap.thresholds_of(model), score):
             reasons.append(self._explain(model, reason, fields) if model is not None else reason)
         if not windows_ok:
             reasons.append(self._fallback(ruleset, fields))
@@ -493,7 +515,7 @@ class Pipeline:
         ruleset = snap.ruleset
         fields = {**step.fields, SCORE: score}
         acting, _ = evaluate_rules(ruleset, fields, step.txn.transaction_id, step.windows_ok, not math.isnan(score))
-        acting.extend(model_reasons(ruleset, score, model))
+        acting.extend(reasons_at(snap.thresholds_of(model), score))
         if not step.windows_ok:
             acting.append(self._fallback(ruleset, fields))
         decision, _ = decide(acting)

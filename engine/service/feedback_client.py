@@ -34,7 +34,6 @@ class ImportReport:
     sent: int = 0
     recorded: int = 0
     duplicates: int = 0
-    unlabeled: int = 0
     refused: Counter[str] = field(default_factory=Counter)  # status code name -> count
     first_errors: list[str] = field(default_factory=list)
 

@@ -30,7 +30,7 @@ from google.protobuf.message import DecodeError
 
 from engine.pipeline import IdempotencyConflict, InvalidTransaction, Pipeline
 from engine.service.convert import to_feedback, to_feedback_response, to_response, to_transaction
-from engine.service.pb import risk_pb2, risk_pb2_grpc
+from engine.service.pb import risk_pb2
 from engine.transaction import ScoreResult, Transaction
 from engine.windows.store import StoreUnavailable
 
@@ -49,7 +49,7 @@ class _Refused(Exception):
         self.details = details
 
 
-class RiskEngineServicer(risk_pb2_grpc.RiskEngineServicer):
+class RiskEngineServicer:
     """Scores calls; `observe` sees each fresh result, `on_scored` each fresh (transaction, result),
     `on_request` each call's status code, duration and method (replays included)."""
 
@@ -138,17 +138,7 @@ class RiskEngineServicer(risk_pb2_grpc.RiskEngineServicer):
             ) from None
         return to_feedback_response(result)
 
-    def Score(self, request: risk_pb2.ScoreRequest, context: grpc.ServicerContext) -> risk_pb2.ScoreResponse:  # noqa: N802
-        started = time.perf_counter()
-        try:
-            response = self._score(request, context)
-        except _Refused as refused:
-            self._answered(refused.code.name, started)
-            context.abort(refused.code, refused.details)
-        self._answered("OK", started)
-        return response
-
-    def _answered(self, code: str, started: float, method: str = "Score") -> None:
+    def _answered(self, code: str, started: float, method: str) -> None:
         if self.on_request is not None:
             self.on_request(code, time.perf_counter() - started, method)
 

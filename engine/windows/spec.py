@@ -326,7 +326,6 @@ class WindowPlan:
             )
             for g in self.groups
         )
-        self.has_filters = any(g.filter is not None for g in self.groups)
 
         # _finish[i] = (is_avg, raw index a, raw index b, scale) for spec i
         self._finish: list[tuple[bool, int, int, float]] = []
@@ -369,9 +368,7 @@ class WindowPlan:
                 entity_value = SEPARATOR.join(parts)
             if source is None:
                 value = ""
-            elif multiplier == 1:
-                value = str(fields[source])
-            elif multiplier:
+            elif multiplier > 1:  # a fraction kept as an integer (thousandths)
                 value = str(round(fields[source] * multiplier))
             else:
                 value = str(fields[source])

@@ -25,7 +25,8 @@ import numpy as np
 import yaml
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from engine.model.predictor import PROMOTED, window_to_dict
+from engine.model.predictor import window_to_dict
+from engine.model.registry import promote as promote_model
 from engine.offline.backtest import pick_mapping, read_table
 from engine.offline.datasets import table_to_dataset
 from engine.offline.replay import ReplayStats, label_events, print_progress, replay
@@ -456,7 +457,7 @@ def train(
     (folder / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (folder / "report.md").write_text(metrics_report(metadata))
     if promote:
-        (Path(out) / PROMOTED).write_text(version + "\n")
+        promote_model(Path(out), version, ruleset)  # checked against the rules, PROMOTED replaced atomically
     return folder
 
 

@@ -87,22 +87,18 @@ class TrainConfig:
     def load(cls, path: str | Path) -> TrainConfig:
         raw = yaml.safe_load(Path(path).read_text())
         split = raw["split"]
+        # The dataclasses hold the defaults; the file gives what it sets.
         validation = None
-        if "validation" in raw:
-            v = raw["validation"]
-            validation = Validation(
-                test_weeks=tuple(str(w) for w in v["test_weeks"]),
-                train_days=int(v.get("train_days", 56)),
-                delay_days=int(v.get("delay_days", 7)),
-                early_stopping_days=int(v.get("early_stopping_days", 7)),
-                test_days=int(v.get("test_days", 7)),
-            )
-        t = raw.get("thresholds", {})
-        policy = ThresholdPolicy(
-            review_rate=float(t.get("review_rate", 0.01)),
-            deny_precision=float(t.get("deny_precision", 0.9)),
-            min_deny_count=int(t.get("min_deny_count", 20)),
-        )
+        t: dict[str, Any] = dict(raw.get("thresholds", {}))
+        try:
+            if "validation" in raw:
+                v: dict[str, Any] = dict(raw["validation"])
+                weeks = tuple(str(w) for w in v.pop("test_weeks"))
+                validation = Validation(weeks, **{key: int(value) for key, value in v.items()})
+            typed: dict[str, Any] = {k: int(x) if k == "min_deny_count" else float(x) for k, x in t.items()}
+            policy = ThresholdPolicy(**typed)
+        except (TypeError, KeyError) as exc:  # an unknown or missing key
+            raise ValueError(f"{path}: validation or thresholds: {exc}") from None
         if not 0 < policy.review_rate < 1 or not 0 < policy.deny_precision <= 1:
             raise ValueError(f"{path}: thresholds: review_rate must be in (0, 1), deny_precision in (0, 1]")
         return cls(

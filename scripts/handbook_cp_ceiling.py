@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from engine.offline.backtest import pick_mapping, read_table
-from engine.offline.datasets import default_data_path, table_to_dataset
+from engine.offline.backtest import load_dataset, mapping_candidates
+from engine.offline.datasets import default_data_path
 from engine.offline.replay import label_events, replay
-from engine.offline.train import DAY_MS, _day_ms, card_precision_top_k, known_compromised_mask
+from engine.offline.train import DAY_MS, book_test_rows, card_precision_top_k
 from engine.rules.ruleset import load_ruleset
 
 WEEKS = ("2018-07-11", "2018-07-18", "2018-07-25", "2018-08-01")
@@ -46,9 +46,7 @@ def main() -> int:
         print("--data is required (../shared/data/handbook/ was not found)", file=sys.stderr)
         return 2
     ruleset = load_ruleset(args.rules)
-    table = read_table(args.data)
-    _, mapping = pick_mapping(table, ruleset.data_mapping or ("native",), args.data)
-    dataset = table_to_dataset(table, mapping)
+    _, dataset = load_dataset(args.data, mapping_candidates(ruleset, None))
     assert dataset.labels is not None
     raw = pq.read_table(Path(args.data), columns=["TRANSACTION_ID", "TX_FRAUD_SCENARIO"]).to_pydict()
     scenario_of = dict(zip(map(str, raw["TRANSACTION_ID"]), raw["TX_FRAUD_SCENARIO"], strict=True))
@@ -68,9 +66,7 @@ def main() -> int:
     print("|---|---|---|---|")
     ceilings = []
     for week in args.weeks:
-        start = _day_ms(week) // DAY_MS
-        m = (days >= start) & (days < start + 7)
-        m &= ~known_compromised_mask(days, cards, y, m, args.delay_days, start - args.delay_days - 7)
+        m = book_test_rows(days, cards, y, np.ones(len(days), dtype=bool), week, delay_days=args.delay_days)
         every = card_precision_top_k(days[m], cards[m], y[m], y[m])
         best = card_precision_top_k(days[m], cards[m], detectable[m].astype(float), y[m])
         ceilings.append(best)

@@ -69,7 +69,7 @@ import yaml
 
 from engine.iso import CURRENCY_EXPONENTS
 from engine.model.predictor import Model
-from engine.offline.datasets import PRESETS, ColumnMapping, DatasetError, optional_fields, table_to_dataset
+from engine.offline.datasets import PRESETS, ColumnMapping, Dataset, DatasetError, optional_fields, table_to_dataset
 from engine.offline.replay import LabelEvent, ReplayStats, label_events, replay
 from engine.rules.ruleset import RuleSet
 from engine.transaction import Action, ReasonSource, Transaction
@@ -182,24 +182,51 @@ def read_table(path: str | Path) -> pa.Table:
     raise BacktestError(f"{path}: expected a .parquet or .csv file")
 
 
-def pick_mapping(table: pa.Table, candidates: Sequence[str | Path], where: str) -> tuple[str, ColumnMapping]:
+def mapping_candidates(ruleset: RuleSet, mapping: str | Path | None) -> list[tuple[str, ColumnMapping]]:
+    """The column mappings to try on a file, loaded (a bad one is reported before any data is read).
+
+    `mapping` when given, else the rule set's `data_mapping`, else the native schema.
+    """
+    names = [mapping] if mapping is not None else (ruleset.data_mapping or ("native",))
+    return [(str(name), load_mapping(name)) for name in names]
+
+
+def pick_mapping(
+    table: pa.Table, candidates: Sequence[tuple[str, ColumnMapping]], where: str
+) -> tuple[str, ColumnMapping]:
     """The first candidate mapping whose columns are all in the table, with its name.
 
     With one candidate its own error is raised; with several, one message
     says what each lacks.
     """
     problems = []
-    for candidate in candidates:
-        mapping = load_mapping(candidate)
+    for name, mapping in candidates:
         try:
             check_columns(table, mapping, where)
         except BacktestError as exc:
             if len(candidates) == 1:
                 raise
-            problems.append(f"{Path(str(candidate)).name}: {str(exc).split(': ', 1)[1]}")
+            problems.append(f"{Path(name).name}: {str(exc).split(': ', 1)[1]}")
             continue
-        return str(candidate), mapping
+        return name, mapping
     raise BacktestError(f"{where}: no mapping of the rule set fits the data; " + "; ".join(problems))
+
+
+def load_dataset(
+    data: str | Path, candidates: Sequence[tuple[str, ColumnMapping]], limit: int | None = None
+) -> tuple[str, Dataset]:
+    """Read a Parquet or CSV file with the first candidate mapping that fits it: (mapping name, dataset).
+
+    Raises BacktestError for a file that cannot be read or mapped.
+    """
+    table = read_table(data)
+    name, mapping = pick_mapping(table, candidates, str(data))
+    if limit is not None:
+        table = table.slice(0, limit)
+    try:
+        return name, table_to_dataset(table, mapping)
+    except (DatasetError, pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+        raise BacktestError(f"{data}: {exc}") from None
 
 
 def check_columns(table: pa.Table, mapping: ColumnMapping, where: str) -> None:
@@ -727,22 +754,12 @@ def backtest(
     timing: dict[str, float] = {}
     started = time.perf_counter()
     ruleset = load_ruleset(rules)
-    candidates: Sequence[str | Path] = [mapping] if mapping is not None else (ruleset.data_mapping or ("native",))
-    for candidate in candidates:
-        load_mapping(candidate)  # a bad mapping is reported before the data is read
+    candidates = mapping_candidates(ruleset, mapping)
     ruleset_b = load_ruleset(compare) if compare is not None else None
     model_a = load_model(model, ruleset) if model is not None else None
     model_b = load_model(model, ruleset_b) if model is not None and ruleset_b is not None else None
 
-    table = read_table(data)
-    mapping, column_mapping = pick_mapping(table, candidates, str(data))
-    if limit is not None:
-        table = table.slice(0, limit)
-    try:
-        dataset = table_to_dataset(table, column_mapping)
-    except (DatasetError, pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
-        raise BacktestError(f"{data}: {exc}") from None
-    del table
+    mapping, dataset = load_dataset(data, candidates, limit)
     transactions = dataset.transactions
     labels = dataset.labels
     event_ms = np.fromiter((t.event_time_ms for t in transactions), dtype=np.int64, count=len(transactions))

@@ -27,8 +27,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from engine.model.predictor import window_to_dict
 from engine.model.registry import promote as promote_model
-from engine.offline.backtest import pick_mapping, read_table
-from engine.offline.datasets import table_to_dataset
+from engine.offline.backtest import load_dataset, mapping_candidates
 from engine.offline.replay import ReplayStats, label_events, print_progress, replay
 from engine.rules.ruleset import load_ruleset
 
@@ -177,6 +176,22 @@ def known_compromised_mask(
     return out
 
 
+def book_test_rows(
+    days: np.ndarray,
+    cards: np.ndarray,
+    labels: np.ndarray,
+    rows: np.ndarray,
+    week: str,
+    test_days: int = 7,
+    delay_days: int = 7,
+) -> np.ndarray:
+    """The book's test rows of the week from `week` (ISO date): `rows` on its days, known compromised cards dropped."""
+    start = _day_ms(week) // DAY_MS
+    mask = rows & (days >= start) & (days < start + test_days)
+    since = start - delay_days - 7  # the book's training week, before the delay
+    return mask & ~known_compromised_mask(days, cards, labels, mask, delay_days, since)
+
+
 def evaluate_scores(
     scores: np.ndarray, labels: np.ndarray, days: np.ndarray, cards: np.ndarray
 ) -> dict[str, float | int]:
@@ -273,9 +288,7 @@ def validate_prequential(
         train_start = train_end - v.train_days
         train_mask = valid & (days >= train_start) & (days < es_start)
         es_mask = valid & (days >= es_start) & (days < train_end)
-        test_mask = valid & (days >= test_start) & (days < test_start + v.test_days)
-        since = test_start - v.delay_days - 7  # the book's training week
-        test_mask &= ~known_compromised_mask(days, cards, y, test_mask, v.delay_days, since)
+        test_mask = book_test_rows(days, cards, y, valid, week, v.test_days, v.delay_days)
         for name, m in (("train", train_mask), ("early stopping", es_mask), ("test", test_mask)):
             if m.sum() == 0 or y[m].sum() == 0:
                 raise ValueError(f"validation week {week}: the {name} period has no rows or no frauds")
@@ -339,11 +352,7 @@ def train(
         raise ValueError(f"features not produced by rule set {ruleset.version}: {', '.join(unknown)}")
 
     started = time.perf_counter()
-    table = read_table(data)
-    candidates = [config.mapping] if config.mapping else (ruleset.data_mapping or ("native",))
-    mapping_name, mapping = pick_mapping(table, candidates, str(data))
-    dataset = table_to_dataset(table, mapping)
-    del table
+    mapping_name, dataset = load_dataset(data, mapping_candidates(ruleset, config.mapping))
     if dataset.labels is None:
         raise ValueError("the data has no label column in this mapping")
     ids = [t.transaction_id for t in dataset.transactions]

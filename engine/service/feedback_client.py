@@ -18,8 +18,7 @@ from pathlib import Path
 
 import grpc
 
-from engine.offline.backtest import check_columns, load_mapping, read_table
-from engine.offline.datasets import table_to_dataset
+from engine.offline.backtest import load_dataset, load_mapping
 from engine.service.convert import from_feedback
 from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.transaction import Feedback
@@ -48,9 +47,7 @@ def read_feedback(path: str | Path, mapping: str | Path, label_delay_ms: int | N
     column_mapping = load_mapping(mapping)
     if column_mapping.label is None:
         raise ValueError(f"the mapping {mapping} names no label column")
-    table = read_table(path)
-    check_columns(table, column_mapping, str(path))
-    dataset = table_to_dataset(table, column_mapping)
+    _, dataset = load_dataset(path, [(str(mapping), column_mapping)])
     assert dataset.labels is not None
     now_ms = int(time.time() * 1000)
     out: list[Feedback] = []

@@ -33,11 +33,8 @@ from grpc_reflection.v1alpha import reflection
 
 from engine.config import ConfigError, ServeConfig, unknown_env
 from engine.decisions import DecisionLog
-from engine.model.predictor import load_model
-from engine.model.registry import load_challenger
 from engine.pipeline import Pipeline
-from engine.reload import Reloader, ReloadStatus
-from engine.rules.ruleset import load_ruleset
+from engine.reload import Reloader, ReloadStatus, load_serving
 from engine.service.admin import AdminServicer
 from engine.service.metrics import Metrics
 from engine.service.pb import admin_pb2, admin_pb2_grpc, risk_pb2
@@ -219,13 +216,7 @@ def start(config: ServeConfig) -> Running:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
-    ruleset = load_ruleset(config.rules)
-    model = load_model(config.model, ruleset)
-    challenger = load_challenger(config.model, ruleset)
-    # Explanations are set up before serving, not on the first review or deny (about 0.4 s).
-    model.prepare_explanations()
-    if challenger is not None:
-        challenger.model.prepare_explanations()
+    ruleset, model, challenger = load_serving(config.rules, config.model)
     store = make_store(config)
     metrics = Metrics()
     pipeline = Pipeline(

@@ -141,13 +141,9 @@ class _Worker:
 
 def _check_loads(config: ServeConfig) -> None:
     """Load the rule set and the models once here: a bad one fails as it does with one process."""
-    from engine.model.predictor import load_model
-    from engine.model.registry import load_challenger
-    from engine.rules.ruleset import load_ruleset
+    from engine.reload import load_serving
 
-    ruleset = load_ruleset(config.rules)
-    load_model(config.model, ruleset)
-    load_challenger(config.model, ruleset)
+    load_serving(config.rules, config.model, explain=False)
 
 
 def supervise(config: ServeConfig) -> None:

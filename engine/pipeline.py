@@ -304,8 +304,7 @@ class Pipeline:
         bound = plan.bind_feedback(f"label {txn.transaction_id}", fb.known_at_ms, fields, fb.outcome)
         fingerprint = fb.fingerprint()
         store = self.store
-        if time_left_s is not None and time_left_s < store.budget_s + DEADLINE_MARGIN_S:
-            raise StoreUnavailable(f"{time_left_s * 1000:.0f} ms left before the caller's deadline", "deadline")
+        self._check_time_left(time_left_s)
         outcome = store.apply(plan, bound, fingerprint)
         if outcome.replay is not None:
             return FeedbackResult.from_json(outcome.replay, duplicate=True)
@@ -373,8 +372,7 @@ class Pipeline:
         windows_ok = True
         before_store = time.perf_counter_ns()
         try:
-            if time_left_s is not None and time_left_s < store.budget_s + DEADLINE_MARGIN_S:
-                raise StoreUnavailable(f"{time_left_s * 1000:.0f} ms left before the caller's deadline", "deadline")
+            self._check_time_left(time_left_s)
             outcome = store.apply(plan, bound, fingerprint)
         except StoreUnavailable as exc:
             windows_ok = False
@@ -390,6 +388,11 @@ class Pipeline:
         return _Pending(
             txn, fields, fingerprint, windows_ok, prepare_ns=before_store - started, store_ns=done - before_store
         )
+
+    def _check_time_left(self, time_left_s: float | None) -> None:
+        """Raise StoreUnavailable('deadline') when the caller cannot wait for a store call."""
+        if time_left_s is not None and time_left_s < self.store.budget_s + DEADLINE_MARGIN_S:
+            raise StoreUnavailable(f"{time_left_s * 1000:.0f} ms left before the caller's deadline", "deadline")
 
     def _predict_one(self, snap: Snapshot, fields: dict[str, Any]) -> float:
         """The model's score for one transaction with complete windows (NaN when it fails)."""

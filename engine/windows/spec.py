@@ -130,7 +130,7 @@ class Group:
     storage: str = ""  # stable name of the series: 'card_id', 'card_id#amount_base_minor', + '?f<hash>'
     suffix: str = ""  # '' or ':f<hash of the filter>' (Redis key suffix)
     numeric: bool = False  # the stored value is an integer (sums, extremes), not a string
-    #: What the in-process store reads on every transaction, as one flat tuple:
+    #: What the in-process store prepares its per-plan table from (once per plan), as one flat tuple:
     #: (storage, retention_ms, longest retention in s, value series?, numeric,
     #:  ((output, agg_code, reach = duration + delay, delay, mode), ...), bucket retention ms).
     layout: tuple[str, int, float, bool, bool, tuple[tuple[int, int, int, int, int], ...], int] = dc_field(

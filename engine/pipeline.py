@@ -45,7 +45,7 @@ from engine.transaction import (
     Transaction,
 )
 from engine.validation import InvalidTransaction, Limits, validate
-from engine.windows.spec import LABELS
+from engine.windows.spec import LABELS, BoundWindows
 from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowStore
 
 # The errors a door must handle, importable from here.
@@ -165,8 +165,8 @@ def reasons_at(thresholds: Thresholds, score: float) -> list[Reason]:
 
 
 def _features(names: tuple[str, ...], fields: dict[str, Any]) -> dict[str, float]:
-    """The numeric fields reported in a response, as floats, in `names` order (one C-level pass)."""
-    return dict(zip(names, map(float, map(fields.__getitem__, names)), strict=True))
+    """The numeric fields reported in a response, as floats, in `names` order."""
+    return {name: float(fields[name]) for name in names}
 
 
 def make_snapshot(ruleset: RuleSet, model: Model | None, challenger: Challenger | None = None) -> Snapshot:
@@ -361,9 +361,8 @@ class Pipeline:
         """
         ruleset = snap.ruleset
         started = time.perf_counter_ns()
-        txn, fields = prepare(ruleset, txn, self.limits, int(self.clock() * 1000) if self.check_clock else None)
+        txn, fields, bound = self._bind(ruleset, txn)
         plan = ruleset.windows
-        bound = plan.bind(txn.transaction_id, txn.event_time_ms, fields)
         # The fingerprint tells a retry from a reused id: only a store that keeps
         # idempotency records, or the record of the response, reads it.
         store = self.store
@@ -388,6 +387,25 @@ class Pipeline:
         return _Pending(
             txn, fields, fingerprint, windows_ok, prepare_ns=before_store - started, store_ns=done - before_store
         )
+
+    def _bind(self, ruleset: RuleSet, txn: Transaction) -> tuple[Transaction, dict[str, Any], BoundWindows]:
+        """Validation, enrichment and the transaction's place in each window group."""
+        txn, fields = prepare(ruleset, txn, self.limits, int(self.clock() * 1000) if self.check_clock else None)
+        if not getattr(self.store, "reads_groups", True):  # a store that knows the answers already
+            return txn, fields, BoundWindows(txn.transaction_id, txn.event_time_ms, ())
+        return txn, fields, ruleset.windows.bind(txn.transaction_id, txn.event_time_ms, fields)
+
+    def add_to_windows(self, txn: Transaction) -> None:
+        """Only what changes window state: validation, enrichment and the store call, nothing read back.
+
+        The windows pass of a parallel replay (`engine.offline.replay`) runs
+        this ahead of scoring, in another process, with the same store calls
+        in the same order as `score_batch`. Raises InvalidTransaction.
+        """
+        ruleset = self.snapshot.ruleset
+        txn, _, bound = self._bind(ruleset, txn)
+        store = self.store
+        store.apply(ruleset.windows, bound, txn.fingerprint() if getattr(store, "uses_fingerprints", True) else "")
 
     def _check_time_left(self, time_left_s: float | None) -> None:
         """Raise StoreUnavailable('deadline') when the caller cannot wait for a store call."""

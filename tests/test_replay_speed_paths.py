@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import multiprocessing as mp
+import os
 import random
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -29,7 +31,7 @@ from hypothesis import strategies as st
 from engine.enrich import Enricher, Money
 from engine.model.predictor import Model, load_model
 from engine.offline.datasets import PRESETS, ColumnMapping, read_dataset, table_to_dataset
-from engine.offline.replay import ReplayStats, replay
+from engine.offline.replay import LabelEvent, ReplayStats, _RecordingStore, label_events, replay
 from engine.pipeline import IdempotencyConflict, InvalidTransaction, Pipeline, Scored
 from engine.rules import load_ruleset
 from engine.transaction import Transaction
@@ -194,17 +196,92 @@ def test_score_batch_without_a_model_gives_features_only(synthetic_data: Path) -
     assert _batched(pipeline(), stream, 50) == _one_by_one(pipeline(), stream)
 
 
-def test_replay_yields_what_score_gives_one_by_one(synthetic_data: Path, ruleset_and_model: tuple[Any, Model]) -> None:
+@pytest.mark.parametrize("parallel", [False, True], ids=["one process", "windows pass forked"])
+def test_replay_yields_what_score_gives_one_by_one(
+    synthetic_data: Path, ruleset_and_model: tuple[Any, Model], parallel: bool
+) -> None:
     ruleset, model = ruleset_and_model
     stream = _awkward_stream(synthetic_data, 1_000)
     pipeline = Pipeline(ruleset, model, MemoryStore(remember_responses=False), check_clock=False, record=False)
     want = [(i, a) for i, a in enumerate(_one_by_one(pipeline, stream)) if a[0] == "scored"]
     stats = ReplayStats()
-    got = [(i, _answer(s)) for i, s in replay(stream, ruleset, model, stats, batch_size=97)]
+    got = [(i, _answer(s)) for i, s in replay(stream, ruleset, model, stats, batch_size=97, parallel=parallel)]
     assert got == want
     assert stats.scored == len(want)
     assert stats.rejected == len(stream) - len(want) > 0
     assert stats.first_errors and stats.first_errors[0].startswith("bad-")
+
+
+def _labeled(synthetic_data: Path, ruleset: Any) -> tuple[list[Transaction], list[LabelEvent]]:
+    dataset = read_dataset(synthetic_data, PRESETS["native"])
+    assert dataset.labels is not None
+    return dataset.transactions, label_events(dataset.transactions, dataset.labels, dataset.label_times_ms, ruleset)
+
+
+def test_parallel_replay_with_labels_equals_one_process(
+    synthetic_data: Path, ruleset_and_model: tuple[Any, Model]
+) -> None:
+    """Windows pass forked or not: the same answers and fields, labels fed at the same points."""
+    ruleset, model = ruleset_and_model
+    transactions, events = _labeled(synthetic_data, ruleset)
+    assert len(events) > 100  # the shipped rules count fraud labels per merchant
+    runs = []
+    for parallel in (False, True):
+        stats = ReplayStats()
+        runs.append(
+            (
+                [
+                    (i, _answer(s))
+                    for i, s in replay(
+                        transactions, ruleset, model, stats, labels=events, batch_size=500, parallel=parallel
+                    )
+                ],
+                stats.labels,
+            )
+        )
+    assert runs[0] == runs[1]
+    assert any(a[3]["merchant_frauds_known_30d"] > 0 for _, a in runs[0][0])  # labels did reach the windows
+
+
+def _fail_after(calls: int, how: str) -> Any:
+    real = _RecordingStore.apply
+    seen = itertools.count()
+
+    def apply(self: _RecordingStore, *args: Any) -> Any:
+        if next(seen) == calls:
+            if how == "exit":
+                os._exit(3)  # the windows pass dies without a word
+            raise ValueError("store broke")
+        return real(self, *args)
+
+    return apply
+
+
+@pytest.mark.parametrize("how", ["raise", "exit"])
+def test_a_failing_windows_pass_fails_the_replay_instead_of_hanging(
+    synthetic_data: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    ruleset = load_ruleset(RULES)
+    transactions = read_dataset(synthetic_data, PRESETS["native"]).transactions[:3_000]
+    monkeypatch.setattr(_RecordingStore, "apply", _fail_after(1_500, how))  # the forked pass inherits it
+    got = 0
+    with pytest.raises(RuntimeError, match="windows pass") as caught:
+        for _ in replay(transactions, ruleset, None, batch_size=256, parallel=True):
+            got += 1
+    assert 1_000 < got < 1_500  # the answers before the failure came through, none after
+    assert ("store broke" in str(caught.value)) == (how == "raise")
+    assert ("code 3" in str(caught.value)) == (how == "exit")
+    assert not mp.active_children()
+
+
+def test_abandoning_a_parallel_replay_stops_its_windows_pass(synthetic_data: Path) -> None:
+    ruleset = load_ruleset(RULES)
+    transactions = read_dataset(synthetic_data, PRESETS["native"]).transactions[:5_000]
+    run = replay(transactions, ruleset, None, batch_size=256, parallel=True)
+    next(run)
+    assert len(mp.active_children()) == 1
+    run.close()
+    assert not mp.active_children()
 
 
 def test_fingerprints_are_skipped_only_when_nothing_reads_them() -> None:

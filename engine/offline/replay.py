@@ -7,11 +7,17 @@ and training both read their features from here.
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing as mp
+import os
 import sys
 import time
+import traceback
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from operator import attrgetter
 
 import numpy as np
@@ -23,7 +29,8 @@ from engine.rules.ruleset import RuleSet
 from engine.transaction import Feedback, Transaction
 from engine.validation import InvalidTransaction
 from engine.windows.memory import MemoryStore
-from engine.windows.spec import FRAUD, GENUINE
+from engine.windows.spec import FRAUD, GENUINE, BoundWindows, WindowPlan
+from engine.windows.store import WindowsOutcome, WindowStore
 
 #: A label as replay feeds it: (known at, epoch ms; index of its transaction; outcome).
 LabelEvent = tuple[int, int, str]
@@ -75,6 +82,21 @@ def label_events(
     return events
 
 
+#: Below this many transactions, replay runs in one process (starting a second costs more than it saves).
+PARALLEL_MIN_ROWS = 20_000
+
+
+def parallel_by_default(rows: int) -> bool:
+    """Whether `replay` runs its windows pass in a second process when not told.
+
+    Yes for a long replay on a machine with more than one core where
+    processes can be forked (Linux); `RISK_REPLAY_PROCESSES=1` says no.
+    """
+    if os.environ.get("RISK_REPLAY_PROCESSES", "").strip() == "1":
+        return False
+    return rows >= PARALLEL_MIN_ROWS and (os.cpu_count() or 1) > 1 and "fork" in mp.get_all_start_methods()
+
+
 def replay(
     transactions: Sequence[Transaction],
     ruleset: RuleSet,
@@ -83,6 +105,7 @@ def replay(
     progress: Callable[[int, int], None] | None = None,
     batch_size: int = BATCH_SIZE,
     labels: Sequence[LabelEvent] = (),
+    parallel: bool | None = None,
 ) -> Iterator[tuple[int, Scored]]:
     """Yield (index, scored) for each valid transaction; invalid ones are counted in `stats`.
 
@@ -92,30 +115,34 @@ def replay(
     through `Pipeline.feedback` as live labels would be: each before the
     first transaction at or after the time it became known, so a window sees
     only labels known at its transaction's time.
+
+    `parallel` (default: `parallel_by_default`) splits the work over two
+    processes: a forked windows pass runs the store calls (`add_to_windows`,
+    `feedback`) on the in-process store ahead of scoring, and this process
+    runs the very same pipeline on a `PlaybackStore` that answers each store
+    call with the windows pass's answer to it. The answers are identical
+    either way (tested); only the time differs.
     """
     stats = stats if stats is not None else ReplayStats()
     stats.first_errors = stats.first_errors or []
-    pipeline = Pipeline(ruleset, model, MemoryStore(remember_responses=False), check_clock=False, record=False)
+    if parallel is None:
+        parallel = parallel_by_default(len(transactions))
     started = time.perf_counter()
     total = len(transactions)
-    next_label = 0
-    event_time = attrgetter("event_time_ms")
-    with paused_cycle_collector():
-        first = 0
-        while first < total:
-            end = min(first + batch_size, total)
-            if next_label < len(labels):
-                now = transactions[first].event_time_ms
-                while next_label < len(labels) and labels[next_label][0] <= now:
-                    known, index, outcome = labels[next_label]
-                    next_label += 1
-                    try:
-                        pipeline.feedback(Feedback(transactions[index], outcome, known))
-                    except InvalidTransaction:
-                        continue  # its transaction was rejected too
-                    stats.labels += 1
-                if next_label < len(labels):  # stop the batch where the next label becomes known
-                    end = bisect_left(transactions, labels[next_label][0], first + 1, end, key=event_time)
+    with paused_cycle_collector(), contextlib.ExitStack() as cleanup:
+        store: WindowStore
+        if parallel:
+            store = cleanup.enter_context(PlaybackStore.forked(transactions, ruleset, batch_size, labels))
+        else:
+            store = MemoryStore(remember_responses=False)
+        pipeline = Pipeline(ruleset, model, store, check_clock=False, record=False)
+        for due, first, end in _steps(transactions, labels, batch_size):
+            for known, index, outcome in due:
+                try:
+                    pipeline.feedback(Feedback(transactions[index], outcome, known))
+                except InvalidTransaction:
+                    continue  # its transaction was rejected too
+                stats.labels += 1
             batch = transactions[first:end]
             for i, (txn, scored) in enumerate(zip(batch, pipeline.score_batch(batch), strict=True), first):
                 if not isinstance(scored, Scored):
@@ -129,8 +156,152 @@ def replay(
                 if progress is not None and i % 50_000 == 0:
                     progress(i, total)
                 yield i, scored
-            first = end
     stats.seconds = time.perf_counter() - started
+
+
+def _steps(
+    transactions: Sequence[Transaction], labels: Sequence[LabelEvent], batch_size: int
+) -> Iterator[tuple[Sequence[LabelEvent], int, int]]:
+    """Replay's order of work: (labels to feed now, then the batch [first, end) to score).
+
+    A batch stops where the next label becomes known, so that label is fed
+    before the first transaction at or after its time. The windows pass and
+    the scoring side of a parallel replay both follow this order.
+    """
+    total = len(transactions)
+    next_label = 0
+    event_time = attrgetter("event_time_ms")
+    first = 0
+    while first < total:
+        end = min(first + batch_size, total)
+        due_from = next_label
+        if next_label < len(labels):
+            now = transactions[first].event_time_ms
+            while next_label < len(labels) and labels[next_label][0] <= now:
+                next_label += 1
+            if next_label < len(labels):
+                end = bisect_left(transactions, labels[next_label][0], first + 1, end, key=event_time)
+        yield labels[due_from:next_label], first, end
+        first = end
+
+
+class PlaybackStore:
+    """A window store that answers each call with what a windows pass in another process answered.
+
+    The windows pass (`_windows_pass`, forked by `forked`) makes the same
+    store calls in the same order on a `MemoryStore` and sends its answers,
+    a batch at a time, with the id each was for; `apply` takes the next one
+    and checks that it is for the same id, so the two sides cannot drift
+    apart silently.
+    """
+
+    name = "playback"
+    budget_s = 0.0
+    uses_fingerprints = False
+    reads_groups = False  # the pipeline need not bind a transaction to window groups for it
+
+    def __init__(self, conn: Connection, process: BaseProcess) -> None:
+        self._conn = conn
+        self._process = process
+        self._answers: list[tuple[str, tuple[int, ...]]] = []
+        self._next = 0
+
+    @classmethod
+    @contextlib.contextmanager
+    def forked(
+        cls, transactions: Sequence[Transaction], ruleset: RuleSet, batch_size: int, labels: Sequence[LabelEvent]
+    ) -> Iterator[PlaybackStore]:
+        """Fork the windows pass over these transactions and labels; stop it when done."""
+        ctx = mp.get_context("fork")
+        receiver, sender = ctx.Pipe(duplex=False)
+        process = ctx.Process(
+            target=_windows_pass, args=(sender, transactions, ruleset, batch_size, labels), daemon=True
+        )
+        process.start()
+        sender.close()
+        try:
+            yield cls(receiver, process)
+        finally:
+            receiver.close()
+            if process.is_alive():
+                process.terminate()
+            process.join()
+
+    def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
+        if self._next == len(self._answers):
+            self._answers = self._receive()
+            self._next = 0
+        event_id, raw = self._answers[self._next]
+        self._next += 1
+        if event_id != bound.transaction_id:
+            raise RuntimeError(
+                f"replay windows pass out of step: it answered {event_id!r}, not {bound.transaction_id!r}"
+            )
+        return WindowsOutcome(replay=None, raw=raw)
+
+    def _receive(self) -> list[tuple[str, tuple[int, ...]]]:
+        while not self._conn.poll(1.0):
+            if not self._process.is_alive():
+                raise RuntimeError(f"replay windows pass exited with code {self._process.exitcode}")
+        try:
+            message = self._conn.recv()
+        except EOFError:
+            self._process.join(5.0)
+            raise RuntimeError(
+                f"replay windows pass ended before replay did (exit code {self._process.exitcode})"
+            ) from None
+        if isinstance(message, str):
+            raise RuntimeError(f"replay windows pass failed:\n{message}")
+        answers: list[tuple[str, tuple[int, ...]]] = message
+        return answers
+
+    def remember(self, transaction_id: str, fingerprint: str, response: str) -> None:
+        pass
+
+    def warm_up(self, plan: WindowPlan | None = None) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class _RecordingStore(MemoryStore):
+    """The windows pass's store: an in-process store that also keeps each answer for the scoring side."""
+
+    def __init__(self) -> None:
+        super().__init__(remember_responses=False)
+        self.answers: list[tuple[str, tuple[int, ...]]] = []
+
+    def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
+        outcome = super().apply(plan, bound, fingerprint)
+        self.answers.append((bound.transaction_id, outcome.raw))
+        return outcome
+
+
+def _windows_pass(
+    conn: Connection,
+    transactions: Sequence[Transaction],
+    ruleset: RuleSet,
+    batch_size: int,
+    labels: Sequence[LabelEvent],
+) -> None:
+    """The forked side of a parallel replay: every store call of the replay, in order, answered a batch at a time."""
+    try:
+        store = _RecordingStore()
+        pipeline = Pipeline(ruleset, None, store, check_clock=False, record=False)
+        for due, first, end in _steps(transactions, labels, batch_size):
+            for known, index, outcome in due:
+                with contextlib.suppress(InvalidTransaction):
+                    pipeline.feedback(Feedback(transactions[index], outcome, known))
+            for txn in transactions[first:end]:
+                with contextlib.suppress(InvalidTransaction):
+                    pipeline.add_to_windows(txn)
+            conn.send(store.answers)
+            store.answers = []
+    except BaseException:  # noqa: BLE001 - reported to the scoring side, which raises it
+        conn.send(traceback.format_exc())
+    finally:
+        conn.close()
 
 
 def print_progress(done: int, total: int) -> None:

@@ -51,12 +51,15 @@ class _Series:
     and distinct counts work on plain slices. Events that arrive in time
     order (replay, and most live traffic) are appended; only a late event or
     a re-added id pays for a search among equal times. Groups with a bucketed
-    window also keep hourly buckets (`bk` bucket index ascending, `bc` count,
-    `bs` sum, `bmin`, `bmax`): every event is added to its bucket once, when
-    its id is first added.
+    window also keep hourly buckets: `bk` bucket index ascending, and running
+    totals over every bucket the series ever had, so that a window over many
+    buckets is two lookups, not a sum: `cb[i]` / `sb[i]` count and sum the
+    events of all buckets before bucket i, `n_all` / `s_all` those of all
+    buckets; `bmin` / `bmax` per bucket (value series only). Every event is
+    added to its bucket once, when its id is first added.
     """
 
-    __slots__ = ("at", "bc", "bk", "bmax", "bmin", "bs", "expires", "ids", "ts", "values")
+    __slots__ = ("at", "bk", "bmax", "bmin", "cb", "expires", "ids", "n_all", "s_all", "sb", "ts", "values")
 
     def __init__(self) -> None:
         self.ts: list[int] = []  # event times, ascending
@@ -65,8 +68,10 @@ class _Series:
         self.at: dict[str, int] = {}  # transaction id -> event time, to find a re-added id
         self.expires = 0.0  # wall clock (monotonic s) after which the series is idle, as Redis PEXPIRE
         self.bk: list[int] = []
-        self.bc: list[int] = []
-        self.bs: list[int] = []
+        self.cb: list[int] = []
+        self.sb: list[int] = []
+        self.n_all = 0
+        self.s_all = 0
         self.bmin: list[int] = []
         self.bmax: list[int] = []
 
@@ -84,51 +89,65 @@ class _Series:
         del self.ids[:n]
         del self.values[:n]
 
-    def add_to_bucket(self, t: int, value: int) -> None:
+    def add_to_bucket(self, t: int, value: int, extremes: bool) -> None:
+        """Add an event to the bucket of its hour, anywhere in the series (a late event, or a new hour)."""
         j = t // BUCKET_MS
-        bk = self.bk
-        if bk and bk[-1] == j:
-            i = len(bk) - 1
-        else:
-            i = bisect_left(bk, j)
-            if i == len(bk) or bk[i] != j:
-                bk.insert(i, j)
-                self.bc.insert(i, 1)
-                self.bs.insert(i, value)
+        bk, cb, sb = self.bk, self.cb, self.sb
+        i = bisect_left(bk, j)
+        if i == len(bk) or bk[i] != j:
+            bk.insert(i, j)
+            cb.insert(i, cb[i] if i < len(cb) else self.n_all)
+            sb.insert(i, sb[i] if i < len(sb) else self.s_all)
+            if extremes:
                 self.bmin.insert(i, value)
                 self.bmax.insert(i, value)
-                return
-        self.bc[i] += 1
-        self.bs[i] += value
-        if value < self.bmin[i]:
-            self.bmin[i] = value
-        if value > self.bmax[i]:
-            self.bmax[i] = value
+        elif extremes:
+            if value < self.bmin[i]:
+                self.bmin[i] = value
+            if value > self.bmax[i]:
+                self.bmax[i] = value
+        for k in range(i + 1, len(bk)):  # the buckets after it have one more event before them
+            cb[k] += 1
+            sb[k] += value
+        self.n_all += 1
+        self.s_all += value
 
     def drop_buckets_before(self, j: int) -> None:
         n = bisect_left(self.bk, j)
         if n:
             del self.bk[:n]
-            del self.bc[:n]
-            del self.bs[:n]
-            del self.bmin[:n]
-            del self.bmax[:n]
+            del self.cb[:n]
+            del self.sb[:n]
+            if self.bmin:
+                del self.bmin[:n]
+                del self.bmax[:n]
 
-    def read_buckets(self, code: int, first: int, last: int) -> tuple[int, int]:
-        """(number of events, aggregate) over buckets first..last (inclusive)."""
+    def bucket_count(self, lo: int, hi: int) -> int:
+        """Events in buckets lo..hi-1 (positions)."""
+        if lo >= hi:
+            return 0
+        return (self.cb[hi] if hi < len(self.cb) else self.n_all) - self.cb[lo]
+
+    def bucket_sum(self, lo: int, hi: int) -> int:
+        """Sum of the values of the events in buckets lo..hi-1 (positions)."""
+        if lo >= hi:
+            return 0
+        return (self.sb[hi] if hi < len(self.sb) else self.s_all) - self.sb[lo]
+
+    def read_buckets(self, code: int, first: int, last: int) -> int:
+        """The aggregate over buckets first..last (bucket indexes, inclusive); 0 when none."""
         bk = self.bk
         lo = bisect_left(bk, first)
         hi = bisect_right(bk, last, lo)
         if lo >= hi:
-            return 0, 0
-        n = sum(self.bc[lo:hi])
+            return 0
         if code == _COUNT:
-            return n, n
+            return self.bucket_count(lo, hi)
         if code == _SUM:
-            return n, sum(self.bs[lo:hi])
+            return self.bucket_sum(lo, hi)
         if code == _MIN:
-            return n, min(self.bmin[lo:hi])
-        return n, max(self.bmax[lo:hi])
+            return min(self.bmin[lo:hi])
+        return max(self.bmax[lo:hi])
 
 
 class MemoryStore:
@@ -346,22 +365,26 @@ class MemoryStore:
                         bk = series.bk
                         if first and old is None:  # each event enters its bucket once
                             if not bk or bk[-1] < hour:  # a new newest hour: the common case
-                                amount = value if numeric else 0
                                 bk.append(hour)
-                                series.bc.append(1)
-                                series.bs.append(amount)  # type: ignore[arg-type]
-                                series.bmin.append(amount)  # type: ignore[arg-type]
-                                series.bmax.append(amount)  # type: ignore[arg-type]
-                            elif bk[-1] == hour:  # the newest hour again
-                                series.bc[-1] += 1
+                                series.cb.append(series.n_all)
+                                series.n_all += 1
                                 if numeric:
-                                    series.bs[-1] += value  # type: ignore[operator]
+                                    series.sb.append(series.s_all)
+                                    series.s_all += value  # type: ignore[operator]
+                                    series.bmin.append(value)  # type: ignore[arg-type]
+                                    series.bmax.append(value)  # type: ignore[arg-type]
+                                else:
+                                    series.sb.append(0)
+                            elif bk[-1] == hour:  # the newest hour again
+                                series.n_all += 1
+                                if numeric:
+                                    series.s_all += value  # type: ignore[operator]
                                     if value < series.bmin[-1]:  # type: ignore[operator]
                                         series.bmin[-1] = value  # type: ignore[assignment]
                                     if value > series.bmax[-1]:  # type: ignore[operator]
                                         series.bmax[-1] = value  # type: ignore[assignment]
                             else:
-                                series.add_to_bucket(t, value if numeric else 0)  # type: ignore[arg-type]
+                                series.add_to_bucket(t, value if numeric else 0, numeric)  # type: ignore[arg-type]
                         if bk and bk[0] < (t - bucket_ms) // BUCKET_MS:
                             series.drop_buckets_before((t - bucket_ms) // BUCKET_MS)
                     # Drop what no window can need any more: events older than this event's
@@ -406,9 +429,9 @@ class MemoryStore:
                     for output, code, reach in hourly:
                         blo = bisect_left(bk, (t - reach) // BUCKET_MS + 1, 0, bhi)
                         if code == _COUNT:
-                            raw[output] = hi - lo + sum(series.bc[blo:bhi])
+                            raw[output] = hi - lo + series.bucket_count(blo, bhi)
                         elif code == _SUM:
-                            raw[output] = sum(values[lo:hi]) + sum(series.bs[blo:bhi])  # type: ignore[arg-type]
+                            raw[output] = sum(values[lo:hi]) + series.bucket_sum(blo, bhi)  # type: ignore[arg-type]
                         elif code == _MIN:
                             raw[output] = _least(values[lo:hi], series.bmin[blo:bhi])  # type: ignore[arg-type]
                         else:
@@ -420,11 +443,7 @@ class MemoryStore:
                     bk = series.bk
                     if not bk or bk[0] > last:
                         continue  # no bucket: 0
-                    if code == _COUNT:
-                        blo = bisect_left(bk, (t - reach) // BUCKET_MS + 1)
-                        raw[output] = sum(series.bc[blo : bisect_right(bk, last, blo)])
-                    else:
-                        raw[output] = series.read_buckets(code, (t - reach) // BUCKET_MS + 1, last)[1]
+                    raw[output] = series.read_buckets(code, (t - reach) // BUCKET_MS + 1, last)
         finally:
             self._next_idle = next_idle
         return tuple(raw)

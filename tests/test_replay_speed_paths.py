@@ -360,6 +360,25 @@ def test_idle_series_of_a_shorter_group_expire_after_a_longer_one(monkeypatch: p
     assert count("c", T0 + 2, "d") == (3, 1)
 
 
+def test_a_replay_store_keeps_idle_series(monkeypatch: pytest.MonkeyPatch) -> None:
+    """expire_idle=False: wall-clock idleness drops nothing; event time still does."""
+    import engine.windows.memory as memory
+
+    clock = [1000.0]
+    monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
+    store = MemoryStore(remember_responses=False, max_event_delay_s=10.0, expire_idle=False)
+
+    def count(txid: str, t: int) -> tuple[float, float]:
+        fields = {"card_id": "c", "device_id": "d", "amount_base_minor": 1}
+        w = PLAN.finish(store.apply(PLAN, PLAN.bind(txid, t, fields), "").raw)
+        return w["card_count_1h"], w["pair_count_5m"]
+
+    assert count("a", T0) == (1, 1)
+    clock[0] += 86_400  # a day of wall clock: both series would have expired in a live store
+    assert count("b", T0 + 1) == (2, 2)
+    assert count("c", T0 + 6 * MIN) == (3, 1)  # the pair window is 5 minutes of event time
+
+
 @pytest.mark.parametrize(
     "zone",
     [

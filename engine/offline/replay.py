@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import pickle
+import queue
 import sys
+import threading
 import time
 import traceback
 from bisect import bisect_left
@@ -134,7 +137,7 @@ def replay(
         if parallel:
             store = cleanup.enter_context(PlaybackStore.forked(transactions, ruleset, batch_size, labels))
         else:
-            store = MemoryStore(remember_responses=False)
+            store = MemoryStore(remember_responses=False, expire_idle=False)
         pipeline = Pipeline(ruleset, model, store, check_clock=False, record=False)
         for due, first, end in _steps(transactions, labels, batch_size):
             for known, index, outcome in due:
@@ -265,17 +268,34 @@ class PlaybackStore:
         pass
 
 
-class _RecordingStore(MemoryStore):
-    """The windows pass's store: an in-process store that also keeps each answer for the scoring side."""
+class _RecordingStore:
+    """The windows pass's store: an in-process store whose answers are also kept for the scoring side."""
+
+    name = "recording"
+    budget_s = 0.0
+    uses_fingerprints = False
 
     def __init__(self) -> None:
-        super().__init__(remember_responses=False)
+        self._store = MemoryStore(remember_responses=False, expire_idle=False)
         self.answers: list[tuple[str, tuple[int, ...]]] = []
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
-        outcome = super().apply(plan, bound, fingerprint)
+        outcome = self._store.apply(plan, bound, fingerprint)
         self.answers.append((bound.transaction_id, outcome.raw))
         return outcome
+
+    def remember(self, transaction_id: str, fingerprint: str, response: str) -> None:
+        pass
+
+    def warm_up(self, plan: WindowPlan | None = None) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+#: Batches of answers the windows pass may run ahead of scoring (the rest of the time it waits).
+AHEAD_BATCHES = 16
 
 
 def _windows_pass(
@@ -285,7 +305,14 @@ def _windows_pass(
     batch_size: int,
     labels: Sequence[LabelEvent],
 ) -> None:
-    """The forked side of a parallel replay: every store call of the replay, in order, answered a batch at a time."""
+    """The forked side of a parallel replay: every store call of the replay, in order, answered a batch at a time.
+
+    A thread writes the answers to the pipe, so this pass keeps computing
+    while scoring is busy, up to `AHEAD_BATCHES` ahead.
+    """
+    outbox: queue.Queue[bytes | None] = queue.Queue(maxsize=AHEAD_BATCHES)
+    sender = threading.Thread(target=_send_all, args=(conn, outbox), daemon=True)
+    sender.start()
     try:
         store = _RecordingStore()
         pipeline = Pipeline(ruleset, None, store, check_clock=False, record=False)
@@ -296,12 +323,20 @@ def _windows_pass(
             for txn in transactions[first:end]:
                 with contextlib.suppress(InvalidTransaction):
                     pipeline.add_to_windows(txn)
-            conn.send(store.answers)
+            outbox.put(pickle.dumps(store.answers, pickle.HIGHEST_PROTOCOL))
             store.answers = []
     except BaseException:  # noqa: BLE001 - reported to the scoring side, which raises it
-        conn.send(traceback.format_exc())
+        outbox.put(pickle.dumps(traceback.format_exc()))
     finally:
+        outbox.put(None)
+        sender.join()
         conn.close()
+
+
+def _send_all(conn: Connection, outbox: queue.Queue[bytes | None]) -> None:
+    """Write each message of the outbox to the pipe (the scoring side unpickles it) until None."""
+    while (message := outbox.get()) is not None:
+        conn.send_bytes(message)
 
 
 def print_progress(done: int, total: int) -> None:

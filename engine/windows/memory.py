@@ -163,7 +163,11 @@ class MemoryStore:
       `max_records` are kept (the oldest go first), zlib-compressed;
     - `remember_responses=False` keeps no idempotency records at all, for
       replay over history (window updates are idempotent by transaction id
-      regardless).
+      regardless);
+    - `expire_idle=False` keeps idle series, for a replay, which runs for
+      minutes over history of months: wall-clock idleness means nothing
+      there, and each series still drops the events older than its
+      retention when it is written.
     """
 
     name = "memory"
@@ -175,8 +179,10 @@ class MemoryStore:
         remember_responses: bool = True,
         max_records: int = 1_000_000,
         max_event_delay_s: float = 86400.0 + 300.0,
+        expire_idle: bool = True,
     ) -> None:
         self._ttl_extra_s = max_event_delay_s
+        self._expire_idle = expire_idle
         # Per group (storage name): its series by entity value, least recently written
         # first (one TTL per group, so also the order in which they expire).
         self._series: dict[str, OrderedDict[str, _Series]] = {}
@@ -318,6 +324,7 @@ class MemoryStore:
         now = time.monotonic()
         cap = plan.max_events_per_series
         next_idle = self._next_idle
+        expire_idle = self._expire_idle
         groups = self._last_groups if plan is self._last_plan else self._groups_for(plan)
         hour = t // BUCKET_MS
         try:
@@ -336,10 +343,11 @@ class MemoryStore:
                     if add and t < ts[-1] - retention_ms:
                         add = False  # too late: older than what the series keeps, it is only read
                 if add:
-                    group_series.move_to_end(entity_value)
-                    expires = series.expires = now + idle_s
-                    if expires < next_idle:
-                        next_idle = expires
+                    if expire_idle:
+                        group_series.move_to_end(entity_value)
+                        expires = series.expires = now + idle_s
+                        if expires < next_idle:
+                            next_idle = expires
                     at = series.at
                     value = int(bound_value) if numeric else bound_value
                     old = at.get(txid)

@@ -184,9 +184,11 @@ def make_snapshot(ruleset: RuleSet, model: Model | None, challenger: Challenger 
 class Pipeline:
     """Scores transactions. Thread-safe: all state lives in the store.
 
-    Live serving checks the event time against `clock` and records every
-    response for retries; replay turns both off (`check_clock=False`,
-    `record=False`) and is otherwise the very same code.
+    Live serving checks the event time against `clock`, records every
+    response for retries and explains the model's reviews and denies; replay
+    turns all three off (`check_clock=False`, `record=False`,
+    `explain=False`: no offline output carries the contributions) and is
+    otherwise the very same code.
     """
 
     def __init__(
@@ -199,6 +201,7 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
         check_clock: bool = True,
         record: bool = True,
+        explain: bool = True,
         on_degraded: Callable[[str, str, str], None] | None = None,
         challenger: Challenger | None = None,
     ) -> None:
@@ -208,6 +211,7 @@ class Pipeline:
         self.clock = clock
         self.check_clock = check_clock
         self.record = record
+        self.explain = explain
         # on_degraded(cause, detail, kind): kind is the StoreUnavailable kind for store failures, '' otherwise
         self.on_degraded = on_degraded or (lambda cause, detail, kind: None)
 
@@ -445,7 +449,7 @@ class Pipeline:
         acting, shadow = evaluate_rules(ruleset, fields, txn.transaction_id, windows_ok, score_ok)
         reasons.extend(acting)
         for reason in reasons_at(snap.thresholds_of(model), score):
-            reasons.append(self._explain(model, reason, fields) if model is not None else reason)
+            reasons.append(self._explain(model, reason, fields) if model is not None and self.explain else reason)
         if not windows_ok:
             reasons.append(self._fallback(ruleset, fields))
         if model_failed:

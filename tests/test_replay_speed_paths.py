@@ -17,6 +17,7 @@ import math
 import multiprocessing as mp
 import os
 import random
+import shutil
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -205,11 +206,34 @@ def test_replay_yields_what_score_gives_one_by_one(
     pipeline = Pipeline(ruleset, model, MemoryStore(remember_responses=False), check_clock=False, record=False)
     want = [(i, a) for i, a in enumerate(_one_by_one(pipeline, stream)) if a[0] == "scored"]
     stats = ReplayStats()
-    got = [(i, _answer(s)) for i, s in replay(stream, ruleset, model, stats, batch_size=97, parallel=parallel)]
+    answers = replay(stream, ruleset, model, stats, batch_size=97, parallel=parallel, explain=True)
+    got = [(i, _answer(s)) for i, s in answers]
     assert got == want
     assert stats.scored == len(want)
     assert stats.rejected == len(stream) - len(want) > 0
     assert stats.first_errors and stats.first_errors[0].startswith("bad-")
+
+
+def test_replay_without_explanations_differs_only_in_contributions(
+    synthetic_data: Path, trained_registry: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "rules"
+    shutil.copytree(RULES, folder)
+    (folder / "thresholds.yaml").write_text("model:\n  review_at: 0.0\n")  # the model reviews every answer
+    (folder / "tests.yaml").unlink()  # its expectations assume the shipped thresholds
+    ruleset = load_ruleset(folder)
+    model = load_model(trained_registry, ruleset)
+    stream = read_dataset(synthetic_data, PRESETS["native"]).transactions[:2_000]
+    explained = [s.result for _, s in replay(stream, ruleset, model, explain=True)]
+    plain = [s.result for _, s in replay(stream, ruleset, model)]  # the default: no explanations
+    with_contributions = [r for r in explained if any(reason.contributions for reason in r.reasons)]
+    assert with_contributions  # the model did review or deny some
+    assert all(not reason.contributions for r in plain for reason in r.reasons)
+
+    def without_contributions(r: Any) -> Any:
+        return _plain(replace(r, elapsed_us=0, reasons=tuple(replace(x, contributions=()) for x in r.reasons)))
+
+    assert [without_contributions(r) for r in plain] == [without_contributions(r) for r in explained]
 
 
 def _labeled(synthetic_data: Path, ruleset: Any) -> tuple[list[Transaction], list[LabelEvent]]:

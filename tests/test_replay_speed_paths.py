@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from engine.enrich import Enricher, Money
 from engine.model.predictor import Model, load_model
 from engine.offline.datasets import PRESETS, ColumnMapping, read_dataset, table_to_dataset
-from engine.offline.replay import LabelEvent, ReplayStats, _RecordingStore, label_events, replay
+from engine.offline.replay import LabelEvent, ReplayStats, _RecordingStore, label_events, replay, replay_store
 from engine.pipeline import IdempotencyConflict, InvalidTransaction, Pipeline, Scored
 from engine.rules import load_ruleset
 from engine.transaction import Transaction
@@ -382,6 +382,29 @@ def test_idle_series_of_a_shorter_group_expire_after_a_longer_one(monkeypatch: p
     assert count("b", T0 + 1, "d") == (2, 2)
     clock[0] += 7 * 60 + 10 + 1  # the pair series idle past 7 min + 10 s, the card series not
     assert count("c", T0 + 2, "d") == (3, 1)
+
+
+def test_a_store_told_ids_are_new_answers_as_one_that_indexes_them(synthetic_data: Path) -> None:
+    """new_ids=True drops the id index: exact when no id repeats (late events, ties and drops included)."""
+    ruleset = load_ruleset(RULES)
+    stream = list({t.transaction_id: t for t in _awkward_stream(synthetic_data, 3_000)}.values())  # each id once
+    assert any(t.transaction_id.startswith("late-") for t in stream)
+    assert replay_store(stream, ())._new_ids
+    answers = []
+    for store in (MemoryStore(remember_responses=False), replay_store(stream, ())):
+        pipeline = Pipeline(ruleset, None, store, check_clock=False, record=False)
+        answers.append(_one_by_one(pipeline, stream))
+    assert answers[0] == answers[1]
+
+
+def test_a_replay_indexes_ids_when_one_repeats(synthetic_data: Path) -> None:
+    stream = read_dataset(synthetic_data, PRESETS["native"]).transactions[:100]
+    assert replay_store(stream, ())._new_ids
+    assert not replay_store([*stream, stream[5]], ())._new_ids  # a repeated transaction id
+    assert not replay_store(stream, [(0, 3, "fraud"), (1, 3, "genuine")])._new_ids  # two labels of one transaction
+    assert not replay_store(
+        [*stream, replace(stream[0], transaction_id=f"label {stream[1].transaction_id}")], ()
+    )._new_ids
 
 
 def test_a_replay_store_keeps_idle_series(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -140,7 +140,7 @@ def replay(
         if parallel:
             store = cleanup.enter_context(PlaybackStore.forked(transactions, ruleset, batch_size, labels))
         else:
-            store = MemoryStore(remember_responses=False, expire_idle=False)
+            store = replay_store(transactions, labels)
         pipeline = Pipeline(ruleset, model, store, check_clock=False, record=False, explain=explain)
         for due, first, end in _steps(transactions, labels, batch_size):
             for known, index, outcome in due:
@@ -163,6 +163,22 @@ def replay(
                     progress(i, total)
                 yield i, scored
     stats.seconds = time.perf_counter() - started
+
+
+def replay_store(transactions: Sequence[Transaction], labels: Sequence[LabelEvent]) -> MemoryStore:
+    """The in-process store of a replay: no records, no wall-clock expiry, and no index of ids when none repeats.
+
+    Every store call of a replay is a transaction (its id) or a label
+    (`label ` + its transaction's id); when no transaction id repeats and no
+    transaction has two labels, no event id can come twice.
+    """
+    ids = {t.transaction_id for t in transactions}
+    new_ids = (
+        len(ids) == len(transactions)
+        and len({index for _, index, _ in labels}) == len(labels)
+        and not any(i.startswith("label ") for i in ids)
+    )
+    return MemoryStore(remember_responses=False, expire_idle=False, new_ids=new_ids)
 
 
 def _steps(
@@ -278,8 +294,8 @@ class _RecordingStore:
     budget_s = 0.0
     uses_fingerprints = False
 
-    def __init__(self) -> None:
-        self._store = MemoryStore(remember_responses=False, expire_idle=False)
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
         self.answers: list[tuple[str, tuple[int, ...]]] = []
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
@@ -317,7 +333,7 @@ def _windows_pass(
     sender = threading.Thread(target=_send_all, args=(conn, outbox), daemon=True)
     sender.start()
     try:
-        store = _RecordingStore()
+        store = _RecordingStore(replay_store(transactions, labels))
         pipeline = Pipeline(ruleset, None, store, check_clock=False, record=False)
         for due, first, end in _steps(transactions, labels, batch_size):
             for known, index, outcome in due:

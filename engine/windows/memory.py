@@ -83,8 +83,9 @@ class _Series:
 
     def drop_oldest(self, n: int) -> None:
         at = self.at
-        for dropped in self.ids[:n]:
-            del at[dropped]
+        if at:  # empty when the store is told every id is new
+            for dropped in self.ids[:n]:
+                del at[dropped]
         del self.ts[:n]
         del self.ids[:n]
         del self.values[:n]
@@ -167,7 +168,10 @@ class MemoryStore:
     - `expire_idle=False` keeps idle series, for a replay, which runs for
       minutes over history of months: wall-clock idleness means nothing
       there, and each series still drops the events older than its
-      retention when it is written.
+      retention when it is written;
+    - `new_ids=True` is the caller's word that no event id comes twice (a
+      replay that checked its data): the store then keeps no index of ids
+      to find a re-added one.
     """
 
     name = "memory"
@@ -180,9 +184,11 @@ class MemoryStore:
         max_records: int = 1_000_000,
         max_event_delay_s: float = 86400.0 + 300.0,
         expire_idle: bool = True,
+        new_ids: bool = False,
     ) -> None:
         self._ttl_extra_s = max_event_delay_s
         self._expire_idle = expire_idle
+        self._new_ids = new_ids
         # Per group (storage name): its series by entity value, least recently written
         # first (one TTL per group, so also the order in which they expire).
         self._series: dict[str, OrderedDict[str, _Series]] = {}
@@ -325,6 +331,7 @@ class MemoryStore:
         cap = plan.max_events_per_series
         next_idle = self._next_idle
         expire_idle = self._expire_idle
+        new_ids = self._new_ids
         groups = self._last_groups if plan is self._last_plan else self._groups_for(plan)
         hour = t // BUCKET_MS
         try:
@@ -350,7 +357,7 @@ class MemoryStore:
                             next_idle = expires
                     at = series.at
                     value = int(bound_value) if numeric else bound_value
-                    old = at.get(txid)
+                    old = None if new_ids else at.get(txid)
                     if old is None and (not ts or t > ts[-1]):
                         # In time order: the newest event, appended.
                         ts.append(t)
@@ -368,7 +375,8 @@ class MemoryStore:
                         ids.insert(i, txid)
                         values.insert(i, value)
                         hi = -1  # found after the drops below
-                    at[txid] = t
+                    if not new_ids:
+                        at[txid] = t
                     if bucket_ms:
                         bk = series.bk
                         if first and old is None:  # each event enters its bucket once
@@ -401,7 +409,8 @@ class MemoryStore:
                     if ts[0] < cutoff:
                         # Events with time < cutoff, as Redis drops scores in [-inf, cutoff).
                         if ts[1] >= cutoff:  # just one, the common case (ts[-1] = t is kept)
-                            del series.at[ids[0]]
+                            if not new_ids:
+                                del series.at[ids[0]]
                             del ts[0], ids[0], values[0]
                         else:
                             series.drop_oldest(bisect_left(ts, cutoff))
@@ -433,13 +442,23 @@ class MemoryStore:
                     # (buckets bk[...:bhi]), and t's hour read exactly from the events.
                     lo = bisect_left(ts, hour * BUCKET_MS, 0, hi)
                     bk = series.bk
-                    bhi = bisect_right(bk, hour - 1)
+                    nbk = len(bk)
+                    if nbk and bk[-1] == hour:  # t's own hour is the newest bucket: the common case
+                        bhi = nbk - 1
+                    elif not nbk or bk[-1] < hour:
+                        bhi = nbk
+                    else:  # a late event: newer hours exist
+                        bhi = bisect_right(bk, hour - 1)
+                    # Running totals up to bucket bhi, shared by every window of the group.
+                    cb, sb = series.cb, series.sb
+                    count_end = cb[bhi] if bhi < nbk else series.n_all
                     for output, code, reach in hourly:
                         blo = bisect_left(bk, (t - reach) // BUCKET_MS + 1, 0, bhi)
                         if code == _COUNT:
-                            raw[output] = hi - lo + series.bucket_count(blo, bhi)
+                            raw[output] = hi - lo + (count_end - cb[blo] if blo < bhi else 0)
                         elif code == _SUM:
-                            raw[output] = sum(values[lo:hi]) + series.bucket_sum(blo, bhi)  # type: ignore[arg-type]
+                            in_buckets = (sb[bhi] if bhi < nbk else series.s_all) - sb[blo] if blo < bhi else 0
+                            raw[output] = sum(values[lo:hi]) + in_buckets  # type: ignore[arg-type]
                         elif code == _MIN:
                             raw[output] = _least(values[lo:hi], series.bmin[blo:bhi])  # type: ignore[arg-type]
                         else:
@@ -466,6 +485,6 @@ def _least(events: list[int], buckets: list[int]) -> int:
 
 def _greatest(events: list[int], buckets: list[int]) -> int:
     """The largest of the events and bucket maximums (0 when both are empty)."""
-    if events:
-        return max(max(events), max(buckets)) if buckets else max(events)
-    return max(buckets) if buckets else 0
+    if buckets:
+        return max(buckets + events) if events else max(buckets)
+    return max(events) if events else 0

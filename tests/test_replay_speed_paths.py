@@ -586,3 +586,43 @@ def test_each_id_is_refused_with_its_reason(name: str, value: str, reason: str) 
         validate(txn, Limits(), None)
     assert (caught.value.field, caught.value.reason) == (name, reason)
     assert validate(replace(txn, **{name: "x" * 128}), Limits(), None) is None  # at the limit: fine
+
+
+KILLED_REPLAY = """
+import multiprocessing as mp, os, signal, sys
+sys.path.insert(0, {root!r})
+from engine.offline.datasets import PRESETS, read_dataset
+from engine.offline.replay import replay
+from engine.rules import load_ruleset
+
+transactions = read_dataset({data!r}, PRESETS["native"]).transactions[:8_000]
+run = replay(transactions, load_ruleset({rules!r}), None, batch_size=128, parallel=True)
+next(run)
+print(mp.active_children()[0].pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind
+"""
+
+
+def test_a_windows_pass_whose_replay_was_killed_exits(synthetic_data: Path) -> None:
+    """Killed scoring side: the windows pass finds its pipe broken and ends, it is not left behind."""
+    import subprocess
+    import sys
+    import time
+
+    root = str(Path(__file__).resolve().parent.parent)
+    script = KILLED_REPLAY.format(root=root, data=str(synthetic_data), rules=str(RULES))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+    pid = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)  # still there?
+        except ProcessLookupError:
+            return
+        # A zombie (exited, not reaped because its parent died) counts as gone.
+        with open(f"/proc/{pid}/stat") as stat:
+            if stat.read().split(") ", 1)[1].startswith("Z"):
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"windows pass {pid} still running 30 s after its replay was killed")

@@ -237,7 +237,7 @@ class PlaybackStore:
         ctx = mp.get_context("fork")
         receiver, sender = ctx.Pipe(duplex=False)
         process = ctx.Process(
-            target=_windows_pass, args=(sender, transactions, ruleset, batch_size, labels), daemon=True
+            target=_windows_pass, args=(receiver, sender, transactions, ruleset, batch_size, labels), daemon=True
         )
         process.start()
         sender.close()
@@ -318,6 +318,7 @@ AHEAD_BATCHES = 16
 
 
 def _windows_pass(
+    other_end: Connection,
     conn: Connection,
     transactions: Sequence[Transaction],
     ruleset: RuleSet,
@@ -329,6 +330,9 @@ def _windows_pass(
     A thread writes the answers to the pipe, so this pass keeps computing
     while scoring is busy, up to `AHEAD_BATCHES` ahead.
     """
+    # The scoring side's end, inherited: closed here so that it is the only reader and
+    # writing fails (rather than blocks forever) once the scoring side is gone.
+    other_end.close()
     outbox: queue.Queue[bytes | None] = queue.Queue(maxsize=AHEAD_BATCHES)
     sender = threading.Thread(target=_send_all, args=(conn, outbox), daemon=True)
     sender.start()
@@ -342,20 +346,44 @@ def _windows_pass(
             for txn in transactions[first:end]:
                 with contextlib.suppress(InvalidTransaction):
                     pipeline.add_to_windows(txn)
-            outbox.put(pickle.dumps(store.answers, pickle.HIGHEST_PROTOCOL))
+            _post(outbox, sender, pickle.dumps(store.answers, pickle.HIGHEST_PROTOCOL))
             store.answers = []
+    except _ScoringGone:
+        pass  # nobody to answer: end quietly
     except BaseException:  # noqa: BLE001 - reported to the scoring side, which raises it
-        outbox.put(pickle.dumps(traceback.format_exc()))
+        with contextlib.suppress(_ScoringGone):
+            _post(outbox, sender, pickle.dumps(traceback.format_exc()))
     finally:
-        outbox.put(None)
-        sender.join()
+        with contextlib.suppress(_ScoringGone):
+            _post(outbox, sender, None)
+        sender.join()  # it ends once everything is written, or when the pipe breaks
         conn.close()
 
 
+class _ScoringGone(Exception):
+    """The scoring side stopped reading (it ended early or died): the windows pass stops too."""
+
+
+def _post(outbox: queue.Queue[bytes | None], sender: threading.Thread, message: bytes | None) -> None:
+    """Queue a message for the sender thread; raise _ScoringGone once the sender has stopped."""
+    while True:
+        if not sender.is_alive():
+            raise _ScoringGone
+        try:
+            outbox.put(message, timeout=0.5)
+            return
+        except queue.Full:
+            continue
+
+
 def _send_all(conn: Connection, outbox: queue.Queue[bytes | None]) -> None:
-    """Write each message of the outbox to the pipe (the scoring side unpickles it) until None."""
-    while (message := outbox.get()) is not None:
-        conn.send_bytes(message)
+    """Write each message of the outbox to the pipe (the scoring side unpickles it) until None.
+
+    Ends early when the pipe breaks (the scoring side is gone), which `_post` sees.
+    """
+    with contextlib.suppress(OSError):
+        while (message := outbox.get()) is not None:
+            conn.send_bytes(message)
 
 
 def print_progress(done: int, total: int) -> None:

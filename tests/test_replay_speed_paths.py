@@ -626,3 +626,24 @@ def test_a_windows_pass_whose_replay_was_killed_exits(synthetic_data: Path) -> N
                 return
         time.sleep(0.2)
     raise AssertionError(f"windows pass {pid} still running 30 s after its replay was killed")
+
+
+def test_a_windows_pass_out_of_step_is_caught_not_trusted(
+    synthetic_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the two sides ever disagreed on the store calls, answers would go to the wrong transaction: refused."""
+    ruleset = load_ruleset(RULES)
+    transactions = read_dataset(synthetic_data, PRESETS["native"]).transactions[:3_000]
+    real = Pipeline.add_to_windows
+    calls = itertools.count()
+
+    def skipping(self: Pipeline, txn: Transaction) -> None:
+        if next(calls) != 1_000:  # the forked pass (only it calls this) leaves one transaction out
+            real(self, txn)
+
+    monkeypatch.setattr(Pipeline, "add_to_windows", skipping)
+    got = 0
+    with pytest.raises(RuntimeError, match="out of step"):
+        for _ in replay(transactions, ruleset, None, batch_size=256, parallel=True):
+            got += 1
+    assert got <= 1_000

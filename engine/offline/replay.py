@@ -1,8 +1,13 @@
 """Replay: labeled history through the live pipeline, in event-time order.
 
-The only difference from serving is the store (in-process, no idempotency
-records) and the clock check (off: history is old by definition). Backtest
-and training both read their features from here.
+The only differences from serving are the store (in-process, no idempotency
+records), the clock check (off: history is old by definition) and the
+model's explanations (off unless asked: no offline output reads them).
+Backtest and training both read their features from here.
+
+A long replay runs on two cores: a forked windows pass makes the store calls
+ahead of scoring and a `PlaybackStore` hands its answers to the same
+pipeline in this process (see `replay`).
 """
 
 from __future__ import annotations

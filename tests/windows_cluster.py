@@ -38,7 +38,14 @@ class LocalCluster:
     def __init__(self, workdir: Path, node_timeout_ms: int = 1000) -> None:
         self.workdir = workdir
         self.node_timeout_ms = node_timeout_ms
-        self.ports = [_free_port() for _ in range(6)]
+        # Six distinct ports, none another's cluster bus port (port + 10000): the OS may hand
+        # out a just-closed port again, and two nodes on one port would leave one unkillable.
+        self.ports: list[int] = []
+        while len(self.ports) < 6:
+            port = _free_port()
+            taken = {q + k for q in self.ports for k in (-10000, 0, 10000)}
+            if port not in taken:
+                self.ports.append(port)
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
@@ -55,6 +62,8 @@ class LocalCluster:
             raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
         d = self.workdir / str(port)
         d.mkdir(parents=True, exist_ok=True)
+        if port in self.procs and self.procs[port].poll() is None:
+            raise RuntimeError(f"a node already runs on port {port}")
         self.procs[port] = subprocess.Popen(
             [
                 binary,
@@ -82,6 +91,8 @@ class LocalCluster:
                     raise RuntimeError(f"redis-server did not start on port {port}") from None
                 time.sleep(0.02)
         client.close()
+        if self.procs[port].poll() is not None:  # something else answered on that port
+            raise RuntimeError(f"redis-server on port {port} exited at start (port taken?)")
 
     def create(self) -> None:
         for port in self.ports:

@@ -212,6 +212,12 @@ class Pipeline:
         self.check_clock = check_clock
         self.record = record
         self.explain = explain
+        # Decided once for the store, which never changes: whether anything reads a
+        # transaction's fingerprint (only a store that keeps idempotency records, or the
+        # record of the response, tells a retry from a reused id with it), and whether the
+        # store needs the transaction bound to window groups (one that replays answers does not).
+        self._fingerprints = record or getattr(store, "uses_fingerprints", True)
+        self._binds = getattr(store, "reads_groups", True)
         # on_degraded(cause, detail, kind): kind is the StoreUnavailable kind for store failures, '' otherwise
         self.on_degraded = on_degraded or (lambda cause, detail, kind: None)
 
@@ -367,10 +373,8 @@ class Pipeline:
         started = time.perf_counter_ns()
         txn, fields, bound = self._bind(ruleset, txn)
         plan = ruleset.windows
-        # The fingerprint tells a retry from a reused id: only a store that keeps
-        # idempotency records, or the record of the response, reads it.
         store = self.store
-        fingerprint = txn.fingerprint() if self.record or getattr(store, "uses_fingerprints", True) else ""
+        fingerprint = txn.fingerprint() if self._fingerprints else ""
 
         windows_ok = True
         before_store = time.perf_counter_ns()
@@ -395,7 +399,7 @@ class Pipeline:
     def _bind(self, ruleset: RuleSet, txn: Transaction) -> tuple[Transaction, dict[str, Any], BoundWindows]:
         """Validation, enrichment and the transaction's place in each window group."""
         txn, fields = prepare(ruleset, txn, self.limits, int(self.clock() * 1000) if self.check_clock else None)
-        if not getattr(self.store, "reads_groups", True):  # a store that knows the answers already
+        if not self._binds:
             return txn, fields, BoundWindows(txn.transaction_id, txn.event_time_ms, ())
         return txn, fields, ruleset.windows.bind(txn.transaction_id, txn.event_time_ms, fields)
 
@@ -408,8 +412,7 @@ class Pipeline:
         """
         ruleset = self.snapshot.ruleset
         txn, _, bound = self._bind(ruleset, txn)
-        store = self.store
-        store.apply(ruleset.windows, bound, txn.fingerprint() if getattr(store, "uses_fingerprints", True) else "")
+        self.store.apply(ruleset.windows, bound, txn.fingerprint() if self._fingerprints else "")
 
     def _check_time_left(self, time_left_s: float | None) -> None:
         """Raise StoreUnavailable('deadline') when the caller cannot wait for a store call."""

@@ -212,7 +212,23 @@ def _steps(
         first = end
 
 
-class PlaybackStore:
+class _ReplaySideStore:
+    """What the two stores of a parallel replay share: no records, no fingerprints, nothing to connect or close."""
+
+    budget_s = 0.0
+    uses_fingerprints = False
+
+    def remember(self, transaction_id: str, fingerprint: str, response: str) -> None:
+        pass
+
+    def warm_up(self, plan: WindowPlan | None = None) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class PlaybackStore(_ReplaySideStore):
     """A window store that answers each call with what a windows pass in another process answered.
 
     The windows pass (`_windows_pass`, forked by `forked`) makes the same
@@ -223,8 +239,6 @@ class PlaybackStore:
     """
 
     name = "playback"
-    budget_s = 0.0
-    uses_fingerprints = False
     reads_groups = False  # the pipeline need not bind a transaction to window groups for it
 
     def __init__(self, conn: Connection, process: BaseProcess) -> None:
@@ -282,22 +296,11 @@ class PlaybackStore:
         answers: list[tuple[str, tuple[int, ...]]] = message
         return answers
 
-    def remember(self, transaction_id: str, fingerprint: str, response: str) -> None:
-        pass
 
-    def warm_up(self, plan: WindowPlan | None = None) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass
-
-
-class _RecordingStore:
+class _RecordingStore(_ReplaySideStore):
     """The windows pass's store: an in-process store whose answers are also kept for the scoring side."""
 
     name = "recording"
-    budget_s = 0.0
-    uses_fingerprints = False
 
     def __init__(self, store: MemoryStore) -> None:
         self._store = store
@@ -307,15 +310,6 @@ class _RecordingStore:
         outcome = self._store.apply(plan, bound, fingerprint)
         self.answers.append((bound.transaction_id, outcome.raw))
         return outcome
-
-    def remember(self, transaction_id: str, fingerprint: str, response: str) -> None:
-        pass
-
-    def warm_up(self, plan: WindowPlan | None = None) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass
 
 
 #: Batches of answers the windows pass may run ahead of scoring (the rest of the time it waits).

@@ -171,10 +171,16 @@ def test_a_stalled_writer_drops_and_counts_instead_of_blocking(tmp_path: Path) -
         return open(path, "ab")
 
     dlog = DecisionLog(tmp_path, opener=stalled, queue_size=10)
-    started = time.perf_counter()
-    accepted = sum(dlog.record(txn(i, now_ms()), result(i)) for i in range(1000))
-    per_call = (time.perf_counter() - started) / 1000
-    assert per_call < 50e-6, f"{per_call * 1e6:.1f} µs per record"
+    # Not blocking means no call waits for the hung disk (10 s): each returns at once. The
+    # bound is the stall, not a speed (on a loaded 2-core box 50 µs per call was missed).
+    slowest = 0.0
+    accepted = 0
+    for i in range(1000):
+        started = time.perf_counter()
+        accepted += dlog.record(txn(i, now_ms()), result(i))
+        slowest = max(slowest, time.perf_counter() - started)
+    assert slowest < 0.5, f"a record waited {slowest:.2f} s for the stalled writer"
+    assert not release.is_set()  # ... and the disk was still hung all along
     assert accepted <= 21 and dlog.stats.dropped_queue_full == 1000 - accepted  # the queue, plus one batch taken
     release.set()
     assert dlog.flush()

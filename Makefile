@@ -1,16 +1,17 @@
 # One entry point for people and CI. Everything installs into .venv from pyproject.toml,
-# constrained by requirements.lock (every transitive package pinned).
+# constrained by requirements.lock (every transitive package pinned); setup.py adds the one
+# C extension (engine/windows/_series.c), compiled in place by the editable install.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock setup.py engine/windows/_series.c | sha1sum | cut -c1-12)
 DATA   ?= ../shared/data/handbook/transactions.parquet
 
 .PHONY: install serve test lint format proto model bench demo clean check-redis lock
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock setup.py engine/windows/_series.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	rm -f $(VENV)/.installed-*

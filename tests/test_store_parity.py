@@ -105,7 +105,7 @@ def test_memory_and_redis_agree(redis_url: tuple[str, str], stream: list[tuple])
     url, prefix = redis_url
     redis_store = RedisStore(url, prefix=f"{prefix}-{next(_runs)}", budget_s=2.0)
     try:
-        _run_stream(PLAN, [MemoryStore(), redis_store], stream)
+        _run_stream(PLAN, [MemoryStore(native=True), MemoryStore(native=False), redis_store], stream)
     finally:
         redis_store.close()
 
@@ -155,7 +155,8 @@ def test_filters_delays_and_buckets_agree_in_all_stores(
     url, prefix = redis_url
     run = next(_runs)
     stores: list[WindowStore] = [
-        MemoryStore(),
+        MemoryStore(native=True),
+        MemoryStore(native=False),
         RedisStore(url, prefix=f"{prefix}-long-{run}", budget_s=2.0),
         RedisClusterStore(redis_cluster.nodes, prefix=f"{prefix}-cl-{run}", budget_s=2.0),
     ]

@@ -5,6 +5,12 @@ entity value and group, events ordered by (event time, transaction id), each
 with the value the group aggregates; when an event at t is added, events
 older than t minus the group's retention are dropped, and a value series
 keeps at most the plan's cap of events.
+
+The per-series loop (`MemoryStore._update_and_read`) also exists compiled,
+in `engine/windows/_series.c`, with the series in C arrays: the store uses it
+when it is built (`make install` builds it), which makes the windows of a
+replay several times faster. The Python method below stays the reference,
+step for step; tests hold the two and Redis equal on hostile streams.
 """
 
 from __future__ import annotations
@@ -18,13 +24,19 @@ from collections import OrderedDict
 from engine.windows.spec import AGG_CODES, BUCKET_MS, BUCKETED, EXACT, Aggregate, BoundWindows, WindowPlan
 from engine.windows.store import IdempotencyConflict, WindowsOutcome
 
+try:
+    from engine.windows import _series as native_series
+except ImportError:  # not built (no C compiler): the Python loop below does the same work
+    native_series = None  # type: ignore[assignment]
+
 _COUNT = AGG_CODES[Aggregate.COUNT]
 _SUM = AGG_CODES[Aggregate.SUM]
 _MIN = AGG_CODES[Aggregate.MIN]
 _MAX = AGG_CODES[Aggregate.MAX]
 _DISTINCT = AGG_CODES[Aggregate.DISTINCT]
 
-#: What `_update_and_read` needs of a group, prepared once per plan (see `MemoryStore._groups_for`):
+#: What `_update_and_read` needs of a group, prepared once per plan (see `MemoryStore._groups_for`;
+#: a `native_series.GroupSpec` of the same values when the compiled loop is used):
 #: (its series by entity value, retention ms, idle time before expiry s, value series (capped)?,
 #:  numeric value?, bucket retention ms, then its windows by how they are read: exact counts
 #:  without delay (output, reach), other exact windows (output, code, reach, delay), bucketed
@@ -172,6 +184,10 @@ class MemoryStore:
     - `new_ids=True` is the caller's word that no event id comes twice (a
       replay that checked its data): the store then keeps no index of ids
       to find a re-added one.
+
+    `native` chooses the per-series loop: True the compiled one (ImportError
+    when it is not built), False the Python one, None (the default) the
+    compiled one when it is built.
     """
 
     name = "memory"
@@ -185,7 +201,11 @@ class MemoryStore:
         max_event_delay_s: float = 86400.0 + 300.0,
         expire_idle: bool = True,
         new_ids: bool = False,
+        native: bool | None = None,
     ) -> None:
+        if native and native_series is None:
+            raise ImportError("engine.windows._series is not built: install the package with a C compiler")
+        self._native = native_series is not None if native is None else native
         self._ttl_extra_s = max_event_delay_s
         self._expire_idle = expire_idle
         self._new_ids = new_ids
@@ -297,7 +317,7 @@ class MemoryStore:
                 else:
                     delayed.append((output, code, reach, delay))
             storage, retention_ms, retention_s, capped, numeric, _, bucket_ms = group.layout
-            table[id(group)] = (
+            state: _GroupState = (
                 self._series.setdefault(storage, OrderedDict()),
                 retention_ms,
                 retention_s + self._ttl_extra_s,
@@ -309,6 +329,7 @@ class MemoryStore:
                 tuple(hourly),
                 tuple(delayed),
             )
+            table[id(group)] = native_series.GroupSpec(*state) if self._native else state  # type: ignore[assignment]
         if len(self._plans) >= 8:
             self._plans.clear()  # plans of rule sets no longer in use
         self._plans[id(plan)] = (plan, table)
@@ -324,6 +345,22 @@ class MemoryStore:
         by `_groups_for` (exact counts, other exact windows, bucketed windows,
         delayed bucketed windows), sharing the bisections they have in common.
         """
+        groups = self._last_groups if plan is self._last_plan else self._groups_for(plan)
+        if self._native:
+            raw_values, self._next_idle = native_series.update_and_read(
+                groups,
+                bound.groups,
+                bound.event_time_ms,
+                bound.transaction_id,
+                first,
+                plan.raw_size,
+                plan.max_events_per_series,
+                self._new_ids,
+                self._expire_idle,
+                time.monotonic(),
+                self._next_idle,
+            )
+            return raw_values  # type: ignore[no-any-return]
         raw = [0] * plan.raw_size
         t = bound.event_time_ms
         txid = bound.transaction_id
@@ -332,7 +369,6 @@ class MemoryStore:
         next_idle = self._next_idle
         expire_idle = self._expire_idle
         new_ids = self._new_ids
-        groups = self._last_groups if plan is self._last_plan else self._groups_for(plan)
         hour = t // BUCKET_MS
         try:
             for group, entity_value, bound_value, add in bound.groups:

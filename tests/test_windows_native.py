@@ -127,11 +127,15 @@ def test_the_compiled_loop_answers_as_the_python_one(options: dict[str, bool], s
         assert got == want, f"step {step}: compiled {got} != python {want}"
 
 
-def test_the_compiled_loop_is_built_and_used_by_default() -> None:
+def test_the_compiled_loop_is_built_and_used_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """`make install` builds it; without it every in-process store silently runs the slower loop."""
     assert native_series is not None, "engine.windows._series is not built: reinstall with a C compiler"
+    monkeypatch.delenv("RISK_NATIVE_WINDOWS", raising=False)
     assert MemoryStore()._native
     assert not MemoryStore(native=False)._native
+    monkeypatch.setenv("RISK_NATIVE_WINDOWS", "0")  # the operator's switch back to the Python loop
+    assert not MemoryStore()._native
+    assert MemoryStore(native=True)._native
 
 
 def test_sums_beyond_64_bits_are_exact() -> None:

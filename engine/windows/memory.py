@@ -15,6 +15,7 @@ step for step; tests hold the two and Redis equal on hostile streams.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import zlib
@@ -187,7 +188,8 @@ class MemoryStore:
 
     `native` chooses the per-series loop: True the compiled one (ImportError
     when it is not built), False the Python one, None (the default) the
-    compiled one when it is built.
+    compiled one when it is built, unless the environment says
+    `RISK_NATIVE_WINDOWS=0` (an operator's switch back to the reference loop).
     """
 
     name = "memory"
@@ -203,9 +205,11 @@ class MemoryStore:
         new_ids: bool = False,
         native: bool | None = None,
     ) -> None:
-        if native and native_series is None:
+        if native is None:
+            native = native_series is not None and os.environ.get("RISK_NATIVE_WINDOWS", "").strip() != "0"
+        elif native and native_series is None:
             raise ImportError("engine.windows._series is not built: install the package with a C compiler")
-        self._native = native_series is not None if native is None else native
+        self._native = native
         self._ttl_extra_s = max_event_delay_s
         self._expire_idle = expire_idle
         self._new_ids = new_ids

@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.decision import decide
 from engine.enrich import BOOL, NUMBER
@@ -58,6 +58,7 @@ EXPLAIN_TOP_K = 3
 
 
 NO_THRESHOLDS = Thresholds(None, None)
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +163,15 @@ def reasons_at(thresholds: Thresholds, score: float) -> list[Reason]:
             )
         ]
     return []
+
+
+def _replayed(replay: object, kind: type[_R], parse: Callable[[str], _R]) -> _R:
+    """A retry's recorded response: its JSON from Redis, the response itself from the in-process store."""
+    if isinstance(replay, str):
+        return parse(replay)
+    if isinstance(replay, kind):
+        return replay
+    raise TypeError(f"the record of this id holds a {type(replay).__name__}, not a {kind.__name__}")
 
 
 def _features(names: tuple[str, ...], fields: dict[str, Any]) -> dict[str, float]:
@@ -317,7 +327,8 @@ class Pipeline:
         self._check_time_left(time_left_s)
         outcome = store.apply(plan, bound, fingerprint)
         if outcome.replay is not None:
-            return FeedbackResult.from_json(outcome.replay, duplicate=True)
+            first = _replayed(outcome.replay, FeedbackResult, lambda text: FeedbackResult.from_json(text, False))
+            return replace(first, duplicate=True)
         result = FeedbackResult(
             transaction_id=txn.transaction_id,
             outcome=fb.outcome,
@@ -328,7 +339,7 @@ class Pipeline:
         )
         if self.record:
             try:
-                store.remember(bound.transaction_id, fingerprint, result.to_json())
+                store.remember(bound.transaction_id, fingerprint, result)
             except StoreUnavailable as exc:  # counted already; a retry re-adds the same event, once
                 self.on_degraded("record", str(exc), exc.kind)
         return result
@@ -387,7 +398,7 @@ class Pipeline:
             self.on_degraded("windows", str(exc), exc.kind)
         else:
             if outcome.replay is not None:
-                return Scored(ScoreResult.from_json(outcome.replay), replayed=True, fields={})
+                return Scored(_replayed(outcome.replay, ScoreResult, ScoreResult.from_json), replayed=True, fields={})
             plan.finish_into(outcome.raw, fields)
         if ruleset.features:
             ruleset.derive(fields)
@@ -487,7 +498,7 @@ class Pipeline:
                 self.on_degraded("record", "skipped: too close to the caller's deadline", "deadline")
             else:
                 try:
-                    self.store.remember(txn.transaction_id, step.fingerprint, result.to_json())
+                    self.store.remember(txn.transaction_id, step.fingerprint, result)
                 except StoreUnavailable as exc:
                     self.on_degraded("record", str(exc), exc.kind)
         timings = (

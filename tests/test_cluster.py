@@ -28,7 +28,7 @@ from engine.windows.redis_store import RedisClusterStore
 from engine.windows.store import IdempotencyConflict, StoreUnavailable
 from tests import windows_cluster
 from tests.conftest import RULES, make_config
-from tests.test_windows import T0, event, plan
+from tests.test_windows import T0, event, plan, recorded_answer
 from tests.windows_cluster import LocalCluster, start_cluster
 
 redis_cluster = windows_cluster.redis_cluster  # the session's local cluster (a fixture)
@@ -52,8 +52,9 @@ def test_cluster_store_semantics_and_retries(cluster_store: RedisClusterStore) -
     # A retry racing the first attempt (record claimed, no response): nothing counts twice.
     again = cluster_store.apply(p, p.bind("b", T0 + MIN, fields), f"fp-b-{T0 + MIN}-c1-300")
     assert p.finish(again.raw)["card_count_10m"] == 2
-    cluster_store.remember("b", f"fp-b-{T0 + MIN}-c1-300", '{"stored": 1}')
-    assert cluster_store.apply(p, p.bind("b", T0 + MIN, fields), f"fp-b-{T0 + MIN}-c1-300").replay == '{"stored": 1}'
+    cluster_store.remember("b", f"fp-b-{T0 + MIN}-c1-300", recorded_answer("b"))
+    replayed = cluster_store.apply(p, p.bind("b", T0 + MIN, fields), f"fp-b-{T0 + MIN}-c1-300").replay
+    assert replayed == recorded_answer("b").to_json()
     # A reused id with other content is refused before any entity is touched.
     other = dict(fields, card_id="c9")
     with pytest.raises(IdempotencyConflict):

@@ -19,6 +19,7 @@ from engine.windows.redis_store import RedisClusterStore, RedisStore
 from engine.windows.spec import Aggregate, WindowPlan, WindowSpec
 from engine.windows.store import IdempotencyConflict, WindowStore
 from tests import windows_cluster
+from tests.test_windows import recorded_answer
 from tests.windows_cluster import LocalCluster
 
 redis_cluster = windows_cluster.redis_cluster  # the session's local cluster (a fixture)
@@ -81,7 +82,7 @@ def _run_stream(plan: WindowPlan, stores: list[WindowStore], stream: list[tuple]
         elif step[0] == "remember" and sent:
             txid, _, _, fp = sent[step[1] % len(sent)]
             for store in stores:
-                store.remember(txid, fp, f"response-{txid}")
+                store.remember(txid, fp, recorded_answer(txid))
             continue
         else:
             continue
@@ -90,7 +91,11 @@ def _run_stream(plan: WindowPlan, stores: list[WindowStore], stream: list[tuple]
         for store in stores:
             try:
                 outcome = store.apply(plan, plan.bind(txid, t, fields), fp)
-                answers.append(("replay", outcome.replay) if outcome.replay else ("values", plan.finish(outcome.raw)))
+                if outcome.replay is not None:  # JSON from Redis, the answer itself from the in-process store
+                    replayed = outcome.replay
+                    answers.append(("replay", replayed if isinstance(replayed, str) else replayed.to_json()))
+                else:
+                    answers.append(("values", plan.finish(outcome.raw)))
             except IdempotencyConflict:
                 answers.append(("conflict", None))
         for store, answer in zip(stores[1:], answers[1:], strict=True):

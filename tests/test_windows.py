@@ -7,8 +7,11 @@ never counts twice; late events read their own past and count for later ones.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
+from engine.transaction import Action, ChallengerResult, Contribution, Reason, ReasonSource, ScoreResult
 from engine.windows.memory import MemoryStore
 from engine.windows.redis_store import RedisStore
 from engine.windows.spec import Aggregate, WindowPlan, WindowSpec
@@ -99,14 +102,34 @@ def test_retry_does_not_double_count(store: WindowStore) -> None:
     assert w["card_count_10m"] == 2
 
 
+def recorded_answer(txid: str) -> ScoreResult:
+    """An answer to keep for retries, with a reason and features (and no NaN, so `==` compares it)."""
+    return ScoreResult(
+        transaction_id=txid,
+        decision=Action.REVIEW,
+        score=0.8125,
+        reasons=(Reason("CARD_TESTING", ReasonSource.RULE, "many small payments", Action.REVIEW, "card_testing"),),
+        ruleset_version="v1",
+        model_version="m1",
+        degraded=False,
+        features={"amount": 12.5, "card_count_10m": 4.0, "score": 0.8125},
+        elapsed_us=321,
+    )
+
+
 def test_recorded_response_is_replayed_and_conflict_detected(store: WindowStore) -> None:
     p = plan()
     fields = {"card_id": "c1", "device_id": "d1", "merchant_id": "m1", "amount_base_minor": 100}
     first = store.apply(p, p.bind("a", T0, fields), "fp1")
     assert first.replay is None
-    store.remember("a", "fp1", '{"stored": true}')
+    answer = recorded_answer("a")
+    store.remember("a", "fp1", answer)
     retry = store.apply(p, p.bind("a", T0, fields), "fp1")
-    assert retry.replay == '{"stored": true}'
+    assert retry.replay is not None
+    # Redis keeps the JSON, the in-process store the answer itself: the same answer either way.
+    got = ScoreResult.from_json(retry.replay) if isinstance(retry.replay, str) else retry.replay
+    assert got.to_json() == answer.to_json()
+    assert got.features == answer.features and got.reasons == answer.reasons
     with pytest.raises(IdempotencyConflict):
         store.apply(p, p.bind("a", T0, fields), "fp-other")
     # Neither the replay nor the conflict touched the windows.
@@ -250,3 +273,42 @@ def test_memory_store_forgets_idle_series_like_redis_key_expiry(monkeypatch: pyt
     assert event(store, p, "d", T0 + 1, card="idle")["card_count_1h"] == 2
     clock[0] += 65 * 60 + 61  # "idle" and "busy" were both last written at the previous tick
     assert event(store, p, "e", T0 + 2, card="idle")["card_count_1h"] == 1  # expired, as its Redis key would
+
+
+def test_a_packed_answer_unpacks_to_the_same_answer() -> None:
+    """The in-process store keeps answers packed (feature values in a float array): exact, NaN included."""
+    answer = ScoreResult(
+        transaction_id="t-1",
+        decision=Action.DENY,
+        score=0.9712345678901234,
+        reasons=(
+            Reason(
+                "MODEL_HIGH_RISK",
+                ReasonSource.MODEL,
+                "score above the deny threshold",
+                Action.DENY,
+                "",
+                (Contribution("amount", 1234.5, 0.61), Contribution("card_count_1d", 9.0, 0.2)),
+            ),
+        ),
+        ruleset_version="2026.11.26-3",
+        model_version="handbook-gbm-0cf15f867b",
+        degraded=False,
+        features={
+            "amount": 1234.5,
+            "amount_to_card_usual": float("nan"),
+            "tiny": 5e-324,
+            "big": 1.7976931348623157e308,
+        },
+        elapsed_us=88,
+        shadow=(Reason("IP_BURST", ReasonSource.RULE, "burst", Action.REVIEW, "ip_burst"),),
+        challenger=ChallengerResult("challenger-1", 0.5, Action.ALLOW, False, "shadow"),
+    )
+    again = answer.packed().unpacked()
+    assert again.to_json() == answer.to_json()
+    assert list(again.features) == list(answer.features)  # the order too
+    assert math.isnan(again.features["amount_to_card_usual"])
+    assert (again.reasons, again.shadow, again.challenger) == (answer.reasons, answer.shadow, answer.challenger)
+    # Every answer with the same feature list shares one tuple of names.
+    other = ScoreResult("t-2", Action.ALLOW, 0.1, (), "v", "m", False, dict(answer.features))
+    assert other.packed()._parts[7] is answer.packed()._parts[7]

@@ -34,7 +34,7 @@ from engine.model.predictor import Model
 from engine.offline.datasets import paused_cycle_collector
 from engine.pipeline import Pipeline, Scored
 from engine.rules.ruleset import RuleSet
-from engine.transaction import Feedback, Transaction
+from engine.transaction import Feedback, Recorded, Transaction
 from engine.validation import InvalidTransaction
 from engine.windows.memory import MemoryStore
 from engine.windows.spec import FRAUD, GENUINE, BoundWindows, WindowPlan
@@ -218,7 +218,7 @@ class _ReplaySideStore:
     budget_s = 0.0
     uses_fingerprints = False
 
-    def remember(self, transaction_id: str, fingerprint: str, response: str) -> None:
+    def remember(self, transaction_id: str, fingerprint: str, response: Recorded) -> None:
         pass
 
     def warm_up(self, plan: WindowPlan | None = None) -> bool:

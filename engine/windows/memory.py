@@ -18,10 +18,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-import zlib
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 
+from engine.transaction import Packed, Recorded
 from engine.windows.spec import AGG_CODES, BUCKET_MS, BUCKETED, EXACT, Aggregate, BoundWindows, WindowPlan
 from engine.windows.store import IdempotencyConflict, WindowsOutcome
 
@@ -174,7 +174,9 @@ class MemoryStore:
       dropping them costs nothing per call;
     - a value series keeps at most the plan's `max_events_per_series` events;
     - idempotency records live `idempotency_ttl_s` (wall clock) and at most
-      `max_records` are kept (the oldest go first), zlib-compressed;
+      `max_records` are kept (the oldest go first), each packed
+      (`Recorded.packed`: a score with its feature values in a float array,
+      about 0.7 KB), never serialised;
     - `remember_responses=False` keeps no idempotency records at all, for
       replay over history (window updates are idempotent by transaction id
       regardless);
@@ -216,7 +218,7 @@ class MemoryStore:
         # Per group (storage name): its series by entity value, least recently written
         # first (one TTL per group, so also the order in which they expire).
         self._series: dict[str, OrderedDict[str, _Series]] = {}
-        self._seen: OrderedDict[str, tuple[float, str, bytes | None]] = OrderedDict()
+        self._seen: OrderedDict[str, tuple[float, str, Packed | None]] = OrderedDict()
         # No series expires before this wall-clock time: the minimum over the oldest
         # written series of each group, lowered by every write. A series' expiry only
         # moves later, so `_drop_idle` can skip its walk until then.
@@ -241,7 +243,7 @@ class MemoryStore:
                     if seen[1] != fingerprint:
                         raise IdempotencyConflict(bound.transaction_id)
                     if seen[2] is not None:
-                        return WindowsOutcome(replay=zlib.decompress(seen[2]).decode(), raw=())
+                        return WindowsOutcome(replay=seen[2].unpacked(), raw=())
                     first = False  # seen, not answered: its event is in already
                 else:
                     self._seen[bound.transaction_id] = (now + self._ttl, fingerprint, None)
@@ -249,10 +251,10 @@ class MemoryStore:
             self._drop_idle()
             return WindowsOutcome(replay=None, raw=self._update_and_read(plan, bound, first))
 
-    def remember(self, transaction_id: str, fingerprint: str, response: str) -> None:
+    def remember(self, transaction_id: str, fingerprint: str, response: Recorded) -> None:
         if not self._remember:
             return
-        record = zlib.compress(response.encode(), 1)
+        record = response.packed()  # kept as it is, not serialised: a retry gets it back unpacked
         with self._lock:
             self._seen[transaction_id] = (time.monotonic() + self._ttl, fingerprint, record)
             self._seen.move_to_end(transaction_id)

@@ -40,6 +40,7 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from engine.transaction import Recorded
 from engine.windows.spec import BoundGroup, BoundWindows, WindowPlan
 from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowsOutcome
 
@@ -220,10 +221,10 @@ class RedisStore(_RedisBase):
             return WindowsOutcome(replay=zlib.decompress(body).decode(), raw=())
         return WindowsOutcome(replay=None, raw=tuple(int(v) for v in reply[1:]))
 
-    def remember(self, transaction_id: str, fingerprint: str, response: str) -> None:
+    def remember(self, transaction_id: str, fingerprint: str, response: Recorded) -> None:
         self._guard()
         try:
-            record = fingerprint.encode() + b"\n" + zlib.compress(response.encode(), 1)
+            record = fingerprint.encode() + b"\n" + zlib.compress(response.to_json().encode(), 1)
             self._client.set(self._idem_key(transaction_id), record, px=self._ttl_ms)
         except redis.RedisError as exc:
             self._trip(exc)
@@ -421,10 +422,10 @@ class RedisClusterStore(_RedisBase):
                     raw[i] += int(v)  # each output belongs to one entity's call; the others return 0
         return WindowsOutcome(replay=None, raw=tuple(raw))
 
-    def remember(self, transaction_id: str, fingerprint: str, response: str) -> None:
+    def remember(self, transaction_id: str, fingerprint: str, response: Recorded) -> None:
         self._guard()
         try:
-            record = fingerprint.encode() + b"\n" + zlib.compress(response.encode(), 1)
+            record = fingerprint.encode() + b"\n" + zlib.compress(response.to_json().encode(), 1)
             self._cluster().set(self._idem_key(transaction_id), record, px=self._ttl_ms)
         except (redis.RedisError, OSError) as exc:
             self._fail(exc)

@@ -9,8 +9,9 @@ remembers the response for retries.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from engine.transaction import Recorded
 from engine.windows.spec import BoundWindows, WindowPlan
 
 #: What made a store unavailable (`StoreUnavailable.kind`).
@@ -42,7 +43,9 @@ class IdempotencyConflict(Exception):
 class WindowsOutcome:
     """What `apply` found: a stored response to replay, or the raw window values."""
 
-    replay: str | None  # the remembered response, for a retry
+    #: The remembered response, for a retry: its JSON from Redis, the response itself
+    #: (`Recorded.packed().unpacked()`) from the in-process store.
+    replay: str | Any | None
     raw: tuple[int, ...]  # one integer per stored window (plan.raw_size), when not a replay
 
 
@@ -61,8 +64,8 @@ class WindowStore(Protocol):
         """
         ...
 
-    def remember(self, transaction_id: str, fingerprint: str, response: str) -> None:
-        """Keep the response of a scored transaction for its retries."""
+    def remember(self, transaction_id: str, fingerprint: str, response: Recorded) -> None:
+        """Keep the response of a scored transaction (or recorded label) for its retries."""
         ...
 
     def warm_up(self, plan: WindowPlan | None = None) -> bool:

@@ -7,7 +7,6 @@ The catalog of these fields, with types and meanings, is `FIELDS`.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -15,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from engine.iso import CURRENCY_EXPONENTS
 from engine.transaction import Transaction
-from engine.validation import InvalidTransaction, IPAddress
+from engine.validation import InvalidTransaction, IPAddress, parse_ip
 
 NUMBER, STRING, BOOL = "number", "string", "bool"
 
@@ -140,12 +139,13 @@ class Enricher:
         hour, dow = self.local_hour_and_weekday(txn.event_time_ms)
         ip_version = 0
         ip_private = False
-        if addr is None and txn.ip:
-            addr = ipaddress.ip_address(txn.ip)
+        if txn.ip:
+            parsed, _, ip_private = parse_ip(txn.ip)
+            if addr is None:
+                addr = parsed
         ip_country = ip_region = ""
         if addr is not None:
             ip_version = addr.version
-            ip_private = addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved
             if self.geo is not None and not ip_private:
                 where = self.geo.lookup(addr)
                 ip_country, ip_region = where.country, where.region

@@ -44,7 +44,7 @@ from engine.transaction import (
     ScoreResult,
     Transaction,
 )
-from engine.validation import InvalidTransaction, Limits, validate
+from engine.validation import InvalidTransaction, Limits, parse_ip, validate
 from engine.windows.spec import LABELS, BoundWindows
 from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowStore
 
@@ -122,7 +122,7 @@ def prepare(
     Raises InvalidTransaction. Shared by scoring and by the rule tests.
     """
     addr = validate(txn, limits, now_ms)
-    if addr is not None and (ip := str(addr)) != txn.ip:
+    if addr is not None and (ip := parse_ip(txn.ip)[1]) != txn.ip:
         txn = replace(txn, ip=ip)  # one spelling per address, for windows and retries
     fields = ruleset.enricher.enrich(txn, addr)
     fields["attributes"] = dict(txn.attributes)

@@ -6,6 +6,7 @@ configurable (`Limits`); the defaults suit a card gateway.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -59,6 +60,18 @@ def canonical(addr: IPAddress) -> IPAddress:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
     return addr
+
+
+@functools.lru_cache(maxsize=65_536)
+def parse_ip(text: str) -> tuple[IPAddress, str, bool]:
+    """An IP address as sent -> the address (`canonical`), its canonical text, and whether it is private.
+
+    Private: private, loopback, link-local or reserved. Raises ValueError for
+    a malformed address. Cached (bounded): a gateway sends the same addresses
+    again and again, and parsing one costs several microseconds.
+    """
+    addr = canonical(ipaddress.ip_address(text))
+    return addr, str(addr), addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved
 
 
 def validate(txn: Transaction, limits: Limits, now_ms: int | None) -> IPAddress | None:
@@ -115,7 +128,7 @@ def validate(txn: Transaction, limits: Limits, now_ms: int | None) -> IPAddress 
         if "%" in txn.ip or not txn.ip.isascii() or not txn.ip.isprintable():
             raise InvalidTransaction("ip", "must be a plain IPv4 or IPv6 address (no zone id, no control characters)")
         try:
-            addr: IPAddress | None = canonical(ipaddress.ip_address(txn.ip))
+            addr: IPAddress | None = parse_ip(txn.ip)[0]
         except ValueError:
             raise InvalidTransaction("ip", f"{txn.ip[:64]!r} is not an IPv4 or IPv6 address") from None
     else:

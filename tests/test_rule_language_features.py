@@ -21,7 +21,7 @@ from engine.rules.expr import ExprError, Scope, compile_condition
 from engine.rules.lists import CidrSet, NamedList, parse_network
 from engine.rules.ruleset import DOMAINS
 from engine.transaction import Transaction
-from engine.validation import InvalidTransaction, Limits, validate
+from engine.validation import InvalidTransaction, Limits, parse_ip, validate
 
 CATALOG = {
     "amount": "number",
@@ -534,3 +534,36 @@ def test_the_native_mapping_reads_the_merchant_category(tmp_path: Path) -> None:
     assert with_mcc.transactions[0].merchant_category == "7995"
     without = table_to_dataset(pa.Table.from_pylist([row]), PRESETS["native"])  # older files: no such column
     assert without.transactions[0].merchant_category == ""
+
+
+@pytest.mark.parametrize(
+    ("sent", "text", "version", "private"),
+    [
+        ("8.8.8.8", "8.8.8.8", 4, False),
+        ("10.1.2.3", "10.1.2.3", 4, True),
+        ("::ffff:10.1.2.3", "10.1.2.3", 4, True),  # IPv4-mapped: the IPv4 address
+        ("::FFFF:8.8.4.4", "8.8.4.4", 4, False),
+        ("2001:DB8:0::1", "2001:db8::1", 6, True),  # documentation range: reserved for no one
+        ("2606:4700::1111", "2606:4700::1111", 6, False),
+        ("::1", "::1", 6, True),
+        ("fe80::1", "fe80::1", 6, True),
+        ("169.254.0.7", "169.254.0.7", 4, True),
+        ("240.0.0.1", "240.0.0.1", 4, True),
+    ],
+)
+def test_an_ip_is_parsed_once_per_spelling_with_the_same_facts(
+    sent: str, text: str, version: int, private: bool
+) -> None:
+    """`parse_ip` (cached) gives what parsing the address each time would: canonical text, version, private."""
+    for _ in range(2):  # the second answer comes from the cache
+        addr, canonical_text, is_private = parse_ip(sent)
+        assert (canonical_text, addr.version, is_private) == (text, version, private)
+    txn = Transaction("t-ip", 1_767_268_800_000, 100, "EUR", card_id="c", ip=sent)
+    fields = Enricher(Money("EUR", {})).enrich(txn, validate(txn, Limits(), None))
+    assert (fields["ip_version"], fields["ip_is_private"]) == (version, private)
+
+
+def test_a_malformed_ip_is_refused_every_time() -> None:
+    for _ in range(2):  # errors are not cached as answers
+        with pytest.raises(InvalidTransaction, match="ip"):
+            validate(Transaction("t-bad", 1_767_268_800_000, 100, "EUR", card_id="c", ip="10.0.0.256"), Limits(), None)

@@ -89,6 +89,7 @@ ENV_VARS = (
     "RISK_ADMIN_HOST",
     "RISK_ADMIN_PORT",
     "RISK_GC_TUNING",
+    "RISK_CPU_AFFINITY",
 )
 
 
@@ -134,6 +135,8 @@ class ServeConfig:
     admin_port: int | None = None
     #: Tune Python's cyclic garbage collector for serving (see engine.service.server.tune_gc).
     gc_tuning: bool = True
+    #: Pin each server process to one core (`engine.service.server.pin_to_one_core`); off: let the kernel move it.
+    cpu_affinity: bool = True
 
     @property
     def redacted_redis_url(self) -> str:
@@ -194,6 +197,7 @@ class ServeConfig:
             "admin_host": get("RISK_ADMIN_HOST", str, d.admin_host),
             "admin_port": get("RISK_ADMIN_PORT", _port_or_off, DEFAULT_ADMIN_PORT),
             "gc_tuning": get("RISK_GC_TUNING", _on_off, d.gc_tuning),
+            "cpu_affinity": get("RISK_CPU_AFFINITY", _on_off, d.cpu_affinity),
         }
         if problems:
             raise ConfigError(problems)

@@ -141,6 +141,10 @@ def test_two_workers_share_the_port_restart_and_stop(trained_registry: Path, own
             assert status == health_pb2.HealthCheckResponse.SERVING
         pids = served.worker_pids()
         assert set(pids) == {0, 1} and pids[0][0] != pids[1][0] != served.proc.pid
+        # Each worker is pinned to a core of its own (RISK_CPU_AFFINITY, on by default); the supervisor is not.
+        cores = [os.sched_getaffinity(pids[i][0]) for i in (0, 1)]
+        assert all(len(c) == 1 for c in cores) and cores[0] != cores[1], cores
+        assert os.sched_getaffinity(served.proc.pid) == os.sched_getaffinity(0)
         score_until_both_count(port, metrics)
 
         # A killed worker is restarted (a new pid, its metrics port serving again) and serves.
@@ -227,3 +231,42 @@ def test_more_than_one_worker_needs_redis(trained_registry: Path) -> None:
     )
     assert proc.returncode == 2
     assert "--workers / RISK_WORKERS 3 needs Redis" in proc.stderr
+
+
+def test_cpu_affinity_is_a_setting() -> None:
+    assert ServeConfig().cpu_affinity
+    assert not ServeConfig.from_env({"RISK_CPU_AFFINITY": "off"}).cpu_affinity
+    with pytest.raises(ConfigError, match="RISK_CPU_AFFINITY='one': expected on or off"):
+        ServeConfig.from_env({"RISK_CPU_AFFINITY": "one"})
+
+
+@pytest.mark.parametrize(("index", "setting"), [(0, "on"), (1, "on"), (0, "off")])
+def test_a_server_process_pins_itself_to_one_core(index: int, setting: str) -> None:
+    """In a child process (pinning pytest itself would slow the rest of the suite)."""
+    code = (
+        "import os\n"
+        "from engine.config import ServeConfig\n"
+        "from engine.service.server import pin_to_one_core\n"
+        f"config = ServeConfig.from_env({{'RISK_CPU_AFFINITY': '{setting}'}})\n"
+        f"core = pin_to_one_core({index}) if config.cpu_affinity else None\n"
+        "print(core, sorted(os.sched_getaffinity(0)))\n"
+    )
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        .stdout.strip()
+        .split(maxsplit=1)
+    )
+    allowed = sorted(os.sched_getaffinity(0))
+    assert len(allowed) >= 2, "this test needs a machine with two cores or more"
+    if setting == "off":
+        assert out == ["None", str(allowed)]
+    else:
+        want = allowed[index % len(allowed)]
+        assert out == [str(want), str([want])]

@@ -345,6 +345,29 @@ def tune_gc() -> None:
     gc.set_threshold(young, middle, GC_FULL_COLLECTION_EVERY)
 
 
+def pin_to_one_core(index: int) -> int | None:
+    """Keep this process's threads on one of the cores it may use (the index-th, round robin).
+
+    A server process is GIL-bound: one thread runs Python at a time. Spread
+    over two cores, every hand-off (the gRPC poller queueing a call for a
+    worker thread, a worker waking the next) wakes a thread on the other core
+    that then waits for the GIL, and the two ping-pong: measured with the
+    load generator on 2 cores, 20-24 context switches per request and a third
+    of the server's CPU. On one core the hand-offs are cheap (7 per request),
+    and Redis, the client or the other worker process use the other core.
+    Threads started later inherit the mask. Returns the core, or None where
+    there is only one core or no `sched_setaffinity` (not Linux).
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return None
+    core = allowed[index % len(allowed)]
+    os.sched_setaffinity(0, {core})
+    return core
+
+
 def serve(config: ServeConfig, on_started: Callable[[Running], None] | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain in-flight calls and exit.
 
@@ -363,6 +386,12 @@ def serve(config: ServeConfig, on_started: Callable[[Running], None] | None = No
 
         supervise(config)
         return
+    if config.cpu_affinity:
+        core = pin_to_one_core(config.worker_index or 0)
+        if core is not None:
+            log.info(
+                "pinned to core %d (RISK_CPU_AFFINITY=off lets it move)", core, extra={"event": "config", "core": core}
+            )
     running = start(config)
     if config.gc_tuning:
         tune_gc()

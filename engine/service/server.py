@@ -345,8 +345,8 @@ def tune_gc() -> None:
     gc.set_threshold(young, middle, GC_FULL_COLLECTION_EVERY)
 
 
-def pin_to_one_core(index: int) -> int | None:
-    """Keep this process's threads on one of the cores it may use (the index-th, round robin).
+def pin_to_one_core(index: int, processes: int = 1) -> int | None:
+    """Keep this process's threads on one core: the index-th it may use, of `processes` server processes.
 
     A server process is GIL-bound: one thread runs Python at a time. Spread
     over two cores, every hand-off (the gRPC poller queueing a call for a
@@ -354,14 +354,17 @@ def pin_to_one_core(index: int) -> int | None:
     that then waits for the GIL, and the two ping-pong: measured with the
     load generator on 2 cores, 20-24 context switches per request and a third
     of the server's CPU. On one core the hand-offs are cheap (7 per request),
-    and Redis, the client or the other worker process use the other core.
-    Threads started later inherit the mask. Returns the core, or None where
-    there is only one core or no `sched_setaffinity` (not Linux).
+    and Redis or the client use the other core. At least one core is left
+    unpinned: with as many server processes as cores, each pinned, Redis had
+    no core to run on when they were busy (measured with `--workers 2` on 2
+    cores: its answers came late, calls degraded and queued), so then none
+    is pinned. Threads started later inherit the mask. Returns the core, or
+    None when nothing was pinned (too few cores, or no `sched_setaffinity`).
     """
     if not hasattr(os, "sched_setaffinity"):
         return None
     allowed = sorted(os.sched_getaffinity(0))
-    if len(allowed) < 2:
+    if processes >= len(allowed):
         return None
     core = allowed[index % len(allowed)]
     os.sched_setaffinity(0, {core})
@@ -387,7 +390,7 @@ def serve(config: ServeConfig, on_started: Callable[[Running], None] | None = No
         supervise(config)
         return
     if config.cpu_affinity:
-        core = pin_to_one_core(config.worker_index or 0)
+        core = pin_to_one_core(config.worker_index or 0, config.workers)
         if core is not None:
             log.info(
                 "pinned to core %d (RISK_CPU_AFFINITY=off lets it move)", core, extra={"event": "config", "core": core}

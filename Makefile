@@ -12,6 +12,8 @@ DATA   ?= ../shared/data/handbook/transactions.parquet
 install: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock setup.py engine/windows/_series.c
+	@command -v cc >/dev/null 2>&1 || { echo "error: the install compiles a C extension (engine/windows/_series.c):" \
+	  "install a C compiler and the Python headers, e.g. apt-get install gcc python3-dev" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	rm -f $(VENV)/.installed-*

@@ -133,16 +133,15 @@ class Enricher:
         # 1970-01-01 was a Thursday (weekday 3).
         return local_us // _HOUR_US % 24, (local_us // _DAY_US + 3) % 7
 
-    def enrich(self, txn: Transaction, addr: IPAddress | None = None) -> dict[str, Any]:
-        """The field map of a transaction; `addr` is its IP already parsed (by validation)."""
+    def enrich(self, txn: Transaction) -> dict[str, Any]:
+        """The field map of a (validated) transaction; its IP comes from `parse_ip`'s cache, canonical."""
         base_minor = self.money.to_base_minor(txn.amount_minor, txn.currency)
         hour, dow = self.local_hour_and_weekday(txn.event_time_ms)
         ip_version = 0
         ip_private = False
+        addr: IPAddress | None = None
         if txn.ip:
-            parsed, _, ip_private = parse_ip(txn.ip)
-            if addr is None:
-                addr = parsed
+            addr, _, ip_private = parse_ip(txn.ip)
         ip_country = ip_region = ""
         if addr is not None:
             ip_version = addr.version

@@ -121,10 +121,10 @@ def prepare(
 
     Raises InvalidTransaction. Shared by scoring and by the rule tests.
     """
-    addr = validate(txn, limits, now_ms)
-    if addr is not None and (ip := parse_ip(txn.ip)[1]) != txn.ip:
+    validate(txn, limits, now_ms)
+    if txn.ip and (ip := parse_ip(txn.ip)[1]) != txn.ip:
         txn = replace(txn, ip=ip)  # one spelling per address, for windows and retries
-    fields = ruleset.enricher.enrich(txn, addr)
+    fields = ruleset.enricher.enrich(txn)
     fields["attributes"] = dict(txn.attributes)
     return txn, fields
 

@@ -296,7 +296,8 @@ rules:
 
 
 def fields_of(rs: Any, txn: Transaction) -> dict[str, Any]:
-    fields = rs.enricher.enrich(txn, validate(txn, Limits(), None))
+    validate(txn, Limits(), None)
+    fields = rs.enricher.enrich(txn)
     fields["attributes"] = {}
     return fields
 
@@ -559,7 +560,8 @@ def test_an_ip_is_parsed_once_per_spelling_with_the_same_facts(
         addr, canonical_text, is_private = parse_ip(sent)
         assert (canonical_text, addr.version, is_private) == (text, version, private)
     txn = Transaction("t-ip", 1_767_268_800_000, 100, "EUR", card_id="c", ip=sent)
-    fields = Enricher(Money("EUR", {})).enrich(txn, validate(txn, Limits(), None))
+    validate(txn, Limits(), None)
+    fields = Enricher(Money("EUR", {})).enrich(txn)
     assert (fields["ip_version"], fields["ip_is_private"]) == (version, private)
 
 

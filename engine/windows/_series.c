@@ -1,7 +1,7 @@
 /*
  * The in-process window store's per-series loop, compiled (engine.windows._series).
  *
- * It owns one thing: `update_and_read`, the body of `MemoryStore._update_and_read`
+ * It owns one thing: `update_and_read`, the compiled `MemoryStore._update_and_read_python`
  * (engine/windows/memory.py) with the series kept in C arrays instead of Python
  * lists. The Python method stays as the reference: the same steps in the same
  * order, and tests hold the two (and Redis) equal on hostile streams. What the

@@ -6,7 +6,7 @@ with the value the group aggregates; when an event at t is added, events
 older than t minus the group's retention are dropped, and a value series
 keeps at most the plan's cap of events.
 
-The per-series loop (`MemoryStore._update_and_read`) also exists compiled,
+The per-series loop (`MemoryStore._update_and_read_python`) also exists compiled,
 in `engine/windows/_series.c`, with the series in C arrays: the store uses it
 when it is built (`make install` builds it), which makes the windows of a
 replay several times faster. The Python method below stays the reference,
@@ -345,28 +345,38 @@ class MemoryStore:
     def _update_and_read(self, plan: WindowPlan, bound: BoundWindows, first: bool = True) -> tuple[int, ...]:
         """Add the event to each bound group's series (unless filtered out or too late), then read its windows.
 
-        Written for speed (it is most of replay time): the common case, an
+        By the compiled loop (`_series.update_and_read`) or the Python one
+        (`_update_and_read_python`, the reference): the same steps.
+        """
+        groups = self._last_groups if plan is self._last_plan else self._groups_for(plan)
+        if not self._native:
+            return self._update_and_read_python(plan, bound, first, groups)
+        raw_values, self._next_idle = native_series.update_and_read(
+            groups,
+            bound.groups,
+            bound.event_time_ms,
+            bound.transaction_id,
+            first,
+            plan.raw_size,
+            plan.max_events_per_series,
+            self._new_ids,
+            self._expire_idle,
+            time.monotonic(),
+            self._next_idle,
+        )
+        return raw_values  # type: ignore[no-any-return]
+
+    def _update_and_read_python(
+        self, plan: WindowPlan, bound: BoundWindows, first: bool, groups: dict[int, _GroupState]
+    ) -> tuple[int, ...]:
+        """`_update_and_read` in Python, the reference the compiled loop is tested against.
+
+        Written for speed (it was most of replay time): the common case, an
         event newer than every event of its series, appends and adds to the
         newest hourly bucket inline; windows are read in the groups prepared
         by `_groups_for` (exact counts, other exact windows, bucketed windows,
         delayed bucketed windows), sharing the bisections they have in common.
         """
-        groups = self._last_groups if plan is self._last_plan else self._groups_for(plan)
-        if self._native:
-            raw_values, self._next_idle = native_series.update_and_read(
-                groups,
-                bound.groups,
-                bound.event_time_ms,
-                bound.transaction_id,
-                first,
-                plan.raw_size,
-                plan.max_events_per_series,
-                self._new_ids,
-                self._expire_idle,
-                time.monotonic(),
-                self._next_idle,
-            )
-            return raw_values  # type: ignore[no-any-return]
         raw = [0] * plan.raw_size
         t = bound.event_time_ms
         txid = bound.transaction_id

@@ -2,7 +2,8 @@
 
 Hypothesis draws streams with out-of-order events, retries (before and after
 the response was recorded), ids reused with other content, shared and
-missing entities, and events on exact window edges; and, over several days,
+missing entities, events on exact window edges and Redis losing its distinct
+indexes (they are rebuilt from the events); and, over several days,
 filters, delays and bucketed (longer than a day) windows in the in-process
 store, standalone Redis and a real local Redis Cluster.
 """
@@ -38,6 +39,8 @@ PLAN = WindowPlan(
         WindowSpec("card_min_1h", ("card_id",), Aggregate.MIN, 60 * MIN, "amount"),
         WindowSpec("card_max_5m", ("card_id",), Aggregate.MAX, 5 * MIN, "amount"),
         WindowSpec("device_cards_1h", ("device_id",), Aggregate.DISTINCT, 60 * MIN, "card_id"),
+        WindowSpec("card_devices_5m", ("card_id",), Aggregate.DISTINCT, 5 * MIN, "device_id"),
+        WindowSpec("card_devices_1h", ("card_id",), Aggregate.DISTINCT, 60 * MIN, "device_id"),
         WindowSpec("pair_count_5m", ("device_id", "card_id"), Aggregate.COUNT, 5 * MIN),
     ],
     allowed_lateness_ms=2 * MIN,
@@ -62,7 +65,12 @@ retry = st.tuples(
     st.just("retry"), st.integers(0, 10**6), st.booleans()
 )  # which earlier event; reuse with other content?
 remember = st.tuples(st.just("remember"), st.integers(0, 10**6))
-streams = st.lists(st.one_of(new_event, new_event, new_event, retry, remember), min_size=1, max_size=40)
+# Redis loses its distinct indexes (as after an upgrade from a version without them):
+# they are rebuilt from the events.
+forget_index = st.tuples(st.just("forget_index"))
+streams = st.lists(
+    st.one_of(new_event, new_event, new_event, retry, remember, forget_index), min_size=1, max_size=40
+)
 
 _runs = itertools.count()
 
@@ -79,6 +87,13 @@ def _run_stream(plan: WindowPlan, stores: list[WindowStore], stream: list[tuple]
         elif step[0] == "retry" and sent:
             txid, t, fields, fp = sent[step[1] % len(sent)]
             item = (txid, t, fields, fp + "-changed" if step[2] else fp)
+        elif step[0] == "forget_index":
+            for store in stores:
+                if isinstance(store, RedisStore):
+                    client = store._client
+                    for key in client.scan_iter(match=f"{{{store.prefix}:*}}:d:*"):
+                        client.delete(key)
+            continue
         elif step[0] == "remember" and sent:
             txid, _, _, fp = sent[step[1] % len(sent)]
             for store in stores:
@@ -130,6 +145,8 @@ LONG_PLAN = WindowPlan(
         WindowSpec("card_count_30m_after_20m", ("card_id",), Aggregate.COUNT, 30 * MIN, None, None, 20 * MIN),
         WindowSpec("card_max_1h_after_10m", ("card_id",), Aggregate.MAX, HOUR, "amount", None, 10 * MIN),
         WindowSpec("device_cards_2d", ("device_id",), Aggregate.DISTINCT, 2 * DAY, "card_id"),
+        WindowSpec("device_cards_1d_after_1h", ("device_id",), Aggregate.DISTINCT, DAY, "card_id", None, HOUR),
+        WindowSpec("device_cards_1h_big", ("device_id",), Aggregate.DISTINCT, HOUR, "card_id", BIG),
         WindowSpec("device_count_2d_after_12h", ("device_id",), Aggregate.COUNT, 2 * DAY, None, None, 12 * HOUR),
     ],
     allowed_lateness_ms=2 * HOUR,
@@ -170,3 +187,45 @@ def test_filters_delays_and_buckets_agree_in_all_stores(
     finally:
         for s in stores:
             s.close()
+
+
+def test_a_lost_distinct_index_is_rebuilt_from_the_events(redis_url: tuple[str, str]) -> None:
+    """Events written without the index (an older version, a manual delete) still count.
+
+    The index is rebuilt by whichever call finds it missing: one adding a value,
+    one adding an event without a value, or one that only reads (it fails the filter).
+    """
+    url, prefix = redis_url
+    store = RedisStore(url, prefix=f"{prefix}-rebuild", budget_s=2.0)
+    big = "amount_base_minor >= 500"
+    plan = WindowPlan(
+        [
+            WindowSpec("device_cards_1h", ("device_id",), Aggregate.DISTINCT, HOUR, "card_id"),
+            WindowSpec("device_cards_1h_big", ("device_id",), Aggregate.DISTINCT, HOUR, "card_id", big),
+        ],
+        allowed_lateness_ms=2 * MIN,
+        amount_scale=0.01,
+    )
+    client = store._client
+
+    def send(i: int, card: str, amount: int) -> dict[str, float]:
+        fields = {"device_id": "d1", "card_id": card, "amount_base_minor": amount}
+        return plan.finish(store.apply(plan, plan.bind(f"t{i}", T0 + i * MIN, fields), f"fp{i}").raw)
+
+    try:
+        for i, card in enumerate(["c1", "c2", "c1", "c3"]):
+            send(i, card, 1000)
+        indexes = sorted(key.decode() for key in client.keys(f"{{{store.prefix}:device_id:d1}}:d:*"))
+        assert len(indexes) == 2 and [client.zcard(k) for k in indexes] == [3, 3]
+        # Lost; then an event without a card (added to both series, no value for the index).
+        assert client.delete(*indexes) == 2
+        w = send(5, "", 1000)
+        assert (w["device_cards_1h"], w["device_cards_1h_big"]) == (3, 3)
+        assert [client.zcard(k) for k in indexes] == [3, 3]
+        # Lost again; then a small amount: a new card in one series, only a read in the filtered one.
+        assert client.delete(*indexes) == 2
+        w = send(6, "c4", 1)
+        assert (w["device_cards_1h"], w["device_cards_1h_big"]) == (4, 3)
+        assert sorted(client.zcard(k) for k in indexes) == [3, 4]
+    finally:
+        store.close()

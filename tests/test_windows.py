@@ -214,6 +214,56 @@ def test_value_series_keep_at_most_the_cap(store: WindowStore) -> None:
     assert w["card_sum_1h"] == 3.0  # the sum walks the 3 newest events only
 
 
+def test_distinct_counts_follow_the_cap_with_ties_at_its_edge(store: WindowStore) -> None:
+    """Capped distinct: a value counts while one of its events is kept, ties at one time included.
+
+    (Redis reads distinct counts from an index of each value's newest time; the
+    cap drops the oldest events by time, then id, and the index must follow.)
+    """
+    p = WindowPlan(
+        [WindowSpec("device_cards_1h", ("device_id",), Aggregate.DISTINCT, 60 * MIN, "card_id")],
+        allowed_lateness_ms=5 * MIN,
+        amount_scale=0.01,
+        max_events_per_series=3,
+    )
+    steps = [  # id, minute, card, distinct cards among the 3 newest events
+        ("e1", 0, "A", 1),
+        ("e2", 1, "B", 2),
+        ("e3", 1, "B", 2),  # a tie with e2 at minute 1
+        ("e4", 2, "C", 2),  # drops e1: A has no event left
+        ("e5", 3, "D", 3),  # drops e2: B still has e3 at the same minute
+        ("e6", 4, "E", 3),  # drops e3: B is gone
+        ("e7", 4, "", 2),  # drops e4 (C); a missing value is kept as an event, never counted
+    ]
+    for txid, minute, card, expected in steps:
+        w = event(store, p, txid, T0 + minute * MIN, card=card)
+        assert w["device_cards_1h"] == expected, txid
+    # The analysts lower the cap to 1: three events go at once (D, E and the missing value).
+    lower = WindowPlan(p.specs, allowed_lateness_ms=5 * MIN, amount_scale=0.01, max_events_per_series=1)
+    assert event(store, lower, "e8", T0 + 5 * MIN, card="F")["device_cards_1h"] == 1
+
+
+def test_the_distinct_index_drops_values_with_the_events(redis_url: tuple[str, str]) -> None:
+    """Redis: the index holds only values with a kept event (it never grows past the events)."""
+    url, prefix = redis_url
+    store = RedisStore(url, prefix=f"{prefix}-index", budget_s=2.0)
+    p = plan()
+    try:
+        for i, card in enumerate(["c1", "c2", "c3"]):
+            event(store, p, f"t{i}", T0 + i * MIN, card=card)
+        index = f"{{{store.prefix}:device_id:d1}}:d:card_id"
+        assert store._client.zrange(index, 0, -1) == [b"c1", b"c2", b"c3"]
+        # Past the retention (1 hour + 5 minutes of lateness): the old events and their values go.
+        w = event(store, p, "t9", T0 + 2 * 60 * MIN, card="c4")
+        assert w["device_cards_1h"] == 1
+        assert store._client.zrange(index, 0, -1) == [b"c4"]
+        # It expires with the events.
+        events_ttl = store._client.pttl(f"{{{store.prefix}:device_id:d1}}:z:card_id")
+        assert events_ttl > 0 and abs(store._client.pttl(index) - events_ttl) < 1000
+    finally:
+        store.close()
+
+
 def test_concurrent_first_calls_on_a_new_plan(redis_url: tuple[str, str]) -> None:
     from concurrent.futures import ThreadPoolExecutor
 

@@ -5,6 +5,8 @@ Key layout (prefix `P`, entity fields `card_id`, value `c1`; `S` is '' or
 - `{P:card_id:c1}:nS`          sorted set of the entity's events (counts)
 - `{P:card_id:c1}:z:FIELDS`    sorted set of the events whose FIELD is aggregated
 - `{P:card_id:c1}:h:FIELDS`    hash transaction id -> FIELD value
+- `{P:card_id:c1}:d:FIELDS`    distinct index of a group with a distinct window:
+                               FIELD value -> time of its newest kept event
 - `{P:card_id:c1}:bS`, `:b:FIELDS`  hourly buckets of a group with a window
                                reaching back more than a day: bucket index ->
                                "count" or "count sum min max"
@@ -41,7 +43,7 @@ from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from engine.transaction import Recorded
-from engine.windows.spec import BoundGroup, BoundWindows, WindowPlan
+from engine.windows.spec import AGG_CODES, Aggregate, BoundGroup, BoundWindows, Group, WindowPlan
 from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowsOutcome
 
 LUA_SOURCE = resources.files("engine.windows").joinpath("windows.lua").read_text()
@@ -62,6 +64,11 @@ if fp ~= ARGV[1] then return {0} end
 if nl then return {1, string.sub(seen, nl + 1)} end
 return {3}
 """
+
+
+def _has_distinct(group: Group) -> bool:
+    """Whether the group keeps a distinct index (a distinct window reads it)."""
+    return any(w.agg_code == AGG_CODES[Aggregate.DISTINCT] for w in group.windows)
 
 
 def unavailable_kind(exc: BaseException) -> str:
@@ -115,6 +122,8 @@ class _RedisBase:
                 keys.append(f"{tag}:b{g.suffix}")
         else:
             keys = [f"{tag}:z:{g.value_field}{g.suffix}", f"{tag}:h:{g.value_field}{g.suffix}"]
+            if _has_distinct(g):
+                keys.append(f"{tag}:d:{g.value_field}{g.suffix}")
             if g.bucket_retention_ms:
                 keys.append(f"{tag}:b:{g.value_field}{g.suffix}")
         return keys
@@ -128,7 +137,7 @@ class _RedisBase:
         for g in plan.groups:
             ttl = max(g.retention_ms, g.bucket_retention_ms) + self._ttl_extra_ms
             nums = [0 if g.value_field is None else 1, g.retention_ms, ttl, plan.max_events_per_series]
-            nums.append(g.bucket_retention_ms)
+            nums += [g.bucket_retention_ms, 1 if _has_distinct(g) else 0]
             for w in g.windows:
                 nums += [w.output, w.agg_code, w.duration_ms + w.delay_ms, w.delay_ms, w.mode]
             groups.append("{" + ", ".join(str(n) for n in nums) + "}")

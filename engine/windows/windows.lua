@@ -7,8 +7,10 @@
 --                 'R' cluster, a retry of a transaction seen but not answered.
 -- KEYS[...]     per bound group: its sorted set (member = transaction id,
 --               score = event time ms); for groups that aggregate a value,
---               the hash transaction id -> value; for groups with a bucketed
---               window, the hash bucket index -> "count" or "count sum min max"
+--               the hash transaction id -> value; for groups with a distinct
+--               window, the distinct index (see below); for groups with a
+--               bucketed window, the hash bucket index -> "count" or
+--               "count sum min max"
 -- ARGV[7..]     per bound group: its index in LAYOUT (1-based), its value,
 --               1 to add the event or 0 to only read (it fails the filter)
 --
@@ -16,10 +18,18 @@
 -- text once per window plan (the script is compiled once and cached by
 -- Redis, like any EVALSHA script): LAYOUT holds one entry per group of the
 -- plan: has_value (0/1), exact retention ms, key TTL ms, the most events a
--- value series keeps, bucket retention ms (0: no buckets), then per window:
+-- value series keeps, bucket retention ms (0: no buckets), has a distinct
+-- window (0/1), then per window:
 -- output index (0-based), aggregate code (1 count, 2 sum, 3 min, 4 max,
 -- 5 distinct), reach (duration + delay) ms, delay ms, mode (0 exact,
 -- 1 bucketed, 2 bucketed with a delay).
+--
+-- The distinct index of a group is a sorted set: member = a value the group
+-- keeps, score = the time of its newest kept event. It mirrors the events
+-- (trimmed and capped with them), so while no kept event is newer than a
+-- window's end, the window's distinct count is one ZCOUNT over it instead of
+-- a walk of every event in the window (thousands for a busy merchant). A late
+-- event, or a window with a delay, walks the events as before.
 --
 -- Returns {0} on an id reused with other content, {1, response} for a retry
 -- of a scored transaction, {2, v1, v2, ...} with the raw window values.
@@ -56,6 +66,34 @@ local function hdel(h, ids)
     redis.call('HDEL', h, unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
   end
 end
+-- The values of `ids` in hash h, in order (false where missing).
+local function hmget_all(h, ids)
+  local vals = {}
+  for i = 1, #ids, CHUNK do
+    local got = redis.call('HMGET', h, unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
+    for j = 1, #got do vals[i + j - 1] = got[j] end
+  end
+  return vals
+end
+
+-- A distinct index built again from the events (written by a version without
+-- the index, or the index lost): each value at its newest event's time.
+local function rebuild(z, h, d)
+  local all = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
+  local ids = {}
+  for i = 1, #all, 2 do ids[#ids + 1] = all[i] end
+  local got = hmget_all(h, ids)
+  local pairs_ = {}
+  for i = 1, #ids do
+    if got[i] and got[i] ~= '' then
+      pairs_[#pairs_ + 1] = all[2 * i]
+      pairs_[#pairs_ + 1] = got[i]
+    end
+  end
+  for i = 1, #pairs_, 2 * CHUNK do
+    redis.call('ZADD', d, 'GT', unpack(pairs_, i, math.min(i + 2 * CHUNK - 1, #pairs_)))
+  end
+end
 
 local out = {2}
 for i = 1, RAW_SIZE do out[i + 1] = 0 end
@@ -71,12 +109,17 @@ for _ = 1, tonumber(ARGV[5]) do
   local ttl = spec[3]
   local cap = spec[4]
   local bucket_retention = spec[5]
-  local nwin = (#spec - 5) / 5
+  local nwin = (#spec - 6) / 5
   local z = KEYS[k]
   k = k + 1
   local h = nil
   if has_value then
     h = KEYS[k]
+    k = k + 1
+  end
+  local d = nil
+  if spec[6] == 1 then
+    d = KEYS[k]
     k = k + 1
   end
   local b = nil
@@ -85,15 +128,33 @@ for _ = 1, tonumber(ARGV[5]) do
     k = k + 1
   end
 
+  -- The newest kept event's time (nil: none): distinct windows ending at or
+  -- after it read the index.
+  local newest_kept = nil
   if add then
     local newest = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
+    if newest[2] then newest_kept = tonumber(newest[2]) end
     -- Too late: older than what the series keeps, the event is only read.
-    if newest[2] and t < tonumber(newest[2]) - retention then add = false end
+    if newest_kept and t < newest_kept - retention then add = false end
   end
   if add then
-    local is_new = not redis.call('ZSCORE', z, txid)
-    redis.call('ZADD', z, ARGV[2], txid)
+    -- ZADD answers 1 for a new member: the same id again adds nothing.
+    local is_new = redis.call('ZADD', z, ARGV[2], txid) == 1
     if h then redis.call('HSET', h, txid, value) end
+    if d then
+      if value ~= '' then
+        -- GT: the index keeps each value's newest time (a late event leaves it).
+        -- An index that is new beside older events was lost: built again.
+        if redis.call('ZADD', d, 'GT', ARGV[2], value) == 1 and redis.call('ZCARD', d) == 1
+            and redis.call('ZCARD', z) > 1 then
+          rebuild(z, h, d)
+        end
+      elseif redis.call('EXISTS', d) == 0 then
+        rebuild(z, h, d)
+      end
+    end
+    -- Trimming and the cap drop only the oldest events: the newest stays.
+    if newest_kept == nil or t > newest_kept then newest_kept = t end
     if b and first and is_new then
       -- Each event enters its bucket once, when its id is first added.
       local j = num(bucket(t))
@@ -121,15 +182,50 @@ for _ = 1, tonumber(ARGV[5]) do
       if tonumber(oldest[2]) < cutoff then
         hdel(h, redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. num(cutoff)))
         redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. num(cutoff))
+        -- A value whose newest event is older than the cutoff has no event left.
+        if d then redis.call('ZREMRANGEBYSCORE', d, '-inf', '(' .. num(cutoff)) end
       end
       -- A value series is read by walking it: keep at most `cap` events (the
       -- oldest go first), so one very busy entity cannot stall Redis.
       local size = redis.call('ZCARD', z)
       if size > cap then
-        hdel(h, redis.call('ZRANGE', z, 0, size - cap - 1))
+        local gone = redis.call('ZRANGE', z, 0, size - cap - 1, 'WITHSCORES')
+        local ids = {}
+        for i = 1, #gone, 2 do ids[#ids + 1] = gone[i] end
+        -- The newest dropped event's time: a value whose newest event is older
+        -- has none left; one whose newest event is at that very time may still
+        -- have one there (ties are ordered by id), so those are checked.
+        local edge = tonumber(gone[#gone])
+        local at_edge = {}
+        if d then
+          local edge_ids = {}
+          for i = 1, #gone, 2 do
+            if tonumber(gone[i + 1]) == edge then edge_ids[#edge_ids + 1] = gone[i] end
+          end
+          at_edge = hmget_all(h, edge_ids)
+        end
+        hdel(h, ids)
         redis.call('ZREMRANGEBYRANK', z, 0, size - cap - 1)
+        if d then
+          redis.call('ZREMRANGEBYSCORE', d, '-inf', '(' .. num(edge))
+          local kept = nil
+          for i = 1, #at_edge do
+            local v = at_edge[i]
+            if v and v ~= '' and tonumber(redis.call('ZSCORE', d, v)) == edge then
+              if kept == nil then
+                kept = {}
+                local same = redis.call('ZRANGEBYSCORE', z, num(edge), num(edge))
+                for _, kv in ipairs(hmget_all(h, same)) do
+                  if kv then kept[kv] = true end
+                end
+              end
+              if not kept[v] then redis.call('ZREM', d, v) end
+            end
+          end
+        end
       end
       redis.call('PEXPIRE', h, ttl)
+      if d then redis.call('PEXPIRE', d, ttl) end
     else
       redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. num(cutoff))
     end
@@ -163,10 +259,16 @@ for _ = 1, tonumber(ARGV[5]) do
   end
 
   -- The exact part of each window: [lower, upper] in ms (inclusive), -1 for none.
+  if d and not add then
+    if redis.call('EXISTS', d) == 0 and redis.call('EXISTS', z) == 1 then rebuild(z, h, d) end
+    local top = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
+    newest_kept = nil
+    if top[2] then newest_kept = tonumber(top[2]) end
+  end
   local wins = {}
   local lowest = nil
   for w = 1, nwin do
-    local base = 5 + 5 * (w - 1)
+    local base = 6 + 5 * (w - 1)
     local reach, delay, wmode = spec[base + 3], spec[base + 4], spec[base + 5]
     local lo, hi, blo, bhi = nil, nil, nil, nil
     if wmode == 0 then
@@ -180,8 +282,9 @@ for _ = 1, tonumber(ARGV[5]) do
         bhi = bucket(t) - 1
       end
     end
-    wins[w] = {spec[base + 1] + 2, spec[base + 2], lo, hi, blo, bhi}
-    if lo and (lowest == nil or lo < lowest) then lowest = lo end
+    local indexed = spec[base + 2] == 5 and lo ~= nil and (newest_kept == nil or newest_kept <= hi)
+    wins[w] = {spec[base + 1] + 2, spec[base + 2], lo, hi, blo, bhi, indexed}
+    if lo and not indexed and (lowest == nil or lo < lowest) then lowest = lo end
   end
 
   -- Read. Counts are a ZCOUNT each (O(log n)); the other aggregates walk
@@ -194,19 +297,18 @@ for _ = 1, tonumber(ARGV[5]) do
     if n > 0 then
       local ids = {}
       for i = 1, n do ids[i] = m[2 * i - 1] end
-      for i = 1, n, CHUNK do
-        local got = redis.call('HMGET', h, unpack(ids, i, math.min(i + CHUNK - 1, n)))
-        for j = 1, #got do vals[i + j - 1] = got[j] end
-      end
+      vals = hmget_all(h, ids)
     end
   end
   local n = #m / 2
   for w = 1, nwin do
-    local pos, code, lo, hi, blo, bhi = unpack(wins[w])
+    local pos, code, lo, hi, blo, bhi, indexed = unpack(wins[w])
     local acc = 0
     local any = false
     if lo then
-      if not h then
+      if indexed then
+        acc = redis.call('ZCOUNT', d, num(lo), '+inf')
+      elseif not h then
         acc = redis.call('ZCOUNT', z, num(lo), num(hi))
       else
         local seen_values = nil

@@ -68,9 +68,7 @@ remember = st.tuples(st.just("remember"), st.integers(0, 10**6))
 # Redis loses its distinct indexes (as after an upgrade from a version without them):
 # they are rebuilt from the events.
 forget_index = st.tuples(st.just("forget_index"))
-streams = st.lists(
-    st.one_of(new_event, new_event, new_event, retry, remember, forget_index), min_size=1, max_size=40
-)
+streams = st.lists(st.one_of(new_event, new_event, new_event, retry, remember, forget_index), min_size=1, max_size=40)
 
 _runs = itertools.count()
 

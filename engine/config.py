@@ -90,6 +90,7 @@ ENV_VARS = (
     "RISK_ADMIN_PORT",
     "RISK_GC_TUNING",
     "RISK_CPU_AFFINITY",
+    "RISK_REDIS_WRITE_BEHIND",
 )
 
 
@@ -103,6 +104,8 @@ class ServeConfig:
     redis_prefix: str = "risk"
     redis_budget_ms: float = 50.0
     redis_cooldown_ms: float = 500.0
+    #: Write retry records to Redis behind the answer (engine/windows/records.py); off: before answering.
+    redis_write_behind: bool = True
     idempotency_ttl_s: float = 86400.0
     threads: int = 16
     #: Server processes sharing the port (SO_REUSEPORT), supervised by the parent; more than 1 needs Redis.
@@ -198,6 +201,7 @@ class ServeConfig:
             "admin_port": get("RISK_ADMIN_PORT", _port_or_off, DEFAULT_ADMIN_PORT),
             "gc_tuning": get("RISK_GC_TUNING", _on_off, d.gc_tuning),
             "cpu_affinity": get("RISK_CPU_AFFINITY", _on_off, d.cpu_affinity),
+            "redis_write_behind": get("RISK_REDIS_WRITE_BEHIND", _on_off, d.redis_write_behind),
         }
         if problems:
             raise ConfigError(problems)

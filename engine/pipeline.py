@@ -230,6 +230,13 @@ class Pipeline:
         self._binds = getattr(store, "reads_groups", True)
         # on_degraded(cause, detail, kind): kind is the StoreUnavailable kind for store failures, '' otherwise
         self.on_degraded = on_degraded or (lambda cause, detail, kind: None)
+        # A store that writes retry records behind the answer (engine/windows/records.py):
+        # `remember` costs no round trip, so no deadline is too close for it, and records
+        # it fails to write later are reported as degraded records.
+        records = getattr(store, "records", None)
+        self._records_behind = records is not None
+        if records is not None:
+            records.on_lost = lambda detail, kind: self.on_degraded("record", detail, kind)
 
     def swap(self, ruleset: RuleSet, model: Model | None, challenger: Challenger | None = None) -> None:
         self.snapshot = make_snapshot(ruleset, model, challenger)
@@ -494,7 +501,12 @@ class Pipeline:
         if windows_ok and self.record:
             # The record is a second store call: skipped when it could outlast the
             # caller's deadline (a retry is then scored again, counting nothing twice).
-            if deadline is not None and deadline - time.monotonic() < self.store.budget_s + DEADLINE_MARGIN_S:
+            # Written behind the answer, it never waits for the store.
+            if (
+                not self._records_behind
+                and deadline is not None
+                and deadline - time.monotonic() < self.store.budget_s + DEADLINE_MARGIN_S
+            ):
                 self.on_degraded("record", "skipped: too close to the caller's deadline", "deadline")
             else:
                 try:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 
 import pytest
+import redis
 
 from engine.transaction import Action, ChallengerResult, Contribution, Reason, ReasonSource, ScoreResult
 from engine.windows.memory import MemoryStore
 from engine.windows.redis_store import RedisStore
 from engine.windows.spec import Aggregate, WindowPlan, WindowSpec
-from engine.windows.store import IdempotencyConflict, WindowStore
+from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowStore
 
 MIN = 60_000
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -362,3 +363,35 @@ def test_a_packed_answer_unpacks_to_the_same_answer() -> None:
     # Every answer with the same feature list shares one tuple of names.
     other = ScoreResult("t-2", Action.ALLOW, 0.1, (), "v", "m", False, dict(answer.features))
     assert other.packed()._parts[7] is answer.packed()._parts[7]
+
+
+def test_a_lost_script_cache_is_filled_again(redis_url: tuple[str, str]) -> None:
+    """Redis restarted or SCRIPT FLUSH: the next call sends the script itself (EVAL), then EVALSHA works again."""
+    url, prefix = redis_url
+    store = RedisStore(url, prefix=f"{prefix}-flush", budget_s=2.0)
+    admin = redis.Redis.from_url(url)
+    p = plan()
+    try:
+        assert event(store, p, "a", T0)["card_count_10m"] == 1
+        admin.script_flush()
+        assert event(store, p, "b", T0 + 1)["card_count_10m"] == 2
+        assert admin.script_exists(store._sha(store._source(p)[0])) == [True]
+    finally:
+        admin.close()
+        store.close()
+
+
+def test_a_script_error_is_unavailable_and_leaves_the_connection_usable(redis_url: tuple[str, str]) -> None:
+    url, prefix = redis_url
+    store = RedisStore(url, prefix=f"{prefix}-wrongtype", budget_s=2.0, cooldown_s=0.0)
+    admin = redis.Redis.from_url(url)
+    p = plan()
+    try:
+        admin.set(f"{{{store.prefix}:card_id:broken}}:n", "not a sorted set")  # a manual edit gone wrong
+        with pytest.raises(StoreUnavailable) as err:
+            event(store, p, "a", T0, card="broken")
+        assert err.value.kind == "other" and "WRONGTYPE" in str(err.value)
+        assert event(store, p, "b", T0, card="fine")["card_count_10m"] == 1  # the next call is answered
+    finally:
+        admin.close()
+        store.close()

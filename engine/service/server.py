@@ -119,6 +119,7 @@ def make_store(config: ServeConfig) -> WindowStore:
             idempotency_ttl_s=config.idempotency_ttl_s,
             max_connections=max(config.threads, 8),
             max_event_delay_s=delay,
+            write_behind=config.redis_write_behind,
         )
     return MemoryStore(idempotency_ttl_s=config.idempotency_ttl_s, max_event_delay_s=delay)
 

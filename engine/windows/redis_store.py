@@ -11,7 +11,8 @@ Key layout (prefix `P`, entity fields `card_id`, value `c1`; `S` is '' or
                                reaching back more than a day: bucket index ->
                                "count" or "count sum min max"
 - `P:idem:{TXID}`              idempotency record: fingerprint, newline, the response
-                               (zlib-compressed JSON: about 300-500 bytes a transaction)
+                               (zlib-compressed JSON: about 300-500 bytes a transaction),
+                               written behind the answer by default (engine/windows/records.py)
 The braces are Redis Cluster hash tags: all keys of one entity value share a
 slot. Window keys expire after their retention plus the longest accepted event
 delay (wall clock), records after the idempotency TTL, so idle entities cost
@@ -25,6 +26,7 @@ fails fast for `cooldown_s` before it tries Redis again.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 import weakref
@@ -37,12 +39,12 @@ from typing import Any, NoReturn, cast
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.commands.core import Script
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from engine.transaction import Recorded
+from engine.windows.records import RecordWriter
 from engine.windows.spec import AGG_CODES, Aggregate, BoundGroup, BoundWindows, Group, WindowPlan
 from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowsOutcome
 
@@ -71,6 +73,19 @@ def _has_distinct(group: Group) -> bool:
     return any(w.agg_code == AGG_CODES[Aggregate.DISTINCT] for w in group.windows)
 
 
+def _key_ends(g: Group) -> tuple[str, ...]:
+    """The group's keys after the entity's tag, in the order the script reads them."""
+    if g.value_field is None:
+        return (f":n{g.suffix}",) + ((f":b{g.suffix}",) if g.bucket_retention_ms else ())
+    field = f"{g.value_field}{g.suffix}"
+    ends = [f":z:{field}", f":h:{field}"]
+    if _has_distinct(g):
+        ends.append(f":d:{field}")
+    if g.bucket_retention_ms:
+        ends.append(f":b:{field}")
+    return tuple(ends)
+
+
 def unavailable_kind(exc: BaseException) -> str:
     """StoreUnavailable.kind of a redis-py error."""
     if isinstance(exc, redis.TimeoutError):
@@ -89,7 +104,13 @@ class _RedisBase:
     budget_s: float
 
     def __init__(
-        self, prefix: str, cooldown_s: float, idempotency_ttl_s: float, max_event_delay_s: float, budget_s: float
+        self,
+        prefix: str,
+        cooldown_s: float,
+        idempotency_ttl_s: float,
+        max_event_delay_s: float,
+        budget_s: float,
+        write_behind: bool,
     ) -> None:
         self.prefix = prefix
         self.budget_s = budget_s
@@ -105,6 +126,50 @@ class _RedisBase:
         self._lock = threading.Lock()
         self._sources: weakref.WeakKeyDictionary[WindowPlan, tuple[str, dict[int, int]]] = weakref.WeakKeyDictionary()
         self.last_error = ""
+        self._shas: dict[str, str] = {}  # script text -> its SHA1 (EVALSHA)
+        #: Retry records written behind the answer (None: written by `remember` itself, a round trip).
+        self.records = RecordWriter(self._write_records, on_error=self._note_failure) if write_behind else None
+
+    # -- retry records -----------------------------------------------------
+    def remember(self, transaction_id: str, fingerprint: str, response: Recorded) -> None:
+        self._guard()
+        key = self._idem_key(transaction_id)
+        if self.records is not None:
+            self.records.put(key, fingerprint, response.to_json())
+            return
+        try:
+            self._write_now(key, RecordWriter.encode(fingerprint, response.to_json()))
+        except (redis.RedisError, OSError) as exc:
+            self._trip(exc)
+
+    def _queued_answer(self, transaction_id: str, key: str, fingerprint: str) -> WindowsOutcome | None:
+        """A retry of a transaction whose record is still queued here: answered as Redis would."""
+        if self.records is None:
+            return None
+        queued = self.records.pending(key)
+        if queued is None:
+            return None
+        if queued[0] != fingerprint:
+            raise IdempotencyConflict(transaction_id)
+        return WindowsOutcome(replay=queued[1], raw=())
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Write the queued retry records now; False when they are not all written within `timeout_s`."""
+        return True if self.records is None else self.records.flush(timeout_s)
+
+    def _write_now(self, key: str, record: bytes) -> None:
+        """Write one record (write-behind off)."""
+        raise NotImplementedError
+
+    def _write_records(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Write the writer thread's batch of records."""
+        raise NotImplementedError
+
+    def _sha(self, source: str) -> str:
+        sha = self._shas.get(source)
+        if sha is None:
+            sha = self._shas[source] = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        return sha
 
     # -- keys --------------------------------------------------------------
     def _idem_key(self, transaction_id: str) -> str:
@@ -114,22 +179,12 @@ class _RedisBase:
         return f"{{{self.prefix}:{group_tag}:{value}}}"
 
     def _group_keys(self, bg: BoundGroup) -> list[str]:
-        g = bg.group
-        tag = self._entity_tag(g.tag, bg.entity_value)
-        if g.value_field is None:
-            keys = [f"{tag}:n{g.suffix}"]
-            if g.bucket_retention_ms:
-                keys.append(f"{tag}:b{g.suffix}")
-        else:
-            keys = [f"{tag}:z:{g.value_field}{g.suffix}", f"{tag}:h:{g.value_field}{g.suffix}"]
-            if _has_distinct(g):
-                keys.append(f"{tag}:d:{g.value_field}{g.suffix}")
-            if g.bucket_retention_ms:
-                keys.append(f"{tag}:b:{g.value_field}{g.suffix}")
-        return keys
+        tag = self._entity_tag(bg.group.tag, bg.entity_value)
+        return [tag + end for end in _key_ends(bg.group)]
 
-    def _source(self, plan: WindowPlan) -> tuple[str, dict[int, int]]:
-        """The script text for this plan (its layout written in as constants) and each group's index."""
+    def _source(self, plan: WindowPlan) -> tuple[str, dict[int, tuple[int, tuple[str, ...]]]]:
+        """The script text for this plan (its layout written in as constants) and per group
+        (by id) its index in the layout and the ends of its keys (after the entity's tag)."""
         known = self._sources.get(plan)
         if known is not None:
             return known
@@ -142,12 +197,17 @@ class _RedisBase:
                 nums += [w.output, w.agg_code, w.duration_ms + w.delay_ms, w.delay_ms, w.mode]
             groups.append("{" + ", ".join(str(n) for n in nums) + "}")
         header = f"local LAYOUT = {{{', '.join(groups)}}}\nlocal RAW_SIZE = {plan.raw_size}\n"
-        built = (header + LUA_SOURCE, {id(g): i + 1 for i, g in enumerate(plan.groups)})
+        built = (header + LUA_SOURCE, {id(g): (i + 1, _key_ends(g)) for i, g in enumerate(plan.groups)})
         with self._lock:
             return self._sources.setdefault(plan, built)
 
     def _script_args(
-        self, bound: BoundWindows, fingerprint: str, mode: str, groups: Sequence[BoundGroup], index: dict[int, int]
+        self,
+        bound: BoundWindows,
+        fingerprint: str,
+        mode: str,
+        groups: Sequence[BoundGroup],
+        index: dict[int, tuple[int, tuple[str, ...]]],
     ) -> tuple[list[str], list[str | int]]:
         keys: list[str] = []
         args: list[str | int] = [
@@ -158,9 +218,12 @@ class _RedisBase:
             len(groups),
             mode,
         ]
+        prefix = self.prefix
         for bg in groups:
-            keys += self._group_keys(bg)
-            args += [index[id(bg.group)], bg.value, 1 if bg.add else 0]
+            at, ends = index[id(bg.group)]
+            tag = f"{{{prefix}:{bg.group.tag}:{bg.entity_value}}}"
+            keys += [tag + end for end in ends]
+            args += [at, bg.value, 1 if bg.add else 0]
         return keys, args
 
     # -- failure handling --------------------------------------------------
@@ -168,11 +231,16 @@ class _RedisBase:
         if time.monotonic() < self._open_until:
             raise StoreUnavailable(f"redis unavailable (cooling down after: {self.last_error})", "cooldown")
 
-    def _trip(self, exc: BaseException, kind: str | None = None) -> NoReturn:
+    def _note_failure(self, exc: BaseException) -> str:
+        """Remember the failure and fail fast for the cooldown; returns its StoreUnavailable kind."""
         with self._lock:
             self.last_error = f"{type(exc).__name__}: {exc}"
             self._open_until = time.monotonic() + self._cooldown
-        raise StoreUnavailable(self.last_error, kind or unavailable_kind(exc)) from exc
+        return unavailable_kind(exc)
+
+    def _trip(self, exc: BaseException, kind: str | None = None) -> NoReturn:
+        found = self._note_failure(exc)
+        raise StoreUnavailable(self.last_error, kind or found) from exc
 
 
 class RedisStore(_RedisBase):
@@ -191,8 +259,9 @@ class RedisStore(_RedisBase):
         idempotency_ttl_s: float = 86400.0,
         max_connections: int = 64,
         max_event_delay_s: float = 86400.0 + 300.0,
+        write_behind: bool = True,
     ) -> None:
-        super().__init__(prefix, cooldown_s, idempotency_ttl_s, max_event_delay_s, budget_s)
+        super().__init__(prefix, cooldown_s, idempotency_ttl_s, max_event_delay_s, budget_s, write_behind)
         no_retry = Retry(NoBackoff(), 0)
         # A blocking pool: a thread waits (up to the budget) for a free connection
         # instead of failing, and the pool never grows past max_connections.
@@ -206,21 +275,17 @@ class RedisStore(_RedisBase):
             health_check_interval=0,
         )
         self._client = redis.Redis(connection_pool=pool, retry=no_retry)
-        self._plans: weakref.WeakKeyDictionary[WindowPlan, tuple[Script, dict[int, int]]] = weakref.WeakKeyDictionary()
-
-    def _compiled(self, plan: WindowPlan) -> tuple[Script, dict[int, int]]:
-        known = self._plans.get(plan)
-        if known is not None:
-            return known
-        source, index = self._source(plan)
-        built = (cast(Script, self._client.register_script(source)), index)
-        with self._lock:
-            return self._plans.setdefault(plan, built)
+        self._record_conn: redis.Connection | None = None  # the record writer's (write-behind)
+        self._record_pid = 0
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
-        script, index = self._compiled(plan)
+        idem = self._idem_key(bound.transaction_id)
+        queued = self._queued_answer(bound.transaction_id, idem, fingerprint)
+        if queued is not None:
+            return queued
+        source, index = self._source(plan)
         keys, args = self._script_args(bound, fingerprint, "S", bound.groups, index)
-        reply = self._call(script, [self._idem_key(bound.transaction_id), *keys], args)
+        reply = self._call(source, [idem, *keys], args)
         kind = int(reply[0])
         if kind == 0:
             raise IdempotencyConflict(bound.transaction_id)
@@ -230,15 +295,30 @@ class RedisStore(_RedisBase):
             return WindowsOutcome(replay=zlib.decompress(body).decode(), raw=())
         return WindowsOutcome(replay=None, raw=tuple(int(v) for v in reply[1:]))
 
-    def remember(self, transaction_id: str, fingerprint: str, response: Recorded) -> None:
-        self._guard()
+    def _write_now(self, key: str, record: bytes) -> None:
+        self._client.set(key, record, px=self._ttl_ms)
+
+    def _write_records(self, items: Sequence[tuple[str, bytes]]) -> None:
+        # The writer's own connection, the SETs sent as one packed write: half the CPU
+        # of a redis-py pipeline object, and no pooled connection taken from the callers.
+        conn = self._record_conn
+        if conn is None or self._record_pid != os.getpid():  # first batch, or a forked worker's
+            conn = self._record_conn = redis.Connection(**self._client.connection_pool.connection_kwargs)
+            self._record_pid = os.getpid()
+        commands = [("SET", key, record, "PX", self._ttl_ms) for key, record in items]
         try:
-            record = fingerprint.encode() + b"\n" + zlib.compress(response.to_json().encode(), 1)
-            self._client.set(self._idem_key(transaction_id), record, px=self._ttl_ms)
-        except redis.RedisError as exc:
-            self._trip(exc)
+            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            for _ in commands:
+                conn.read_response()
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: a new connection next time
+            raise
 
     def close(self) -> None:
+        if self.records is not None:
+            self.records.close()
+        if self._record_conn is not None and self._record_pid == os.getpid():
+            self._record_conn.disconnect()
         self._client.close()
 
     def ping(self) -> bool:
@@ -257,13 +337,35 @@ class RedisStore(_RedisBase):
         except redis.RedisError:
             return False
 
-    def _call(self, script: Script, keys: list[str], args: list[str | int]) -> list[bytes | int]:
+    def _call(self, source: str, keys: list[str], args: list[str | int]) -> list[bytes | int]:
+        """EVALSHA on a pooled connection (EVAL when Redis lost its script cache: a restart, SCRIPT FLUSH).
+
+        The connection is used directly: redis-py's Script and command layers add
+        tens of microseconds per call on a slow box, for retries this store turns off.
+        """
         self._guard()
+        pool = self._client.connection_pool
         try:
-            return cast(list[bytes | int], script(keys=keys, args=args))
+            conn = pool.get_connection()
         except redis.RedisError as exc:
             self._trip(exc)
-        raise AssertionError("unreachable")
+        try:
+            try:
+                conn.send_command("EVALSHA", self._sha(source), len(keys), *keys, *args, check_health=False)
+                reply = conn.read_response()
+            except NoScriptError:  # a whole reply was read: the connection is in step
+                conn.send_command("EVAL", source, len(keys), *keys, *args, check_health=False)
+                reply = conn.read_response()
+        except redis.ResponseError as exc:
+            self._trip(exc)
+        except BaseException as exc:
+            conn.disconnect()  # a reply may still come: never read by the next caller
+            if isinstance(exc, redis.RedisError | OSError):
+                self._trip(exc)
+            raise
+        finally:
+            pool.release(conn)
+        return cast(list[bytes | int], reply)
 
 
 def parse_cluster_url(url: str) -> list[tuple[str, int]]:
@@ -308,8 +410,9 @@ class RedisClusterStore(_RedisBase):
         idempotency_ttl_s: float = 86400.0,
         max_connections: int = 64,
         max_event_delay_s: float = 86400.0 + 300.0,
+        write_behind: bool = True,
     ) -> None:
-        super().__init__(prefix, cooldown_s, idempotency_ttl_s, max_event_delay_s, budget_s)
+        super().__init__(prefix, cooldown_s, idempotency_ttl_s, max_event_delay_s, budget_s, write_behind)
         if isinstance(nodes, str):
             nodes = parse_cluster_url(nodes)
         self._startup = [ClusterNode(h, p) for h, p in nodes]
@@ -324,7 +427,6 @@ class RedisClusterStore(_RedisBase):
         self._stale = True  # the slot map must be (re)read before the next call
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="risk-cluster")
         self._claim_sha = hashlib.sha1(CLAIM_SOURCE.encode(), usedforsecurity=False).hexdigest()
-        self._shas: dict[str, str] = {}
 
     # -- topology ----------------------------------------------------------
     def _cluster(self) -> RedisCluster:
@@ -384,12 +486,6 @@ class RedisClusterStore(_RedisBase):
         self._stale = True  # a failover or a moved slot: read the slot map again
         self._trip(exc)
 
-    def _sha(self, source: str) -> str:
-        sha = self._shas.get(source)
-        if sha is None:
-            sha = self._shas[source] = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
-        return sha
-
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
         self._guard()
         source, index = self._source(plan)
@@ -398,6 +494,9 @@ class RedisClusterStore(_RedisBase):
             cluster = self._cluster()
             # 1. The idempotency record, in its own slot: checked (and claimed) first.
             idem = self._idem_key(bound.transaction_id)
+            queued = self._queued_answer(bound.transaction_id, idem, fingerprint)
+            if queued is not None:
+                return queued
             _, conn = self._node_client(cluster, idem)
             claim = self._run_node(conn, [(self._claim_sha, CLAIM_SOURCE, [idem], [fingerprint, self._ttl_ms])])[0]
             if isinstance(claim, Exception):
@@ -431,13 +530,22 @@ class RedisClusterStore(_RedisBase):
                     raw[i] += int(v)  # each output belongs to one entity's call; the others return 0
         return WindowsOutcome(replay=None, raw=tuple(raw))
 
-    def remember(self, transaction_id: str, fingerprint: str, response: Recorded) -> None:
-        self._guard()
+    def _write_now(self, key: str, record: bytes) -> None:
         try:
-            record = fingerprint.encode() + b"\n" + zlib.compress(response.to_json().encode(), 1)
-            self._cluster().set(self._idem_key(transaction_id), record, px=self._ttl_ms)
-        except (redis.RedisError, OSError) as exc:
-            self._fail(exc)
+            self._cluster().set(key, record, px=self._ttl_ms)
+        except (redis.RedisError, OSError):
+            self._stale = True  # a failover or a moved slot: read the slot map again
+            raise
+
+    def _write_records(self, items: Sequence[tuple[str, bytes]]) -> None:
+        try:
+            pipe = self._cluster().pipeline()
+            for key, record in items:
+                pipe.set(key, record, px=self._ttl_ms)
+            pipe.execute()
+        except (redis.RedisError, OSError):
+            self._stale = True  # a failover or a moved slot: read the slot map again
+            raise
 
     def ping(self) -> bool:
         try:
@@ -460,6 +568,8 @@ class RedisClusterStore(_RedisBase):
             return False
 
     def close(self) -> None:
+        if self.records is not None:
+            self.records.close()
         self._pool.shutdown(wait=False)
         if self._client is not None:
             self._client.close()

@@ -292,7 +292,11 @@ def test_a_failing_windows_pass_fails_the_replay_instead_of_hanging(
     with pytest.raises(RuntimeError, match="windows pass") as caught:
         for _ in replay(transactions, ruleset, None, batch_size=256, parallel=True):
             got += 1
-    assert 1_000 < got < 1_500  # the answers before the failure came through, none after
+    # Answers come in whole batches of 256, and none after the failure (at the 1,500th call).
+    # A pass that raises sends every batch before the failing one; one that dies at once
+    # loses the batches still queued for its sender thread (how many: a matter of timing).
+    assert got % 256 == 0
+    assert got == 1_280 if how == "raise" else got <= 1_280
     assert ("store broke" in str(caught.value)) == (how == "raise")
     assert ("code 3" in str(caught.value)) == (how == "exit")
     assert not mp.active_children()

@@ -124,7 +124,9 @@ class _RedisBase:
         self._cooldown = cooldown_s
         self._open_until = 0.0
         self._lock = threading.Lock()
-        self._sources: weakref.WeakKeyDictionary[WindowPlan, tuple[str, dict[int, int]]] = weakref.WeakKeyDictionary()
+        self._sources: weakref.WeakKeyDictionary[WindowPlan, tuple[str, dict[int, tuple[int, tuple[str, ...]]]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.last_error = ""
         self._shas: dict[str, str] = {}  # script text -> its SHA1 (EVALSHA)
         #: Retry records written behind the answer (None: written by `remember` itself, a round trip).

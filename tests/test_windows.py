@@ -375,7 +375,7 @@ def test_a_lost_script_cache_is_filled_again(redis_url: tuple[str, str]) -> None
         assert event(store, p, "a", T0)["card_count_10m"] == 1
         admin.script_flush()
         assert event(store, p, "b", T0 + 1)["card_count_10m"] == 2
-        assert admin.script_exists(store._sha(store._source(p)[0])) == [True]
+        assert admin.script_exists(store._source(p).sha) == [True]
     finally:
         admin.close()
         store.close()

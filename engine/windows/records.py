@@ -118,7 +118,8 @@ class RecordWriter:
         self.written = self.lost = 0
 
     def _lose(self, n: int, detail: str, kind: str) -> None:
-        self.lost += n
+        with self._cond:  # counted from the callers' threads and the writer's
+            self.lost += n
         self.on_lost(f"{n} record(s) {detail}", kind)
 
     def _run(self) -> None:

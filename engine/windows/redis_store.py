@@ -34,7 +34,7 @@ import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
-from typing import Any, NoReturn, cast
+from typing import Any, NamedTuple, NoReturn, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -66,6 +66,15 @@ if fp ~= ARGV[1] then return {0} end
 if nl then return {1, string.sub(seen, nl + 1)} end
 return {3}
 """
+
+
+class _PlanScript(NamedTuple):
+    """A plan's script, built once per plan: its text, its SHA1 (EVALSHA), and per group
+    (by id) its index in the layout and the ends of its keys (after the entity's tag)."""
+
+    source: str
+    sha: str
+    groups: dict[int, tuple[int, tuple[str, ...]]]
 
 
 def _has_distinct(group: Group) -> bool:
@@ -124,11 +133,8 @@ class _RedisBase:
         self._cooldown = cooldown_s
         self._open_until = 0.0
         self._lock = threading.Lock()
-        self._sources: weakref.WeakKeyDictionary[WindowPlan, tuple[str, dict[int, tuple[int, tuple[str, ...]]]]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._sources: weakref.WeakKeyDictionary[WindowPlan, _PlanScript] = weakref.WeakKeyDictionary()
         self.last_error = ""
-        self._shas: dict[str, str] = {}  # script text -> its SHA1 (EVALSHA)
         #: Retry records written behind the answer (None: written by `remember` itself, a round trip).
         self.records = RecordWriter(self._write_records, on_error=self._note_failure) if write_behind else None
 
@@ -167,12 +173,6 @@ class _RedisBase:
         """Write the writer thread's batch of records."""
         raise NotImplementedError
 
-    def _sha(self, source: str) -> str:
-        sha = self._shas.get(source)
-        if sha is None:
-            sha = self._shas[source] = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
-        return sha
-
     # -- keys --------------------------------------------------------------
     def _idem_key(self, transaction_id: str) -> str:
         return f"{self.prefix}:idem:{{{transaction_id}}}"
@@ -184,9 +184,8 @@ class _RedisBase:
         tag = self._entity_tag(bg.group.tag, bg.entity_value)
         return [tag + end for end in _key_ends(bg.group)]
 
-    def _source(self, plan: WindowPlan) -> tuple[str, dict[int, tuple[int, tuple[str, ...]]]]:
-        """The script text for this plan (its layout written in as constants) and per group
-        (by id) its index in the layout and the ends of its keys (after the entity's tag)."""
+    def _source(self, plan: WindowPlan) -> _PlanScript:
+        """The script for this plan (its layout written in as constants), built once per plan."""
         known = self._sources.get(plan)
         if known is not None:
             return known
@@ -199,7 +198,12 @@ class _RedisBase:
                 nums += [w.output, w.agg_code, w.duration_ms + w.delay_ms, w.delay_ms, w.mode]
             groups.append("{" + ", ".join(str(n) for n in nums) + "}")
         header = f"local LAYOUT = {{{', '.join(groups)}}}\nlocal RAW_SIZE = {plan.raw_size}\n"
-        built = (header + LUA_SOURCE, {id(g): (i + 1, _key_ends(g)) for i, g in enumerate(plan.groups)})
+        source = header + LUA_SOURCE
+        built = _PlanScript(
+            source,
+            hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest(),
+            {id(g): (i + 1, _key_ends(g)) for i, g in enumerate(plan.groups)},
+        )
         with self._lock:
             return self._sources.setdefault(plan, built)
 
@@ -220,10 +224,9 @@ class _RedisBase:
             len(groups),
             mode,
         ]
-        prefix = self.prefix
         for bg in groups:
             at, ends = index[id(bg.group)]
-            tag = f"{{{prefix}:{bg.group.tag}:{bg.entity_value}}}"
+            tag = self._entity_tag(bg.group.tag, bg.entity_value)
             keys += [tag + end for end in ends]
             args += [at, bg.value, 1 if bg.add else 0]
         return keys, args
@@ -285,9 +288,9 @@ class RedisStore(_RedisBase):
         queued = self._queued_answer(bound.transaction_id, idem, fingerprint)
         if queued is not None:
             return queued
-        source, index = self._source(plan)
-        keys, args = self._script_args(bound, fingerprint, "S", bound.groups, index)
-        reply = self._call(source, [idem, *keys], args)
+        script = self._source(plan)
+        keys, args = self._script_args(bound, fingerprint, "S", bound.groups, script.groups)
+        reply = self._call(script, [idem, *keys], args)
         kind = int(reply[0])
         if kind == 0:
             raise IdempotencyConflict(bound.transaction_id)
@@ -334,12 +337,12 @@ class RedisStore(_RedisBase):
         try:
             self._client.ping()
             if plan is not None:
-                self._client.script_load(self._source(plan)[0])
+                self._client.script_load(self._source(plan).source)
             return True
         except redis.RedisError:
             return False
 
-    def _call(self, source: str, keys: list[str], args: list[str | int]) -> list[bytes | int]:
+    def _call(self, script: _PlanScript, keys: list[str], args: list[str | int]) -> list[bytes | int]:
         """EVALSHA on a pooled connection (EVAL when Redis lost its script cache: a restart, SCRIPT FLUSH).
 
         The connection is used directly: redis-py's Script and command layers add
@@ -353,10 +356,10 @@ class RedisStore(_RedisBase):
             self._trip(exc)
         try:
             try:
-                conn.send_command("EVALSHA", self._sha(source), len(keys), *keys, *args, check_health=False)
+                conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args, check_health=False)
                 reply = conn.read_response()
             except NoScriptError:  # a whole reply was read: the connection is in step
-                conn.send_command("EVAL", source, len(keys), *keys, *args, check_health=False)
+                conn.send_command("EVAL", script.source, len(keys), *keys, *args, check_health=False)
                 reply = conn.read_response()
         except redis.ResponseError as exc:
             self._trip(exc)
@@ -490,8 +493,7 @@ class RedisClusterStore(_RedisBase):
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
         self._guard()
-        source, index = self._source(plan)
-        sha = self._sha(source)
+        script = self._source(plan)
         try:
             cluster = self._cluster()
             # 1. The idempotency record, in its own slot: checked (and claimed) first.
@@ -515,9 +517,9 @@ class RedisClusterStore(_RedisBase):
                 by_entity.setdefault((bg.group.tag, bg.entity_value), []).append(bg)
             per_node: dict[str, tuple[redis.Redis, list[tuple[str, str, list[str], list[Any]]]]] = {}
             for (tag, value), groups in by_entity.items():
-                keys, args = self._script_args(bound, fingerprint, mode, groups, index)
+                keys, args = self._script_args(bound, fingerprint, mode, groups, script.groups)
                 name, conn = self._node_client(cluster, self._entity_tag(tag, value))
-                per_node.setdefault(name, (conn, []))[1].append((sha, source, keys, args))
+                per_node.setdefault(name, (conn, []))[1].append((script.sha, script.source, keys, args))
             replies = self._issue(per_node) if per_node else []
         except IdempotencyConflict:
             raise
@@ -563,7 +565,7 @@ class RedisClusterStore(_RedisBase):
             cluster.ping(target_nodes=RedisCluster.PRIMARIES)
             cluster.script_load(CLAIM_SOURCE)  # redis-py sends SCRIPT LOAD to every master
             if plan is not None:
-                cluster.script_load(self._source(plan)[0])
+                cluster.script_load(self._source(plan).source)
             return True
         except (redis.RedisError, OSError):
             self._stale = True

@@ -258,13 +258,17 @@ for _ = 1, tonumber(ARGV[5]) do
     if #stale > 0 then hdel(b, stale) end
   end
 
-  -- The exact part of each window: [lower, upper] in ms (inclusive), -1 for none.
   if d and not add then
+    -- Only read (filtered out, or too late): the index may still need building,
+    -- and the newest time is not known yet unless the event was too late.
     if redis.call('EXISTS', d) == 0 and redis.call('EXISTS', z) == 1 then rebuild(z, h, d) end
-    local top = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
-    newest_kept = nil
-    if top[2] then newest_kept = tonumber(top[2]) end
+    if newest_kept == nil then
+      local top = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
+      if top[2] then newest_kept = tonumber(top[2]) end
+    end
   end
+
+  -- The exact part of each window: [lower, upper] in ms (inclusive), -1 for none.
   local wins = {}
   local lowest = nil
   for w = 1, nwin do

@@ -3,9 +3,9 @@
 A scored transaction's response is kept for its retries. Written in the
 caller's thread, that is a second Redis round trip on the payment's critical
 path after the answer is already known. `RecordWriter` takes it off that path:
-the caller hands over the record (its JSON, already encoded), one background
-thread compresses the queued records and writes them in one pipeline, and the
-caller answers the gateway without waiting.
+the caller hands over the response, one background thread encodes the queued
+records (JSON, then zlib) and writes them in one pipeline, and the caller
+answers the gateway without waiting.
 
 Why this is safe: the windows call has already claimed the transaction id
 (fingerprint, no response). A retry that reaches Redis before the record finds
@@ -30,8 +30,14 @@ import weakref
 import zlib
 from collections.abc import Callable, Sequence
 
-#: A queued record: key, fingerprint, response JSON.
-Queued = tuple[str, str, str]
+from engine.transaction import Recorded
+
+#: A queued record: key, fingerprint, the response (or its JSON, already encoded).
+Queued = tuple[str, str, "Recorded | str"]
+
+
+def _json(response: Recorded | str) -> str:
+    return response if isinstance(response, str) else response.to_json()
 
 
 class RecordWriter:
@@ -74,9 +80,10 @@ class RecordWriter:
         """The record as Redis keeps it: fingerprint, newline, zlib-compressed JSON."""
         return fingerprint.encode() + b"\n" + zlib.compress(response_json.encode(), 1)
 
-    def put(self, key: str, fingerprint: str, response_json: str) -> bool:
-        """Queue a record; False (and counted lost) when the queue is full or the writer is closed."""
-        item = (key, fingerprint, response_json)
+    def put(self, key: str, fingerprint: str, response: Recorded | str) -> bool:
+        """Queue a record (the response is encoded by the writer's thread, off the caller's path);
+        False (and counted lost) when the queue is full or the writer is closed."""
+        item: Queued = (key, fingerprint, response)
         with self._cond:
             if self._closing or len(self._pending) >= self._max_pending:
                 full = not self._closing
@@ -94,7 +101,7 @@ class RecordWriter:
     def pending(self, key: str) -> tuple[str, str] | None:
         """(fingerprint, response JSON) of a record not yet written, or None."""
         item = self._pending.get(key)
-        return None if item is None else (item[1], item[2])
+        return None if item is None else (item[1], _json(item[2]))
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until every queued record was written (or lost); False on timeout."""
@@ -138,7 +145,7 @@ class RecordWriter:
                 self._busy = True
             try:
                 # zlib releases the GIL while it compresses: the serving threads go on.
-                self._write([(key, self.encode(fp, text)) for key, fp, text in batch])
+                self._write([(key, self.encode(fp, _json(response))) for key, fp, response in batch])
                 self.written += len(batch)
             except Exception as exc:  # noqa: BLE001 - a lost record degrades, never crashes the writer
                 self._lose(len(batch), f"not written: {type(exc).__name__}: {exc}", self._on_error(exc))

@@ -5,7 +5,9 @@ the response was recorded), ids reused with other content, shared and
 missing entities, events on exact window edges and Redis losing its distinct
 indexes (they are rebuilt from the events); and, over several days,
 filters, delays and bucketed (longer than a day) windows in the in-process
-store, standalone Redis and a real local Redis Cluster.
+store, standalone Redis and a real local Redis Cluster, Redis losing the
+running totals of its hourly buckets (rebuilt from the hours); and a dense
+stream of 40 days, where long windows read those totals.
 """
 
 from __future__ import annotations
@@ -85,11 +87,12 @@ def _run_stream(plan: WindowPlan, stores: list[WindowStore], stream: list[tuple]
         elif step[0] == "retry" and sent:
             txid, t, fields, fp = sent[step[1] % len(sent)]
             item = (txid, t, fields, fp + "-changed" if step[2] else fp)
-        elif step[0] == "forget_index":
+        elif step[0] in ("forget_index", "forget_totals"):
+            pattern = ":d:*" if step[0] == "forget_index" else ":r*"
             for store in stores:
                 if isinstance(store, RedisStore):
                     client = store._client
-                    for key in client.scan_iter(match=f"{{{store.prefix}:*}}:d:*"):
+                    for key in client.scan_iter(match=f"{{{store.prefix}:*}}{pattern}"):
                         client.delete(key)
             continue
         elif step[0] == "remember" and sent:
@@ -168,7 +171,12 @@ long_event = st.tuples(
     st.sampled_from(["d1", "d2", ""]),
     st.integers(0, 10**9),
 )
-long_streams = st.lists(st.one_of(long_event, long_event, long_event, retry, remember), min_size=1, max_size=50)
+# Redis loses the running totals of its hourly buckets (as after an upgrade from a version
+# without them): they are rebuilt from the hours.
+forget_totals = st.tuples(st.just("forget_totals"))
+long_streams = st.lists(
+    st.one_of(long_event, long_event, long_event, retry, remember, forget_totals), min_size=1, max_size=50
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -231,3 +239,64 @@ def test_a_lost_distinct_index_is_rebuilt_from_the_events(redis_url: tuple[str, 
         assert sorted(client.zcard(k) for k in indexes) == [3, 4]
     finally:
         store.close()
+
+
+DENSE_PLAN = WindowPlan(
+    [
+        WindowSpec("merchant_count_7d", ("merchant_id",), Aggregate.COUNT, 7 * DAY),
+        WindowSpec("merchant_count_30d", ("merchant_id",), Aggregate.COUNT, 30 * DAY),
+        WindowSpec("merchant_count_1d_before_7d", ("merchant_id",), Aggregate.COUNT, DAY, None, None, 7 * DAY),
+        WindowSpec("merchant_count_30d_before_7d", ("merchant_id",), Aggregate.COUNT, 30 * DAY, None, None, 7 * DAY),
+        WindowSpec("merchant_sum_7d", ("merchant_id",), Aggregate.SUM, 7 * DAY, "amount"),
+        WindowSpec("merchant_avg_30d", ("merchant_id",), Aggregate.AVG, 30 * DAY, "amount"),
+        WindowSpec("merchant_sum_2d_big", ("merchant_id",), Aggregate.SUM, 2 * DAY, "amount", BIG),
+        WindowSpec("merchant_max_7d", ("merchant_id",), Aggregate.MAX, 7 * DAY, "amount_minor"),
+    ],
+    allowed_lateness_ms=3 * HOUR,
+    amount_scale=0.01,
+    max_events_per_series=50,
+)
+
+
+def test_dense_long_windows_read_running_totals_and_agree(redis_url: tuple[str, str]) -> None:
+    """40 days of a busy merchant (hundreds of hourly buckets): events late by up to the allowed
+    lateness across hour and day edges, events too late to be added (only read), retries, and
+    the running totals deleted now and then (as in a Redis written by the previous layout:
+    hours, no totals) and rebuilt. Every answer equals the in-process store's. Its max window
+    keeps reading the hours (no totals)."""
+    import random
+
+    url, prefix = redis_url
+    rng = random.Random(11)
+    memory = MemoryStore()
+    redis_store = RedisStore(url, prefix=f"{prefix}-dense", budget_s=2.0)
+    client = redis_store._client
+    stream: list[tuple[str, int, dict[str, object]]] = []
+    t = T0
+    for i in range(2_400):
+        t += rng.choice([1, 7, 20, 31, 59]) * MIN + rng.randrange(MIN)
+        late = rng.random()
+        if late < 0.1:
+            when = t - rng.randrange(3 * HOUR)  # late, within the lateness
+        elif late < 0.13:
+            when = t - rng.randrange(5 * HOUR, 2 * DAY)  # too late: only read, its windows reach furthest back
+        else:
+            when = t
+        amount = rng.choice([100, 2_500, 600_000_000, 99])
+        stream.append((f"m{i}", when, {"merchant_id": "m1", "amount_base_minor": amount, "amount_minor": amount}))
+    try:
+        for i, (txid, when, fields) in enumerate(stream):
+            if i % 500 == 499:  # lost, or written by a version without them: rebuilt from the hours
+                assert client.delete(*client.keys(f"{{{redis_store.prefix}:*}}:r*")) == 3  # count, sum, filtered sum
+            ids = [txid] if i % 37 else [txid, txid]  # now and then a retry of the same event
+            for same in ids:
+                bound = DENSE_PLAN.bind(same, when, fields)
+                want = DENSE_PLAN.finish(memory.apply(DENSE_PLAN, bound, f"fp-{same}").raw)
+                got = DENSE_PLAN.finish(redis_store.apply(DENSE_PLAN, bound, f"fp-{same}").raw)
+                assert got == want, f"event {i} ({txid} at {when - T0} ms): memory {want} != redis {got}"
+        # The totals hold about the bucket retention (37 days and the lateness), not every hour ever.
+        totals = f"{{{redis_store.prefix}:merchant_id:m1}}:r"  # of the count series
+        assert 600 < client.zcard(totals) <= (37 * 24 + 3) + 24, client.zcard(totals)
+        assert want["merchant_count_30d"] > 500
+    finally:
+        redis_store.close()

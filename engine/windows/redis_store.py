@@ -46,7 +46,7 @@ from redis.retry import Retry
 
 from engine.transaction import Recorded
 from engine.windows.records import RecordWriter
-from engine.windows.spec import AGG_CODES, Aggregate, BoundGroup, BoundWindows, Group, WindowPlan
+from engine.windows.spec import AGG_CODES, EXACT, Aggregate, BoundGroup, BoundWindows, Group, WindowPlan
 from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowsOutcome
 
 LUA_SOURCE = resources.files("engine.windows").joinpath("windows.lua").read_text()
@@ -83,16 +83,25 @@ def _has_distinct(group: Group) -> bool:
     return any(w.agg_code == AGG_CODES[Aggregate.DISTINCT] for w in group.windows)
 
 
+def _has_totals(group: Group) -> bool:
+    """Whether the group keeps running totals of its hourly buckets (the script's rule: it has
+    bucketed windows, and none of them is a min or a max)."""
+    extremes = (AGG_CODES[Aggregate.MIN], AGG_CODES[Aggregate.MAX])
+    return bool(group.bucket_retention_ms) and not any(
+        w.mode != EXACT and w.agg_code in extremes for w in group.windows
+    )
+
+
 def _key_ends(g: Group) -> tuple[str, ...]:
     """The group's keys after the entity's tag, in the order the script reads them."""
-    if g.value_field is None:
-        return (f":n{g.suffix}",) + ((f":b{g.suffix}",) if g.bucket_retention_ms else ())
-    field = f"{g.value_field}{g.suffix}"
-    ends = [f":z:{field}", f":h:{field}"]
+    field = g.suffix if g.value_field is None else f":{g.value_field}{g.suffix}"
+    ends = [f":n{g.suffix}"] if g.value_field is None else [f":z{field}", f":h{field}"]
     if _has_distinct(g):
-        ends.append(f":d:{field}")
+        ends.append(f":d{field}")
     if g.bucket_retention_ms:
-        ends.append(f":b:{field}")
+        ends.append(f":b{field}")
+    if _has_totals(g):
+        ends.append(f":r{field}")  # running totals of the hours
     return tuple(ends)
 
 

@@ -10,7 +10,8 @@
 --               the hash transaction id -> value; for groups with a distinct
 --               window, the distinct index (see below); for groups with a
 --               bucketed window, the hash bucket index -> "count" or
---               "count sum min max"
+--               "count sum min max", then, unless a bucketed window of the
+--               group is a min or max, its running totals (see below)
 -- ARGV[7..]     per bound group: its index in LAYOUT (1-based), its value,
 --               1 to add the event or 0 to only read (it fails the filter)
 --
@@ -30,6 +31,19 @@
 -- window's end, the window's distinct count is one ZCOUNT over it instead of
 -- a walk of every event in the window (thousands for a busy merchant). A late
 -- event, or a window with a delay, walks the events as before.
+--
+-- Long (bucketed) windows add up hourly buckets: a busy entity has one per
+-- hour of its last 30-odd days, and reading them all (HGETALL, then a parse of
+-- each) was most of a transaction's cost. A group whose bucketed windows are
+-- counts and sums also keeps running totals, as the in-process store does: a
+-- sorted set, score = hour index, member = "hour:before:n" ("before" the
+-- events of every earlier hour it ever had, n those of this hour), with
+-- ":sum before:sum" for a value group. A window over hours lo..hi is then two
+-- lookups, the first and the last hour in range: (before + n of the last) -
+-- (before of the first). The totals are built from the hours when missing
+-- (written by a version without them, or lost), dropped with the hours when
+-- an event opens a day, and reads ignore hours before the oldest one any
+-- window may still need, so the answers are those of the hours.
 --
 -- Returns {0} on an id reused with other content, {1, response} for a retry
 -- of a scored transaction, {2, v1, v2, ...} with the raw window values.
@@ -76,6 +90,99 @@ local function hmget_all(h, ids)
   return vals
 end
 
+-- One bucket's "count sum min max" (or "count") as numbers.
+local function stats(x)
+  local c, s, mn, mx = string.match(x, '^(%S+) (%S+) (%S+) (%S+)$')
+  if c == nil then return tonumber(x) end
+  return tonumber(c), tonumber(s), tonumber(mn), tonumber(mx)
+end
+-- A running-totals member: hour, events before it, its events [, sum before it, its sum].
+local function member(j, before, n, sbefore, sum)
+  local m = num(j) .. ':' .. num(before) .. ':' .. num(n)
+  if sbefore then m = m .. ':' .. num(sbefore) .. ':' .. num(sum) end
+  return m
+end
+local function unmember(m)
+  local f = {}
+  for x in string.gmatch(m, '[^:]+') do f[#f + 1] = tonumber(x) end
+  return f
+end
+-- Running totals built again from the hours of hash b.
+local function build_totals(r, b, has_value)
+  local all = redis.call('HGETALL', b)
+  local hours, at = {}, {}
+  for i = 1, #all, 2 do
+    local j = tonumber(all[i])
+    if j then
+      hours[#hours + 1] = j
+      at[j] = all[i + 1]
+    end
+  end
+  table.sort(hours)
+  redis.call('DEL', r)
+  local args = {}
+  local before, sbefore = 0, 0
+  for _, j in ipairs(hours) do
+    local c, sum = stats(at[j])
+    args[#args + 1] = j
+    if has_value then
+      args[#args + 1] = member(j, before, c, sbefore, sum)
+      sbefore = sbefore + sum
+    else
+      args[#args + 1] = member(j, before, c)
+    end
+    before = before + c
+  end
+  for i = 1, #args, 2 * CHUNK do
+    redis.call('ZADD', r, unpack(args, i, math.min(i + 2 * CHUNK - 1, #args)))
+  end
+end
+-- Hours before jcut leave the totals and the hash.
+local function drop_totals(r, b, jcut)
+  local gone = redis.call('ZRANGEBYSCORE', r, '-inf', '(' .. num(jcut))
+  if #gone > 0 then
+    local hours = {}
+    for i = 1, #gone do hours[i] = string.match(gone[i], '^[^:]+') end
+    hdel(b, hours)
+    redis.call('ZREMRANGEBYSCORE', r, '-inf', '(' .. num(jcut))
+  end
+end
+-- One event of value v (0 without a value) in hour jt, whose hash bucket is already counted.
+local function add_total(r, b, jt, v, has_value, jcut)
+  local top = redis.call('ZRANGE', r, -1, -1)
+  if not top[1] then
+    build_totals(r, b, has_value)  -- a new series, or totals missing beside older hours
+    drop_totals(r, b, jcut)
+    return
+  end
+  local f = unmember(top[1])
+  if jt == f[1] then  -- the newest hour again: the common case
+    redis.call('ZREM', r, top[1])
+    redis.call('ZADD', r, jt, member(jt, f[2], f[3] + 1, f[4], f[4] and f[5] + v))
+  elseif jt > f[1] then  -- a new newest hour; once a day, the hours no window needs go
+    redis.call('ZADD', r, jt, member(jt, f[2] + f[3], 1, f[4] and f[4] + f[5], f[4] and v))
+    if math.floor(jt / 24) > math.floor(f[1] / 24) then drop_totals(r, b, jcut) end
+  else  -- a late event: its hour and every later one change
+    local later = redis.call('ZRANGEBYSCORE', r, jt, '+inf')
+    local adds = {}
+    local g = unmember(later[1])
+    local from = 1
+    if g[1] == jt then
+      adds = {jt, member(jt, g[2], g[3] + 1, g[4], g[4] and g[5] + v)}
+      from = 2
+    else  -- a new hour: before it, what was before the next one
+      adds = {jt, member(jt, g[2], 1, g[4], g[4] and v)}
+    end
+    for i = from, #later do
+      local x = unmember(later[i])
+      adds[#adds + 1] = x[1]
+      adds[#adds + 1] = member(x[1], x[2] + 1, x[3], x[4] and x[4] + v, x[5])
+    end
+    redis.call('ZREM', r, unpack(later))
+    redis.call('ZADD', r, unpack(adds))
+  end
+end
+
 -- A distinct index built again from the events (written by a version without
 -- the index, or the index lost): each value at its newest event's time.
 local function rebuild(z, h, d)
@@ -110,6 +217,12 @@ for _ = 1, tonumber(ARGV[5]) do
   local cap = spec[4]
   local bucket_retention = spec[5]
   local nwin = (#spec - 6) / 5
+  -- Running totals serve the bucketed windows unless one of them is a min or max.
+  local totals = bucket_retention > 0
+  for w = 1, nwin do
+    local base = 6 + 5 * (w - 1)
+    if spec[base + 5] ~= 0 and (spec[base + 2] == 3 or spec[base + 2] == 4) then totals = false end
+  end
   local z = KEYS[k]
   k = k + 1
   local h = nil
@@ -122,10 +235,15 @@ for _ = 1, tonumber(ARGV[5]) do
     d = KEYS[k]
     k = k + 1
   end
-  local b = nil
+  local b, r = nil, nil
+  local have_totals = false  -- the running totals are known to exist
   if bucket_retention > 0 then
     b = KEYS[k]
     k = k + 1
+    if totals then
+      r = KEYS[k]
+      k = k + 1
+    end
   end
 
   -- The newest kept event's time (nil: none): distinct windows ending at or
@@ -172,6 +290,10 @@ for _ = 1, tonumber(ARGV[5]) do
         end
       else
         redis.call('HINCRBY', b, j, 1)
+      end
+      if r then
+        add_total(r, b, bucket(t), h and tonumber(value) or 0, h ~= nil, bucket(t - bucket_retention))
+        have_totals = true
       end
     end
     -- Trim what no window can need any more: events older than this event's
@@ -231,11 +353,12 @@ for _ = 1, tonumber(ARGV[5]) do
     end
     redis.call('PEXPIRE', z, ttl)
     if b then redis.call('PEXPIRE', b, ttl) end
+    if r then redis.call('PEXPIRE', r, ttl) end
   end
 
   -- The buckets, read once (dropping those no window can need, when adding).
   local bj, bc, bs, bmn, bmx = {}, {}, {}, {}, {}
-  if b then
+  if b and not r then
     local all = redis.call('HGETALL', b)
     local jcut = bucket(t - bucket_retention)
     local stale = {}
@@ -259,13 +382,16 @@ for _ = 1, tonumber(ARGV[5]) do
   end
 
   if d and not add then
-    -- Only read (filtered out, or too late): the index may still need building,
-    -- and the newest time is not known yet unless the event was too late.
+    -- Only read (filtered out, or too late): the index may still need building.
     if redis.call('EXISTS', d) == 0 and redis.call('EXISTS', z) == 1 then rebuild(z, h, d) end
-    if newest_kept == nil then
-      local top = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
-      if top[2] then newest_kept = tonumber(top[2]) end
-    end
+  end
+  if (d or r) and newest_kept == nil then
+    -- The newest time is not known yet unless the event was added or too late.
+    local top = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
+    if top[2] then newest_kept = tonumber(top[2]) end
+  end
+  if r and newest_kept and not have_totals and redis.call('EXISTS', r) == 0 and redis.call('EXISTS', b) == 1 then
+    build_totals(r, b, h ~= nil)  -- only read (or a retry), and the totals are missing beside the hours
   end
 
   -- The exact part of each window: [lower, upper] in ms (inclusive), -1 for none.
@@ -289,6 +415,41 @@ for _ = 1, tonumber(ARGV[5]) do
     local indexed = spec[base + 2] == 5 and lo ~= nil and (newest_kept == nil or newest_kept <= hi)
     wins[w] = {spec[base + 1] + 2, spec[base + 2], lo, hi, blo, bhi, indexed}
     if lo and not indexed and (lowest == nil or lo < lowest) then lowest = lo end
+  end
+
+  -- The bucketed windows from the running totals: per window, count and sum
+  -- over its hours (from the oldest any window may still need).
+  local tc, ts = {}, {}
+  if r then  -- (an entity without events reads zeros)
+    local jcut = nil
+    if newest_kept then jcut = bucket(newest_kept - bucket_retention) end
+    local firsts, lasts = {}, {}
+    for w = 1, nwin do
+      local blo, bhi = wins[w][5], wins[w][6]
+      if blo then
+        if jcut and blo < jcut then blo = jcut end
+        tc[w], ts[w] = 0, 0
+        if newest_kept and blo <= bhi then
+          local key = num(blo) .. ':' .. num(bhi)
+          local first = firsts[key]
+          if first == nil then
+            first = redis.call('ZRANGEBYSCORE', r, num(blo), num(bhi), 'LIMIT', 0, 1)[1] or false
+            firsts[key] = first
+          end
+          if first then
+            -- The last hour in range: the last up to bhi (one is in range).
+            local last = lasts[bhi]
+            if last == nil then
+              last = redis.call('ZREVRANGEBYSCORE', r, num(bhi), num(blo), 'LIMIT', 0, 1)[1]
+              lasts[bhi] = last
+            end
+            local a, z2 = unmember(first), unmember(last)
+            tc[w] = z2[2] + z2[3] - a[2]
+            if a[4] then ts[w] = z2[4] + z2[5] - a[4] end
+          end
+        end
+      end
+    end
   end
 
   -- Read. Counts are a ZCOUNT each (O(log n)); the other aggregates walk
@@ -341,7 +502,9 @@ for _ = 1, tonumber(ARGV[5]) do
         end
       end
     end
-    if blo then
+    if blo and r then
+      if code == 1 then acc = acc + tc[w] else acc = acc + ts[w] end
+    elseif blo then
       for i = 1, #bj do
         local j = bj[i]
         if j >= blo and j <= bhi then

@@ -302,6 +302,10 @@ def test_metrics_count_requests_latency_degraded_causes_and_redis_errors(
         assert not stub.Score(request(), timeout=2).degraded
         store = running.store
         assert isinstance(store, RedisStore) and store.flush(5.0)  # its record (written behind) is in first
+        text = metrics_text(running)
+        assert sample(text, 'risk_retry_records_total{result="written"}') == 1
+        assert sample(text, 'risk_retry_records_total{result="lost"}') == 0
+        assert sample(text, "risk_retry_record_queue") == 0
         stub.Score(request(), timeout=0.02)  # too short for the Redis budget: skipped
         own_redis.stop()
         for _ in range(5):

@@ -21,6 +21,8 @@ as in the tests) and exposes it over HTTP with prometheus-client. Names:
 | `risk_decision_log_records_total` | counter | `result` = `written`, `queue_full` (dropped), `write_error` (lost) |
 | `risk_decision_log_queue` | gauge | records waiting for the writer |
 | `risk_decision_log_files_rotated_total`, `risk_decision_log_files_deleted_total` | counter | |
+| `risk_retry_records_total` | counter | Redis only: `result` = `written`, `lost` (also counted as degraded `record`) |
+| `risk_retry_record_queue` | gauge | Redis only: retry records queued for the writer (behind the answer) |
 
 (*) `cooldown`: failing fast after an error; `deadline`: skipped, too little time left.
 
@@ -43,6 +45,7 @@ from engine.decisions import DecisionLog
 from engine.pipeline import STEPS
 from engine.reload import ReloadStatus
 from engine.transaction import ReasonSource, ScoreResult
+from engine.windows.records import RecordWriter
 from engine.windows.store import UNAVAILABLE_KINDS
 
 #: Pipeline steps run from about 5 µs (rules) to a Redis budget (50 ms).
@@ -143,6 +146,10 @@ class Metrics:
         if kind:
             self.store_errors.labels(kind).inc()
 
+    def watch_records(self, records: RecordWriter) -> None:
+        """Export the Redis retry-record writer's counters, read at scrape time."""
+        self.registry.register(_RecordWriterCollector(records))
+
     def watch_decision_log(self, decisions: DecisionLog) -> None:
         """Export the decision log's counters, read at scrape time (nothing on the request thread)."""
         self.registry.register(_DecisionLogCollector(decisions))
@@ -157,6 +164,20 @@ class Metrics:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+
+
+class _RecordWriterCollector(Collector):
+    def __init__(self, records: RecordWriter) -> None:
+        self.records = records
+
+    def collect(self) -> Iterator[Metric]:
+        written = CounterMetricFamily(
+            "risk_retry_records", "Retry records written to Redis behind the answer, by outcome", labels=["result"]
+        )
+        written.add_metric(["written"], self.records.written)
+        written.add_metric(["lost"], self.records.lost)
+        yield written
+        yield GaugeMetricFamily("risk_retry_record_queue", "Retry records queued for the writer", self.records.queued)
 
 
 class _DecisionLogCollector(Collector):

@@ -98,6 +98,11 @@ class RecordWriter:
         self._lose(1, "dropped: the record queue is full" if full else "dropped: the store is closed", "other")
         return False
 
+    @property
+    def queued(self) -> int:
+        """Records queued or being written."""
+        return len(self._pending)
+
     def pending(self, key: str) -> tuple[str, str] | None:
         """(fingerprint, response JSON) of a record not yet written, or None."""
         item = self._pending.get(key)

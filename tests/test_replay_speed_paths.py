@@ -32,7 +32,15 @@ from hypothesis import strategies as st
 from engine.enrich import Enricher, Money
 from engine.model.predictor import Model, load_model
 from engine.offline.datasets import PRESETS, ColumnMapping, read_dataset, table_to_dataset
-from engine.offline.replay import LabelEvent, ReplayStats, _RecordingStore, label_events, replay, replay_store
+from engine.offline.replay import (
+    LabelEvent,
+    PlaybackStore,
+    ReplayStats,
+    _RecordingStore,
+    label_events,
+    replay,
+    replay_store,
+)
 from engine.pipeline import IdempotencyConflict, InvalidTransaction, Pipeline, Scored
 from engine.rules import load_ruleset
 from engine.transaction import Transaction
@@ -300,6 +308,27 @@ def test_a_failing_windows_pass_fails_the_replay_instead_of_hanging(
     assert ("store broke" in str(caught.value)) == (how == "raise")
     assert ("code 3" in str(caught.value)) == (how == "exit")
     assert not mp.active_children()
+
+
+def _die_in_the_middle_of_a_batch(conn: Any) -> None:
+    """A windows pass that dies while sending: a message's length, a few of its bytes, then exit."""
+    os.write(conn.fileno(), (1_000).to_bytes(4, "big", signed=True) + b"\x80\x05partial")
+    os._exit(3)
+
+
+def test_a_windows_pass_dying_in_the_middle_of_a_batch_fails_the_replay_clearly() -> None:
+    """The scoring side reads an incomplete message (multiprocessing raises OSError, not
+    EOFError): the replay fails with the windows pass's exit code, never with a bare OSError."""
+    ctx = mp.get_context("fork")
+    receiver, sender = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_die_in_the_middle_of_a_batch, args=(sender,), daemon=True)
+    process.start()
+    sender.close()
+    process.join(10)
+    store = PlaybackStore(receiver, process)
+    with pytest.raises(RuntimeError, match=r"windows pass ended before replay did \(exit code 3\)"):
+        store._receive()
+    receiver.close()
 
 
 def test_abandoning_a_parallel_replay_stops_its_windows_pass(synthetic_data: Path) -> None:

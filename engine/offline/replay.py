@@ -286,7 +286,7 @@ class PlaybackStore(_ReplaySideStore):
                 raise RuntimeError(f"replay windows pass exited with code {self._process.exitcode}")
         try:
             message = self._conn.recv()
-        except EOFError:
+        except (EOFError, OSError):  # OSError: it died in the middle of sending a batch
             self._process.join(5.0)
             raise RuntimeError(
                 f"replay windows pass ended before replay did (exit code {self._process.exitcode})"

@@ -300,3 +300,55 @@ def test_dense_long_windows_read_running_totals_and_agree(redis_url: tuple[str, 
         assert want["merchant_count_30d"] > 500
     finally:
         redis_store.close()
+
+
+def test_running_totals_follow_hours_an_older_version_added_to(redis_url: tuple[str, str]) -> None:
+    """During a rolling upgrade, a worker still on the previous version adds events to the
+    series and the hourly buckets but not to the running totals. The next event of that hour
+    finds the totals short of the hour's count and builds them again from the hours, so the
+    long windows count the older worker's events too, once their hour is in the buckets."""
+    url, prefix = redis_url
+    plan = WindowPlan(
+        [
+            WindowSpec("card_count_3d", ("card_id",), Aggregate.COUNT, 3 * DAY),
+            WindowSpec("card_sum_3d", ("card_id",), Aggregate.SUM, 3 * DAY, "amount"),
+        ],
+        allowed_lateness_ms=HOUR,
+        amount_scale=0.01,
+    )
+    memory = MemoryStore()
+    store = RedisStore(url, prefix=f"{prefix}-mixed", budget_s=2.0)
+    client = store._client
+    tag = f"{{{store.prefix}:card_id:c1}}"
+
+    def new_version(i: int, t: int, amount: int) -> None:
+        bound = plan.bind(f"t{i}", t, {"card_id": "c1", "amount_base_minor": amount})
+        want = plan.finish(memory.apply(plan, bound, f"fp{i}").raw)
+        got = plan.finish(store.apply(plan, bound, f"fp{i}").raw)
+        assert got == want, f"event {i}: memory {want} != redis {got}"
+
+    def older_version(i: int, t: int, amount: int) -> None:
+        """What the previous script writes for an event: its series and its hour, no totals."""
+        memory.apply(plan, plan.bind(f"t{i}", t, {"card_id": "c1", "amount_base_minor": amount}), f"fp{i}")
+        hour = str(t // HOUR)
+        client.zadd(f"{tag}:n", {f"t{i}": t})
+        client.hincrby(f"{tag}:b", hour, 1)
+        client.zadd(f"{tag}:z:amount_base_minor", {f"t{i}": t})
+        client.hset(f"{tag}:h:amount_base_minor", f"t{i}", amount)
+        cur = client.hget(f"{tag}:b:amount_base_minor", hour)
+        c, s, mn, mx = (int(x) for x in cur.split()) if cur else (0, 0, amount, amount)
+        client.hset(f"{tag}:b:amount_base_minor", hour, f"{c + 1} {s + amount} {min(mn, amount)} {max(mx, amount)}")
+
+    try:
+        for i in range(6):
+            new_version(i, T0 + i * 5 * HOUR, 1_000 + i)
+        older_version(6, T0 + 30 * HOUR + 10 * MIN, 70_000)
+        new_version(7, T0 + 30 * HOUR + 20 * MIN, 80_000)  # the same hour: the totals are one short
+        new_version(8, T0 + 32 * HOUR, 90_000)  # that hour is in the buckets now
+        assert f"{T0 // HOUR + 30}:6:2".encode() in client.zrange(f"{tag}:r", 0, -1)
+        older_version(9, T0 + 40 * HOUR + 5 * MIN, 5_000)  # a new hour, only in the older worker's
+        new_version(10, T0 + 40 * HOUR + 30 * MIN, 6_000)  # totals have no such hour: built again
+        new_version(11, T0 + 45 * HOUR, 7_000)
+        new_version(12, T0 + 45 * HOUR + 1, 8_000)
+    finally:
+        store.close()

@@ -147,15 +147,27 @@ local function drop_totals(r, b, jcut)
     redis.call('ZREMRANGEBYSCORE', r, '-inf', '(' .. num(jcut))
   end
 end
--- One event of value v (0 without a value) in hour jt, whose hash bucket is already counted.
-local function add_total(r, b, jt, v, has_value, jcut)
+-- One event of value v (0 without a value) in hour jt, whose hash bucket is already counted
+-- (in_hour events there now). Totals that disagree with the hash about that hour are built
+-- again from the hours: an older version (during a rolling upgrade) added events to the
+-- hours only.
+local function add_total(r, b, jt, v, has_value, jcut, in_hour)
   local top = redis.call('ZRANGE', r, -1, -1)
-  if not top[1] then
-    build_totals(r, b, has_value)  -- a new series, or totals missing beside older hours
+  local f = top[1] and unmember(top[1])
+  local later = nil
+  if f and jt < f[1] then later = redis.call('ZRANGEBYSCORE', r, jt, '+inf') end
+  local g = later and unmember(later[1])
+  local expected = 1
+  if f and jt == f[1] then
+    expected = f[3] + 1
+  elseif g and g[1] == jt then
+    expected = g[3] + 1
+  end
+  if not f or expected ~= in_hour then
+    build_totals(r, b, has_value)  -- a new series, totals missing beside older hours, or stale
     drop_totals(r, b, jcut)
     return
   end
-  local f = unmember(top[1])
   if jt == f[1] then  -- the newest hour again: the common case
     redis.call('ZREM', r, top[1])
     redis.call('ZADD', r, jt, member(jt, f[2], f[3] + 1, f[4], f[4] and f[5] + v))
@@ -163,9 +175,7 @@ local function add_total(r, b, jt, v, has_value, jcut)
     redis.call('ZADD', r, jt, member(jt, f[2] + f[3], 1, f[4] and f[4] + f[5], f[4] and v))
     if math.floor(jt / 24) > math.floor(f[1] / 24) then drop_totals(r, b, jcut) end
   else  -- a late event: its hour and every later one change
-    local later = redis.call('ZRANGEBYSCORE', r, jt, '+inf')
     local adds = {}
-    local g = unmember(later[1])
     local from = 1
     if g[1] == jt then
       adds = {jt, member(jt, g[2], g[3] + 1, g[4], g[4] and g[5] + v)}
@@ -276,6 +286,7 @@ for _ = 1, tonumber(ARGV[5]) do
     if b and first and is_new then
       -- Each event enters its bucket once, when its id is first added.
       local j = num(bucket(t))
+      local in_hour = 1  -- the hour's events in the hash, this one included
       if h then
         local v = tonumber(value)
         local cur = redis.call('HGET', b, j)
@@ -285,14 +296,15 @@ for _ = 1, tonumber(ARGV[5]) do
           if v < mn then mn = v end
           if v > mx then mx = v end
           redis.call('HSET', b, j, num(c) .. ' ' .. num(s) .. ' ' .. num(mn) .. ' ' .. num(mx))
+          in_hour = c
         else
           redis.call('HSET', b, j, '1 ' .. num(v) .. ' ' .. num(v) .. ' ' .. num(v))
         end
       else
-        redis.call('HINCRBY', b, j, 1)
+        in_hour = redis.call('HINCRBY', b, j, 1)
       end
       if r then
-        add_total(r, b, bucket(t), h and tonumber(value) or 0, h ~= nil, bucket(t - bucket_retention))
+        add_total(r, b, bucket(t), h and tonumber(value) or 0, h ~= nil, bucket(t - bucket_retention), in_hour)
         have_totals = true
       end
     end

@@ -41,7 +41,8 @@
 -- ":sum before:sum" for a value group. A window over hours lo..hi is then two
 -- lookups, the first and the last hour in range: (before + n of the last) -
 -- (before of the first). The totals are built from the hours when missing
--- (written by a version without them, or lost), dropped with the hours when
+-- (written by a version without them, or lost) or short of the hours about
+-- the event's hour (an older version added to the hours), dropped with the hours when
 -- an event opens a day, and reads ignore hours before the oldest one any
 -- window may still need, so the answers are those of the hours.
 --

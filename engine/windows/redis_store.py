@@ -84,8 +84,8 @@ def _has_distinct(group: Group) -> bool:
 
 
 def _has_totals(group: Group) -> bool:
-    """Whether the group keeps running totals of its hourly buckets (the script's rule: it has
-    bucketed windows, and none of them is a min or a max)."""
+    """Whether the group keeps running totals of its hourly buckets (LAYOUT tells the script):
+    it has bucketed windows, and none of them is a min or a max."""
     extremes = (AGG_CODES[Aggregate.MIN], AGG_CODES[Aggregate.MAX])
     return bool(group.bucket_retention_ms) and not any(
         w.mode != EXACT and w.agg_code in extremes for w in group.windows
@@ -203,7 +203,7 @@ class _RedisBase:
         for g in plan.groups:
             ttl = max(g.retention_ms, g.bucket_retention_ms) + self._ttl_extra_ms
             nums = [0 if g.value_field is None else 1, g.retention_ms, ttl, plan.max_events_per_series]
-            nums += [g.bucket_retention_ms, 1 if _has_distinct(g) else 0]
+            nums += [g.bucket_retention_ms, 1 if _has_distinct(g) else 0, 1 if _has_totals(g) else 0]
             for w in g.windows:
                 nums += [w.output, w.agg_code, w.duration_ms + w.delay_ms, w.delay_ms, w.mode]
             groups.append("{" + ", ".join(str(n) for n in nums) + "}")

@@ -20,7 +20,7 @@
 -- Redis, like any EVALSHA script): LAYOUT holds one entry per group of the
 -- plan: has_value (0/1), exact retention ms, key TTL ms, the most events a
 -- value series keeps, bucket retention ms (0: no buckets), has a distinct
--- window (0/1), then per window:
+-- window (0/1), keeps running totals of its buckets (0/1), then per window:
 -- output index (0-based), aggregate code (1 count, 2 sum, 3 min, 4 max,
 -- 5 distinct), reach (duration + delay) ms, delay ms, mode (0 exact,
 -- 1 bucketed, 2 bucketed with a delay).
@@ -227,13 +227,8 @@ for _ = 1, tonumber(ARGV[5]) do
   local ttl = spec[3]
   local cap = spec[4]
   local bucket_retention = spec[5]
-  local nwin = (#spec - 6) / 5
-  -- Running totals serve the bucketed windows unless one of them is a min or max.
-  local totals = bucket_retention > 0
-  for w = 1, nwin do
-    local base = 6 + 5 * (w - 1)
-    if spec[base + 5] ~= 0 and (spec[base + 2] == 3 or spec[base + 2] == 4) then totals = false end
-  end
+  local totals = spec[7] == 1
+  local nwin = (#spec - 7) / 5
   local z = KEYS[k]
   k = k + 1
   local h = nil
@@ -292,8 +287,8 @@ for _ = 1, tonumber(ARGV[5]) do
         local v = tonumber(value)
         local cur = redis.call('HGET', b, j)
         if cur then
-          local c, s, mn, mx = string.match(cur, '^(%S+) (%S+) (%S+) (%S+)$')
-          c, s, mn, mx = tonumber(c) + 1, tonumber(s) + v, tonumber(mn), tonumber(mx)
+          local c, s, mn, mx = stats(cur)
+          c, s = c + 1, s + v
           if v < mn then mn = v end
           if v > mx then mx = v end
           redis.call('HSET', b, j, num(c) .. ' ' .. num(s) .. ' ' .. num(mn) .. ' ' .. num(mx))
@@ -384,8 +379,7 @@ for _ = 1, tonumber(ARGV[5]) do
         nb = nb + 1
         bj[nb] = j
         if h then
-          local c, s, mn, mx = string.match(all[i + 1], '^(%S+) (%S+) (%S+) (%S+)$')
-          bc[nb], bs[nb], bmn[nb], bmx[nb] = tonumber(c), tonumber(s), tonumber(mn), tonumber(mx)
+          bc[nb], bs[nb], bmn[nb], bmx[nb] = stats(all[i + 1])
         else
           bc[nb] = tonumber(all[i + 1])
         end
@@ -411,7 +405,7 @@ for _ = 1, tonumber(ARGV[5]) do
   local wins = {}
   local lowest = nil
   for w = 1, nwin do
-    local base = 6 + 5 * (w - 1)
+    local base = 7 + 5 * (w - 1)
     local reach, delay, wmode = spec[base + 3], spec[base + 4], spec[base + 5]
     local lo, hi, blo, bhi = nil, nil, nil, nil
     if wmode == 0 then

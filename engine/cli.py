@@ -8,6 +8,8 @@ risk-engine rules fields PATH
 risk-engine simulate (--out FILE | --target HOST:PORT [--rate N]) [--days N] [--users N] [--seed S]
 risk-engine train --data FILE --config FILE [--rules PATH] [--out DIR] [--promote]
 risk-engine backtest --data FILE [--rules PATH] [--model DIR] [--compare PATH] [--mapping M] --out DIR
+risk-engine audit --log DIR [--rules PATH] [--model DIR] [--feedback FILE] [--out DIR]
+  (train, backtest and audit: [--engine local|spark] [--spark-master URL] [--spark-conf KEY=VALUE])
 risk-engine models list [--dir DIR] [--json]
 risk-engine models promote VERSION [--dir DIR] [--rules PATH]
 risk-engine models challenger (VERSION --mode shadow|split [--share S] | --clear) [--dir DIR] [--rules PATH]
@@ -16,6 +18,7 @@ risk-engine models challenger (VERSION --mode shadow|split [--share S] | --clear
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import replace
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING
 from engine.config import ROOT, ConfigError, ServeConfig
 
 if TYPE_CHECKING:
+    from engine.offline.spark.jobs import SparkOptions
     from engine.rules.ruleset import RuleSet
 
 
@@ -190,6 +194,38 @@ def _rules_fields(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spark_options(args: argparse.Namespace, command: str) -> SparkOptions | str | None:
+    """The Spark engine's options from --engine, --spark-master and --spark-conf (None: local; str: an error)."""
+    if args.engine != "spark":
+        if args.spark_master or args.spark_conf:
+            return f"risk-engine {command}: --spark-master and --spark-conf need --engine spark"
+        return None
+    from engine.offline.spark.jobs import SparkOptions
+    from engine.offline.spark.session import DEFAULT_MASTER, parse_conf
+
+    try:
+        conf = parse_conf(args.spark_conf)
+    except ValueError as exc:
+        return f"risk-engine {command}: {exc}"
+    return SparkOptions(master=args.spark_master or DEFAULT_MASTER, conf=conf)
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=("local", "spark"),
+        default="local",
+        help="local (this machine, the default) or spark (Apache Spark: docs/spark.md)",
+    )
+    p.add_argument("--spark-master", help="with --engine spark: the master URL (default local[*]; spark://HOST:PORT)")
+    p.add_argument(
+        "--spark-conf",
+        action="append",
+        metavar="KEY=VALUE",
+        help="with --engine spark: a Spark setting, e.g. spark.executor.memory=4g (repeatable)",
+    )
+
+
 def _train(args: argparse.Namespace) -> int:
     from engine.offline.datasets import default_data_path
     from engine.offline.train import train
@@ -198,7 +234,15 @@ def _train(args: argparse.Namespace) -> int:
     if data is None:
         print("risk-engine train: --data is required (../shared/data/handbook/ was not found)", file=sys.stderr)
         return 2
-    folder = train(data, args.rules, args.config, args.out, promote=args.promote)
+    spark = _spark_options(args, "train")
+    if isinstance(spark, str):
+        print(spark, file=sys.stderr)
+        return 2
+    try:
+        folder = train(data, args.rules, args.config, args.out, promote=args.promote, spark=spark)
+    except ValueError as exc:
+        print(f"risk-engine train: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {folder}")
     print((folder / "metadata.json").read_text())
     return 0
@@ -209,6 +253,10 @@ def _backtest(args: argparse.Namespace) -> int:
     from engine.offline.backtest import BacktestError, backtest
     from engine.rules.errors import RuleSetInvalid
 
+    spark = _spark_options(args, "backtest")
+    if isinstance(spark, str):
+        print(spark, file=sys.stderr)
+        return 2
     try:
         result = backtest(
             args.data,
@@ -219,6 +267,7 @@ def _backtest(args: argparse.Namespace) -> int:
             mapping=args.mapping,
             limit=args.limit,
             progress=not args.quiet,
+            spark=spark,
         )
     except BacktestError as exc:
         print(f"risk-engine backtest: {exc}", file=sys.stderr)
@@ -236,6 +285,44 @@ def _backtest(args: argparse.Namespace) -> int:
     for path in result.files:
         print(f"wrote {path}")
     return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from engine.model.predictor import ModelInvalid
+    from engine.offline.audit import AuditError, audit, render
+    from engine.rules.errors import RuleSetInvalid
+
+    spark = _spark_options(args, "audit")
+    if isinstance(spark, str):
+        print(spark, file=sys.stderr)
+        return 2
+    if args.examples < 0:
+        print("risk-engine audit: --examples must be 0 or more", file=sys.stderr)
+        return 2
+    try:
+        result = audit(
+            args.log,
+            args.rules,
+            model=None if args.no_model else args.model,
+            out=args.out,
+            feedback=args.feedback,
+            examples=args.examples,
+            spark=spark,
+        )
+    except AuditError as exc:
+        print(f"risk-engine audit: {exc}", file=sys.stderr)
+        return 2
+    except RuleSetInvalid as exc:
+        print(f"risk-engine audit: the rule set is invalid:\n{exc}", file=sys.stderr)
+        return 2
+    except ModelInvalid as exc:
+        print(f"risk-engine audit: the model cannot be used: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(render(result))
+    return 0 if result.clean else 1
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -522,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rules", default=str(ROOT / "rules"), help="rule set whose windows give the features")
     p.add_argument("--out", default=str(ROOT / "models"), help="registry folder to write the model into")
     p.add_argument("--promote", action="store_true", help="make it the served model (models/PROMOTED)")
+    _add_engine_options(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("backtest", help="replay labeled history through the pipeline and report the decisions")
@@ -543,7 +631,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for transactions.parquet, summary.{json,md}, report.html")
     p.add_argument("--limit", type=int, help="replay only the first N rows of the file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_engine_options(p)
     p.set_defaults(func=_backtest)
+
+    p = sub.add_parser(
+        "audit",
+        help="replay a decision log and report where served and recomputed answers differ (exit 1 when they do)",
+    )
+    p.add_argument("--log", required=True, help="the decision log folder a server wrote (--decision-log)")
+    p.add_argument("--rules", default=str(ROOT / "rules"), help="rule set to replay with (default rules/)")
+    p.add_argument("--model", default=str(ROOT / "models"), help="model folder or registry (default models/)")
+    p.add_argument("--no-model", action="store_true", help="replay without a model (scores NaN)")
+    p.add_argument("--feedback", help="labels the server got: CSV or Parquet with transaction_id,label[,label_time]")
+    p.add_argument("--out", help="folder for audit.json and the replay's backtest outputs (default: none kept)")
+    p.add_argument("--examples", type=int, default=5, help="examples per differing item (default 5)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_engine_options(p)
+    p.set_defaults(func=_audit)
 
     p = sub.add_parser(
         "simulate", help="labeled, gateway-shaped synthetic transactions: write Parquet or stream to a server"

@@ -53,13 +53,14 @@ from __future__ import annotations
 import json
 import math
 import operator
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -73,6 +74,10 @@ from engine.offline.datasets import PRESETS, ColumnMapping, Dataset, DatasetErro
 from engine.offline.replay import LabelEvent, ReplayStats, label_events, replay
 from engine.rules.ruleset import RuleSet
 from engine.transaction import Action, ReasonSource, Transaction
+from engine.windows.store import WindowStore
+
+if TYPE_CHECKING:
+    from engine.offline.spark.jobs import SparkOptions
 
 DAY_MS = 86_400_000
 DECISIONS = ("allow", "review", "deny")  # index d-1 for Action value d
@@ -288,8 +293,12 @@ def run_replay(
     model: Model | None,
     progress: Callable[[int, int], None] | None = None,
     labels: Sequence[LabelEvent] = (),
+    store: WindowStore | None = None,
 ) -> Run:
-    """Replay (with its label feedback) and collect decisions, scores, reasons, rule hits and features."""
+    """Replay (with its label feedback) and collect decisions, scores, reasons, rule hits and features.
+
+    `store`: windows computed elsewhere (see `replay`), for the Spark engine.
+    """
     n = len(transactions)
     rule_ids = [r.id for r in ruleset.rules]
     col_of = {rid: k for k, rid in enumerate(rule_ids)}
@@ -332,7 +341,7 @@ def run_replay(
             for column in (rows, row_decision, row_score, row_degraded, row_amount, row_features):
                 column.clear()
 
-    for i, scored in replay(transactions, ruleset, model, stats, labels=labels):
+    for i, scored in replay(transactions, ruleset, model, stats, labels=labels, store=store):
         if progress is not None and i >= tick:
             progress(i, n)
             tick = i + 2_000
@@ -390,22 +399,82 @@ def _ratio(num: int | float, den: int | float) -> float | None:
     return num / den if den else None
 
 
-@dataclass(frozen=True)
-class _Population:
-    """The scored rows and their labels, shared by every metric of one run."""
-
-    valid: np.ndarray
-    fraud: np.ndarray  # bool, scored and labeled fraud
-    genuine: np.ndarray  # bool, scored and labeled genuine
-    amount_minor: np.ndarray
-    scale: float  # minor -> major units of the base currency
-    scored: int
-    frauds: int
-    genuines: int
-    fraud_amount_minor: int
+#: The hit sets of a run whose metrics the summary gives, besides each rule's (`Tally.hits`).
+ENGINE_HITS = ("flagged", "deny")
 
 
-def _population(run: Run, labels: np.ndarray | None) -> _Population:
+@dataclass
+class Tally:
+    """The counts every metric of a run is computed from, mergeable across parts of the run.
+
+    `summarize` tallies a whole run; the Spark engine tallies each part on
+    its executors and merges them (`merge`): integer counts and sums in
+    minor units, so the merged summary is the very one of the whole run.
+    Per hit set (`ENGINE_HITS`, then `active:<rule id>` and `shadow:<rule id>`):
+    [hits, fraud hits, genuine hits, fraud amount (minor units)]. Per UTC day
+    number: [allow, review, deny, frauds].
+    """
+
+    rows: int = 0
+    scored: int = 0
+    frauds: int = 0
+    genuines: int = 0
+    amount_minor: int = 0
+    fraud_amount_minor: int = 0
+    degraded: int = 0
+    decisions: list[int] = field(default_factory=lambda: [0, 0, 0])
+    hits: dict[str, list[int]] = field(default_factory=dict)
+    days: dict[int, list[int]] = field(default_factory=dict)
+    first_ms: int | None = None  # event time of the first and last scored rows
+    last_ms: int | None = None
+
+    def merge(self, other: Tally) -> Tally:
+        """This tally plus `other` (both left unchanged)."""
+        out = Tally(
+            rows=self.rows + other.rows,
+            scored=self.scored + other.scored,
+            frauds=self.frauds + other.frauds,
+            genuines=self.genuines + other.genuines,
+            amount_minor=self.amount_minor + other.amount_minor,
+            fraud_amount_minor=self.fraud_amount_minor + other.fraud_amount_minor,
+            degraded=self.degraded + other.degraded,
+            decisions=[a + b for a, b in zip(self.decisions, other.decisions, strict=True)],
+            first_ms=min((t for t in (self.first_ms, other.first_ms) if t is not None), default=None),
+            last_ms=max((t for t in (self.last_ms, other.last_ms) if t is not None), default=None),
+        )
+        out.hits = _add_counts(self.hits, other.hits)
+        out.days = _add_counts(self.days, other.days)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "days": {str(k): v for k, v in self.days.items()}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Tally:
+        return cls(**{**data, "days": {int(k): list(v) for k, v in data["days"].items()}})
+
+
+_K = TypeVar("_K")
+
+
+def _add_counts(a: Mapping[_K, list[int]], b: Mapping[_K, list[int]]) -> dict[_K, list[int]]:
+    """Counts per key of two tallies added up."""
+    out = {key: list(counts) for key, counts in a.items()}
+    for key, counts in b.items():
+        mine = out.get(key)
+        out[key] = [x + y for x, y in zip(mine, counts, strict=True)] if mine else list(counts)
+    return out
+
+
+def _hit_counts(
+    valid: np.ndarray, fraud: np.ndarray, genuine: np.ndarray, amount: np.ndarray, hit: np.ndarray
+) -> list[int]:
+    hit = hit & valid
+    return [int(hit.sum()), int((hit & fraud).sum()), int((hit & genuine).sum()), int(amount[hit & fraud].sum())]
+
+
+def tally(run: Run, labels: np.ndarray | None, event_ms: np.ndarray) -> Tally:
+    """The counts of one run (or part of a run: see `Tally`)."""
     valid = run.valid
     if labels is None:
         labels = np.full(len(valid), np.nan)
@@ -413,37 +482,52 @@ def _population(run: Run, labels: np.ndarray | None) -> _Population:
     fraud = labeled & (np.nan_to_num(labels) > 0.5)
     genuine = labeled & ~fraud
     amount = np.where(valid, run.amount_minor, 0)
-    return _Population(
-        valid=valid,
-        fraud=fraud,
-        genuine=genuine,
-        amount_minor=amount,
-        scale=10.0 ** -CURRENCY_EXPONENTS[run.base_currency],
+    out = Tally(
+        rows=len(valid),
         scored=int(valid.sum()),
         frauds=int(fraud.sum()),
         genuines=int(genuine.sum()),
+        amount_minor=int(amount.sum()),
         fraud_amount_minor=int(amount[fraud].sum()),
+        degraded=int(run.degraded[valid].sum()),
+        decisions=[int((run.decision == k).sum()) for k in range(1, len(DECISIONS) + 1)],
     )
+    engine = {"flagged": run.decision >= int(Action.REVIEW), "deny": run.decision == int(Action.DENY)}
+    for name in ENGINE_HITS:
+        out.hits[name] = _hit_counts(valid, fraud, genuine, amount, engine[name])
+    for k, rule in enumerate(run.ruleset.rules):
+        out.hits[f"active:{rule.id}"] = _hit_counts(valid, fraud, genuine, amount, run.active_hits[:, k])
+        out.hits[f"shadow:{rule.id}"] = _hit_counts(valid, fraud, genuine, amount, run.shadow_hits[:, k])
+    if out.scored:
+        days = event_ms[valid] // DAY_MS
+        first = int(days.min())
+        idx = days - first
+        width = int(idx.max()) + 1
+        dec = run.decision[valid]
+        per = [np.bincount(idx[dec == k], minlength=width) for k in range(1, 4)]
+        frauds = np.bincount(idx[fraud[valid]], minlength=width)
+        present = np.bincount(idx, minlength=width) > 0
+        for d in np.flatnonzero(present).tolist():
+            out.days[first + d] = [int(per[0][d]), int(per[1][d]), int(per[2][d]), int(frauds[d])]
+        out.first_ms = int(event_ms[valid].min())
+        out.last_ms = int(event_ms[valid].max())
+    return out
 
 
-def hit_metrics(pop: _Population, hit: np.ndarray) -> dict[str, Any]:
-    """Hits, hit rate, precision, recall, amount-weighted recall and FPR of one hit set."""
-    hit = hit & pop.valid
-    hits = int(hit.sum())
-    fraud_hits = int((hit & pop.fraud).sum())
-    genuine_hits = int((hit & pop.genuine).sum())
-    fraud_amount_minor = int(pop.amount_minor[hit & pop.fraud].sum())
+def hit_metrics(t: Tally, counts: Sequence[int], scale: float) -> dict[str, Any]:
+    """Hits, hit rate, precision, recall, amount-weighted recall and FPR of one hit set (its `Tally.hits`)."""
+    hits, fraud_hits, genuine_hits, fraud_amount_minor = counts
     return {
         "hits": hits,
-        "hit_rate": _ratio(hits, pop.scored),
+        "hit_rate": _ratio(hits, t.scored),
         "labeled_hits": fraud_hits + genuine_hits,
         "fraud_hits": fraud_hits,
         "genuine_hits": genuine_hits,
-        "fraud_amount": fraud_amount_minor * pop.scale,
+        "fraud_amount": fraud_amount_minor * scale,
         "precision": _ratio(fraud_hits, fraud_hits + genuine_hits),
-        "recall": _ratio(fraud_hits, pop.frauds),
-        "amount_recall": _ratio(fraud_amount_minor, pop.fraud_amount_minor),
-        "fpr": _ratio(genuine_hits, pop.genuines),
+        "recall": _ratio(fraud_hits, t.frauds),
+        "amount_recall": _ratio(fraud_amount_minor, t.fraud_amount_minor),
+        "fpr": _ratio(genuine_hits, t.genuines),
     }
 
 
@@ -453,70 +537,52 @@ def _day(ms: int) -> str:
 
 def summarize(run: Run, labels: np.ndarray | None, event_ms: np.ndarray) -> dict[str, Any]:
     """The metrics of one run (see the module docstring for the definitions)."""
-    pop = _population(run, labels)
-    valid = run.valid
-    labeled = int(pop.frauds + pop.genuines)
-    decisions = {}
-    for k, name in enumerate(DECISIONS, start=1):
-        count = int((run.decision == k).sum())
-        decisions[name] = {"count": count, "rate": _ratio(count, pop.scored)}
-    flagged = run.decision >= int(Action.REVIEW)
-    denied = run.decision == int(Action.DENY)
-    engine = {"flagged": hit_metrics(pop, flagged), "deny": hit_metrics(pop, denied)}
+    return summary_of(tally(run, labels, event_ms), run.ruleset, run.stats)
 
-    rules = []
-    for k, rule in enumerate(run.ruleset.rules):
-        rules.append(
-            {
-                "id": rule.id,
-                "reason_code": rule.reason_code,
-                "action": rule.action.name.lower(),
-                "mode": rule.mode,
-                "rollout": float(rule.rollout),
-                "active": hit_metrics(pop, run.active_hits[:, k]),
-                "shadow": hit_metrics(pop, run.shadow_hits[:, k]),
-            }
-        )
 
-    daily = []
-    if pop.scored:
-        days = event_ms[valid] // DAY_MS
-        first = int(days.min())
-        idx = days - first
-        width = int(idx.max()) + 1
-        dec = run.decision[valid]
-        per = [np.bincount(idx[dec == k], minlength=width) for k in range(1, 4)]
-        frauds = np.bincount(idx[pop.fraud[valid]], minlength=width)
-        present = np.bincount(idx, minlength=width) > 0
-        for d in np.flatnonzero(present).tolist():
-            daily.append(
-                {
-                    "day": _day((first + d) * DAY_MS),
-                    "allow": int(per[0][d]),
-                    "review": int(per[1][d]),
-                    "deny": int(per[2][d]),
-                    "frauds": int(frauds[d]),
-                }
-            )
-    stats = run.stats
+def summary_of(t: Tally, ruleset: RuleSet, stats: ReplayStats) -> dict[str, Any]:
+    """The metrics of a run from its counts (`tally`, merged over its parts) and its replay's rejections."""
+    scale = 10.0 ** -CURRENCY_EXPONENTS[ruleset.enricher.money.base]
+    labeled = t.frauds + t.genuines
+    decisions = {
+        name: {"count": count, "rate": _ratio(count, t.scored)}
+        for name, count in zip(DECISIONS, t.decisions, strict=True)
+    }
+    engine = {name: hit_metrics(t, t.hits[name], scale) for name in ENGINE_HITS}
+    rules = [
+        {
+            "id": rule.id,
+            "reason_code": rule.reason_code,
+            "action": rule.action.name.lower(),
+            "mode": rule.mode,
+            "rollout": float(rule.rollout),
+            "active": hit_metrics(t, t.hits[f"active:{rule.id}"], scale),
+            "shadow": hit_metrics(t, t.hits[f"shadow:{rule.id}"], scale),
+        }
+        for rule in ruleset.rules
+    ]
+    daily = [
+        {"day": _day(day * DAY_MS), "allow": per[0], "review": per[1], "deny": per[2], "frauds": per[3]}
+        for day, per in sorted(t.days.items())
+    ]
     return {
-        "ruleset": {"version": run.ruleset.version, "digest": run.ruleset.digest},
+        "ruleset": {"version": ruleset.version, "digest": ruleset.digest},
         "population": {
-            "rows": len(valid),
-            "scored": pop.scored,
+            "rows": t.rows,
+            "scored": t.scored,
             "rejected": stats.rejected,
             "first_errors": list(stats.first_errors or []),
             "labeled": labeled,
-            "unlabeled": pop.scored - labeled,
-            "frauds": pop.frauds,
-            "genuine": pop.genuines,
-            "fraud_rate": _ratio(pop.frauds, labeled),
-            "amount": int(pop.amount_minor.sum()) * pop.scale,
-            "fraud_amount": pop.fraud_amount_minor * pop.scale,
-            "base_currency": run.base_currency,
-            "degraded": int(run.degraded[valid].sum()),
-            "from": _day(int(event_ms[valid].min())) if pop.scored else None,
-            "to": _day(int(event_ms[valid].max())) if pop.scored else None,
+            "unlabeled": t.scored - labeled,
+            "frauds": t.frauds,
+            "genuine": t.genuines,
+            "fraud_rate": _ratio(t.frauds, labeled),
+            "amount": t.amount_minor * scale,
+            "fraud_amount": t.fraud_amount_minor * scale,
+            "base_currency": ruleset.enricher.money.base,
+            "degraded": t.degraded,
+            "from": _day(t.first_ms) if t.first_ms is not None else None,
+            "to": _day(t.last_ms) if t.last_ms is not None else None,
         },
         "decisions": decisions,
         "engine": engine,
@@ -740,12 +806,16 @@ def backtest(
     mapping: str | Path | None = None,
     limit: int | None = None,
     progress: bool = True,
+    spark: SparkOptions | None = None,
 ) -> BacktestOutput:
     """Run a backtest and write its outputs into `out`; raises BacktestError on bad input.
 
     `mapping` None: the first of the rule set's `data_mapping` whose columns
     are in the file, else the native schema.
     RuleSetInvalid and ModelInvalid propagate (the CLI reports them).
+    `spark`: run on the Spark engine (`engine.offline.spark`), which reads
+    `data` by URI and writes `transactions.parquet` as a folder of Parquet
+    files, identical in content; no `compare` there.
     """
     from engine.model.predictor import load_model
     from engine.offline import report
@@ -758,7 +828,54 @@ def backtest(
     ruleset_b = load_ruleset(compare) if compare is not None else None
     model_a = load_model(model, ruleset) if model is not None else None
     model_b = load_model(model, ruleset_b) if model is not None and ruleset_b is not None else None
+    out = Path(out)
+    table_path = out / "transactions.parquet"
 
+    if spark is not None:
+        if compare is not None:
+            raise BacktestError("--compare runs on the local engine only (drop --engine spark, or --compare)")
+        from engine.offline.spark.commands import backtest_on_spark
+
+        mapping, summary, rate = backtest_on_spark(data, rules, model, ruleset, model_a, candidates, out, limit, spark)
+        files = [table_path]
+    else:
+        mapping, summary, rate, files = _backtest_locally(
+            data, ruleset, model_a, ruleset_b, model_b, candidates, out, limit, progress, timing, started
+        )
+    timing = summary.pop("timing", timing)
+    summary = {
+        "inputs": {
+            "data": str(data),
+            "mapping": Path(mapping).name if str(mapping).endswith((".yaml", ".yml")) else str(mapping),
+            "rules": str(rules),
+            "compare_rules": str(compare) if compare is not None else None,
+            "model": str(model) if model is not None else None,
+            "model_version": model_a.version if model_a is not None else None,
+        },
+        **summary,
+        "definitions": DEFINITIONS,
+        "timing": {k: round(v, 3) for k, v in timing.items()},
+        "replay_rate_per_s": round(rate, 1),
+    }
+    summary = _json_safe(summary)
+    files += report.write_reports(summary, out)
+    return BacktestOutput(out, summary, files)
+
+
+def _backtest_locally(
+    data: str | Path,
+    ruleset: RuleSet,
+    model_a: Model | None,
+    ruleset_b: RuleSet | None,
+    model_b: Model | None,
+    candidates: Sequence[tuple[str, ColumnMapping]],
+    out: Path,
+    limit: int | None,
+    progress: bool,
+    timing: dict[str, float],
+    started: float,
+) -> tuple[str, dict[str, Any], float, list[Path]]:
+    """The local engine's backtest: (mapping name, summary, replay rate, files written)."""
     mapping, dataset = load_dataset(data, candidates, limit)
     transactions = dataset.transactions
     labels = dataset.labels
@@ -770,7 +887,7 @@ def backtest(
         transactions,
         ruleset,
         model_a,
-        Progress("replay A" if compare else "replay") if progress else None,
+        Progress("replay A" if ruleset_b is not None else "replay") if progress else None,
         label_events(transactions, labels, dataset.label_times_ms, ruleset),
     )
     timing["replay_s"] = time.perf_counter() - t0
@@ -780,10 +897,11 @@ def backtest(
     summary["population"]["duplicate_ids"] = len(transactions) - len({t.transaction_id for t in transactions})
     timing["summary_s"] = time.perf_counter() - t0
 
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     files = [out / "transactions.parquet"]
+    if files[0].is_dir():  # the Spark engine's (a folder of Parquet files)
+        shutil.rmtree(files[0])
     pq.write_table(transactions_table(run_a, transactions, labels, event_ms), files[0])
     timing["table_s"] = time.perf_counter() - t0
 
@@ -808,24 +926,7 @@ def backtest(
         files.append(out / "changes.parquet")
         pq.write_table(changes_table(run_a, run_b, changed, transactions, labels, event_ms), files[-1])
         timing["compare_s"] = time.perf_counter() - t0
-
-    summary = {
-        "inputs": {
-            "data": str(data),
-            "mapping": Path(mapping).name if str(mapping).endswith((".yaml", ".yml")) else str(mapping),
-            "rules": str(rules),
-            "compare_rules": str(compare) if compare is not None else None,
-            "model": str(model) if model is not None else None,
-            "model_version": model_a.version if model_a is not None else None,
-        },
-        **summary,
-        "definitions": DEFINITIONS,
-        "timing": {k: round(v, 3) for k, v in timing.items()},
-        "replay_rate_per_s": round(run_a.stats.rate, 1),
-    }
-    summary = _json_safe(summary)
-    files += report.write_reports(summary, out)
-    return BacktestOutput(out, summary, files)
+    return mapping, summary, run_a.stats.rate, files
 
 
 def read_summary(out: str | Path) -> dict[str, Any]:

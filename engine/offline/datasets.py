@@ -168,21 +168,26 @@ def optional_fields(mapping: ColumnMapping) -> frozenset[str]:
     return frozenset({"merchant_category"}) if any(mapping is p for p in PRESETS.values()) else frozenset()
 
 
-def table_to_dataset(table: pa.Table, mapping: ColumnMapping) -> Dataset:
-    """Map an Arrow table (e.g. `pa.Table.from_pylist(rows)`) into sorted transactions."""
+def table_to_dataset(table: pa.Table, mapping: ColumnMapping, sort: bool = True) -> Dataset:
+    """Map an Arrow table (e.g. `pa.Table.from_pylist(rows)`) into transactions, sorted by event time.
+
+    `sort=False` keeps the table's row order: the Spark engine maps each batch
+    of a distributed table with this very function and orders rows itself.
+    """
     with paused_cycle_collector():
-        return _table_to_dataset(table, mapping)
+        return _table_to_dataset(table, mapping, sort)
 
 
-def _table_to_dataset(table: pa.Table, mapping: ColumnMapping) -> Dataset:
+def _table_to_dataset(table: pa.Table, mapping: ColumnMapping, sort: bool = True) -> Dataset:
     n = table.num_rows
     event_ms = _event_ms(table, mapping.event_time)
     if mapping.amount not in table.column_names:
         raise DatasetError(f"column {mapping.amount!r} not in the data")
-    # Sort once, on the Arrow side: every column below comes out in event-time order.
-    order = np.argsort(event_ms, kind="stable")
-    table = table.take(pa.array(order))
-    event_ms = event_ms[order]
+    if sort:
+        # Sort once, on the Arrow side: every column below comes out in event-time order.
+        order = np.argsort(event_ms, kind="stable")
+        table = table.take(pa.array(order))
+        event_ms = event_ms[order]
     amounts = table[mapping.amount].to_numpy(zero_copy_only=False).astype(np.float64)
     currencies = _strings(table, mapping.currency) if mapping.currency else [mapping.default_currency] * n
     ids = _strings(table, mapping.transaction_id)

@@ -115,6 +115,7 @@ def replay(
     labels: Sequence[LabelEvent] = (),
     parallel: bool | None = None,
     explain: bool = False,
+    store: WindowStore | None = None,
 ) -> Iterator[tuple[int, Scored]]:
     """Yield (index, scored) for each valid transaction; invalid ones are counted in `stats`.
 
@@ -133,16 +134,20 @@ def replay(
     runs the very same pipeline on a `PlaybackStore` that answers each store
     call with the windows pass's answer to it. The answers are identical
     either way (tested); only the time differs.
+
+    `store` replaces the replay's own store (and its windows pass): an
+    `AnswerStore` holding windows computed elsewhere (the Spark engine).
     """
     stats = stats if stats is not None else ReplayStats()
     stats.first_errors = stats.first_errors or []
     if parallel is None:
-        parallel = parallel_by_default(len(transactions))
+        parallel = store is None and parallel_by_default(len(transactions))
     started = time.perf_counter()
     total = len(transactions)
     with paused_cycle_collector(), contextlib.ExitStack() as cleanup:
-        store: WindowStore
-        if parallel:
+        if store is not None:
+            pass
+        elif parallel:
             store = cleanup.enter_context(PlaybackStore.forked(transactions, ruleset, batch_size, labels))
         else:
             store = replay_store(transactions, labels)
@@ -228,24 +233,54 @@ class _ReplaySideStore:
         pass
 
 
-class PlaybackStore(_ReplaySideStore):
-    """A window store that answers each call with what a windows pass in another process answered.
+class AnswerStore(_ReplaySideStore):
+    """A window store that answers each call with the raw windows computed elsewhere for it, in order.
+
+    A windows pass made the same store calls on a `MemoryStore` (a forked
+    process in a parallel replay, `PlaybackStore`; the per-entity jobs of the
+    Spark engine, `engine.offline.spark`) and gives its answers, each with
+    the id it was for; `apply` takes the next one and checks that it is for
+    the same id, so the two sides cannot drift apart silently.
+    """
+
+    name = "answers"
+    reads_groups = False  # the pipeline need not bind a transaction to window groups for it
+    #: Who computed the answers, for the error when the two sides drift apart.
+    origin = "windows pass"
+
+    def __init__(self, answers: Sequence[tuple[str, tuple[int, ...]]] = ()) -> None:
+        self._answers: Sequence[tuple[str, tuple[int, ...]]] = answers
+        self._next = 0
+
+    def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
+        if self._next == len(self._answers):
+            self._answers = self._receive()
+            self._next = 0
+        event_id, raw = self._answers[self._next]
+        self._next += 1
+        if event_id != bound.transaction_id:
+            raise RuntimeError(f"{self.origin} out of step: it answered {event_id!r}, not {bound.transaction_id!r}")
+        return WindowsOutcome(replay=None, raw=raw)
+
+    def _receive(self) -> Sequence[tuple[str, tuple[int, ...]]]:
+        """The next answers, when those given are used up (none: the two sides drifted apart)."""
+        raise RuntimeError(f"{self.origin} out of step: no answer left")
+
+
+class PlaybackStore(AnswerStore):
+    """An `AnswerStore` fed by the windows pass of a parallel replay, in another process.
 
     The windows pass (`_windows_pass`, forked by `forked`) makes the same
-    store calls in the same order on a `MemoryStore` and sends its answers,
-    a batch at a time, with the id each was for; `apply` takes the next one
-    and checks that it is for the same id, so the two sides cannot drift
-    apart silently.
+    store calls in the same order and sends its answers a batch at a time.
     """
 
     name = "playback"
-    reads_groups = False  # the pipeline need not bind a transaction to window groups for it
+    origin = "replay windows pass"
 
     def __init__(self, conn: Connection, process: BaseProcess) -> None:
+        super().__init__()
         self._conn = conn
         self._process = process
-        self._answers: list[tuple[str, tuple[int, ...]]] = []
-        self._next = 0
 
     @classmethod
     @contextlib.contextmanager
@@ -267,18 +302,6 @@ class PlaybackStore(_ReplaySideStore):
             if process.is_alive():
                 process.terminate()
             process.join()
-
-    def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
-        if self._next == len(self._answers):
-            self._answers = self._receive()
-            self._next = 0
-        event_id, raw = self._answers[self._next]
-        self._next += 1
-        if event_id != bound.transaction_id:
-            raise RuntimeError(
-                f"replay windows pass out of step: it answered {event_id!r}, not {bound.transaction_id!r}"
-            )
-        return WindowsOutcome(replay=None, raw=raw)
 
     def _receive(self) -> list[tuple[str, tuple[int, ...]]]:
         while not self._conn.poll(1.0):

@@ -15,10 +15,11 @@ import json
 import platform
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightgbm
 import numpy as np
@@ -28,8 +29,12 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from engine.model.predictor import window_to_dict
 from engine.model.registry import promote as promote_model
 from engine.offline.backtest import load_dataset, mapping_candidates
-from engine.offline.replay import ReplayStats, label_events, print_progress, replay
+from engine.offline.replay import LabelEvent, ReplayStats, label_events, print_progress, replay
 from engine.rules.ruleset import load_ruleset
+from engine.transaction import Transaction
+
+if TYPE_CHECKING:
+    from engine.offline.spark.jobs import SparkOptions
 
 DAY_MS = 86_400_000
 
@@ -336,6 +341,7 @@ def train(
     *,
     promote: bool = False,
     quiet: bool = False,
+    spark: SparkOptions | None = None,
 ) -> Path:
     """Train a model and write a versioned model folder under `out`; return its path.
 
@@ -344,6 +350,10 @@ def train(
     on `split`, its thresholds by the policy on its held-out scores (the test
     period when there is one, else the early-stopping period), a metrics
     report, and the folder.
+
+    `spark`: the replay runs on the Spark engine (`engine.offline.spark`),
+    which gives the same features, hence the same model, byte for byte; the
+    model is fitted here, on the collected features.
     """
     config = TrainConfig.load(config_path)
     ruleset = load_ruleset(rules)
@@ -352,7 +362,8 @@ def train(
         raise ValueError(f"features not produced by rule set {ruleset.version}: {', '.join(unknown)}")
 
     started = time.perf_counter()
-    mapping_name, dataset = load_dataset(data, mapping_candidates(ruleset, config.mapping))
+    candidates = mapping_candidates(ruleset, config.mapping)
+    mapping_name, dataset = load_dataset(data, candidates)
     if dataset.labels is None:
         raise ValueError("the data has no label column in this mapping")
     ids = [t.transaction_id for t in dataset.transactions]
@@ -364,15 +375,25 @@ def train(
     valid = np.zeros(n, dtype=bool)
     stats = ReplayStats()
     labels = label_events(dataset.transactions, dataset.labels, dataset.label_times_ms, ruleset)
-    for i, scored in replay(
-        dataset.transactions, ruleset, None, stats, None if quiet else print_progress, labels=labels
-    ):
-        fields = scored.fields
-        x[i] = [float(fields[f]) for f in config.features]
-        valid[i] = True
+    if spark is not None:
+        from engine.offline.spark.commands import features_on_spark
+
+        found = features_on_spark(data, rules, ruleset, dict(candidates)[mapping_name], config.features, spark)
+        if len(found.valid) != n:
+            raise ValueError(f"{data}: Spark read {len(found.valid)} rows, the local reader {n}")
+        x, valid = found.x, found.valid
+        stats.rejected = int((~valid).sum())
+        stats.labels = _labels_fed(dataset.transactions, labels, valid)
+    else:
+        for i, scored in replay(
+            dataset.transactions, ruleset, None, stats, None if quiet else print_progress, labels=labels
+        ):
+            fields = scored.fields
+            x[i] = [float(fields[f]) for f in config.features]
+            valid[i] = True
+        if not quiet:
+            print_progress(n, n)
     replay_seconds = time.perf_counter() - started
-    if not quiet:
-        print_progress(n, n)
 
     times = np.array([t.event_time_ms for t in dataset.transactions], dtype=np.int64)
     days = times // DAY_MS
@@ -464,6 +485,17 @@ def train(
     if promote:
         promote_model(Path(out), version, ruleset)  # checked against the rules, PROMOTED replaced atomically
     return folder
+
+
+def _labels_fed(transactions: Sequence[Transaction], labels: Sequence[LabelEvent], valid: np.ndarray) -> int:
+    """How many labels a local replay feeds back (`ReplayStats.labels`), from which transactions it scored.
+
+    Replay feeds a label before the first transaction at or after the time it
+    became known (so never one known after the last transaction), and
+    refuses it when its transaction is invalid or it was known before it.
+    """
+    last = max((t.event_time_ms for t in transactions), default=0)
+    return sum(1 for known, i, _ in labels if known <= last and valid[i] and known >= transactions[i].event_time_ms)
 
 
 def metrics_report(metadata: dict[str, Any]) -> str:

@@ -266,6 +266,18 @@ class MemoryStore:
     def warm_up(self, plan: WindowPlan | None = None) -> bool:
         return True
 
+    def forget_series(self) -> None:
+        """Drop every series of every group (what is prepared per plan stays).
+
+        The Spark engine replays the series of one entity after another
+        through one store: between two, the finished one is dropped, so the
+        store holds one series at a time however many entities a task has.
+        """
+        with self._lock:
+            for group_series in self._series.values():
+                group_series.clear()
+            self._next_idle = float("inf")
+
     def _drop_idle(self) -> None:
         """Forget series idle for longer than their TTL, as Redis lets such keys expire."""
         now = time.monotonic()

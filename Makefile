@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock setup.py engine/windows/_series.c | sha1sum | cut -c1-12)
 DATA   ?= ../shared/data/handbook/transactions.parquet
 
-.PHONY: install serve test lint format proto model bench demo clean check-redis lock
+.PHONY: install serve test lint format proto model bench demo clean check-redis check-java lock
 
 install: $(STAMP)
 
@@ -23,9 +23,15 @@ $(STAMP): pyproject.toml requirements.lock setup.py engine/windows/_series.c
 serve: install
 	$(BIN)/risk-engine serve
 
-## The whole test suite, against a Redis the tests start from redis-server (or REDIS_URL).
-test: install check-redis
+## The whole test suite, against a Redis the tests start from redis-server (or REDIS_URL), and Spark
+## (a local session and a standalone cluster the tests start from the PySpark install; needs Java).
+## The fast suite alone: $(BIN)/pytest -m 'not spark'
+test: install check-redis check-java
 	$(BIN)/pytest -q
+
+check-java:
+	@command -v java >/dev/null 2>&1 || { echo "error: the Spark tests need Java 17 or later:" \
+	  "install it, e.g. apt-get install default-jre-headless" >&2; exit 1; }
 
 check-redis:
 	@for tool in redis-server redis-cli openssl; do \

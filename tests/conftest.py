@@ -194,3 +194,26 @@ def store(request: pytest.FixtureRequest) -> Iterator[WindowStore]:
         s = RedisStore(url, prefix=prefix, budget_s=2.0)
         yield s
         s.close()
+
+
+# -- Spark (the offline engine on Spark: tests/test_spark_*.py) ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def spark_session() -> Iterator[object]:
+    """One local[2] Spark session for the whole test run (its JVM takes seconds to start)."""
+    from engine.offline.spark.session import start
+
+    session = start("local[2]")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real standalone Spark cluster on this machine: a master and two one-core workers, from the PySpark install."""
+    from tests.spark_support import start_cluster
+
+    cluster = start_cluster(tmp_path_factory.mktemp("spark-cluster"), free_port())
+    yield cluster
+    cluster.stop()

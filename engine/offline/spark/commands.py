@@ -81,8 +81,8 @@ def backtest_on_spark(
 def _report_hot(hot: jobs.HotKeys) -> None:
     if hot.series:
         print(
-            f"  spark: {hot.series} hot series (over {hot.threshold:,} events) split into {hot.chunks} chunks, "
-            f"{hot.warm_up_events:,} events replayed as warm-up, largest chunk {hot.largest_task_events:,} events"
+            f"  spark: {hot.series} hot series (over {hot.threshold:,} events, {hot.hot_events:,} in all) "
+            f"split by time into {hot.chunks} chunks"
             + (f", {hot.dropped_splits} split(s) dropped for repeated ids" if hot.dropped_splits else ""),
             file=sys.stderr,
         )

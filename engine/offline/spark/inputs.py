@@ -94,8 +94,10 @@ def read_input(spark: SparkSession, uri: str, mapping: ColumnMapping, limit: int
     """The history at `uri` under `mapping`, with row keys; `limit`: its first rows only (file order)."""
     raw = _read(spark, uri)
     columns = mapped_columns(mapping, raw.columns)
-    # The files as `_metadata.file_path` spells them (inputFiles() spells some URIs otherwise).
-    files = sorted(r[0] for r in raw.select("_metadata.file_path").distinct().collect())
+    # The files as `_metadata.file_path` spells them (inputFiles() spells some URIs otherwise),
+    # and the rows, in one job without a shuffle.
+    found, rows = raw.agg(sf.collect_set("_metadata.file_path"), sf.count(sf.lit(1))).collect()[0]
+    files = sorted(found)
     if not files:
         raise InputError(f"{uri}: no Parquet files")
     rank = sf.create_map(*[x for i, path in enumerate(files) for x in (sf.lit(path), sf.lit(i))])
@@ -107,8 +109,7 @@ def read_input(spark: SparkSession, uri: str, mapping: ColumnMapping, limit: int
     )
     if limit is not None:
         frame = _first_rows(frame, limit)
-    rows = raw.count()  # from the Parquet footers
-    return Input(frame, tuple(columns), _nanosecond_columns(spark, files[0], columns), len(files), rows)
+    return Input(frame, tuple(columns), _nanosecond_columns(spark, files[0], columns), len(files), int(rows))
 
 
 def _first_rows(frame: DataFrame, limit: int) -> DataFrame:

@@ -138,14 +138,17 @@ def backtest(
         lambda it: score.backtest_rows(it, bundle, mapping, nanos), from_arrow_schema(schema)
     ).persist(StorageLevel.DISK_ONLY)
     try:
-        parts = [
-            json.loads(r[0])
-            for r in guarded(lambda: rows.filter(sf.col("_kind") == score.TALLY).select("_tally").collect())
-        ]
+        # One job: the tallies, and the distinct ids of every row, rejected ones too (the local
+        # engine's duplicate_ids is len(transactions) - len(set(ids))).
+        tallies, distinct = guarded(
+            lambda: rows.agg(
+                sf.collect_list(sf.when(sf.col("_kind") == score.TALLY, sf.col("_tally"))),
+                sf.count_distinct(sf.when(sf.col("_kind") < score.TALLY, sf.col("transaction_id"))),
+            ).collect()[0]
+        )
+        parts = [json.loads(text) for text in tallies]
         merged = reduce(Tally.merge, (Tally.from_json(p["tally"]) for p in parts), Tally())
         errors = [text for _, _, text in sorted(e for p in parts for e in p["errors"])[: score.FIRST_ERRORS]]
-        # Every row counts, rejected ones too (as the local engine's len(transactions) - len(set(ids))).
-        distinct = rows.filter(sf.col("_kind") < score.TALLY).select(sf.count_distinct("transaction_id")).collect()
         columns = [
             sf.timestamp_millis("event_time").alias("event_time") if name == "event_time" else sf.col(f"`{name}`")
             for name in schema.names
@@ -165,7 +168,7 @@ def backtest(
         windows.events.unpersist()
     stats = ReplayStats(scored=merged.scored, rejected=merged.rows - merged.scored, first_errors=errors)
     stats.seconds = time.perf_counter() - started
-    return BacktestCounts(merged, stats, merged.rows - int(distinct[0][0] or 0), windows.hot)
+    return BacktestCounts(merged, stats, merged.rows - int(distinct or 0), windows.hot)
 
 
 @dataclass

@@ -39,6 +39,9 @@ DEFAULT_CONF = {
     # Python workers forked with the engine imported (engine/offline/spark/daemon.py).
     "spark.python.daemon.module": "engine.offline.spark.daemon",
     "spark.sql.execution.arrow.maxRecordsPerBatch": "10000",
+    # The engine sizes its shuffles itself (jobs.shuffle_partitions); adaptive execution would
+    # re-plan after each of them, one more job per shuffle: half the time of a small job.
+    "spark.sql.adaptive.enabled": "false",
 }
 
 

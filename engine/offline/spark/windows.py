@@ -203,8 +203,8 @@ class HotKeys:
     series: int = 0
     chunks: int = 0
     dropped_splits: int = 0  # split points a repeated id straddled (see hotkeys.safe_splits)
-    warm_up_events: int = 0
-    largest_task_events: int = 0
+    #: Events of the hot series (hot_events / chunks: about how many one chunk reports).
+    hot_events: int = 0
 
 
 def series_answers(
@@ -285,6 +285,7 @@ def _split_hot(
         report.dropped_splits = len(bad)
         splits = {(g, e): [s for s in ss if (g, e, s) not in bad] for (g, e), ss in splits.items()}
     report.series = len(splits)
+    report.hot_events = sum(int(r["count"]) for r in hot)
     report.chunks = sum(len(ss) + 1 for ss in splits.values())
     table = spark.createDataFrame(
         [(g, e, ss, overlap[g]) for (g, e), ss in splits.items()],
@@ -293,15 +294,6 @@ def _split_hot(
     chunked = events.join(sf.broadcast(table), ["gi", "entity"], "left").withColumn(
         "chunks", sf.expr(hotkeys.chunk_expression())
     )
-    sizes = (
-        chunked.select("gi", "entity", sf.inline("chunks"))
-        .groupBy("gi", "entity", "chunk")
-        .agg(sf.count("*").alias("n"), sf.sum(sf.when(~sf.col("owner"), 1).otherwise(0)).alias("warm"))
-        .agg(sf.max("n"), sf.sum("warm"))
-        .collect()[0]
-    )
-    report.largest_task_events = int(sizes[0] or 0)
-    report.warm_up_events = int(sizes[1] or 0)
     return chunked.drop("splits", "overlap")
 
 

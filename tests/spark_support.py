@@ -94,7 +94,7 @@ rules:
     reason_code: MERCHANT_FRAUD
     message: The merchant's known fraud share is high.
   - id: above_card_max
-    condition: "card_count_2h_before_1h == 0 and amount > 3 * card_max_30d and card_max_30d > 0"
+    condition: "card_count_2h_before_1h == 0 and amount > 2 * card_avg_7d and card_min_7d > 0"
     action: deny
     reason_code: ABOVE_USUAL
     message: Far above the card's largest payment.

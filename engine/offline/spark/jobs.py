@@ -35,7 +35,7 @@ from engine.offline.spark import score
 from engine.offline.spark.bundle import Bundle
 from engine.offline.spark.inputs import ROW, Input, read_input
 from engine.offline.spark.session import parallelism
-from engine.offline.spark.windows import EVENTS_DDL, HotKeys, answers_by_row, bind_events, series_answers
+from engine.offline.spark.windows import EVENTS_DDL, HotKeys, bind_events, series_answers, with_answers
 from engine.rules.ruleset import RuleSet
 
 _T = TypeVar("_T")
@@ -75,7 +75,7 @@ def shuffle_partitions(spark: SparkSession, rows: int, options: SparkOptions) ->
 
 @dataclass
 class Windows:
-    """A history with each transaction's answers joined back (`answers` column), and what it took."""
+    """A history with each transaction's answers brought back to it (`windows.with_answers`), and what it took."""
 
     input: Input
     joined: DataFrame
@@ -93,7 +93,7 @@ def windows_frame(
     events = source.frame.mapInArrow(lambda it: bind_events(it, bundle, mapping, nanos), EVENTS_DDL)
     events = events.persist(StorageLevel.DISK_ONLY)
     answers, hot = guarded(lambda: series_answers(spark, events, bundle, partitions, options.hot_rows))
-    joined = source.frame.join(answers_by_row(answers), ROW, "left")
+    joined = with_answers(source.frame, answers, partitions)
     return Windows(source, joined, events, hot)
 
 

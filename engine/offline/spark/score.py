@@ -1,6 +1,6 @@
 """Step 3 of the Spark replay: each partition of transactions scored by the pipeline, on the windows of step 2.
 
-Per Arrow batch of transactions joined with their answers (`windows.answers_by_row`):
+Per Arrow batch of transactions, each after its answers (`windows.with_answers`):
 the transactions are mapped by `table_to_dataset` (as locally), an
 `AnswerStore` is loaded with each valid one's raw windows, and the local
 engine's own `run_replay` runs the pipeline over them: validation,
@@ -8,8 +8,8 @@ enrichment, derived features, model, rules, decision. What comes out is the
 local engine's too:
 
 - `backtest_rows`: the rows of `backtest.transactions_table` (the very
-  function), a row per rejected transaction with its error, and the batch's
-  `backtest.Tally` (merged on the driver into the summary's counts);
+  function), a row per rejected transaction with its error, and the
+  partition's `backtest.Tally` (merged on the driver into the summary's counts);
 - `feature_rows`: the values of the training features (`train`).
 
 Every row carries its event time and row key, by which the driver orders them.
@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.model.predictor import Model
-from engine.offline.backtest import Run, run_replay, tally, transactions_table
+from engine.offline.backtest import Run, Tally, run_replay, tally, transactions_table
 from engine.offline.datasets import ColumnMapping, Dataset, table_to_dataset
 from engine.offline.replay import AnswerStore, ReplayStats, replay
 from engine.offline.spark.bundle import Bundle
@@ -47,17 +47,29 @@ class SparkAnswers(AnswerStore):
     origin = "Spark windows"
 
 
-def _batch(
-    batch: pa.RecordBatch, mapping: ColumnMapping, nanos: tuple[str, ...], ruleset: RuleSet
-) -> tuple[Dataset, list[int], list[tuple[int, ...] | None]]:
-    """The batch's transactions (file order kept), row keys and raw windows (None: rejected)."""
-    table = restore_timestamps(pa.Table.from_batches([batch]), nanos)
-    rows = table[ROW].to_pylist()
-    answers = table["answers"].to_pylist()
-    dataset = table_to_dataset(table.drop_columns([ROW, "answers"]), mapping, sort=False)
+def _transactions(
+    batches: Iterator[pa.RecordBatch], mapping: ColumnMapping, nanos: tuple[str, ...], ruleset: RuleSet
+) -> Iterator[tuple[Dataset, list[int], list[tuple[int, ...] | None]]]:
+    """Per batch: its transactions (file order kept), their row keys and raw windows (None: rejected).
+
+    The answers of a transaction come before it (`with_answers`), in its
+    batch or an earlier one: they wait in `pending` until it arrives.
+    """
     plan = ruleset.windows
     outputs = [tuple(w.output for w in g.windows) for g in plan.groups]
-    return dataset, rows, [raw_answers(a, outputs, plan.raw_size) for a in answers]
+    pending: dict[int, list[tuple[int, list[int]]]] = {}
+    for batch in batches:
+        table = pa.Table.from_batches([batch])
+        answer = pc.is_valid(table["gi"])
+        for key, g, vals in zip(*(table.filter(answer)[name].to_pylist() for name in (ROW, "gi", "vals")), strict=True):
+            pending.setdefault(key, []).append((g, vals))
+        rows = table.filter(pc.invert(answer)).drop_columns(["gi", "vals"])
+        if not rows.num_rows:
+            continue
+        keys = rows[ROW].to_pylist()
+        raws = [raw_answers(pending.pop(key, None), outputs, plan.raw_size) for key in keys]
+        rows = restore_timestamps(rows.drop_columns([ROW]), nanos)
+        yield table_to_dataset(rows, mapping, sort=False), keys, raws
 
 
 def _store(dataset: Dataset, raws: Sequence[tuple[int, ...] | None]) -> SparkAnswers:
@@ -85,12 +97,13 @@ def output_schema(ruleset: RuleSet, model: Model | None) -> pa.Schema:
 def backtest_rows(
     batches: Iterator[pa.RecordBatch], bundle: Bundle, mapping: ColumnMapping, nanos: tuple[str, ...]
 ) -> Iterator[pa.RecordBatch]:
-    """mapInArrow: per batch, the scored rows, the rejected rows, and one tally row (see the module docstring)."""
+    """mapInArrow: the scored rows and the rejected rows of each batch, then one tally row for the partition."""
     ruleset, model = bundle.load()
     schema = output_schema(ruleset, model)
     limits = Limits()
-    for batch in batches:
-        dataset, rows, raws = _batch(batch, mapping, nanos, ruleset)
+    counts = Tally()
+    errors: list[tuple[int, int, str]] = []
+    for dataset, rows, raws in _transactions(batches, mapping, nanos, ruleset):
         txns = dataset.transactions
         run: Run = run_replay(txns, ruleset, model, store=_store(dataset, raws))
         _check_valid(run.valid, raws)
@@ -109,20 +122,18 @@ def backtest_rows(
         for name in scored.column_names:
             column = scored[name]
             columns[name] = pc.cast(column, pa.int64()) if name == "event_time" else column
-        parts = [pa.table(columns, schema=schema)]
+        yield from pa.table(columns, schema=schema).to_batches()
         rejected = np.flatnonzero(~run.valid).tolist()
-        errors = []
         if rejected:
             bad = [txns[i] for i in rejected]
             texts = [_error(ruleset, limits, t) for t in bad]
-            parts.append(_rows(schema, REJECTED, texts, bad, keys[rejected].tolist()))
-            # The batch's first errors in replay order: the job's first ones are among them.
-            errors = sorted(zip(event_ms[rejected].tolist(), keys[rejected].tolist(), texts, strict=True))[
-                :FIRST_ERRORS
-            ]
-        counts = {"tally": tally(run, dataset.labels, event_ms).to_json(), "errors": errors}
-        parts.append(_rows(schema, TALLY, [json.dumps(counts)], [], []))
-        yield from pa.concat_tables(parts).to_batches()
+            yield from _rows(schema, REJECTED, texts, bad, keys[rejected].tolist()).to_batches()
+            # The partition's first errors in replay order: the job's first ones are among them.
+            errors = sorted([*errors, *zip(event_ms[rejected].tolist(), keys[rejected].tolist(), texts, strict=True)])
+            del errors[FIRST_ERRORS:]
+        counts = counts.merge(tally(run, dataset.labels, event_ms))
+    summary = {"tally": counts.to_json(), "errors": errors}
+    yield from _rows(schema, TALLY, [json.dumps(summary)], [], []).to_batches()
 
 
 def _check_valid(valid: np.ndarray, raws: Sequence[tuple[int, ...] | None]) -> None:
@@ -176,8 +187,7 @@ def feature_rows(
     """mapInArrow: per transaction, whether it was scored and its values of the features `names` (as `train`)."""
     ruleset, _ = bundle.load()
     schema = feature_schema(names)
-    for batch in batches:
-        dataset, rows, raws = _batch(batch, mapping, nanos, ruleset)
+    for dataset, rows, raws in _transactions(batches, mapping, nanos, ruleset):
         txns = dataset.transactions
         n = len(txns)
         x = np.full((n, len(names)), np.nan, dtype=np.float64)

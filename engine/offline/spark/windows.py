@@ -17,8 +17,9 @@ is fed before the transactions at t. Each series is replayed through one
 answers for the group come out with its row key. Hot series are split by
 time first (`hotkeys`).
 
-Step 3 (`answers_by_row`): the answers are grouped by row key, to be joined
-with the transactions for scoring (`engine.offline.spark.score`).
+Step 3 (`with_answers`): the answers and the transactions are brought
+together by row key in one shuffle, each transaction right after its
+answers, for scoring (`engine.offline.spark.score`).
 """
 
 from __future__ import annotations
@@ -297,19 +298,35 @@ def _split_hot(
     return chunked.drop("splits", "overlap")
 
 
-def answers_by_row(answers: DataFrame) -> DataFrame:
-    """Each row key's answers, one row per transaction: (_row, answers array<struct<gi, vals>>)."""
-    return answers.groupBy(ROW).agg(sf.collect_list(sf.struct("gi", "vals")).alias("answers"))
+def with_answers(transactions: DataFrame, answers: DataFrame, partitions: int) -> DataFrame:
+    """Transactions and their answers in one frame, partitioned by row key, each row's answers just before it.
+
+    A union sorted by (row key, group index nulls last): one shuffle and one
+    sort per task, which spills like any sort, instead of an aggregation and
+    a join (two sorts in a task, which Spark may fail to fit in little memory).
+    Answer rows carry `gi` and `vals`, transaction rows null there.
+    """
+    data = [c for c in transactions.columns if c != ROW]
+    types = dict(transactions.dtypes)
+    left = transactions.select(
+        *[sf.col(f"`{c}`") for c in data],
+        ROW,
+        sf.lit(None).cast("int").alias("gi"),
+        sf.lit(None).cast("array<long>").alias("vals"),
+    )
+    right = answers.select(*[sf.lit(None).cast(types[c]).alias(c) for c in data], ROW, "gi", "vals")
+    return left.unionByName(right).repartition(partitions, ROW).sortWithinPartitions(ROW, sf.col("gi").asc_nulls_last())
 
 
-def raw_answers(answers: list[Any] | None, outputs: list[tuple[int, ...]], raw_size: int) -> tuple[int, ...] | None:
-    """One transaction's raw windows from its answers per group; None when it has no marker (rejected)."""
+def raw_answers(
+    answers: list[tuple[int, list[int]]] | None, outputs: list[tuple[int, ...]], raw_size: int
+) -> tuple[int, ...] | None:
+    """One transaction's raw windows from its (group index, values) answers; None without a marker (rejected)."""
     if not answers:
         return None
     raw = [0] * raw_size
     valid = False
-    for item in answers:
-        g, vals = item["gi"], item["vals"]
+    for g, vals in answers:
         if g == VALID:
             valid = True
             continue

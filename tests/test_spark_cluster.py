@@ -30,11 +30,14 @@ from tests.spark_support import (
 pytestmark = pytest.mark.spark
 
 
+# Three JVMs of the cluster and one of the driver, on a box whose two cores other work shares:
+# minutes when it is busy (a hang still fails).
+@pytest.mark.timeout(900)
 def test_backtest_on_a_two_worker_cluster_with_small_executors_spills_and_matches_local(
     spark_cluster: Cluster, tmp_path: Path
 ) -> None:
     rules = write_rules(tmp_path / "rules")
-    data = hostile_traffic(tmp_path / "traffic.parquet", days=28, users=240)
+    data = hostile_traffic(tmp_path / "traffic.parquet")
     mapping = tmp_path / "mapping.yaml"
     mapping.write_text(MAPPING_YAML)
     events = tmp_path / "events"
@@ -70,7 +73,7 @@ def test_backtest_on_a_two_worker_cluster_with_small_executors_spills_and_matche
     assert run.returncode == 0, _errors(run.stderr)
     rows = same_tables(tmp_path / "local" / "transactions.parquet", tmp_path / "spark" / "transactions.parquet")
     same_summaries(local.summary, read_summary(tmp_path / "spark"))
-    assert rows == local.summary["population"]["scored"] > 14_000
+    assert rows == local.summary["population"]["scored"] > 7_000
 
     memory, disk = spilled_bytes(events)
     assert disk > 0 and memory > 0, (memory, disk)

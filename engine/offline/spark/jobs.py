@@ -14,7 +14,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import reduce
 from typing import TypeVar
@@ -90,7 +90,12 @@ def windows_frame(
     source = read_input(spark, data, mapping, limit)
     partitions = shuffle_partitions(spark, source.rows, options)
     nanos = source.nanos
-    events = source.frame.mapInArrow(lambda it: bind_events(it, bundle, mapping, nanos), EVENTS_DDL)
+
+    # Named functions, not lambdas: their names label the stages in Spark's UI and event log.
+    def step1_bind(it: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return bind_events(it, bundle, mapping, nanos)
+
+    events = source.frame.mapInArrow(step1_bind, EVENTS_DDL)
     events = events.persist(StorageLevel.DISK_ONLY)
     answers, hot = guarded(lambda: series_answers(spark, events, bundle, partitions, options.hot_rows))
     joined = with_answers(source.frame, answers, partitions)
@@ -134,9 +139,11 @@ def backtest(
     windows = windows_frame(spark, data, bundle, mapping, limit, options or SparkOptions())
     nanos = windows.input.nanos
     schema = score.output_schema(ruleset, model)
-    rows = windows.joined.mapInArrow(
-        lambda it: score.backtest_rows(it, bundle, mapping, nanos), from_arrow_schema(schema)
-    ).persist(StorageLevel.DISK_ONLY)
+
+    def step3_score(it: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return score.backtest_rows(it, bundle, mapping, nanos)
+
+    rows = windows.joined.mapInArrow(step3_score, from_arrow_schema(schema)).persist(StorageLevel.DISK_ONLY)
     try:
         # One job: the tallies, and the distinct ids of every row, rejected ones too (the local
         # engine's duplicate_ids is len(transactions) - len(set(ids))).
@@ -194,9 +201,11 @@ def features(
     windows = windows_frame(spark, data, bundle, mapping, None, options or SparkOptions())
     nanos = windows.input.nanos
     schema = score.feature_schema(names)
-    rows = windows.joined.mapInArrow(
-        lambda it: score.feature_rows(it, bundle, mapping, nanos, names), from_arrow_schema(schema)
-    )
+
+    def step3_features(it: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return score.feature_rows(it, bundle, mapping, nanos, names)
+
+    rows = windows.joined.mapInArrow(step3_features, from_arrow_schema(schema))
     try:
         table: pa.Table = guarded(lambda: rows.orderBy("_ev", ROW).toArrow())
     finally:

@@ -241,7 +241,11 @@ def series_answers(
     ordered = exploded.repartition(partitions, "gi", "entity", "chunk").sortWithinPartitions(
         "gi", "entity", "chunk", "t", "kind", "ev", ROW
     )
-    answers = ordered.mapInArrow(lambda it: replay_series(it, bundle), ANSWERS_DDL)
+
+    def step2_series(it: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return replay_series(it, bundle)
+
+    answers = ordered.mapInArrow(step2_series, ANSWERS_DDL)
     return answers, report
 
 

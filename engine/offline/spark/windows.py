@@ -85,10 +85,13 @@ class BindingStore(_ReplaySideStore):
 
     def __init__(self) -> None:
         self.bound: BoundWindows | None = None
+        self._zeros: tuple[int, ...] = ()
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
         self.bound = bound
-        return WindowsOutcome(replay=None, raw=(0,) * plan.raw_size)
+        if len(self._zeros) != plan.raw_size:
+            self._zeros = (0,) * plan.raw_size
+        return WindowsOutcome(replay=None, raw=self._zeros)
 
 
 def bind_events(
@@ -152,21 +155,23 @@ def replay_series(batches: Iterator[pa.RecordBatch], bundle: Bundle) -> Iterator
 
     Rows carry a `chunk` and an `owner` flag (hot series, see `hotkeys`): a
     transaction's answer is reported by the chunk that owns it, not by the
-    ones that replay it as warm-up.
+    ones that replay it as warm-up. A series may continue into the next batch.
     """
     ruleset, _ = bundle.load()
     plan = ruleset.windows
     groups = plan.groups
     outputs = [tuple(w.output for w in g.windows) for g in groups]
     store = MemoryStore(remember_responses=False, expire_idle=False, new_ids=False)
-    apply = store.apply
     current: tuple[int, str, int] | None = None
     for batch in batches:
         c = batch.to_pydict()
         out_row: list[int] = []
         out_gi: list[int] = []
         out_vals: list[list[int]] = []
-        for g, entity, chunk, t, kind, key, eid, value, add, owner in zip(
+        series: list[BoundWindows] = []
+        report: list[tuple[int, int]] = []  # (position in `series`, row key) of the answers to report
+
+        rows = zip(
             c["gi"],
             c["entity"],
             c["chunk"],
@@ -178,22 +183,50 @@ def replay_series(batches: Iterator[pa.RecordBatch], bundle: Bundle) -> Iterator
             c["add"],
             c["owner"],
             strict=True,
-        ):
+        )
+        for g, entity, chunk, t, kind, key, eid, value, add, owner in rows:
             if g == VALID:
                 out_row.append(key)
                 out_gi.append(VALID)
                 out_vals.append([])
                 continue
-            series = (g, entity, chunk)
-            if series != current:
+            here = (g, entity, chunk)
+            if here != current:
+                _finish(store, plan, series, report, current, outputs, out_row, out_gi, out_vals)
                 store.forget_series()
-                current = series
-            raw = apply(plan, BoundWindows(eid, t, (BoundGroup(groups[g], entity, value, add),)), "").raw
+                current = here
             if kind == TRANSACTION and owner:
-                out_row.append(key)
-                out_gi.append(g)
-                out_vals.append([raw[o] for o in outputs[g]])
+                report.append((len(series), key))
+            series.append(BoundWindows(eid, t, (BoundGroup(groups[g], entity, value, add),)))
+        _finish(store, plan, series, report, current, outputs, out_row, out_gi, out_vals)
         yield pa.RecordBatch.from_pydict({ROW: out_row, "gi": out_gi, "vals": out_vals}, schema=ANSWERS_SCHEMA)
+
+
+def _finish(
+    store: MemoryStore,
+    plan: WindowPlan,
+    series: list[BoundWindows],
+    report: list[tuple[int, int]],
+    current: tuple[int, str, int] | None,
+    outputs: list[tuple[int, ...]],
+    out_row: list[int],
+    out_gi: list[int],
+    out_vals: list[list[int]],
+) -> None:
+    """Replay the events gathered for the current series (the store keeps its state for what follows)."""
+    if not series:
+        return
+    assert current is not None
+    g = current[0]
+    raws = store.apply_many(plan, series)
+    mine = outputs[g]
+    for k, key in report:
+        raw = raws[k]
+        out_row.append(key)
+        out_gi.append(g)
+        out_vals.append([raw[o] for o in mine])
+    series.clear()
+    report.clear()
 
 
 @dataclass

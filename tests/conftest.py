@@ -31,6 +31,8 @@ from engine.windows.redis_store import RedisStore
 from engine.windows.store import WindowStore
 
 ROOT = Path(__file__).resolve().parent.parent
+# The review desk's fixtures (PostgreSQL database, engine with a decision log, console process).
+pytest_plugins = ["tests.desk_fixtures"]
 RULES = ROOT / "rules"
 
 

@@ -136,32 +136,36 @@ def user_count(engine: Engine) -> int:
 def authenticate(engine: Engine, name: str, password: str) -> User:
     """The account if the password is right; AuthError (without saying which part was wrong) otherwise."""
     name = name.strip().lower()
-    with engine.begin() as conn:
+    refusal = ""
+    with engine.begin() as conn:  # the audit entry of a refusal is committed before the refusal is raised
         since = now_ms() - FAILED_WINDOW_MS
         failed = conn.execute(
             select(func.count())
             .select_from(t.audit)
             .where(t.audit.c.action == "login_failed", t.audit.c.target == name[:256], t.audit.c.at_ms >= since)
         ).scalar_one()
-        if failed >= MAX_FAILED:
-            audit_write(conn, name[:64] or "?", "login_refused", target=name[:256], detail="too many failed sign-ins")
-            raise AuthError("too many failed sign-ins for this name: try again in 15 minutes")
         row = conn.execute(
             select(t.users.c.id, t.users.c.name, t.users.c.role, t.users.c.password_hash, t.users.c.active).where(
                 t.users.c.name == name
             )
         ).first()
-        ok = False
-        try:
-            ok = _HASHER.verify(row.password_hash if row is not None and row.password_hash else _DUMMY_HASH, password)
-        except (VerificationError, InvalidHashError):
-            ok = False
-        if row is None or not row.active or not row.password_hash or not ok:
-            audit_write(conn, name[:64] or "?", "login_failed", target=name[:256])
-            raise AuthError("wrong name or password")
-        if _HASHER.check_needs_rehash(row.password_hash):
-            conn.execute(update(t.users).where(t.users.c.id == row.id).values(password_hash=_HASHER.hash(password)))
-        return User(int(row.id), str(row.name), str(row.role))
+        if failed >= MAX_FAILED:
+            audit_write(conn, name[:64] or "?", "login_refused", target=name[:256], detail="too many failed sign-ins")
+            refusal = "too many failed sign-ins for this name: try again in 15 minutes"
+        else:
+            try:
+                stored = row.password_hash if row is not None and row.password_hash else _DUMMY_HASH
+                ok = _HASHER.verify(stored, password)
+            except (VerificationError, InvalidHashError):
+                ok = False
+            if row is None or not row.active or not row.password_hash or not ok:
+                audit_write(conn, name[:64] or "?", "login_failed", target=name[:256])
+                refusal = "wrong name or password"
+            elif _HASHER.check_needs_rehash(row.password_hash):
+                conn.execute(update(t.users).where(t.users.c.id == row.id).values(password_hash=_HASHER.hash(password)))
+    if refusal or row is None:
+        raise AuthError(refusal or "wrong name or password")
+    return User(int(row.id), str(row.name), str(row.role))
 
 
 def user_by_name(engine: Engine, name: str) -> User | None:

@@ -153,6 +153,7 @@ def authenticate(engine: Engine, name: str, password: str) -> User:
             audit_write(conn, name[:64] or "?", "login_refused", target=name[:256], detail="too many failed sign-ins")
             refusal = "too many failed sign-ins for this name: try again in 15 minutes"
         else:
+            ok: bool = False
             try:
                 stored = row.password_hash if row is not None and row.password_hash else _DUMMY_HASH
                 ok = _HASHER.verify(stored, password)

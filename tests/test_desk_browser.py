@@ -173,5 +173,3 @@ def test_analysts_work_cases_and_their_decisions_reach_the_engine(
         target.mkdir(parents=True, exist_ok=True)
         for shot in shots.iterdir():
             shutil.copy(shot, target / shot.name)
-
-

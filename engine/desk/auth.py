@@ -30,8 +30,16 @@ from engine.desk.audit import audit_write
 from engine.desk.db import now_ms
 
 _HASHER = PasswordHasher()
-#: A hash to verify against when the name is unknown, so both cases take the same time.
-_DUMMY_HASH = _HASHER.hash(secrets.token_hex(16))
+_DUMMY: list[str] = []
+
+
+def _dummy_hash() -> str:
+    """A hash to verify against when the name is unknown, so both cases take the same time (made once)."""
+    if not _DUMMY:
+        _DUMMY.append(_HASHER.hash(secrets.token_hex(16)))
+    return _DUMMY[0]
+
+
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MIN_PASSWORD = 10
 MAX_FAILED = 5
@@ -155,7 +163,7 @@ def authenticate(engine: Engine, name: str, password: str) -> User:
         else:
             ok: bool = False
             try:
-                stored = row.password_hash if row is not None and row.password_hash else _DUMMY_HASH
+                stored = row.password_hash if row is not None and row.password_hash else _dummy_hash()
                 ok = _HASHER.verify(stored, password)
             except (VerificationError, InvalidHashError):
                 ok = False

@@ -173,6 +173,13 @@ def _target(value: str, flag: str) -> str:
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    from engine.desk.db import DatabaseError, normalise_url
+
+    try:
+        normalise_url(args.db)  # a wrong URL is told before anything slow is loaded
+    except DatabaseError as exc:
+        return _fail(str(exc))
+
     import uvicorn
 
     from engine.desk import auth

@@ -33,7 +33,6 @@ from engine.desk import schema as t
 from engine.desk.audit import audit_write
 from engine.desk.db import now_ms
 from engine.desk.rules_view import transaction_of
-from engine.service.feedback_client import send_feedback
 from engine.transaction import Feedback
 from engine.windows.spec import FRAUD, GENUINE
 
@@ -119,6 +118,8 @@ class LabelSender:
             return str(row.label_state) if row is not None else "missing"
         record: dict[str, Any] = json.loads(row.record)
         feedback = Feedback(transaction_of(record["transaction"]), _OUTCOME[row.resolution], int(row.resolved_at_ms))
+        from engine.service.feedback_client import send_feedback  # pulls in the offline readers: load when used
+
         with self._lock:  # one call at a time per console: labels are few, and order is kept
             report = send_feedback(self._channel, [feedback], timeout_s=self.timeout_s, attempts=1)
         if report.recorded or report.duplicates:

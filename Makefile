@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock setup.py engine/windows/_series.c | sha1sum | cut -c1-12)
 DATA   ?= ../shared/data/handbook/transactions.parquet
 
-.PHONY: install serve test lint format proto model bench demo clean check-redis lock
+.PHONY: install serve console test lint format proto model bench demo clean check-redis lock
 
 install: $(STAMP)
 
@@ -20,10 +20,22 @@ $(STAMP): pyproject.toml requirements.lock setup.py engine/windows/_series.c
 	touch $@
 
 ## The server on the shipped rules and model; embedded window store unless REDIS_URL is set.
+## Its decision log goes to DECISION_LOG (decisions/), where `make console` makes cases from it.
+DECISION_LOG ?= decisions
 serve: install
-	$(BIN)/risk-engine serve
+	$(BIN)/risk-engine serve --decision-log $(DECISION_LOG)
 
-## The whole test suite, against a Redis the tests start from redis-server (or REDIS_URL).
+## The review desk beside `make serve`: http://127.0.0.1:$(DESK_PORT), cases from its decision log, labels
+## and blocks back to it. SQLite in desk.db unless DESK_DB is a postgresql:// URL; the first run creates the
+## account `lead` and prints its password once.
+DESK_DB   ?= sqlite:///desk.db
+DESK_PORT ?= 8080
+console: install
+	$(BIN)/risk-engine console --db $(DESK_DB) --port $(DESK_PORT) --decision-log $(DECISION_LOG) \
+	  --engine 127.0.0.1:50051 --engine-admin 127.0.0.1:50052 --bootstrap-user lead
+
+## The whole test suite, against a Redis the tests start from redis-server (or REDIS_URL), PostgreSQL on
+## 127.0.0.1:5432 (databases of their own; DESK_TEST_PG names another server) and /usr/bin/chromium.
 test: install check-redis
 	$(BIN)/pytest -q
 
@@ -35,6 +47,8 @@ check-redis:
 	    exit 1; \
 	  fi; \
 	done
+	@test -x /usr/bin/chromium || { echo "error: the browser tests drive /usr/bin/chromium:" \
+	  "install it, e.g. apt-get install chromium" >&2; exit 1; }
 
 lint: install
 	$(BIN)/ruff check .

@@ -109,7 +109,8 @@ def load(url: str, n_cases: int, n_open: int, n_allows: int) -> dict[str, float]
                 "COPY cases (id, transaction_id, kind, status, created_at_ms, decided_at_ms, event_time_ms, decision, "
                 "score, degraded, amount_minor, currency, amount_base, user_id, card_id, device_id, ip, country, "
                 "ip_country, ip_region, merchant_id, merchant_category, channel, ruleset_version, ruleset_digest, "
-                "model_version, record, claimed_by, claimed_at_ms, escalated_by, resolution, resolved_by, resolved_at_ms, "
+                "model_version, record, claimed_by, claimed_at_ms, escalated_by, resolution, resolved_by, "
+                "resolved_at_ms, "
                 "label_state, label_sent_at_ms, label_attempts, label_error) FROM STDIN"
             ) as copy,
         ):
@@ -164,7 +165,8 @@ def load(url: str, n_cases: int, n_open: int, n_allows: int) -> dict[str, float]
                     status = "escalated" if escalated else "open"
                 ipv = f"10.{ip[i] // 65536}.{ip[i] // 256 % 256}.{ip[i] % 256}"
                 buf.append(
-                    f"{cid}\t{tid}\treview\t{status}\t{d + 500}\t{d}\t{d - 3}\treview\t{score[i]:.4f}\tf\t{int(amount[i])}"
+                    f"{cid}\t{tid}\treview\t{status}\t{d + 500}\t{d}\t{d - 3}\treview\t{score[i]:.4f}\tf"
+                    f"\t{int(amount[i])}"
                     f"\t{code}\t{base}\tu-{card[i]}\ttok_{card[i]}\tdev_{device[i]}\t{ipv}\t{COUNTRIES[country[i]]}"
                     f"\t{COUNTRIES[ipc[i]]}\t\tm-{merchant[i]}\t5812\tweb\t{rules.version}\t{rules.digest}"
                     f"\thandbook-gbm-0cf15f867b\t{esc(record)}\t{tail}\n"
@@ -190,7 +192,8 @@ def load(url: str, n_cases: int, n_open: int, n_allows: int) -> dict[str, float]
         with (
             conn.cursor() as cur_,
             cur_.copy(
-                "COPY decisions (transaction_id, decided_at_ms, event_time_ms, decision, score, amount_minor, currency, "
+                "COPY decisions (transaction_id, decided_at_ms, event_time_ms, decision, score, amount_minor, "
+                "currency, "
                 "card_id, device_id, ip, merchant_id, reasons) FROM STDIN"
             ) as copy,
         ):
@@ -240,8 +243,10 @@ def load(url: str, n_cases: int, n_open: int, n_allows: int) -> dict[str, float]
 def start_console(db: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "console", "--db", db, "--port", str(port), "--decision-log", "off"]
-        + ["--engine", "off"],
+        [
+            *(sys.executable, "-m", "engine.cli", "console", "--db", db, "--port", str(port)),
+            *("--decision-log", "off", "--engine", "off"),
+        ],
         cwd=workdir,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,

@@ -68,16 +68,20 @@ def main() -> None:
     try:
         procs.append(
             subprocess.Popen(
-                [shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--save", ""]
-                + ["--appendonly", "no", "--dir", str(work)],
+                [
+                    shutil.which("redis-server") or "redis-server",
+                    *("--port", str(redis_port), "--save", "", "--appendonly", "no", "--dir", str(work)),
+                ],
                 stdout=subprocess.DEVNULL,
             )
         )
         time.sleep(0.3)
         server = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "serve", "--port", str(port), "--redis-url"]
-            + [f"redis://127.0.0.1:{redis_port}/0", "--decision-log", str(work / "decisions")]
-            + ["--metrics-port", "off", "--admin-port", "off"],
+            [
+                *(sys.executable, "-m", "engine.cli", "serve", "--port", str(port)),
+                *("--redis-url", f"redis://127.0.0.1:{redis_port}/0", "--decision-log", str(work / "decisions")),
+                *("--metrics-port", "off", "--admin-port", "off"),
+            ],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -98,8 +102,11 @@ def main() -> None:
                 if phase == "with console":
                     console_port = free_port()
                     console = subprocess.Popen(
-                        [sys.executable, "-m", "engine.cli", "console", "--db", db, "--port", str(console_port)]
-                        + ["--decision-log", str(work / "decisions"), "--engine", "off"],
+                        [
+                            *(sys.executable, "-m", "engine.cli", "console", "--db", db),
+                            *("--port", str(console_port), "--decision-log", str(work / "decisions")),
+                            *("--engine", "off"),
+                        ],
                         cwd=work,
                         env=env,
                         stdout=subprocess.DEVNULL,

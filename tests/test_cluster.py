@@ -23,8 +23,8 @@ from engine.rules import load_ruleset
 from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import start
 from engine.transaction import Transaction
-from engine.windows.memory import MemoryStore
 from engine.windows.breaker import BreakerPolicy
+from engine.windows.memory import MemoryStore
 from engine.windows.redis_store import RedisClusterStore
 from engine.windows.store import IdempotencyConflict, StoreUnavailable
 from tests import windows_cluster

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path

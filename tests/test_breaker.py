@@ -40,7 +40,7 @@ def test_one_failure_among_many_successes_does_not_open() -> None:
 
 
 def test_enough_failures_at_the_rate_open_it_and_calls_fail_fast() -> None:
-    breaker, clock, changes = make(min_failures=5, failure_rate=0.5)
+    breaker, _, changes = make(min_failures=5, failure_rate=0.5)
     for _ in range(4):
         assert breaker.allow()
         breaker.failure("ConnectionError: refused")

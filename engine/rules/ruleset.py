@@ -124,6 +124,8 @@ class Rule:
     reads_amount: bool = False
     owner: str = ""
     tags: tuple[str, ...] = ()
+    #: The windows (and derived features built on windows) the condition reads.
+    window_reads: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -873,6 +875,7 @@ def _rules(
                 reads_amount=bool(names & AMOUNT_FIELDS) or bool(names & window_names),
                 owner=owner,
                 tags=tuple(tags),
+                window_reads=frozenset(got.valued & window_names),
             )
         )
     return rules, disabled

@@ -515,7 +515,11 @@ def build_app(desk: Desk) -> Starlette:
                 ok = True
             except Exception:  # noqa: BLE001 - reported, not raised
                 ok = False
-            body = {"ok": ok, "projector": desk.projector.status() if desk.projector else None}
+            projector = None
+            if desk.projector is not None:  # counters only: no paths or errors for unauthenticated callers
+                status = desk.projector.status()
+                projector = {k: status[k] for k in ("records", "cases", "bad_lines", "errors", "last_pass_ms")}
+            body = {"ok": ok, "projector": projector}
             return JSONResponse(body, status_code=200 if ok else 503)
 
         return await run_in_threadpool(run)

@@ -111,7 +111,7 @@ def load(url: str, n_cases: int, n_open: int, n_allows: int) -> dict[str, float]
                 "ip_country, ip_region, merchant_id, merchant_category, channel, ruleset_version, ruleset_digest, "
                 "model_version, record, claimed_by, claimed_at_ms, escalated_by, resolution, resolved_by, "
                 "resolved_at_ms, "
-                "label_state, label_sent_at_ms, label_attempts, label_error) FROM STDIN"
+                "label_state, label_sent_at_ms, label_attempts, label_error, reason_codes, rule_ids) FROM STDIN"
             ) as copy,
         ):
             buf: list[str] = []
@@ -163,13 +163,16 @@ def load(url: str, n_cases: int, n_open: int, n_allows: int) -> dict[str, float]
                     escalated_by = ANALYSTS[0] if escalated else NULL
                     tail = f"{who}\t{claimed_at}\t{escalated_by}" + "\t\\N" * 5 + "\t0\t\\N"
                     status = "escalated" if escalated else "open"
+                codes = " " + " ".join(dict.fromkeys(c for c, _ in chosen)) + " "
+                named = [r for _, r in chosen if r]
+                rule_ids = " " + " ".join(dict.fromkeys(named)) + " " if named else ""
                 ipv = f"10.{ip[i] // 65536}.{ip[i] // 256 % 256}.{ip[i] % 256}"
                 buf.append(
                     f"{cid}\t{tid}\treview\t{status}\t{d + 500}\t{d}\t{d - 3}\treview\t{score[i]:.4f}\tf"
                     f"\t{int(amount[i])}"
                     f"\t{code}\t{base}\tu-{card[i]}\ttok_{card[i]}\tdev_{device[i]}\t{ipv}\t{COUNTRIES[country[i]]}"
                     f"\t{COUNTRIES[ipc[i]]}\t\tm-{merchant[i]}\t5812\tweb\t{rules.version}\t{rules.digest}"
-                    f"\thandbook-gbm-0cf15f867b\t{esc(record)}\t{tail}\n"
+                    f"\thandbook-gbm-0cf15f867b\t{esc(record)}\t{tail}\t{codes}\t{rule_ids}\n"
                 )
                 if len(buf) >= 5000:
                     copy.write("".join(buf))

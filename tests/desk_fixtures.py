@@ -157,6 +157,7 @@ def decision_line(
     reasons: list[dict[str, Any]] | None = None,
     attributes: dict[str, str] | None = None,
     score: float | None = 0.4,
+    ruleset_version: str = "2026.11.26-3",
 ) -> str:
     """One line of the engine's decision log (its documented JSON Lines format, `"v": 1`)."""
     now = decided_at_ms if decided_at_ms is not None else int(time.time() * 1000)
@@ -194,7 +195,7 @@ def decision_line(
         "reasons": reasons,
         "shadow": [],
         "features": {"amount": amount_minor / 100},
-        "ruleset_version": "2026.11.26-3",
+        "ruleset_version": ruleset_version,
         "model_version": "test-model",
         "elapsed_us": 900,
         "challenger": None,

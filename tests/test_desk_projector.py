@@ -40,8 +40,9 @@ def test_reviews_become_cases_once_across_torn_lines_restarts_and_workers(
     log = tmp_path / "decisions"
     (log / "worker-1").mkdir(parents=True)
     first = log / "decisions-20261206T100000.000Z-000001.jsonl"
+    version = rules_view.ruleset.version
     first.write_text(
-        decision_line("r-1")
+        decision_line("r-1", ruleset_version=version)
         + decision_line("a-1", "allow", reasons=[])
         + "not json at all\n"
         + json.dumps({"v": 2, "other": "format"})
@@ -51,7 +52,9 @@ def test_reviews_become_cases_once_across_torn_lines_restarts_and_workers(
     torn = decision_line("r-2", card_id="4111 1111 1111 1111", attributes={"note": "pan 5500005555555559 here"})
     with open(first, "a") as f:
         f.write(torn[:40])  # a line the engine is still writing
-    (log / "worker-1" / "decisions-20261206T100000.000Z-000001.jsonl").write_text(decision_line("r-3"))
+    (log / "worker-1" / "decisions-20261206T100000.000Z-000001.jsonl").write_text(
+        decision_line("r-3", ruleset_version="2000.01.01-1")
+    )
 
     projector = Projector(engine, log, rules_view)
     projector.run_once()
@@ -81,7 +84,12 @@ def test_reviews_become_cases_once_across_torn_lines_restarts_and_workers(
         case = conn.execute(select(t.cases).where(t.cases.c.transaction_id == "r-1")).one()
         reasons = conn.execute(select(t.case_reasons.c.code, t.case_reasons.c.rule_id)).all()
     assert (case.ip_country, case.amount_base, case.currency, case.status) == ("GB", 15000.0, "EUR", "open")
-    assert case.ruleset_version == "2026.11.26-3" and case.ruleset_digest == rules_view.ruleset.digest
+    assert case.ruleset_version == version and case.ruleset_digest == rules_view.ruleset.digest
+    with engine.connect() as conn:
+        older = conn.execute(
+            select(t.cases.c.ruleset_version, t.cases.c.ruleset_digest).where(t.cases.c.transaction_id == "r-3")
+        ).one()
+    assert tuple(older) == ("2000.01.01-1", "")  # decided by another version: no digest is guessed
     assert ("AMOUNT_VERY_LARGE", "very_large_amount") in reasons
 
 

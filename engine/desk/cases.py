@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, and_, func, insert, or_, select, update
 from sqlalchemy.sql import ColumnElement, Select
 
 from engine.desk import schema as t
@@ -119,9 +119,9 @@ class QueueFilter:
         elif self.status != "all":
             out.append(c.status == self.status)
         if self.reason:
-            out.append(exists().where(t.case_reasons.c.case_id == c.id, t.case_reasons.c.code == self.reason.upper()))
+            out.append(c.reason_codes.contains(f" {self.reason.upper()} ", autoescape=True))
         if self.rule:
-            out.append(exists().where(t.case_reasons.c.case_id == c.id, t.case_reasons.c.rule_id == self.rule))
+            out.append(c.rule_ids.contains(f" {self.rule} ", autoescape=True))
         if self.min_amount is not None:
             out.append(c.amount_base >= self.min_amount)
         if self.max_amount is not None:
@@ -145,13 +145,16 @@ class QueueFilter:
         return out
 
     def order_by(self) -> list[Any]:
-        column = SORTS[self.sort]
+        """The sort, in an order an index holds: (age, id) both ways; (score or amount high first, id) both ways."""
+        column, cid = SORTS[self.sort], t.cases.c.id
         natural = "asc" if self.sort == "age" else "desc"
         direction = self.order or natural
-        primary = column.asc() if direction == "asc" else column.desc()
-        if self.sort != "age":
-            primary = primary.nulls_last()
-        return [primary, t.cases.c.id.asc()]
+        if self.sort == "age":
+            return [column.asc(), cid.asc()] if direction == "asc" else [column.desc(), cid.desc()]
+        # Unknown first when high first: a case the model could not score (score NULL) is looked at early.
+        if direction == "desc":
+            return [column.desc().nulls_first(), cid.asc()]
+        return [column.asc().nulls_last(), cid.desc()]
 
     def query(self, keep: dict[str, str] | None = None) -> dict[str, str]:
         """The filter as query parameters (for links that keep it), without the page unless asked."""

@@ -32,6 +32,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,8 @@ class Projector:
                     "ruleset_digest": self.rules.digest_of(str(r.get("ruleset_version") or "")),
                     "model_version": str(r.get("model_version") or ""),
                     "record": json.dumps(r, separators=(",", ":"), ensure_ascii=False),
+                    "reason_codes": _spaced(str(x["code"]) for x in r["reasons"])[:1024],
+                    "rule_ids": _spaced(str(x.get("rule_id") or "") for x in r["reasons"])[:2048],
                 }
             )
             reasons_of[tid] = [
@@ -330,6 +333,12 @@ class Projector:
             "last_pass_ms": s.last_pass_ms,
             "newest_decided_at_ms": s.newest_decided_at_ms,
         }
+
+
+def _spaced(words: Iterable[str]) -> str:
+    """The words between spaces, " A B ", for the queue's word filters ("" when there is none)."""
+    kept = [w for w in dict.fromkeys(words) if w]
+    return f" {' '.join(kept)} " if kept else ""
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:

@@ -10,8 +10,9 @@ in PostgreSQL and SQLite, and the unit of the decision log.
   and region, amount in the base currency), versions, and the review state:
   `status` open | escalated | resolved, who claimed it, how it was resolved,
   and where its label stands (`label_state` pending | sent | failed).
-- `case_reasons`: (case, reason code, rule id) rows, for the queue's filters
-  and the per-rule precision of the dashboard.
+- `case_reasons`: (case, reason code, rule id) rows, for the per-rule
+  precision of the dashboard (the queue filters on the case's own
+  `reason_codes` and `rule_ids`, so that it can walk a sort index in order).
 - `decisions`: every decision of the log, compact, for the recent history
   of a card, device or IP on the case page (pruned after `history_days`).
 - `decision_hours`, `rule_hits`: counts per hour and decision, per day and
@@ -83,6 +84,9 @@ cases = Table(
     Column("ruleset_digest", String(64), nullable=False, server_default=""),
     Column("model_version", String(128), nullable=False, server_default=""),
     Column("record", Text, nullable=False),
+    # " CODE1 CODE2 " and " rule_a rule_b ": the queue filters on them while it walks an index in order.
+    Column("reason_codes", String(1024), nullable=False, server_default=""),
+    Column("rule_ids", String(2048), nullable=False, server_default=""),
     Column("claimed_by", String(64)),
     Column("claimed_at_ms", BigInteger),
     Column("escalated_by", String(64)),
@@ -93,10 +97,22 @@ cases = Table(
     Column("label_sent_at_ms", BigInteger),
     Column("label_attempts", Integer, nullable=False, server_default="0"),
     Column("label_error", Text),
-    # The queue: unresolved cases by age, score, amount; the assignee filter.
-    Index("cases_active_age", "decided_at_ms", postgresql_where=text(_ACTIVE), sqlite_where=text(_ACTIVE)),
-    Index("cases_active_score", "score", postgresql_where=text(_ACTIVE), sqlite_where=text(_ACTIVE)),
-    Index("cases_active_amount", "amount_base", postgresql_where=text(_ACTIVE), sqlite_where=text(_ACTIVE)),
+    # The queue: unresolved cases in each sort order (read forwards or backwards), the assignee filter.
+    Index("cases_active_age", "decided_at_ms", "id", postgresql_where=text(_ACTIVE), sqlite_where=text(_ACTIVE)),
+    Index(
+        "cases_active_score",
+        text("score DESC"),
+        "id",
+        postgresql_where=text(_ACTIVE),
+        sqlite_where=text(_ACTIVE),
+    ),
+    Index(
+        "cases_active_amount",
+        text("amount_base DESC"),
+        "id",
+        postgresql_where=text(_ACTIVE),
+        sqlite_where=text(_ACTIVE),
+    ),
     Index("cases_status_age", "status", "decided_at_ms"),
     Index("cases_claimed_by", "claimed_by", "status"),
     Index("cases_resolved_at", "resolved_at_ms"),

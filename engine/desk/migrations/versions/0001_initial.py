@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-06 20:32:01.789806
+Create Date: 2026-12-06 20:59:06.951690
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ def upgrade() -> None:
         sa.Column("ruleset_digest", sa.String(length=64), server_default="", nullable=False),
         sa.Column("model_version", sa.String(length=128), server_default="", nullable=False),
         sa.Column("record", sa.Text(), nullable=False),
+        sa.Column("reason_codes", sa.String(length=1024), server_default="", nullable=False),
+        sa.Column("rule_ids", sa.String(length=2048), server_default="", nullable=False),
         sa.Column("claimed_by", sa.String(length=64), nullable=True),
         sa.Column("claimed_at_ms", sa.BigInteger(), nullable=True),
         sa.Column("escalated_by", sa.String(length=64), nullable=True),
@@ -80,21 +82,21 @@ def upgrade() -> None:
     with op.batch_alter_table("cases", schema=None) as batch_op:
         batch_op.create_index(
             "cases_active_age",
-            ["decided_at_ms"],
+            ["decided_at_ms", "id"],
             unique=False,
             postgresql_where=sa.text("status IN ('open', 'escalated')"),
             sqlite_where=sa.text("status IN ('open', 'escalated')"),
         )
         batch_op.create_index(
             "cases_active_amount",
-            ["amount_base"],
+            [sa.literal_column("amount_base DESC"), "id"],
             unique=False,
             postgresql_where=sa.text("status IN ('open', 'escalated')"),
             sqlite_where=sa.text("status IN ('open', 'escalated')"),
         )
         batch_op.create_index(
             "cases_active_score",
-            ["score"],
+            [sa.literal_column("score DESC"), "id"],
             unique=False,
             postgresql_where=sa.text("status IN ('open', 'escalated')"),
             sqlite_where=sa.text("status IN ('open', 'escalated')"),

@@ -28,11 +28,13 @@ serve: install
 ## The review desk beside `make serve`: http://127.0.0.1:$(DESK_PORT), cases from its decision log, labels
 ## and blocks back to it. SQLite in desk.db unless DESK_DB is a postgresql:// URL; the first run creates the
 ## account `lead` and prints its password once.
-DESK_DB   ?= sqlite:///desk.db
-DESK_PORT ?= 8080
+DESK_DB      ?= sqlite:///desk.db
+DESK_PORT    ?= 8080
+ENGINE       ?= 127.0.0.1:50051
+ENGINE_ADMIN ?= 127.0.0.1:50052
 console: install
 	$(BIN)/risk-engine console --db $(DESK_DB) --port $(DESK_PORT) --decision-log $(DECISION_LOG) \
-	  --engine 127.0.0.1:50051 --engine-admin 127.0.0.1:50052 --bootstrap-user lead
+	  --engine $(ENGINE) --engine-admin $(ENGINE_ADMIN) --bootstrap-user lead
 
 ## The whole test suite, against a Redis the tests start from redis-server (or REDIS_URL), PostgreSQL on
 ## 127.0.0.1:5432 (databases of their own; DESK_TEST_PG names another server) and /usr/bin/chromium.

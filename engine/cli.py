@@ -84,7 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _decisions_export(args: argparse.Namespace) -> int:
-    from engine.decisions import ExportError, export, parse_time
+    from engine.decision_log import ExportError, export, parse_time
 
     try:
         summary = export(
@@ -106,7 +106,7 @@ def _decisions_export(args: argparse.Namespace) -> int:
 
 def _rules_check(args: argparse.Namespace) -> int:
     from engine.rules.errors import RuleSetInvalid
-    from engine.rules.ruleset import load_ruleset
+    from engine.rules.loader import load_ruleset
 
     try:
         rs = load_ruleset(args.path)
@@ -127,8 +127,8 @@ def _rules_check(args: argparse.Namespace) -> int:
 
 def _rules_test(args: argparse.Namespace) -> int:
     from engine.rules.errors import RuleSetInvalid
-    from engine.rules.ruleset import load_ruleset
-    from engine.rules.testing import run_rule_tests
+    from engine.rules.loader import load_ruleset
+    from engine.rules.rule_tests import run_rule_tests
 
     try:
         rs = load_ruleset(args.path, run_tests=False)
@@ -155,7 +155,8 @@ def _rules_test(args: argparse.Namespace) -> int:
 def _rules_fields(args: argparse.Namespace) -> int:
     from engine.enrich import FIELDS
     from engine.rules.errors import RuleSetInvalid
-    from engine.rules.ruleset import SCORE, load_ruleset
+    from engine.rules.loader import load_ruleset
+    from engine.rules.ruleset import SCORE
 
     try:
         rs = load_ruleset(args.path)
@@ -275,7 +276,7 @@ def _feedback_import(args: argparse.Namespace) -> int:
 
     from engine.offline.backtest import BacktestError
     from engine.offline.datasets import DatasetError
-    from engine.rules.ruleset import parse_duration
+    from engine.rules.settings import parse_duration
     from engine.service.feedback_client import read_feedback, send_feedback
 
     delay = None
@@ -359,7 +360,7 @@ def _models_list(args: argparse.Namespace) -> int:
 def _load_rules_for(command: str, rules: str) -> RuleSet | str:
     """The rule set to check a model against, or a one-line error (returned as a str)."""
     from engine.rules.errors import RuleSetInvalid
-    from engine.rules.ruleset import load_ruleset
+    from engine.rules.loader import load_ruleset
 
     try:
         return load_ruleset(rules)

@@ -61,7 +61,7 @@ from typing import IO, Any
 
 from engine.transaction import Reason, ScoreResult, Transaction
 
-log = logging.getLogger("risk_engine.decisions")
+log = logging.getLogger("risk_engine.decision_log")
 
 PREFIX = "decisions-"
 SUFFIX = ".jsonl"

@@ -749,7 +749,7 @@ def backtest(
     """
     from engine.model.predictor import load_model
     from engine.offline import report
-    from engine.rules.ruleset import load_ruleset
+    from engine.rules.loader import load_ruleset
 
     timing: dict[str, float] = {}
     started = time.perf_counter()

@@ -41,7 +41,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from engine.decisions import DecisionLog
+from engine.decision_log import DecisionLog
 from engine.pipeline import STEPS
 from engine.reload import ReloadStatus
 from engine.transaction import ReasonSource, ScoreResult

@@ -11,7 +11,7 @@ grace period; SIGHUP reloads the rule set at once (it is also watched).
 
 Also here: TLS or mutual TLS on the scoring port (`tls_cert`, `tls_key`,
 `tls_client_ca`), the admin service on its own port (`engine.service.admin`),
-the decision log (`engine.decisions`) fed after each fresh answer, and the
+the decision log (`engine.decision_log`) fed after each fresh answer, and the
 metrics of requests, latency, degraded causes and store errors.
 """
 
@@ -32,7 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine.config import ConfigError, ServeConfig, unknown_env
-from engine.decisions import DecisionLog
+from engine.decision_log import DecisionLog
 from engine.pipeline import Pipeline
 from engine.reload import Reloader, ReloadStatus, load_serving
 from engine.service.admin import AdminServicer

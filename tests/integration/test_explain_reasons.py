@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from engine.decisions import files as decision_files
+from engine.decision_log import files as decision_files
 from engine.model.predictor import load_model
 from engine.pipeline import Pipeline
 from engine.rules import load_ruleset

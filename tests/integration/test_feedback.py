@@ -21,7 +21,7 @@ from engine.offline.datasets import PRESETS, table_to_dataset
 from engine.offline.replay import label_events, replay
 from engine.pipeline import IdempotencyConflict, InvalidTransaction, Pipeline
 from engine.rules.errors import RuleSetInvalid
-from engine.rules.ruleset import load_ruleset
+from engine.rules.loader import load_ruleset
 from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import Running
 from engine.transaction import Action, Channel, Feedback, Transaction

@@ -197,7 +197,7 @@ def test_high_risk_industry_amount(
 
 
 def test_ip_burst_acts_only_on_its_rollout_share(stub: risk_pb2_grpc.RiskEngineStub) -> None:
-    from engine.rules.evaluate import rollout_bucket
+    from engine.rollout import rollout_bucket
 
     high, low = divmod(uuid.uuid4().int % 60_000, 250)
     ip, t = f"5.9.{high}.{low}", now_ms() - 120_000

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from engine.decisions import files as decision_files
+from engine.decision_log import files as decision_files
 from engine.model.predictor import load_model
 from engine.offline.datasets import PRESETS, read_dataset
 from engine.offline.replay import label_events, replay

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.cli import main
-from engine.decisions import DecisionLog, export, files, parse_time, read_records
+from engine.decision_log import DecisionLog, export, files, parse_time, read_records
 from engine.offline.datasets import PRESETS, read_dataset
 from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import Running, start
@@ -149,7 +149,7 @@ def test_a_full_disk_loses_records_counted_and_logged_without_blocking(
 
     lost: list[int] = []
     dlog = DecisionLog(tmp_path, opener=full, on_loss=lambda reason, n: lost.append(n), log_interval_s=60)
-    with caplog.at_level("ERROR", logger="risk_engine.decisions"):
+    with caplog.at_level("ERROR", logger="risk_engine.decision_log"):
         for i in range(50):
             started = time.perf_counter()
             dlog.record(txn(i, now_ms()), result(i))

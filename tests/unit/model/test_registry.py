@@ -21,16 +21,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.cli import main
-from engine.decisions import export, to_record
-from engine.model.predictor import PROMOTED, ModelInvalid, load_model, resolve_model_dir
+from engine.decision_log import export, to_record
+from engine.decision import model_reasons
+from engine.model.predictor import PROMOTED, Model, ModelInvalid, applicable_thresholds, load_model, resolve_model_dir
 from engine.model.registry import CHALLENGER, Challenger, list_models, load_challenger, read_challenger
 from engine.offline.datasets import PRESETS, read_dataset
 from engine.offline.train import train
-from engine.pipeline import Pipeline, model_reasons
-from engine.rules import load_ruleset
+from engine.pipeline import Pipeline
+from engine.rules import RuleSet, load_ruleset
 from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import Running, start
-from engine.transaction import Action, ScoreResult, Transaction
+from engine.transaction import Action, Reason, ScoreResult, Transaction
 from engine.windows.memory import MemoryStore
 from tests.conftest import RULES, TEST_TRAIN_CONFIG, make_config
 from tests.helpers import request
@@ -63,6 +64,11 @@ def registry(tmp_path: Path, trained_registry: Path, second_model: Path) -> Path
     (bad / "metadata.json").write_text(json.dumps(meta))
     (folder / PROMOTED).write_text(champion.name + "\n")
     return folder
+
+
+def reasons_for(ruleset: RuleSet, score: float, model: Model | None) -> list[Reason]:
+    """The reason the thresholds that apply to `model` under `ruleset` add for a score."""
+    return model_reasons(applicable_thresholds(ruleset, model), score)
 
 
 def versions(registry: Path) -> tuple[str, str]:
@@ -230,23 +236,23 @@ def test_thresholds_come_from_the_rule_set_when_it_sets_them_else_from_the_model
     model = load_model(folder, shipped)
     assert model.thresholds == (0.2, 0.7)
 
-    [reason] = model_reasons(shipped, 0.93, model)
+    [reason] = reasons_for(shipped, 0.93, model)
     assert reason.action == Action.DENY and reason.message == "model score 0.930 >= deny threshold 0.9 (rule set)"
-    assert model_reasons(shipped, 0.3, model) == []
+    assert reasons_for(shipped, 0.3, model) == []
 
     override.unlink()  # the shipped rules leave thresholds to the model
     bare = load_ruleset(rules)
-    [reason] = model_reasons(bare, 0.75, model)
+    [reason] = reasons_for(bare, 0.75, model)
     assert reason.action == Action.DENY and reason.message == "model score 0.750 >= deny threshold 0.7 (model)"
-    [reason] = model_reasons(bare, 0.3, model)
+    [reason] = reasons_for(bare, 0.3, model)
     assert reason.action == Action.REVIEW and reason.message.endswith("review threshold 0.2 (model)")
-    assert model_reasons(bare, 0.99, None) == []  # no thresholds anywhere
+    assert reasons_for(bare, 0.99, None) == []  # no thresholds anywhere
 
     # Each threshold the rule set sets overrides the model's; the other stays the model's.
     override.write_text("model:\n  deny_at: 0.8\n")
     partial = load_ruleset(rules)
-    assert model_reasons(partial, 0.75, model)[0].message.endswith("review threshold 0.2 (model)")
-    assert model_reasons(partial, 0.85, model)[0].message.endswith("deny threshold 0.8 (rule set)")
+    assert reasons_for(partial, 0.75, model)[0].message.endswith("review threshold 0.2 (model)")
+    assert reasons_for(partial, 0.85, model)[0].message.endswith("deny threshold 0.8 (rule set)")
 
     meta["thresholds"] = {"review_at": 0.9, "deny_at": 0.5}
     (folder / "metadata.json").write_text(json.dumps(meta))

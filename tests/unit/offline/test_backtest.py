@@ -382,7 +382,7 @@ rules:
 
 
 def test_shadow_and_rollout_hits_are_measured_apart(case: dict[str, Path]) -> None:
-    from engine.rules.evaluate import rollout_bucket
+    from engine.rollout import rollout_bucket
 
     web = {"t07": (0, 4_000), "t08": (1, 6_000), "t12": (0, 20_000)}  # label, amount of the web payments
     # A rule id whose 50 % rollout splits the web payments (whatever the hash), so both parts are exercised.

@@ -11,7 +11,7 @@ import pytest
 
 from engine.cli import main
 from engine.rules.errors import RuleSetInvalid
-from engine.rules.ruleset import load_ruleset
+from engine.rules.loader import load_ruleset
 from tests.conftest import RULES
 
 T0 = 1_767_225_600_000

@@ -16,7 +16,8 @@ import pytest
 
 from engine.enrich import Enricher, Money
 from engine.rules import RuleSetInvalid, load_ruleset
-from engine.rules.evaluate import evaluate_rules, rollout_bucket
+from engine.rollout import rollout_bucket
+from engine.rules.evaluate import evaluate_rules
 from engine.rules.expr import ExprError, Scope, compile_condition
 from engine.rules.lists import CidrSet, NamedList, parse_network
 from engine.rules.ruleset import DOMAINS

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from engine.pipeline import Pipeline
-from engine.rules.ruleset import load_ruleset
+from engine.rules.loader import load_ruleset
 from engine.windows.records import RecordWriter
 from engine.windows.redis_store import RedisStore
 from engine.windows.spec import Aggregate, WindowPlan, WindowSpec

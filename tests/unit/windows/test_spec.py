@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from engine.rules.ruleset import load_ruleset
+from engine.rules.loader import load_ruleset
 from engine.windows.memory import MemoryStore
 from engine.windows.spec import BUCKET_MS, Aggregate, WindowPlan, WindowSpec
 from engine.windows.store import WindowStore

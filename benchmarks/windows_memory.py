@@ -25,7 +25,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.rules.ruleset import load_ruleset  # noqa: E402
+from engine.rules.loader import load_ruleset  # noqa: E402
 from engine.windows.redis_store import RedisStore  # noqa: E402
 from tests.conftest import RedisProcess, free_port  # noqa: E402
 

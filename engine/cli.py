@@ -33,6 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
     from engine.model.predictor import ModelInvalid
     from engine.rules.errors import RuleSetInvalid
     from engine.service.server import serve
+    from engine.service.workers import supervise
 
     def path(value: str | None) -> Path | None:
         return Path(value) if value else None
@@ -70,7 +71,10 @@ def _serve(args: argparse.Namespace) -> int:
         if args.decision_log is not None:
             config = replace(config, decision_log=None if args.decision_log == "off" else Path(args.decision_log))
         configure(config.log_format if config.log_format in ("json", "text") else "text")
-        serve(config)
+        if config.workers > 1 and config.worker_index is None:
+            supervise(config)  # N server processes on one port
+        else:
+            serve(config)
     except ConfigError as exc:
         print(f"risk-engine serve: {exc}", file=sys.stderr)
         return 2
@@ -240,7 +244,8 @@ def _backtest(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from engine.offline.synthetic import generate, shift_to_present, stream, write_parquet
+    from engine.offline.synthetic import generate, shift_to_present, write_parquet
+    from engine.service.traffic import stream
 
     if args.days < 1 or args.users < 1:
         print("risk-engine simulate: --days and --users must be at least 1", file=sys.stderr)

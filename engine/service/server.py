@@ -374,12 +374,8 @@ def pin_to_one_core(index: int, processes: int = 1) -> int | None:
     return core
 
 
-def serve(config: ServeConfig, on_started: Callable[[Running], None] | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then drain in-flight calls and exit.
-
-    With `workers` > 1 this process supervises that many server processes
-    sharing the port instead (`engine.service.workers`).
-    """
+def warn_unknown_env() -> None:
+    """Log the RISK_* environment variables that no setting reads (a typo would otherwise go unnoticed)."""
     unknown = unknown_env()
     if unknown:
         log.warning(
@@ -387,11 +383,15 @@ def serve(config: ServeConfig, on_started: Callable[[Running], None] | None = No
             ", ".join(unknown),
             extra={"event": "config"},
         )
-    if config.workers > 1 and config.worker_index is None:
-        from engine.service.workers import supervise
 
-        supervise(config)
-        return
+
+def serve(config: ServeConfig, on_started: Callable[[Running], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain in-flight calls and exit.
+
+    One process: `risk-engine serve --workers N` runs N of these under
+    `engine.service.workers.supervise` instead.
+    """
+    warn_unknown_env()
     if config.cpu_affinity:
         core = pin_to_one_core(config.worker_index or 0, config.workers)
         if core is not None:

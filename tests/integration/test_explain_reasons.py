@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from tests.helpers import request
 
 from engine.decision_log import files as decision_files
 from engine.model.predictor import load_model
@@ -21,7 +22,6 @@ from engine.service.server import start
 from engine.transaction import Action, ReasonSource, ScoreResult
 from engine.windows.memory import MemoryStore
 from tests.conftest import RULES, make_config
-from tests.helpers import request
 
 
 @pytest.fixture

@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from tests.helpers import now_ms, request
+from tests.windows_cluster import LocalCluster
 
 from engine.cli import main as cli_main
 from engine.offline.datasets import PRESETS, table_to_dataset
@@ -29,8 +31,6 @@ from engine.windows.memory import MemoryStore
 from engine.windows.redis_store import RedisClusterStore
 from engine.windows.store import WindowStore
 from tests import windows_cluster
-from tests.helpers import now_ms, request
-from tests.windows_cluster import LocalCluster
 
 redis_cluster = windows_cluster.redis_cluster  # the session's local cluster (a fixture)
 

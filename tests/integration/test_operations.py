@@ -16,13 +16,13 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
+from tests.helpers import request, wait_serving
 
 from engine.config import ConfigError, ServeConfig
 from engine.service.pb import admin_pb2, admin_pb2_grpc, risk_pb2_grpc
 from engine.service.server import Running, start
 from engine.windows.redis_store import RedisStore
 from tests.conftest import ROOT, RedisProcess, free_port, make_config
-from tests.helpers import request, wait_serving
 
 
 @pytest.fixture

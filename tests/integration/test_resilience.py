@@ -19,11 +19,11 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
+from tests.helpers import now_ms, request, wait_serving
 
 from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import Running, start
 from tests.conftest import ROOT, RedisProcess, free_port, make_config
-from tests.helpers import now_ms, request, wait_serving
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.test_store_parity import PLAN, T0
 
 from engine.enrich import Enricher, Money
 from engine.model.predictor import Model, load_model
@@ -47,7 +48,6 @@ from engine.transaction import Transaction
 from engine.windows.memory import MemoryStore
 from engine.windows.redis_store import RedisStore
 from tests.conftest import RULES
-from tests.test_store_parity import PLAN, T0
 
 MIN = 60_000
 

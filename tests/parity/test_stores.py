@@ -16,14 +16,14 @@ import itertools
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.test_windows import recorded_answer
+from tests.windows_cluster import LocalCluster
 
 from engine.windows.memory import MemoryStore
 from engine.windows.redis_store import RedisClusterStore, RedisStore
 from engine.windows.spec import Aggregate, WindowPlan, WindowSpec
 from engine.windows.store import IdempotencyConflict, WindowStore
 from tests import windows_cluster
-from tests.test_windows import recorded_answer
-from tests.windows_cluster import LocalCluster
 
 redis_cluster = windows_cluster.redis_cluster  # the session's local cluster (a fixture)
 

@@ -14,6 +14,7 @@ from typing import IO
 import grpc
 import pyarrow.parquet as pq
 import pytest
+from tests.helpers import now_ms, request
 
 from engine.cli import main
 from engine.decision_log import DecisionLog, export, files, parse_time, read_records
@@ -22,7 +23,6 @@ from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import Running, start
 from engine.transaction import Action, Channel, Reason, ReasonSource, ScoreResult, Transaction
 from tests.conftest import make_config
-from tests.helpers import now_ms, request
 
 
 def metrics_text(running: Running) -> str:

@@ -25,11 +25,11 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tests.helpers import request
 
 from engine.service.pb import risk_pb2_grpc
 from engine.service.server import Running, start
 from tests.conftest import ROOT, RULES, free_port, make_config
-from tests.helpers import request
 
 
 def health_metadata(channel: grpc.Channel) -> dict[str, str]:

@@ -19,10 +19,12 @@ from pathlib import Path
 import grpc
 import pyarrow.parquet as pq
 import pytest
+from tests.helpers import request
+from tests.test_reload import health_metadata, wait_for
 
 from engine.cli import main
-from engine.decision_log import export, to_record
 from engine.decision import model_reasons
+from engine.decision_log import export, to_record
 from engine.model.predictor import PROMOTED, Model, ModelInvalid, applicable_thresholds, load_model, resolve_model_dir
 from engine.model.registry import CHALLENGER, Challenger, list_models, load_challenger, read_challenger
 from engine.offline.datasets import PRESETS, read_dataset
@@ -34,8 +36,6 @@ from engine.service.server import Running, start
 from engine.transaction import Action, Reason, ScoreResult, Transaction
 from engine.windows.memory import MemoryStore
 from tests.conftest import RULES, TEST_TRAIN_CONFIG, make_config
-from tests.helpers import request
-from tests.test_reload import health_metadata, wait_for
 
 
 @pytest.fixture(scope="session")

@@ -24,9 +24,9 @@ from engine.offline.synthetic import (
     generate,
     local_hour,
     shift_to_present,
-    to_request,
 )
 from engine.service.convert import to_transaction
+from engine.service.traffic import to_request
 from engine.validation import Limits, validate
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from engine.enrich import Enricher, Money
-from engine.rules import RuleSetInvalid, load_ruleset
 from engine.rollout import rollout_bucket
+from engine.rules import RuleSetInvalid, load_ruleset
 from engine.rules.evaluate import evaluate_rules
 from engine.rules.expr import ExprError, Scope, compile_condition
 from engine.rules.lists import CidrSet, NamedList, parse_network

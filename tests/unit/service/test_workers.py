@@ -22,11 +22,11 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tests.helpers import request
 
 from engine.config import ConfigError, ServeConfig
 from engine.service.pb import risk_pb2_grpc
 from tests.conftest import ROOT, RedisProcess, free_port
-from tests.helpers import request
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from tests.test_windows import recorded_answer
 
 from engine.pipeline import Pipeline
 from engine.rules.loader import load_ruleset
@@ -26,7 +27,6 @@ from engine.windows.redis_store import RedisStore
 from engine.windows.spec import Aggregate, WindowPlan, WindowSpec
 from engine.windows.store import IdempotencyConflict
 from tests.conftest import ROOT, RedisProcess, free_port
-from tests.test_windows import recorded_answer
 
 MIN = 60_000
 T0 = 1_767_225_600_000

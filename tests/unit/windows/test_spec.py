@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+from engine.enrich import FIELDS
+from engine.rules.expr import compile_condition
 from engine.rules.loader import load_ruleset
 from engine.windows.memory import MemoryStore
 from engine.windows.spec import BUCKET_MS, Aggregate, WindowPlan, WindowSpec
@@ -28,9 +32,18 @@ def put(store: WindowStore, p: WindowPlan, txid: str, t: int, amount: int = 100,
     return p.finish(outcome.raw)
 
 
+BIG = "amount_base_minor >= 1000"
+
+
+def test_a_filter_without_its_compiled_function_is_refused() -> None:
+    with pytest.raises(ValueError, match="'big_count_1h' has a filter but no compiled filter_fn"):
+        WindowPlan([WindowSpec("big_count_1h", ("card_id",), Aggregate.COUNT, HOUR, None, BIG)], MIN, 0.01)
+
+
 def test_filter_keeps_out_failing_events_and_the_current_one(store: WindowStore) -> None:
+    big = compile_condition(BIG, {name: kind for name, (kind, _) in FIELDS.items()}, "window filter").fn
     p = WindowPlan(
-        [WindowSpec("big_count_1h", ("card_id",), Aggregate.COUNT, HOUR, None, "amount_base_minor >= 1000")],
+        [WindowSpec("big_count_1h", ("card_id",), Aggregate.COUNT, HOUR, None, BIG, filter_fn=big)],
         allowed_lateness_ms=5 * MIN,
         amount_scale=0.01,
     )

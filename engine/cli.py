@@ -88,7 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _decisions_export(args: argparse.Namespace) -> int:
-    from engine.decision_log import ExportError, export, parse_time
+    from engine.offline.export import ExportError, export, parse_time
 
     try:
         summary = export(
@@ -211,7 +211,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _backtest(args: argparse.Namespace) -> int:
     from engine.model.predictor import ModelInvalid
-    from engine.offline.backtest import BacktestError, backtest
+    from engine.offline.backtest import backtest
+    from engine.offline.datasets import DatasetError
     from engine.rules.errors import RuleSetInvalid
 
     try:
@@ -225,7 +226,7 @@ def _backtest(args: argparse.Namespace) -> int:
             limit=args.limit,
             progress=not args.quiet,
         )
-    except BacktestError as exc:
+    except DatasetError as exc:
         print(f"risk-engine backtest: {exc}", file=sys.stderr)
         return 2
     except RuleSetInvalid as exc:
@@ -279,7 +280,6 @@ def _simulate(args: argparse.Namespace) -> int:
 def _feedback_import(args: argparse.Namespace) -> int:
     import grpc
 
-    from engine.offline.backtest import BacktestError
     from engine.offline.datasets import DatasetError
     from engine.rules.settings import parse_duration
     from engine.service.feedback_client import read_feedback, send_feedback
@@ -295,7 +295,7 @@ def _feedback_import(args: argparse.Namespace) -> int:
             return 2
     try:
         items, unlabeled = read_feedback(args.data, args.mapping, delay)
-    except (BacktestError, DatasetError, ValueError, OSError) as exc:
+    except (DatasetError, ValueError, OSError) as exc:
         print(f"risk-engine feedback import: {exc}", file=sys.stderr)
         return 2
     with grpc.insecure_channel(args.target) as channel:

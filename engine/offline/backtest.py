@@ -56,7 +56,7 @@ import operator
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -65,11 +65,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv
 import pyarrow.parquet as pq
-import yaml
 
 from engine.iso import CURRENCY_EXPONENTS
 from engine.model.predictor import Model
-from engine.offline.datasets import PRESETS, ColumnMapping, Dataset, DatasetError, optional_fields, table_to_dataset
+from engine.offline.datasets import load_dataset, mapping_candidates
 from engine.offline.replay import LabelEvent, ReplayStats, label_events, replay
 from engine.rules.ruleset import RuleSet
 from engine.transaction import Action, ReasonSource, Transaction
@@ -92,162 +91,6 @@ DEFINITIONS: dict[str, str] = {
     "shadow": "the rule fired in shadow mode (or the shadow part of a rollout): recorded, not acted on",
     "undefined": "a ratio whose denominator is 0 is null, shown as -",
 }
-
-
-class BacktestError(ValueError):
-    """Bad input to a backtest (mapping, data, arguments): reported without a traceback."""
-
-
-# --------------------------------------------------------------------------- mapping
-
-
-_MAPPING_FIELDS = {f.name: f for f in fields(ColumnMapping)}
-_REQUIRED = ("transaction_id", "event_time", "amount", "amount_in_minor_units")
-
-
-def load_mapping(text_or_path: str | Path) -> ColumnMapping:
-    """A column mapping from a preset name, a YAML file, or YAML text.
-
-    The YAML is a mapping of `ColumnMapping` fields (`transaction_id`,
-    `event_time`, `amount`, `amount_in_minor_units`, `currency`,
-    `default_currency`, `user_id`, `card_id`, `device_id`, `ip`, `country`,
-    `merchant_id`, `channel`, `label`, `extra`), optionally starting from a
-    preset with `preset: NAME` (its fields are then defaults).
-    """
-    spec = str(text_or_path)
-    if spec in PRESETS:
-        return PRESETS[spec]
-    path = Path(spec)
-    where = spec
-    if path.suffix.lower() in (".yaml", ".yml") or path.is_file():
-        if not path.is_file():
-            raise BacktestError(f"mapping {spec}: no such file (presets: {', '.join(PRESETS)})")
-        text = path.read_text()
-    elif ":" in spec:
-        text, where = spec, "mapping"
-    else:
-        raise BacktestError(f"mapping {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise BacktestError(f"{where}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise BacktestError(f"{where}: expected a mapping of field: column, got {type(raw).__name__}")
-    values: dict[str, Any] = {}
-    preset = raw.pop("preset", None)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise BacktestError(f"{where}: unknown preset {preset!r} (presets: {', '.join(PRESETS)})")
-        base = PRESETS[preset]
-        values = {name: getattr(base, name) for name in _MAPPING_FIELDS}
-    unknown = sorted(set(raw) - set(_MAPPING_FIELDS))
-    if unknown:
-        raise BacktestError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (known: preset, {', '.join(_MAPPING_FIELDS)})"
-        )
-    for key, value in raw.items():
-        if key == "amount_in_minor_units":
-            if not isinstance(value, bool):
-                raise BacktestError(f"{where}: 'amount_in_minor_units' must be true or false, got {value!r}")
-        elif key == "extra":
-            if not isinstance(value, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-            ):
-                raise BacktestError(f"{where}: 'extra' must map attribute names to column names")
-            value = dict(value)
-        elif key == "default_currency":
-            if value not in CURRENCY_EXPONENTS:
-                raise BacktestError(f"{where}: 'default_currency' {value!r} is not an ISO 4217 currency code")
-        elif value is not None and not isinstance(value, str | int):
-            raise BacktestError(f"{where}: {key!r} must be a column name, got {value!r}")
-        values[key] = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-    missing = [k for k in _REQUIRED if values.get(k) is None]
-    if missing:
-        raise BacktestError(f"{where}: missing required key(s): {', '.join(missing)}")
-    return ColumnMapping(**values)
-
-
-def read_table(path: str | Path) -> pa.Table:
-    path = Path(path)
-    if not path.is_file():
-        raise BacktestError(f"{path}: no such file")
-    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
-    try:
-        if suffix in (".parquet", ".pq"):
-            return pq.read_table(path)
-        if suffix in (".csv", ".csv.gz"):
-            return pyarrow.csv.read_csv(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise BacktestError(f"{path}: cannot read: {exc}") from None
-    raise BacktestError(f"{path}: expected a .parquet or .csv file")
-
-
-def mapping_candidates(ruleset: RuleSet, mapping: str | Path | None) -> list[tuple[str, ColumnMapping]]:
-    """The column mappings to try on a file, loaded (a bad one is reported before any data is read).
-
-    `mapping` when given, else the rule set's `data_mapping`, else the native schema.
-    """
-    names = [mapping] if mapping is not None else (ruleset.data_mapping or ("native",))
-    return [(str(name), load_mapping(name)) for name in names]
-
-
-def pick_mapping(
-    table: pa.Table, candidates: Sequence[tuple[str, ColumnMapping]], where: str
-) -> tuple[str, ColumnMapping]:
-    """The first candidate mapping whose columns are all in the table, with its name.
-
-    With one candidate its own error is raised; with several, one message
-    says what each lacks.
-    """
-    problems = []
-    for name, mapping in candidates:
-        try:
-            check_columns(table, mapping, where)
-        except BacktestError as exc:
-            if len(candidates) == 1:
-                raise
-            problems.append(f"{Path(name).name}: {str(exc).split(': ', 1)[1]}")
-            continue
-        return name, mapping
-    raise BacktestError(f"{where}: no mapping of the rule set fits the data; " + "; ".join(problems))
-
-
-def load_dataset(
-    data: str | Path, candidates: Sequence[tuple[str, ColumnMapping]], limit: int | None = None
-) -> tuple[str, Dataset]:
-    """Read a Parquet or CSV file with the first candidate mapping that fits it: (mapping name, dataset).
-
-    Raises BacktestError for a file that cannot be read or mapped.
-    """
-    table = read_table(data)
-    name, mapping = pick_mapping(table, candidates, str(data))
-    if limit is not None:
-        table = table.slice(0, limit)
-    try:
-        return name, table_to_dataset(table, mapping)
-    except (DatasetError, pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
-        raise BacktestError(f"{data}: {exc}") from None
-
-
-def check_columns(table: pa.Table, mapping: ColumnMapping, where: str) -> None:
-    """Every column the mapping names must be in the table (one message listing all that are not)."""
-    wanted: dict[str, str] = {}
-    optional = optional_fields(mapping)
-    for name in _MAPPING_FIELDS:
-        value = getattr(mapping, name)
-        if name in ("amount_in_minor_units", "default_currency", "extra") or value is None:
-            continue
-        if name in optional and value not in table.column_names:
-            continue
-        wanted[name] = value
-    for attr, column in mapping.extra.items():
-        wanted[f"extra.{attr}"] = column
-    missing = [f"{col!r} (for {name})" for name, col in wanted.items() if col not in table.column_names]
-    if missing:
-        raise BacktestError(
-            f"{where}: column(s) not in the data: {', '.join(missing)}; "
-            f"the data has: {', '.join(table.column_names)} (use --mapping to map other column names)"
-        )
 
 
 # --------------------------------------------------------------------------- replay into columns
@@ -741,7 +584,7 @@ def backtest(
     limit: int | None = None,
     progress: bool = True,
 ) -> BacktestOutput:
-    """Run a backtest and write its outputs into `out`; raises BacktestError on bad input.
+    """Run a backtest and write its outputs into `out`; raises DatasetError on bad input (data, mapping, arguments).
 
     `mapping` None: the first of the rule set's `data_mapping` whose columns
     are in the file, else the native schema.

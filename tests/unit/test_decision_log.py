@@ -17,8 +17,9 @@ import pytest
 from tests.helpers import now_ms, request
 
 from engine.cli import main
-from engine.decision_log import DecisionLog, export, files, parse_time, read_records
+from engine.decision_log import DecisionLog, files, read_records
 from engine.offline.datasets import PRESETS, read_dataset
+from engine.offline.export import export, parse_time
 from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import Running, start
 from engine.transaction import Action, Channel, Reason, ReasonSource, ScoreResult, Transaction

@@ -24,10 +24,11 @@ from tests.test_reload import health_metadata, wait_for
 
 from engine.cli import main
 from engine.decision import model_reasons
-from engine.decision_log import export, to_record
+from engine.decision_log import to_record
 from engine.model.predictor import PROMOTED, Model, ModelInvalid, applicable_thresholds, load_model, resolve_model_dir
 from engine.model.registry import CHALLENGER, Challenger, list_models, load_challenger, read_challenger
 from engine.offline.datasets import PRESETS, read_dataset
+from engine.offline.export import export
 from engine.offline.train import train
 from engine.pipeline import Pipeline
 from engine.rules import RuleSet, load_ruleset

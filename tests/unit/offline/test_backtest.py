@@ -12,8 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.cli import main
-from engine.offline.backtest import BacktestError, load_mapping
-from engine.offline.datasets import PRESETS
+from engine.offline.datasets import PRESETS, DatasetError, load_mapping
 
 ENGINE_YAML = """\
 version: "bt-test-1"
@@ -278,13 +277,13 @@ def test_load_mapping() -> None:
     assert load_mapping("handbook") is PRESETS["handbook"]
     m = load_mapping("preset: native\nlabel: is_fraud\n")
     assert m.label == "is_fraud" and m.card_id == "card_id"
-    with pytest.raises(BacktestError, match=r"unknown key.*'amount_col'"):
+    with pytest.raises(DatasetError, match=r"unknown key.*'amount_col'"):
         load_mapping("transaction_id: id\nevent_time: ts\namount_col: amt\namount_in_minor_units: true\n")
-    with pytest.raises(BacktestError, match=r"missing required key.*amount"):
+    with pytest.raises(DatasetError, match=r"missing required key.*amount"):
         load_mapping("transaction_id: id\nevent_time: ts\namount_in_minor_units: true\n")
-    with pytest.raises(BacktestError, match="must be true or false"):
+    with pytest.raises(DatasetError, match="must be true or false"):
         load_mapping("transaction_id: id\nevent_time: ts\namount: a\namount_in_minor_units: yes please\n")
-    with pytest.raises(BacktestError, match="neither a preset"):
+    with pytest.raises(DatasetError, match="neither a preset"):
         load_mapping("nativ")
 
 

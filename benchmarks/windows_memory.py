@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.rules.loader import load_ruleset  # noqa: E402
 from engine.windows.redis_store import RedisStore  # noqa: E402
-from tests.conftest import RedisProcess, free_port  # noqa: E402
+from tests.support.redis import RedisProcess, free_port  # noqa: E402
 
 T0 = 1_767_225_600_000
 DAY = 86_400_000

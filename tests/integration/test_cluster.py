@@ -17,8 +17,6 @@ import grpc
 import pytest
 import redis
 from google.protobuf.timestamp_pb2 import Timestamp
-from tests.test_windows import T0, event, plan, recorded_answer
-from tests.windows_cluster import LocalCluster, start_cluster
 
 from engine.pipeline import Pipeline
 from engine.rules import load_ruleset
@@ -28,10 +26,10 @@ from engine.transaction import Transaction
 from engine.windows.memory import MemoryStore
 from engine.windows.redis_store import RedisClusterStore
 from engine.windows.store import IdempotencyConflict, StoreUnavailable
-from tests import windows_cluster
-from tests.conftest import RULES, make_config
-
-redis_cluster = windows_cluster.redis_cluster  # the session's local cluster (a fixture)
+from tests.support import RULES
+from tests.support.cluster import LocalCluster, start_cluster
+from tests.support.served import make_config
+from tests.support.windows import T0, event, plan, recorded_answer
 
 MIN = 60_000
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from tests.helpers import request
 
 from engine.decision_log import files as decision_files
 from engine.model.predictor import load_model
@@ -21,7 +20,9 @@ from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import start
 from engine.transaction import Action, ReasonSource, ScoreResult
 from engine.windows.memory import MemoryStore
-from tests.conftest import RULES, make_config
+from tests.support import RULES
+from tests.support.requests import request
+from tests.support.served import make_config
 
 
 @pytest.fixture

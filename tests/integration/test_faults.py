@@ -12,24 +12,15 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import pytest
 import redis
 
-from benchmarks.faults import Server, make_request, run_faults
 from engine.service.pb import risk_pb2_grpc
-from tests.conftest import RULES, RedisProcess, free_port
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    proc = RedisProcess(free_port(), tmp_path)
-    proc.start()
-    yield proc
-    proc.stop()
+from tests.support import RULES
+from tests.support.faults import Server, make_request, run_faults
+from tests.support.redis import RedisProcess
 
 
 def test_every_fault_under_steady_load(trained_registry: Path, own_redis: RedisProcess, tmp_path: Path) -> None:

@@ -15,8 +15,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from tests.helpers import now_ms, request
-from tests.windows_cluster import LocalCluster
 
 from engine.cli import main as cli_main
 from engine.offline.datasets import PRESETS, table_to_dataset
@@ -30,9 +28,8 @@ from engine.transaction import Action, Channel, Feedback, Transaction
 from engine.windows.memory import MemoryStore
 from engine.windows.redis_store import RedisClusterStore
 from engine.windows.store import WindowStore
-from tests import windows_cluster
-
-redis_cluster = windows_cluster.redis_cluster  # the session's local cluster (a fixture)
+from tests.support.cluster import LocalCluster
+from tests.support.requests import now_ms, request
 
 DAY = 86_400_000
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z

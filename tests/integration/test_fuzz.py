@@ -10,10 +10,10 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.helpers import now_ms
 
 from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import Running
+from tests.support.requests import now_ms
 
 text = st.one_of(
     st.text(max_size=40),

@@ -9,59 +9,28 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
 import redis
-from tests.helpers import request, wait_serving
 
 from engine.config import ConfigError, ServeConfig
 from engine.service.pb import admin_pb2, admin_pb2_grpc, risk_pb2_grpc
 from engine.service.server import Running, start
 from engine.windows.redis_store import RedisStore
-from tests.conftest import ROOT, RedisProcess, free_port, make_config
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    proc = RedisProcess(free_port(), tmp_path)
-    proc.start()
-    yield proc
-    proc.stop()
-
-
-# -- certificates ------------------------------------------------------------
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-EC = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-
-
-def _issue(folder: Path, name: str, ca: str, usage: str) -> None:
-    ext = folder / f"{name}.ext"
-    ext.write_text(f"subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage={usage}\n")
-    _openssl("req", *EC, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", ext.name, cwd=folder)  # fmt: skip
+from tests.support import ROOT
+from tests.support.certs import make_certs
+from tests.support.redis import RedisProcess, free_port
+from tests.support.requests import request, wait_serving
+from tests.support.served import make_config
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a server and a client certificate it signed, and a rogue CA with its own client."""
-    folder = tmp_path_factory.mktemp("certs")
-    for ca in ("ca", "rogue-ca"):
-        _openssl("req", "-x509", *EC, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2",
-                 "-subj", f"/CN={ca}", cwd=folder)  # fmt: skip
-    _issue(folder, "server", "ca", "serverAuth")
-    _issue(folder, "client", "ca", "clientAuth")
-    _issue(folder, "rogue-client", "rogue-ca", "clientAuth")
-    return folder
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 def tls_channel(port: int, certs: Path, client: str | None = None) -> grpc.Channel:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from engine.service.server import Running, start
-from tests.conftest import ROOT, make_config
+from tests.support import ROOT
+from tests.support.served import make_config
 
 
 @pytest.fixture

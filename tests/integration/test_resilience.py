@@ -19,20 +19,13 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
-from tests.helpers import now_ms, request, wait_serving
 
 from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import Running, start
-from tests.conftest import ROOT, RedisProcess, free_port, make_config
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    """A Redis that this test may stop, pause and restart."""
-    proc = RedisProcess(free_port(), tmp_path)
-    proc.start()
-    yield proc
-    proc.stop()
+from tests.support import ROOT
+from tests.support.redis import RedisProcess, free_port
+from tests.support.requests import now_ms, request, wait_serving
+from tests.support.served import make_config
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from tests.helpers import now_ms, request
 
 from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import Running
+from tests.support.requests import now_ms, request
 
 
 def call(stub: risk_pb2_grpc.RiskEngineStub, req: risk_pb2.ScoreRequest) -> risk_pb2.ScoreResponse:

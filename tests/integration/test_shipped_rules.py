@@ -9,11 +9,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from tests.helpers import now_ms, request
 
 from engine.rules import load_ruleset
 from engine.service.pb import risk_pb2, risk_pb2_grpc
-from tests.conftest import RULES
+from tests.support import RULES
+from tests.support.requests import now_ms, request
 
 DENY, REVIEW = risk_pb2.DECISION_DENY, risk_pb2.DECISION_REVIEW
 

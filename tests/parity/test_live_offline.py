@@ -5,15 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from tests.helpers import now_ms
-
 from engine.offline.datasets import PRESETS, read_dataset
 from engine.offline.replay import replay
 from engine.rules import load_ruleset
 from engine.service.convert import from_transaction
 from engine.service.pb import risk_pb2_grpc
 from engine.service.server import Running
-from tests.conftest import RULES
+from tests.support import RULES
+from tests.support.requests import now_ms
 
 
 def test_live_and_replay_agree(stub: risk_pb2_grpc.RiskEngineStub, server: Running, synthetic_data) -> None:  # type: ignore[no-untyped-def]

@@ -28,7 +28,6 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.test_store_parity import PLAN, T0
 
 from engine.enrich import Enricher, Money
 from engine.model.predictor import Model, load_model
@@ -47,7 +46,8 @@ from engine.rules import load_ruleset
 from engine.transaction import Transaction
 from engine.windows.memory import MemoryStore
 from engine.windows.redis_store import RedisStore
-from tests.conftest import RULES
+from tests.support import ROOT, RULES
+from tests.support.windows import PLAN, T0
 
 MIN = 60_000
 
@@ -642,7 +642,7 @@ def test_a_windows_pass_whose_replay_was_killed_exits(synthetic_data: Path) -> N
     import sys
     import time
 
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(ROOT)
     script = KILLED_REPLAY.format(root=root, data=str(synthetic_data), rules=str(RULES))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == -9, done.stderr

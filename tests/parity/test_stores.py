@@ -16,39 +16,13 @@ import itertools
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.test_windows import recorded_answer
-from tests.windows_cluster import LocalCluster
 
 from engine.windows.memory import MemoryStore
 from engine.windows.redis_store import RedisClusterStore, RedisStore
 from engine.windows.spec import Aggregate, WindowPlan, WindowSpec
 from engine.windows.store import IdempotencyConflict, WindowStore
-from tests import windows_cluster
-
-redis_cluster = windows_cluster.redis_cluster  # the session's local cluster (a fixture)
-
-MIN = 60_000
-HOUR = 60 * MIN
-DAY = 24 * HOUR
-T0 = 1_767_225_600_000
-
-PLAN = WindowPlan(
-    [
-        WindowSpec("card_count_5m", ("card_id",), Aggregate.COUNT, 5 * MIN),
-        WindowSpec("card_count_1h", ("card_id",), Aggregate.COUNT, 60 * MIN),
-        WindowSpec("card_sum_1h", ("card_id",), Aggregate.SUM, 60 * MIN, "amount"),
-        WindowSpec("card_avg_5m", ("card_id",), Aggregate.AVG, 5 * MIN, "amount"),
-        WindowSpec("card_min_1h", ("card_id",), Aggregate.MIN, 60 * MIN, "amount"),
-        WindowSpec("card_max_5m", ("card_id",), Aggregate.MAX, 5 * MIN, "amount"),
-        WindowSpec("device_cards_1h", ("device_id",), Aggregate.DISTINCT, 60 * MIN, "card_id"),
-        WindowSpec("card_devices_5m", ("card_id",), Aggregate.DISTINCT, 5 * MIN, "device_id"),
-        WindowSpec("card_devices_1h", ("card_id",), Aggregate.DISTINCT, 60 * MIN, "device_id"),
-        WindowSpec("pair_count_5m", ("device_id", "card_id"), Aggregate.COUNT, 5 * MIN),
-    ],
-    allowed_lateness_ms=2 * MIN,
-    amount_scale=0.01,
-    max_events_per_series=7,  # small, so the cap on value series is exercised too
-)
+from tests.support.cluster import LocalCluster
+from tests.support.windows import DAY, HOUR, MIN, PLAN, T0, compiled_plan, recorded_answer
 
 # Offsets on a 1-minute grid plus edge offsets, so events often sit exactly on t - d.
 offsets = st.one_of(
@@ -138,7 +112,7 @@ def test_memory_and_redis_agree(redis_url: tuple[str, str], stream: list[tuple])
 # Filters, delays and bucketed (longer than a day) windows, over streams of several days,
 # in the three stores: in-process, standalone Redis and Redis Cluster.
 BIG = "amount_base_minor >= 500000000"
-LONG_PLAN = WindowPlan(
+LONG_PLAN = compiled_plan(
     [
         WindowSpec("card_count_2d", ("card_id",), Aggregate.COUNT, 2 * DAY),
         WindowSpec("card_count_1h", ("card_id",), Aggregate.COUNT, HOUR),
@@ -208,7 +182,7 @@ def test_a_lost_distinct_index_is_rebuilt_from_the_events(redis_url: tuple[str, 
     url, prefix = redis_url
     store = RedisStore(url, prefix=f"{prefix}-rebuild", budget_s=2.0)
     big = "amount_base_minor >= 500"
-    plan = WindowPlan(
+    plan = compiled_plan(
         [
             WindowSpec("device_cards_1h", ("device_id",), Aggregate.DISTINCT, HOUR, "card_id"),
             WindowSpec("device_cards_1h_big", ("device_id",), Aggregate.DISTINCT, HOUR, "card_id", big),
@@ -241,7 +215,7 @@ def test_a_lost_distinct_index_is_rebuilt_from_the_events(redis_url: tuple[str, 
         store.close()
 
 
-DENSE_PLAN = WindowPlan(
+DENSE_PLAN = compiled_plan(
     [
         WindowSpec("merchant_count_7d", ("merchant_id",), Aggregate.COUNT, 7 * DAY),
         WindowSpec("merchant_count_30d", ("merchant_id",), Aggregate.COUNT, 30 * DAY),
@@ -308,7 +282,7 @@ def test_running_totals_follow_hours_an_older_version_added_to(redis_url: tuple[
     finds the totals short of the hour's count and builds them again from the hours, so the
     long windows count the older worker's events too, once their hour is in the buckets."""
     url, prefix = redis_url
-    plan = WindowPlan(
+    plan = compiled_plan(
         [
             WindowSpec("card_count_3d", ("card_id",), Aggregate.COUNT, 3 * DAY),
             WindowSpec("card_sum_3d", ("card_id",), Aggregate.SUM, 3 * DAY, "amount"),

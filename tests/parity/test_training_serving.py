@@ -21,7 +21,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from tests.helpers import now_ms
 
 from engine.decision_log import files as decision_files
 from engine.model.predictor import load_model
@@ -33,7 +32,9 @@ from engine.service.convert import from_feedback, from_transaction
 from engine.service.pb import risk_pb2_grpc
 from engine.service.server import start
 from engine.transaction import Feedback
-from tests.conftest import RULES, TEST_TRAIN_CONFIG, make_config
+from tests.support import RULES
+from tests.support.requests import now_ms
+from tests.support.served import TEST_TRAIN_CONFIG, make_config
 
 LABEL_AFTER_MS = 20 * 60_000  # in this stream, a fraud becomes known 20 minutes after it happened
 

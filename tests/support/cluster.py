@@ -6,10 +6,8 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 
 
@@ -170,11 +168,3 @@ def start_cluster(workdir: Path) -> LocalCluster:
         cluster.stop()
         raise
     return cluster
-
-
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """One real local cluster for the session (import this fixture into a test module to use it)."""
-    cluster = start_cluster(tmp_path_factory.mktemp("cluster"))
-    yield cluster
-    cluster.stop()

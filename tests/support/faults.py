@@ -1,4 +1,5 @@
-"""Faults under steady load, with real processes: the harness of tests/test_ops_faults.py and benchmarks/soak.py.
+"""Faults under steady load, with real processes: the harness of tests/integration/test_faults.py and
+benchmarks/soak.py.
 
 A `risk-engine serve` process (Redis store, decision log, admin port, rules
 and model registry copied to a scratch folder so that they can be broken)
@@ -28,7 +29,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -46,6 +46,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.service.pb import admin_pb2, admin_pb2_grpc, risk_pb2, risk_pb2_grpc
+from tests.support.redis import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,12 +56,6 @@ class RedisLike(Protocol):
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_request(card: str, tid: str | None = None, event_ms: int | None = None) -> risk_pb2.ScoreRequest:
@@ -418,42 +413,3 @@ def run_faults(
     finally:
         load.stop()
     return {k: v for k, v in load.phases.items() if not k.endswith(":after")}
-
-
-class RedisServer:
-    """A redis-server child process (for the soak; the tests use their own fixture)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server") or "redis-server"
-        self.proc = subprocess.Popen(
-            [
-                *(binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-                *("--dir", str(self.workdir), "--enable-debug-command", "yes"),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_timeout=0.2)
-        wait_for(lambda: _pings(client), what="redis-server to start")
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False

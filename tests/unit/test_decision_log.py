@@ -14,7 +14,6 @@ from typing import IO
 import grpc
 import pyarrow.parquet as pq
 import pytest
-from tests.helpers import now_ms, request
 
 from engine.cli import main
 from engine.decision_log import DecisionLog, files, read_records
@@ -23,7 +22,8 @@ from engine.offline.export import export, parse_time
 from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import Running, start
 from engine.transaction import Action, Channel, Reason, ReasonSource, ScoreResult, Transaction
-from tests.conftest import make_config
+from tests.support.requests import now_ms, request
+from tests.support.served import make_config
 
 
 def metrics_text(running: Running) -> str:

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.mmdb_writer import MMDBWriter, encode, write_mmdb
 
 from engine.geo import UNKNOWN, GeoDB, GeoError, Location, default_geo
+from tests.support.mmdb import MMDBWriter, encode, write_mmdb
 
 ip = ipaddress.ip_address
 

@@ -19,31 +19,18 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tests.helpers import request
 
 from engine.service.pb import risk_pb2_grpc
 from engine.service.server import Running, start
-from tests.conftest import ROOT, RULES, free_port, make_config
-
-
-def health_metadata(channel: grpc.Channel) -> dict[str, str]:
-    stub = health_pb2_grpc.HealthStub(channel)
-    response, call = stub.Check.with_call(health_pb2.HealthCheckRequest(service="risk.v1.RiskEngine"), timeout=2)
-    assert response.status == health_pb2.HealthCheckResponse.SERVING
-    return {k: str(v) for k, v in call.trailing_metadata()}
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+from tests.support import ROOT, RULES
+from tests.support.redis import free_port
+from tests.support.requests import request
+from tests.support.served import health_metadata, make_config, wait_for
 
 
 def set_version(folder: Path, version: str) -> None:

@@ -19,7 +19,6 @@ from pathlib import Path
 import lightgbm
 import numpy as np
 import pytest
-from tests.test_model_fast import hard_rows
 
 from engine.model.explain import (
     Contribution,
@@ -30,7 +29,8 @@ from engine.model.explain import (
 )
 from engine.model.predictor import Model, explainer, load_model
 from engine.rules import load_ruleset
-from tests.conftest import ROOT, RULES
+from tests.support import ROOT, RULES
+from tests.support.models import hard_rows
 
 EXTREMES = [np.inf, -np.inf, 1e300, -1e300, 1e-36, -1e-36, 5e-324, -0.0, np.nan]
 

@@ -16,7 +16,7 @@ import pytest
 from engine.model.predictor import PROMOTED, ModelInvalid, load_model, resolve_model_dir
 from engine.offline.train import card_precision_top_k, train
 from engine.rules import load_ruleset
-from tests.conftest import ROOT, RULES
+from tests.support import ROOT, RULES
 
 
 def test_trained_model_metadata_and_quality(trained_registry: Path) -> None:

@@ -19,8 +19,6 @@ from pathlib import Path
 import grpc
 import pyarrow.parquet as pq
 import pytest
-from tests.helpers import request
-from tests.test_reload import health_metadata, wait_for
 
 from engine.cli import main
 from engine.decision import model_reasons
@@ -36,7 +34,9 @@ from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import Running, start
 from engine.transaction import Action, Reason, ScoreResult, Transaction
 from engine.windows.memory import MemoryStore
-from tests.conftest import RULES, TEST_TRAIN_CONFIG, make_config
+from tests.support import RULES
+from tests.support.requests import request
+from tests.support.served import TEST_TRAIN_CONFIG, health_metadata, make_config, wait_for
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import pytest
 
 from engine.cli import main
 from engine.offline.datasets import PRESETS, DatasetError, load_mapping
+from tests.support import ROOT
 
 ENGINE_YAML = """\
 version: "bt-test-1"
@@ -339,7 +340,7 @@ def test_with_the_trained_model_and_the_shipped_rules(
 ) -> None:
     from engine.offline.datasets import read_dataset
 
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     out = tmp_path / "out"
     assert main(["backtest", "--data", str(synthetic_data), "--rules", str(root / "rules"), "--model",
                  str(trained_registry), "--out", str(out), "--limit", "3000"]) == 0  # fmt: skip
@@ -446,7 +447,6 @@ def test_progress_lines_off_a_terminal() -> None:
 
 def test_the_default_model_is_the_promoted_one(synthetic_data: Path, tmp_path: Path) -> None:
     """Like the server, a backtest scores with the promoted model of models/ unless told otherwise."""
-    from tests.conftest import ROOT
 
     out = tmp_path / "out"
     assert main(["backtest", "--quiet", "--data", str(synthetic_data), "--limit", "300", "--out", str(out)]) == 0

@@ -12,7 +12,7 @@ import pytest
 from engine.cli import main
 from engine.rules.errors import RuleSetInvalid
 from engine.rules.loader import load_ruleset
-from tests.conftest import RULES
+from tests.support import RULES
 
 T0 = 1_767_225_600_000
 

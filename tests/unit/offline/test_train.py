@@ -14,7 +14,8 @@ from engine.offline.train import (
     known_compromised_mask,
     train,
 )
-from tests.conftest import RULES, TEST_TRAIN_CONFIG
+from tests.support import RULES
+from tests.support.served import TEST_TRAIN_CONFIG
 
 
 def test_known_compromised_cards_by_hand() -> None:

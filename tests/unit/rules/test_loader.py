@@ -10,7 +10,7 @@ import pytest
 
 from engine.rules import RuleSetInvalid, load_ruleset
 from engine.rules.expr import ExprError, compile_condition
-from tests.conftest import ROOT, RULES
+from tests.support import ROOT, RULES
 
 HEADER = 'version: "t1"\nwindows:\n  - {name: card_count_1h, entity: card_id, aggregate: count, duration: 1h}\n'
 

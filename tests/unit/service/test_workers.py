@@ -16,25 +16,17 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tests.helpers import request
 
 from engine.config import ConfigError, ServeConfig
 from engine.service.pb import risk_pb2_grpc
-from tests.conftest import ROOT, RedisProcess, free_port
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    proc = RedisProcess(free_port(), tmp_path)
-    proc.start()
-    yield proc
-    proc.stop()
+from tests.support import ROOT
+from tests.support.redis import RedisProcess, free_port
+from tests.support.requests import request
 
 
 def free_port_pair() -> int:

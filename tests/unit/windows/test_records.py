@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from tests.test_windows import recorded_answer
 
 from engine.pipeline import Pipeline
 from engine.rules.loader import load_ruleset
@@ -26,7 +25,9 @@ from engine.windows.records import RecordWriter
 from engine.windows.redis_store import RedisStore
 from engine.windows.spec import Aggregate, WindowPlan, WindowSpec
 from engine.windows.store import IdempotencyConflict
-from tests.conftest import ROOT, RedisProcess, free_port
+from tests.support import ROOT
+from tests.support.redis import RedisProcess, free_port
+from tests.support.windows import recorded_answer
 
 MIN = 60_000
 T0 = 1_767_225_600_000

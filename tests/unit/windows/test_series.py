@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.windows.memory import MemoryStore, native_series
-from engine.windows.spec import Aggregate, WindowPlan, WindowSpec
+from engine.windows.spec import Aggregate, WindowSpec
+from tests.support.windows import compiled_plan
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -26,7 +27,7 @@ DAY = 24 * HOUR
 T0 = 1_767_225_600_000
 BIG = "amount_base_minor >= 5000"
 
-PLAN = WindowPlan(
+PLAN = compiled_plan(
     [
         WindowSpec("card_count_10m", ("card_id",), Aggregate.COUNT, 10 * MIN),
         WindowSpec("card_count_2d", ("card_id",), Aggregate.COUNT, 2 * DAY),

@@ -106,7 +106,7 @@ def test_bucketed_error_is_less_than_one_hour_at_the_old_edge() -> None:
 
 
 def test_shipped_rules_load_and_windows_over_a_day_are_bucketed() -> None:
-    from tests.conftest import RULES
+    from tests.support import RULES
 
     plan = load_ruleset(RULES).windows
     long = {s.name for s in plan.specs if s.bucketed}

@@ -17,44 +17,7 @@ from engine.windows.memory import MemoryStore
 from engine.windows.redis_store import RedisStore
 from engine.windows.spec import Aggregate, WindowPlan, WindowSpec
 from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowStore
-
-MIN = 60_000
-T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-
-
-def plan() -> WindowPlan:
-    return WindowPlan(
-        [
-            WindowSpec("card_count_10m", ("card_id",), Aggregate.COUNT, 10 * MIN),
-            WindowSpec("card_sum_10m", ("card_id",), Aggregate.SUM, 10 * MIN, "amount"),
-            WindowSpec("card_avg_10m", ("card_id",), Aggregate.AVG, 10 * MIN, "amount"),
-            WindowSpec("card_min_10m", ("card_id",), Aggregate.MIN, 10 * MIN, "amount"),
-            WindowSpec("card_max_10m", ("card_id",), Aggregate.MAX, 10 * MIN, "amount"),
-            WindowSpec("card_count_1h", ("card_id",), Aggregate.COUNT, 60 * MIN),
-            WindowSpec("device_cards_1h", ("device_id",), Aggregate.DISTINCT, 60 * MIN, "card_id"),
-            WindowSpec("pair_count_1h", ("card_id", "merchant_id"), Aggregate.COUNT, 60 * MIN),
-        ],
-        allowed_lateness_ms=5 * MIN,
-        amount_scale=0.01,
-    )
-
-
-def event(
-    store: WindowStore,
-    p: WindowPlan,
-    txid: str,
-    t: int,
-    *,
-    card: str = "c1",
-    device: str = "d1",
-    merchant: str = "m1",
-    amount: int = 100,
-) -> dict[str, float]:
-    fields = {"card_id": card, "device_id": device, "merchant_id": merchant, "amount_base_minor": amount}
-    bound = p.bind(txid, t, fields)
-    outcome = store.apply(p, bound, f"fp-{txid}-{t}-{card}-{amount}")
-    assert outcome.replay is None
-    return p.finish(outcome.raw)
+from tests.support.windows import MIN, T0, event, plan, recorded_answer
 
 
 def test_current_event_is_inside_its_own_windows(store: WindowStore) -> None:
@@ -101,21 +64,6 @@ def test_retry_does_not_double_count(store: WindowStore) -> None:
     assert p.finish(again.raw)["card_sum_10m"] == 1.0
     w = event(store, p, "b", T0 + 1)
     assert w["card_count_10m"] == 2
-
-
-def recorded_answer(txid: str) -> ScoreResult:
-    """An answer to keep for retries, with a reason and features (and no NaN, so `==` compares it)."""
-    return ScoreResult(
-        transaction_id=txid,
-        decision=Action.REVIEW,
-        score=0.8125,
-        reasons=(Reason("CARD_TESTING", ReasonSource.RULE, "many small payments", Action.REVIEW, "card_testing"),),
-        ruleset_version="v1",
-        model_version="m1",
-        degraded=False,
-        features={"amount": 12.5, "card_count_10m": 4.0, "score": 0.8125},
-        elapsed_us=321,
-    )
 
 
 def test_recorded_response_is_replayed_and_conflict_detected(store: WindowStore) -> None:

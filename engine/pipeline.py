@@ -173,14 +173,14 @@ class Pipeline:
         # transaction's fingerprint (only a store that keeps idempotency records, or the
         # record of the response, tells a retry from a reused id with it), and whether the
         # store needs the transaction bound to window groups (one that replays answers does not).
-        self._fingerprints = record or getattr(store, "uses_fingerprints", True)
-        self._binds = getattr(store, "reads_groups", True)
+        self._fingerprints = record or store.uses_fingerprints
+        self._binds = store.reads_groups
         # on_degraded(cause, detail, kind): kind is the StoreUnavailable kind for store failures, '' otherwise
         self.on_degraded = on_degraded or (lambda cause, detail, kind: None)
         # A store that writes retry records behind the answer (engine/windows/records.py):
         # `remember` costs no round trip, so no deadline is too close for it, and records
         # it fails to write later are reported as degraded records.
-        records = getattr(store, "records", None)
+        records = store.records
         self._records_behind = records is not None
         if records is not None:
             records.on_lost = lambda detail, kind: self.on_degraded("record", detail, kind)

@@ -229,7 +229,7 @@ def start(config: ServeConfig) -> Running:
         challenger=challenger,
     )
     decisions = make_decision_log(config, metrics)
-    if isinstance(store, RedisStore | RedisClusterStore) and store.records is not None:
+    if store.records is not None:
         metrics.watch_records(store.records)
 
     def on_change(status: ReloadStatus) -> None:

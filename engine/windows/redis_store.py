@@ -121,6 +121,9 @@ class _RedisBase:
 
     name = "redis"
     budget_s: float
+    uses_fingerprints = True  # idempotency records live in Redis
+    reads_groups = True
+    records: RecordWriter | None
 
     def __init__(
         self,

@@ -117,3 +117,28 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
     cluster = start_cluster(tmp_path_factory.mktemp("cluster"))
     yield cluster
     cluster.stop()
+
+
+#: Fixtures that make a test need something, and the marker that says so.
+_NEEDS = {
+    "redis_process": "redis",
+    "redis_url": "redis",
+    "own_redis": "redis",
+    "redis_cluster": "cluster",
+    "server": "server",
+    "stub": "server",
+    "trained_registry": "slow",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by what its fixtures need (a module marks what they cannot show, with `pytestmark`)."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        for fixture, marker in _NEEDS.items():
+            if fixture in names:
+                item.add_marker(marker)
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "store" in names and callspec.params.get("store") == "redis":
+            item.add_marker("redis")

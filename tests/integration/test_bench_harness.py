@@ -18,6 +18,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import loadgen  # noqa: E402
 
+pytestmark = [pytest.mark.server]
+
 
 @pytest.mark.parametrize("q", [0, 1, 50, 90, 99, 99.9, 100])
 def test_percentile_matches_numpy(q: float) -> None:

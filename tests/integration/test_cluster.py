@@ -31,6 +31,8 @@ from tests.support.cluster import LocalCluster, start_cluster
 from tests.support.served import make_config
 from tests.support.windows import T0, event, plan, recorded_answer
 
+pytestmark = [pytest.mark.cluster]
+
 MIN = 60_000
 
 

@@ -24,6 +24,8 @@ from tests.support import RULES
 from tests.support.requests import request
 from tests.support.served import make_config
 
+pytestmark = [pytest.mark.server]
+
 
 @pytest.fixture
 def low_thresholds(tmp_path: Path) -> Path:

@@ -15,12 +15,15 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 import redis
 
 from engine.service.pb import risk_pb2_grpc
 from tests.support import RULES
 from tests.support.faults import Server, make_request, run_faults
 from tests.support.redis import RedisProcess
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 def test_every_fault_under_steady_load(trained_registry: Path, own_redis: RedisProcess, tmp_path: Path) -> None:

@@ -26,6 +26,8 @@ from tests.support.redis import RedisProcess, free_port
 from tests.support.requests import request, wait_serving
 from tests.support.served import make_config
 
+pytestmark = [pytest.mark.server]
+
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:

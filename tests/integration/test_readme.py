@@ -12,6 +12,8 @@ from engine.service.server import Running, start
 from tests.support import ROOT
 from tests.support.served import make_config
 
+pytestmark = [pytest.mark.server]
+
 
 @pytest.fixture
 def embedded_server(trained_registry: Path) -> Iterator[Running]:

@@ -27,6 +27,8 @@ from tests.support.redis import RedisProcess, free_port
 from tests.support.requests import now_ms, request, wait_serving
 from tests.support.served import make_config
 
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
 
 @pytest.fixture
 def live(trained_registry: Path, own_redis: RedisProcess) -> Iterator[tuple[Running, risk_pb2_grpc.RiskEngineStub]]:

@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from engine.decision_log import files as decision_files
@@ -35,6 +36,8 @@ from engine.transaction import Feedback
 from tests.support import RULES
 from tests.support.requests import now_ms
 from tests.support.served import TEST_TRAIN_CONFIG, make_config
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 LABEL_AFTER_MS = 20 * 60_000  # in this stream, a fraud becomes known 20 minutes after it happened
 

@@ -391,6 +391,7 @@ def test_challenger_is_in_the_decision_log_and_its_export(registry: Path, synthe
     assert 0 < sum(row["challenger_decided"] for row in table) < len(table)
 
 
+@pytest.mark.server
 def test_a_retried_result_keeps_its_challenger() -> None:
     from engine.transaction import ChallengerResult
 

@@ -48,6 +48,7 @@ def test_thresholds_by_hand() -> None:
     assert none["deny_at"] is None and none["deny"] is None
 
 
+@pytest.mark.slow
 def test_prequential_training_writes_weekly_metrics_thresholds_and_a_report(
     tmp_path: Path, synthetic_data: Path
 ) -> None:

@@ -12,6 +12,7 @@ from engine.config import ConfigError, ServeConfig
 from engine.service.server import GC_FULL_COLLECTION_EVERY
 
 
+@pytest.mark.slow
 def test_tune_gc_freezes_what_is_loaded_and_defers_full_collections() -> None:
     # In a fresh interpreter: the collector's settings are per process (and the test run's own stay as they are).
     code = (

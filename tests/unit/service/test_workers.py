@@ -28,6 +28,9 @@ from tests.support import ROOT
 from tests.support.redis import RedisProcess, free_port
 from tests.support.requests import request
 
+#: Every test here runs server processes.
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
 
 def free_port_pair() -> int:
     """A port p with p and p + 1 both free (the metrics ports of two workers)."""

@@ -88,6 +88,7 @@ def test_records_written_by_remember_itself_when_write_behind_is_off(redis_url: 
         store.close()
 
 
+@pytest.mark.redis
 def test_records_lost_while_redis_is_down_are_reported(tmp_path: Path) -> None:
     own = RedisProcess(free_port(), tmp_path)
     own.start()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,3 +52,12 @@ def test_code_is_formatted_and_lint_clean() -> None:
     for args in (["check", "."], ["format", "--check", "."]):
         proc = subprocess.run([sys.executable, "-m", "ruff", *args], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_layout_section_matches_the_tree() -> None:
+    """scripts/layout.py prints the README's Layout section from the tree (`--write` updates it)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "layout.py")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Layout\n\n```\n") + len("## Layout\n\n```\n")
+    assert readme[start : readme.index("```\n", start)] == proc.stdout, "run: python scripts/layout.py --write"

@@ -94,7 +94,8 @@ class PhaseResult:
 
     @property
     def rate(self) -> float:
-        return self.completed / self.duration_s if self.duration_s > 0 else 0.0
+        """Answers with status OK per second: a call shed with RESOURCE_EXHAUSTED is not throughput."""
+        return self.ok / self.duration_s if self.duration_s > 0 else 0.0
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies_ms)
@@ -387,14 +388,17 @@ def start_redis(workdir: Path) -> Service:
     raise SystemExit("loadgen: redis-server did not answer PING")
 
 
-def start_server(kind: str, workdir: Path, redis: Service | None) -> Service:
+def start_server(
+    kind: str, workdir: Path, redis: Service | None, metrics_port: int | None = None, env_extra: dict[str, str] | None = None
+) -> Service:
     port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "RISK_METRICS_PORT": "off",
+        "RISK_METRICS_PORT": str(metrics_port) if metrics_port else "off",
         "RISK_ADMIN_PORT": "off",
         "RISK_RELOAD_INTERVAL_S": "0",
+        **(env_extra or {}),
     }
     env.pop("REDIS_URL", None)
     if kind == "trivial":
@@ -442,7 +446,14 @@ class Runner:
     redis: Service | None = None  # its CPU time is reported with the engine's
 
     def phase(
-        self, server: Service, mode: str, procs: int, concurrency: int = 0, rate: float = 0.0, label: str = ""
+        self,
+        server: Service,
+        mode: str,
+        procs: int,
+        concurrency: int = 0,
+        rate: float = 0.0,
+        label: str = "",
+        timeout_s: float = 2.0,
     ) -> PhaseResult:
         ctx = mp.get_context("spawn")
         out = ctx.Queue()
@@ -461,6 +472,7 @@ class Runner:
                 offset=self.cursor + k,
                 stride=procs,
                 channels=16 if server.name == "redis-2w" else 1,
+                timeout_s=timeout_s,
             )
             for k in range(procs)
         ]

@@ -1,17 +1,19 @@
-"""The decision log: every scored transaction, appended to rotated JSON Lines files off the request path.
+"""The decision log: every scored transaction, appended to rotated JSON Lines files before it is answered.
 
-Writing. `DecisionLog.record` puts a reference to the (immutable) transaction
-and result on a bounded queue and returns: a few microseconds on the request
-thread, never a file operation. When the queue is full the record is dropped
-and counted (`dropped_queue_full`), so a stalled disk can never slow or fail a
-call. One background thread drains the queue in batches, turns each record
-into one JSON line, appends the batch to the current file, flushes it to the
-operating system after every batch and fsyncs at most once per
-`fsync_interval_s` (and when a file is closed): a crash of the process loses
-nothing that was written; a crash of the machine loses at most that
-interval. A failed write (full disk, file system gone, permissions) loses
-that batch, is counted (`write_failures`, records lost) and logged at most
-once per `log_interval_s`, and the next batch opens a new file.
+Writing. `DecisionLog.record` turns the record into one JSON line and
+appends it to the current file with one write(2) call, on the request
+thread, before the call is answered: the line is then in the operating
+system's page cache, which survives a crash of the process, so no answered
+decision is lost and no line is torn (readers still skip a malformed line).
+A background thread fsyncs the file at most once per `fsync_interval_s`
+(default 1 s): a crash of the machine loses at most that interval. The cost
+is the encoding and the write on the payment's path (measured by
+`benchmarks/decision_log_cost.py`); a disk that stalls stalls the calls with
+it, and they time out at the gateway rather than go unrecorded. A failed
+write (full disk, file system gone, permissions) loses that record, is
+counted (`write_failures`) and logged at most once per `log_interval_s`; the
+call is answered as usual, and the next record opens a new file. Files are
+created 0600 in a folder created 0700.
 
 Files. `FOLDER/decisions-<UTC start time>-<sequence>.jsonl`; names sort in
 time order. The current file is closed and a new one started when it would
@@ -36,12 +38,10 @@ turns it into a Parquet file for training and backtests.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -56,7 +56,6 @@ log = logging.getLogger("risk_engine.decision_log")
 
 PREFIX = "decisions-"
 SUFFIX = ".jsonl"
-_STOP: Any = object()
 
 
 def _finite(x: float) -> float | None:
@@ -127,14 +126,23 @@ def _challenger(result: ScoreResult) -> dict[str, Any] | None:
 @dataclass
 class DecisionLogStats:
     written: int = 0
-    dropped_queue_full: int = 0
     write_failures: int = 0  # records lost to failed writes
     files_rotated: int = 0
     files_deleted: int = 0
 
 
+#: Files are private to the server's user, their folder too (they hold payment data).
+FILE_MODE = 0o600
+FOLDER_MODE = 0o700
+
+
+def _private_append(path: Path) -> IO[bytes]:
+    """The file opened for appending, unbuffered (one write(2) per record), created 0600."""
+    return open(path, "ab", buffering=0, opener=lambda p, flags: os.open(p, flags, FILE_MODE))
+
+
 class DecisionLog:
-    """Appends decision records to rotated JSON Lines files from a background thread (module docstring)."""
+    """Writes each decision record to rotated JSON Lines files before the call is answered (module docstring)."""
 
     def __init__(
         self,
@@ -143,7 +151,6 @@ class DecisionLog:
         max_file_bytes: int = 64 * 1024 * 1024,
         rotate_s: float = 3600.0,
         max_total_bytes: int = 1024 * 1024 * 1024,
-        queue_size: int = 10_000,
         fsync_interval_s: float = 1.0,
         log_interval_s: float = 10.0,
         on_loss: Callable[[str, int], None] | None = None,
@@ -156,123 +163,55 @@ class DecisionLog:
         self.fsync_interval_s = fsync_interval_s
         self.log_interval_s = log_interval_s
         self.on_loss = on_loss or (lambda reason, n: None)
-        self._open = opener or (lambda path: open(path, "ab"))
+        self._open = opener or _private_append
         self.stats = DecisionLogStats()
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._lock = threading.Lock()
         self._file: IO[bytes] | None = None
         self._path: Path | None = None
         self._opened_at = 0.0
         self._size = 0
         self._seq = 0
-        self._last_fsync = 0.0
+        self._dirty = False  # written since the last fsync
         self._last_error_log = -1e9
         self._errors_since_log = 0
-        self._accepted = itertools.count(1)  # next() is atomic: no lock on the request thread
-        self._enqueued = 0
-        self._drop_lock = threading.Lock()
-        self._last_drop_log = -1e9
-        self._drops_since_log = 0
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=FOLDER_MODE)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="decision-log-sync", daemon=True)
         self._thread.start()
 
     # -- the request thread -------------------------------------------------
     def record(self, txn: Transaction, result: ScoreResult) -> bool:
-        """Queue one record; never blocks. False when the queue was full (the record is dropped, counted)."""
+        """Write one record to the current file (one write(2), so a line is never torn); False when it failed.
+
+        It returns once the line is in the operating system's hands: a crash of
+        this process after the answer loses nothing. A failed write (full disk,
+        folder gone) loses the record, counts it, and logs at a bounded rate;
+        the call is answered as usual.
+        """
         try:
-            self._queue.put_nowait((time.time(), txn, result))
-        except queue.Full:
-            self._dropped()
+            line = json.dumps(to_record(time.time(), txn, result), separators=(",", ":"), ensure_ascii=False)
+        except Exception as exc:  # noqa: BLE001 - a bad record must not fail the call
+            with self._lock:
+                self._failed(1, exc)
             return False
-        self._enqueued = next(self._accepted)
+        data = line.encode() + b"\n"
+        with self._lock:
+            try:
+                f = self._current(len(data))
+                done = 0
+                while done < len(data):  # a regular file takes it whole; a short write is finished
+                    done += f.write(memoryview(data)[done:]) or 0
+                f.flush()  # a no-op for the unbuffered file; an opener's buffered file is written out here
+            except OSError as exc:
+                self._close_file(quiet=True)  # the next record starts a new file
+                self._failed(1, exc)
+                return False
+            self._size += len(data)
+            self._dirty = True
+            self.stats.written += 1
         return True
 
-    def _dropped(self) -> None:
-        now = time.monotonic()
-        with self._drop_lock:
-            self.stats.dropped_queue_full += 1
-            self._drops_since_log += 1
-            if now - self._last_drop_log < self.log_interval_s:
-                count = 0
-            else:
-                count, self._drops_since_log, self._last_drop_log = self._drops_since_log, 0, now
-        self.on_loss("queue_full", 1)
-        if count:
-            log.error(
-                "decision log queue full: %d record(s) dropped since the last report (writer behind or stalled)",
-                count,
-                extra={"event": "decision_log", "dropped": count},
-            )
-
-    @property
-    def queued(self) -> int:
-        return self._queue.qsize()
-
-    # -- the writer thread --------------------------------------------------
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            try:
-                item = self._queue.get(timeout=0.5)
-            except queue.Empty:
-                self._idle()
-                continue
-            batch = []
-            while True:
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)
-                if len(batch) >= 2000:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if batch:
-                self._write(batch)
-        self._close_file()
-
-    def _idle(self) -> None:
-        try:
-            if self._file is not None and time.monotonic() - self._opened_at > self.rotate_s:
-                self._close_file()
-                self.stats.files_rotated += 1
-            elif self._file is not None and time.monotonic() - self._last_fsync > self.fsync_interval_s:
-                self._sync()
-        except OSError as exc:
-            self._failed(0, exc)
-
-    def _write(self, batch: list[tuple[float, Transaction, ScoreResult]]) -> None:
-        try:
-            lines = [
-                json.dumps(to_record(*item), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-                for item in batch
-            ]
-        except Exception as exc:  # noqa: BLE001 - a bad record must not stop the writer
-            self._failed(len(batch), exc)
-            return
-        done = 0
-        try:
-            while done < len(lines):
-                # As many lines as fit in the current file (at least one: a file holds one record or more).
-                f = self._current(len(lines[done]))
-                room = self.max_file_bytes - self._size
-                end, size = done + 1, len(lines[done])
-                while end < len(lines) and size + len(lines[end]) <= room:
-                    size += len(lines[end])
-                    end += 1
-                f.write(b"".join(lines[done:end]))
-                f.flush()
-                self._size += size
-                self.stats.written += end - done
-                done = end
-            if time.monotonic() - self._last_fsync >= self.fsync_interval_s:
-                self._sync()
-        except OSError as exc:
-            self._close_file(quiet=True)
-            self._failed(len(lines) - done, exc)
-
+    # -- under the lock -----------------------------------------------------
     def _current(self, incoming: int) -> IO[bytes]:
         now = time.monotonic()
         if self._file is not None and (
@@ -288,18 +227,12 @@ class DecisionLog:
             self._file = self._open(path)
             self._path = path
             self._opened_at = now
-            self._last_fsync = now
             self._size = 0
         return self._file
 
-    def _sync(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-        self._last_fsync = time.monotonic()
-
     def _close_file(self, quiet: bool = False) -> None:
         f, self._file = self._file, None
+        self._dirty = False
         if f is None:
             return
         try:
@@ -352,23 +285,46 @@ class DecisionLog:
             self._errors_since_log = 0
             self._last_error_log = now
 
+    # -- the sync thread ----------------------------------------------------
+    def _run(self) -> None:
+        """fsync what was written at most once per fsync_interval_s (a machine crash loses at most that),
+        and close a file that has been open longer than rotate_s even when no record comes."""
+        while not self._stop.wait(self.fsync_interval_s):
+            self.sync()
+
+    def sync(self) -> None:
+        """fsync the current file if anything was written since the last time; rotate it by age."""
+        with self._lock:
+            if self._file is not None and time.monotonic() - self._opened_at > self.rotate_s:
+                self._close_file()  # fsyncs it
+                self.stats.files_rotated += 1
+                return
+            if self._file is None or not self._dirty:
+                return
+            self._dirty = False
+            try:
+                fd = os.dup(self._file.fileno())  # fsync outside the lock: records keep going meanwhile
+            except OSError as exc:
+                self._failed(0, exc)
+                return
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            with self._lock:
+                self._failed(0, exc)
+        finally:
+            os.close(fd)
+
     def flush(self, timeout_s: float = 5.0) -> bool:
-        """Wait until every record queued so far is written or counted lost (tests, shutdown)."""
-        deadline = time.monotonic() + timeout_s
-        target = self._enqueued
-        while time.monotonic() < deadline:
-            if self.stats.written + self.stats.write_failures >= target:
-                return True
-            time.sleep(0.002)
-        return False
+        """Every record is written when `record` returns: kept for callers that wait for the log (always True)."""
+        return True
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Write what is queued, close the file, stop the thread."""
-        try:
-            self._queue.put(_STOP, timeout=timeout_s)
-        except queue.Full:
-            pass
+        """Stop the sync thread, fsync and close the file."""
+        self._stop.set()
         self._thread.join(timeout_s)
+        with self._lock:
+            self._close_file()
 
 
 # -- reading -------------------------------------------------------------------

@@ -227,6 +227,9 @@ class _ReplaySideStore:
     def warm_up(self, plan: WindowPlan | None = None) -> bool:
         return True
 
+    def breakers(self) -> dict[str, str]:
+        return {}
+
     def close(self) -> None:
         pass
 

@@ -39,21 +39,30 @@ def reason_message(rule: Rule, fields: Mapping[str, Any], base: str) -> str:
 
 
 def evaluate_rules(
-    ruleset: RuleSet, fields: Mapping[str, Any], transaction_id: str, windows_ok: bool, score_ok: bool
+    ruleset: RuleSet,
+    fields: Mapping[str, Any],
+    transaction_id: str,
+    windows_ok: bool,
+    score_ok: bool,
+    fallback: frozenset[str] = frozenset(),
 ) -> tuple[list[Reason], list[Reason]]:
     """(acting reasons, shadow reasons) of the rules that fire.
 
-    Rules that read a window are skipped when the windows are unavailable,
-    rules that read the score when there is no score: they could only misread
-    a missing value. A condition that fails at run time (e.g. a division by
-    zero) is false.
+    Rules that read a window are skipped when the windows are unavailable
+    (unless every window they read is among `fallback`, the windows a
+    degraded answer still has: engine.windows.fallback), rules that read the
+    score when there is no score: they could only misread a missing value. A
+    condition that fails at run time (e.g. a division by zero) is false.
     """
     acting: list[Reason] = []
     shadow: list[Reason] = []
     base = ruleset.enricher.money.base
     complete = windows_ok and score_ok  # the common case: no rule is skipped
     for rule in ruleset.rules:
-        if not complete and ((rule.uses_windows and not windows_ok) or (rule.uses_score and not score_ok)):
+        if not complete and (
+            (rule.uses_windows and not windows_ok and not rule.window_reads <= fallback)
+            or (rule.uses_score and not score_ok)
+        ):
             continue
         try:
             fired = rule.condition(fields)

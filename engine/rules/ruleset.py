@@ -47,6 +47,8 @@ class Rule:
     reads_amount: bool = False
     owner: str = ""
     tags: tuple[str, ...] = ()
+    #: The windows (and derived features built on windows) the condition reads.
+    window_reads: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -353,6 +353,7 @@ def parse_rules(
                 reads_amount=bool(names & AMOUNT_FIELDS) or bool(names & window_names),
                 owner=owner,
                 tags=tuple(tags),
+                window_reads=frozenset(got.valued & window_names),
             )
         )
     return rules, disabled

@@ -335,6 +335,16 @@ class WindowPlan:
             self._finish.append((spec.aggregate is Aggregate.AVG, a, b, scale))
         self._finish_rows = tuple((name, *row) for name, row in zip(self.names, self._finish, strict=True))
 
+    def subset(self, names: Sequence[str]) -> WindowPlan:
+        """A plan of only the named windows (same lateness, scale and cap): the fallback's short windows."""
+        keep = set(names)
+        return WindowPlan(
+            [s for s in self.specs if s.name in keep],
+            self.allowed_lateness_ms,
+            self.amount_scale,
+            self.max_events_per_series,
+        )
+
     def bind(self, transaction_id: str, event_time_ms: int, fields: Mapping[str, Any]) -> BoundWindows:
         """A scored transaction: added to the windows of transactions (that it passes), read from all."""
         return self._bind(transaction_id, event_time_ms, fields, None)

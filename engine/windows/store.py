@@ -16,15 +16,15 @@ from engine.windows.records import RecordWriter
 from engine.windows.spec import BoundWindows, WindowPlan
 
 #: What made a store unavailable (`StoreUnavailable.kind`).
-UNAVAILABLE_KINDS = ("timeout", "connection", "cooldown", "deadline", "other")
+UNAVAILABLE_KINDS = ("timeout", "connection", "open", "deadline", "other")
 
 
 class StoreUnavailable(Exception):
     """The store could not answer within its budget (down, slow, broken).
 
-    `kind` says why: 'timeout', 'connection', 'cooldown' (failing fast after
-    a failure), 'deadline' (not called: the caller's deadline was too close)
-    or 'other'.
+    `kind` says why: 'timeout', 'connection', 'open' (failing fast: the
+    target's circuit breaker is open, engine.windows.breaker), 'deadline'
+    (not called: the caller's deadline was too close) or 'other'.
     """
 
     def __init__(self, message: str, kind: str = "other") -> None:
@@ -94,6 +94,10 @@ class WindowStore(Protocol):
 
     def warm_up(self, plan: WindowPlan | None = None) -> bool:
         """Connect (and load the plan's scripts) before the first call needs it; False when it does not answer."""
+        ...
+
+    def breakers(self) -> dict[str, str]:
+        """Each remote target's circuit breaker state (closed, half_open, open); {} for a store without one."""
         ...
 
     def close(self) -> None: ...

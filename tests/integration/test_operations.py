@@ -277,23 +277,37 @@ def test_metrics_count_requests_latency_degraded_causes_and_redis_errors(
         assert sample(text, 'risk_retry_records_total{result="written"}') == 1
         assert sample(text, 'risk_retry_records_total{result="lost"}') == 0
         assert sample(text, "risk_retry_record_queue") == 0
-        stub.Score(request(), timeout=0.02)  # too short for the Redis budget: skipped
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Score(request(), timeout=0.02)  # too short for the Redis budget: shed
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         own_redis.stop()
         for _ in range(5):
             assert stub.Score(request(), timeout=2).degraded
         with pytest.raises(grpc.RpcError):
             stub.Score(request(currency="XYZ"), timeout=2)
         text = metrics_text(running)
-        assert sample(text, 'risk_requests_total{code="OK",method="Score"}') == 7
+        assert sample(text, 'risk_requests_total{code="OK",method="Score"}') == 6
         assert sample(text, 'risk_requests_total{code="INVALID_ARGUMENT",method="Score"}') == 1
+        assert sample(text, 'risk_requests_total{code="RESOURCE_EXHAUSTED",method="Score"}') == 1
+        assert sample(text, 'risk_shed_total{cause="deadline"}') == 1
+        assert sample(text, 'risk_shed_total{cause="queue"}') == 0
+        assert sample(text, "risk_queue_wait_seconds_count") == 8
         assert sample(text, 'risk_request_duration_seconds_count{method="Score"}') == 8
         assert sample(text, 'risk_request_duration_seconds_bucket{le="0.05",method="Score"}') >= 7
-        assert sample(text, 'risk_degraded_total{cause="windows"}') == 6
+        assert sample(text, 'risk_degraded_total{cause="windows"}') == 5
         assert sample(text, 'risk_degraded_total{cause="model"}') == 0
-        assert sample(text, 'risk_store_errors_total{kind="deadline"}') == 1
         connection = sample(text, 'risk_store_errors_total{kind="connection"}')
-        cooldown = sample(text, 'risk_store_errors_total{kind="cooldown"}')
-        assert connection >= 1 and connection + cooldown == 5
+        fast = sample(text, 'risk_store_errors_total{kind="open"}')
+        assert connection == 5 and fast == 0  # 5 failures open the breaker: none failed fast yet
+        assert sample(text, 'risk_store_breaker_state{target="' + f'127.0.0.1:{own_redis.port}"' + "}") == 2
+        assert (
+            sample(
+                text,
+                'risk_store_breaker_transitions_total{state="open",target="' + f'127.0.0.1:{own_redis.port}"' + "}",
+            )
+            == 1
+        )
+        assert sample(text, "risk_fallback_answers_total") == 5
         assert sample(text, 'risk_decisions_total{decision="allow",degraded="true"}') >= 1
     finally:
         channel.close()

@@ -38,6 +38,7 @@ def test_every_shipped_rule_has_a_test_here() -> None:
     tested = {
         "card_testing_burst",
         "device_farm",
+        "device_card_burst",
         "ip_many_cards",
         "high_risk_country_large_amount",
         "very_large_amount",
@@ -82,6 +83,17 @@ def test_device_farm(stub: risk_pb2_grpc.RiskEngineStub, cards: int, fires: bool
     assert (fired(resp, "device_farm") is not None) is fires
     if fires:
         assert resp.decision == DENY and "DEVICE_MANY_CARDS" in codes(resp)
+
+
+@pytest.mark.parametrize(("cards", "fires"), [(4, True), (3, False)])
+def test_device_card_burst(stub: risk_pb2_grpc.RiskEngineStub, cards: int, fires: bool) -> None:
+    device, t = uid("dev"), now_ms() - 600_000
+    for k in range(cards):
+        resp = send(stub, device_id=device, card_id=uid("c"), user_id=uid("u"), event_time_ms=t + k * 60_000)
+    assert resp.features["device_distinct_cards_1h"] == cards
+    assert (fired(resp, "device_card_burst") is not None) is fires
+    if fires:
+        assert resp.decision == DENY and "DEVICE_CARD_BURST" in codes(resp)
 
 
 @pytest.mark.parametrize(("cards", "fires"), [(6, True), (5, False)])

@@ -33,9 +33,12 @@ REPLICAS = ("--cluster-replicas", "1", "--cluster-yes")
 class LocalCluster:
     """Six redis-server processes in cluster mode; `kill(port)` and `start(port)` one of them."""
 
-    def __init__(self, workdir: Path, node_timeout_ms: int = 1000) -> None:
+    def __init__(self, workdir: Path, node_timeout_ms: int = 1000, full_coverage: bool = True) -> None:
         self.workdir = workdir
         self.node_timeout_ms = node_timeout_ms
+        # Redis's default (yes): while a master is flagged failed and not yet replaced, every
+        # node refuses every command (CLUSTERDOWN); no: the other masters go on serving.
+        self.full_coverage = full_coverage
         # Six distinct ports, none another's cluster bus port (port + 10000): the OS may hand
         # out a just-closed port again, and two nodes on one port would leave one unkillable.
         self.ports: list[int] = []
@@ -71,6 +74,7 @@ class LocalCluster:
                 "--cluster-config-file", str(d / "nodes.conf"),
                 "--cluster-node-timeout", str(self.node_timeout_ms),
                 "--cluster-replica-validity-factor", "0",
+                "--cluster-require-full-coverage", "yes" if self.full_coverage else "no",
                 "--save", "",
                 "--appendonly", "no",
                 "--dir", str(d),
@@ -137,6 +141,17 @@ class LocalCluster:
         c.close()
         return out
 
+    def slot_masters(self) -> list[tuple[int, int, int]]:
+        """(first slot, last slot, master port) of every slot range, as the cluster says now."""
+        c = redis.Redis(port=next(iter(self.procs)), socket_timeout=0.5)
+        try:
+            return [
+                (int(start), int(end), int(master[1]))
+                for start, end, master, *_ in c.execute_command("CLUSTER", "SLOTS")
+            ]
+        finally:
+            c.close()
+
     def master_of(self, key: str) -> int:
         from redis.crc import key_slot
 
@@ -160,8 +175,8 @@ class LocalCluster:
             self.kill(port)
 
 
-def start_cluster(workdir: Path) -> LocalCluster:
-    cluster = LocalCluster(workdir)
+def start_cluster(workdir: Path, full_coverage: bool = True) -> LocalCluster:
+    cluster = LocalCluster(workdir, full_coverage=full_coverage)
     try:
         cluster.create()
     except BaseException:

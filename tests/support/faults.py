@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -124,6 +125,7 @@ class Server:
         self.grace_s = grace_s
         self.port = free_port()
         self.admin_port = free_port()
+        self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "server.log"
 
@@ -136,7 +138,7 @@ class Server:
             "serve",
             *("--port", str(self.port), "--admin-port", str(self.admin_port)),
             *("--rules", str(self.rules), "--model", str(self.registry), "--redis-url", self.redis_url),
-            *("--metrics-port", "0", "--reload-interval", "0.2", "--threads", str(self.threads)),
+            *("--metrics-port", str(self.metrics_port), "--reload-interval", "0.2", "--threads", str(self.threads)),
             *("--decision-log", str(self.workdir / "decisions"), "--log-format", "json"),
         ]
         with self.log.open("ab") as out:
@@ -159,6 +161,11 @@ class Server:
                 time.sleep(0.1)
         finally:
             channel.close()
+
+    def metrics(self) -> str:
+        """The server's /metrics text."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
 
     def status(self) -> admin_pb2.StatusResponse:
         with grpc.insecure_channel(f"127.0.0.1:{self.admin_port}") as channel:

@@ -389,7 +389,11 @@ def start_redis(workdir: Path) -> Service:
 
 
 def start_server(
-    kind: str, workdir: Path, redis: Service | None, metrics_port: int | None = None, env_extra: dict[str, str] | None = None
+    kind: str,
+    workdir: Path,
+    redis: Service | None,
+    metrics_port: int | None = None,
+    env_extra: dict[str, str] | None = None,
 ) -> Service:
     port = free_port()
     env = {

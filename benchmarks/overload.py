@@ -200,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     services: list[Service] = []
     try:
         peak = max(args.max, 1800.0) * 3
-        size = build_pool(int(peak * (args.warmup + args.duration + 3) + args.quiet_rate * 20) + 20_000, workdir / "pool")
+        size = build_pool(
+            int(peak * (args.warmup + args.duration + 3) + args.quiet_rate * 20) + 20_000, workdir / "pool"
+        )
         runner = Runner(workdir / "pool", size, args.warmup, args.duration)
         redis = start_redis(workdir)
         services.append(redis)

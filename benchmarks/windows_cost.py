@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from engine.rules.loader import load_ruleset  # noqa: E402
 from engine.windows.memory import MemoryStore  # noqa: E402
-from engine.windows.redis_store import RedisClusterStore, RedisStore  # noqa: E402
+from engine.windows.redis_cluster import RedisClusterStore  # noqa: E402
+from engine.windows.redis_store import RedisStore  # noqa: E402
 from tests.support.cluster import start_cluster  # noqa: E402
 from tests.support.redis import RedisProcess, free_port  # noqa: E402
 

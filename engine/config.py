@@ -243,7 +243,7 @@ class ServeConfig:
                 f" got {self.redacted_redis_url!r}"
             )
         elif self.redis_url.startswith("redis+cluster://"):
-            from engine.windows.redis_store import parse_cluster_url
+            from engine.windows.redis_cluster import parse_cluster_url
 
             try:
                 parse_cluster_url(self.redis_url)

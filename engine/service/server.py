@@ -46,7 +46,8 @@ from engine.service.servicer import RiskEngineServicer
 from engine.windows.breaker import CLOSED, OPEN, BreakerPolicy
 from engine.windows.fallback import FallbackPolicy, FallbackWindows
 from engine.windows.memory import MemoryStore
-from engine.windows.redis_store import OnBreaker, RedisClusterStore, RedisStore
+from engine.windows.redis_cluster import RedisClusterStore
+from engine.windows.redis_store import OnBreaker, RedisStore
 from engine.windows.store import WindowStore
 
 log = logging.getLogger("risk_engine.server")

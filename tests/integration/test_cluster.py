@@ -25,7 +25,7 @@ from engine.service.server import start
 from engine.transaction import Transaction
 from engine.windows.breaker import BreakerPolicy
 from engine.windows.memory import MemoryStore
-from engine.windows.redis_store import RedisClusterStore
+from engine.windows.redis_cluster import RedisClusterStore
 from engine.windows.store import IdempotencyConflict, StoreUnavailable
 from tests.support import RULES
 from tests.support.cluster import LocalCluster, start_cluster

@@ -18,9 +18,11 @@ from redis.crc import key_slot
 
 from engine.service.pb import risk_pb2_grpc
 from engine.service.server import start
-from tests.conftest import make_config
-from tests.helpers import request
-from tests.windows_cluster import LocalCluster, start_cluster
+from tests.support.cluster import LocalCluster, start_cluster
+from tests.support.requests import request
+from tests.support.served import make_config
+
+pytestmark = [pytest.mark.cluster, pytest.mark.server, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import Running
 from engine.transaction import Action, Channel, Feedback, Transaction
 from engine.windows.memory import MemoryStore
-from engine.windows.redis_store import RedisClusterStore
+from engine.windows.redis_cluster import RedisClusterStore
 from engine.windows.store import WindowStore
 from tests.support.cluster import LocalCluster
 from tests.support.requests import now_ms, request

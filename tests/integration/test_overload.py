@@ -14,29 +14,24 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 import redis
 
-from benchmarks.faults import Server
-from engine.decisions import read_records
+from engine.decision_log import read_records
 from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import Running, start
-from tests.conftest import RULES, RedisProcess, free_port, make_config
-from tests.helpers import now_ms, request
+from tests.support import RULES
+from tests.support.faults import Server
+from tests.support.redis import RedisProcess
+from tests.support.requests import now_ms, request
+from tests.support.served import make_config
+
+pytestmark = [pytest.mark.redis, pytest.mark.server, pytest.mark.slow]
 
 ALLOW, REVIEW, DENY = risk_pb2.DECISION_ALLOW, risk_pb2.DECISION_REVIEW, risk_pb2.DECISION_DENY
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    proc = RedisProcess(free_port(), tmp_path)
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 def metric(text: str, name: str) -> float:

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.windows.memory import MemoryStore
-from engine.windows.redis_store import RedisClusterStore, RedisStore
+from engine.windows.redis_cluster import RedisClusterStore
+from engine.windows.redis_store import RedisStore
 from engine.windows.spec import Aggregate, WindowPlan, WindowSpec
 from engine.windows.store import IdempotencyConflict, WindowStore
 from tests.support.cluster import LocalCluster

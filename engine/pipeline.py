@@ -8,8 +8,8 @@ model drives, its explanation) -> record of the response for retries.
 windows that count it.
 
 When the store does not answer, the answer is degraded: the short windows a
-serving process keeps for that case (`engine.windows.fallback`) stand in for
-the store's, rules on other windows are skipped, and the rule set's degraded
+serving process keeps of every call it scores (`engine.windows.fallback`)
+stand in for the store's, rules on other windows are skipped, and the rule set's degraded
 policy adds its reason. A caller whose deadline leaves no time for the store
 is refused (`DeadlineTooClose`), never answered unchecked.
 
@@ -398,6 +398,8 @@ class Pipeline:
         else:
             if outcome.replay is not None:
                 return Scored(_replayed(outcome.replay, ScoreResult, ScoreResult.from_json), replayed=True, fields={})
+            if self.fallback is not None:
+                self.fallback.add(plan, txn.transaction_id, txn.event_time_ms, fields, fingerprint)
             plan.finish_into(outcome.raw, fields)
         if ruleset.features:
             ruleset.derive(fields)
@@ -583,7 +585,7 @@ class Pipeline:
         if step.fallback:
             read = (
                 f"{len(step.fallback)} short window(s) read from this process's own memory"
-                " (only what it saw while the store was unavailable); rules on them applied, rules on other"
+                " (only what this process scored itself); rules on them applied, rules on other"
                 " windows skipped"
             )
         else:

@@ -17,13 +17,17 @@ shared count, which is what threshold rules such as `card_count_10m >= 5`
 need to stay sound):
 - events handled by other processes or other instances (each process counts
   only what it saw itself);
-- events scored while Redis answered: the fallback is written only while the
-  store is unavailable, so it holds what this process saw since the outage
-  began, never a copy of Redis (writing it on every call would cost every
-  healthy call CPU and memory for a rare case);
 - entities forgotten to bound memory: at most `max_entities` entity values
-  per group are kept, the least recently written dropped first; and series
-  idle for longer than their window are dropped, as Redis keys expire.
+  per group are kept, the least recently written dropped first (an attacker
+  who keeps paying stays among the most recent); series idle for longer than
+  their window are dropped, as Redis keys expire;
+- events older than the process (a restart starts empty).
+
+The fallback is written on every scored call, not only during an outage: a
+card-testing run that began before Redis failed is then already counted when
+the first degraded answer reads it. That costs each call one in-process store
+update of the few short windows (`benchmarks/pipeline_steps.py` reports it as
+the `fallback` step) and memory bounded by `max_entities` per group.
 
 Retries are not counted twice (ids are remembered for the horizon), and a
 reused id with other content is still refused (IdempotencyConflict).
@@ -37,6 +41,7 @@ from typing import Any
 
 from engine.windows.memory import MemoryStore
 from engine.windows.spec import WindowPlan
+from engine.windows.store import IdempotencyConflict
 
 #: Entities whose short windows the fallback keeps by default: the ones card testing,
 #: device farms and IP bursts are keyed on (merchants are busy keys: their series are long).
@@ -87,6 +92,19 @@ class FallbackWindows:
         built = (plan.subset(names), frozenset(names)) if names else None
         self._plans[plan] = built
         return built
+
+    def add(
+        self, plan: WindowPlan, transaction_id: str, event_time_ms: int, fields: dict[str, Any], fingerprint: str
+    ) -> None:
+        """Count a transaction the store answered for, so that the fallback knows it if the store fails next."""
+        entry = self.plan_for(plan)
+        if entry is None:
+            return
+        small = entry[0]
+        try:
+            self.store.apply(small, small.bind(transaction_id, event_time_ms, fields), fingerprint)
+        except IdempotencyConflict:
+            pass  # the store decided this id is new (its records outlive the fallback's): the store is right
 
     def read_into(
         self, plan: WindowPlan, transaction_id: str, event_time_ms: int, fields: dict[str, Any], fingerprint: str

@@ -162,7 +162,15 @@ def test_redis_down_degraded_answers_still_stop_card_testing_device_farms_and_ip
     stub = risk_pb2_grpc.RiskEngineStub(channel)
     t = now_ms()
     try:
+        # A card-testing run that began while Redis answered: the fallback counted it too.
+        early = f"c-{uuid.uuid4().hex[:6]}"
+        for i in range(3):
+            assert stub.Score(attack_request(early, i, t), timeout=2).decision == ALLOW
         own_redis.stop()
+        fourth = stub.Score(attack_request(early, 3, t), timeout=2)
+        fifth = stub.Score(attack_request(early, 4, t), timeout=2)
+        assert fourth.degraded and fourth.decision == ALLOW and fourth.features["card_count_10m"] == 4
+        assert fifth.degraded and fifth.decision == DENY and "CARD_TESTING" in [r.code for r in fifth.reasons]
         # Card testing: five payments of 1 EUR on one card in minutes.
         card = f"c-{uuid.uuid4().hex[:6]}"
         decisions = []
@@ -190,7 +198,9 @@ def test_redis_down_degraded_answers_still_stop_card_testing_device_farms_and_ip
         assert many[-1].decision == REVIEW and "IP_MANY_CARDS" in [r.code for r in many[-1].reasons]
         # Rules on windows the fallback does not keep are skipped, and say so.
         assert "card_count_1d" not in many[-1].features
-        assert running.fallback is not None and running.fallback.used == 8 + 1 + 4 + 6  # the refused one read nothing
+        assert (
+            running.fallback is not None and running.fallback.used == 2 + 8 + 1 + 4 + 6
+        )  # the refused one read nothing
     finally:
         channel.close()
         running.stop(0.5)

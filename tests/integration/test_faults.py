@@ -63,7 +63,12 @@ def test_overload_is_refused_quickly_and_memory_stays_bounded(
     trained_registry: Path, own_redis: RedisProcess, tmp_path: Path
 ) -> None:
     server = Server(
-        tmp_path / "srv", RULES, trained_registry, own_redis.url, threads=2, env={"RISK_MAX_CONCURRENT_RPCS": "8"}
+        tmp_path / "srv",
+        RULES,
+        trained_registry,
+        own_redis.url,
+        threads=2,
+        env={"RISK_MAX_CONCURRENT_RPCS": "8", "RISK_MAX_QUEUE_MS": "10000"},
     )
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")

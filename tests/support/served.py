@@ -39,6 +39,11 @@ def make_config(model: Path, redis: tuple[str, str] | None = None, **overrides: 
         threads=8,
         grace_s=2.0,
         metrics_port=0,
+        # Shedding by queue wait and degrading past the Redis budget are tested where they are the
+        # subject (test_overload.py, test_resilience.py set their own limits): elsewhere a busy test
+        # machine must not turn a test's calls into RESOURCE_EXHAUSTED or degraded answers.
+        max_queue_ms=10_000.0,
+        redis_budget_ms=500.0,
     )
     return replace(config, **overrides)  # type: ignore[arg-type]
 

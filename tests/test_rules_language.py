@@ -27,7 +27,7 @@ def test_shipped_rules_check_clean() -> None:
         [sys.executable, "-m", "engine.cli", "rules", "check", str(RULES)], cwd=ROOT, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "ok: rule set 2026.11.26-3" in proc.stdout and "23 tests passed" in proc.stdout
+    assert "ok: rule set 2026.12.06-1" in proc.stdout and "25 tests passed" in proc.stdout
 
 
 def test_unknown_field_points_at_the_name_with_a_hint(tmp_path: Path) -> None:

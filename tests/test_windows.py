@@ -342,7 +342,7 @@ def test_a_packed_answer_unpacks_to_the_same_answer() -> None:
                 (Contribution("amount", 1234.5, 0.61), Contribution("card_count_1d", 9.0, 0.2)),
             ),
         ),
-        ruleset_version="2026.11.26-3",
+        ruleset_version="2026.12.06-1",
         model_version="handbook-gbm-0cf15f867b",
         degraded=False,
         features={

@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock setup.py engine/windows/_series.c | sha1sum | cut -c1-12)
 DATA   ?= ../shared/data/handbook/transactions.parquet
 
-.PHONY: install serve console test lint format proto model bench demo clean check-redis lock
+.PHONY: install serve console test test-fast lint imports format proto model bench demo clean check-redis lock
 
 install: $(STAMP)
 
@@ -41,6 +41,14 @@ console: install
 test: install check-redis
 	$(BIN)/pytest -q
 
+## The fast unit tests alone (no Redis, cluster, server, browser or slow test): well under a minute.
+test-fast: install
+	$(BIN)/pytest -q tests/unit -m "not redis and not cluster and not server and not slow and not browser"
+
+## The import layers of engine/ (pyproject.toml [tool.importlinter]): no cycle, nothing imports upward.
+imports: install
+	$(BIN)/lint-imports
+
 check-redis:
 	@for tool in redis-server redis-cli openssl; do \
 	  if ! command -v $$tool >/dev/null 2>&1; then \
@@ -52,7 +60,7 @@ check-redis:
 	@test -x /usr/bin/chromium || { echo "error: the browser tests drive /usr/bin/chromium:" \
 	  "install it, e.g. apt-get install chromium" >&2; exit 1; }
 
-lint: install
+lint: install imports
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy engine

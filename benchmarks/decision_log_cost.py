@@ -20,11 +20,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.decisions import DecisionLog, files  # noqa: E402
-from engine.offline.synthetic import generate, to_request  # noqa: E402
+from engine.decision_log import DecisionLog, files  # noqa: E402
+from engine.offline.synthetic import generate  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
 from engine.reload import load_serving  # noqa: E402
 from engine.service.convert import to_transaction  # noqa: E402
+from engine.service.traffic import to_request  # noqa: E402
 from engine.validation import Limits  # noqa: E402
 from engine.windows.memory import MemoryStore  # noqa: E402
 

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.desk.auth import create_user  # noqa: E402
 from engine.desk.db import open_db  # noqa: E402
-from engine.rules.ruleset import load_ruleset  # noqa: E402
+from engine.rules.loader import load_ruleset  # noqa: E402
 
 DAY = 86_400_000
 NULL = "\\N"  # COPY text format

@@ -425,7 +425,8 @@ def start_server(
 
 def build_pool(size: int, path: Path, seed: int = 7) -> int:
     """Serialize `size` unique requests (simulated traffic of the last day) into a pickle file."""
-    from engine.offline.synthetic import generate, shift_to_present, to_request
+    from engine.offline.synthetic import generate, shift_to_present
+    from engine.service.traffic import to_request
 
     users = max(int(size / 1.4), 500)  # about 2 payments per user a day; ~1.5 in the last 24 hours kept
     rows = shift_to_present(generate(days=2, users=users, merchants=max(users // 30, 50), seed=seed))

@@ -54,7 +54,7 @@ def measure(store_name: str, days: int, users: int, warmup: int, redis_url: str 
     from engine.offline.datasets import PRESETS, table_to_dataset
     from engine.offline.synthetic import generate
     from engine.pipeline import Pipeline
-    from engine.rules.ruleset import load_ruleset
+    from engine.rules.loader import load_ruleset
     from engine.service.server import tune_gc
     from engine.windows.fallback import FallbackPolicy, FallbackWindows
     from engine.windows.memory import MemoryStore

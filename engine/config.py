@@ -130,9 +130,9 @@ class ServeConfig:
     #: Set in a worker process of `--workers N` (0..N-1): its scoring socket joins the shared port.
     worker_index: int | None = None
     #: Calls in progress (running or queued for a thread) beyond which gRPC refuses new ones at once.
-    max_concurrent_rpcs: int = 64
+    max_concurrent_rpcs: int = 100
     #: Longest a call may wait for a worker thread before it is shed (engine.service.admission).
-    max_queue_ms: float = 25.0
+    max_queue_ms: float = 50.0
     grace_s: float = 10.0
     #: How often the rules folder is checked for changes; 0 turns the watcher off (SIGHUP still reloads).
     reload_interval_s: float = 1.0
@@ -243,7 +243,7 @@ class ServeConfig:
                 f" got {self.redacted_redis_url!r}"
             )
         elif self.redis_url.startswith("redis+cluster://"):
-            from engine.windows.redis_store import parse_cluster_url
+            from engine.windows.redis_cluster import parse_cluster_url
 
             try:
                 parse_cluster_url(self.redis_url)

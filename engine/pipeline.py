@@ -34,9 +34,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from engine.decision import decide
-from engine.enrich import BOOL, NUMBER
-from engine.model.predictor import Model, Thresholds, applicable_thresholds
+from engine.decision import NO_THRESHOLDS, Thresholds, decide, model_reasons
+from engine.enrich import BOOL, NUMBER, prepare
+from engine.model.predictor import Model, applicable_thresholds
 from engine.model.registry import Challenger
 from engine.rules.evaluate import evaluate_rules
 from engine.rules.ruleset import SCORE, RuleSet
@@ -50,7 +50,7 @@ from engine.transaction import (
     ScoreResult,
     Transaction,
 )
-from engine.validation import InvalidTransaction, Limits, parse_ip, validate
+from engine.validation import InvalidTransaction, Limits
 from engine.windows.fallback import FallbackWindows
 from engine.windows.spec import LABELS, BoundWindows
 from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowStore
@@ -71,8 +71,6 @@ DEADLINE_MARGIN_S = 0.005
 #: Features named in the reason of a review or deny the model drove.
 EXPLAIN_TOP_K = 3
 
-
-NO_THRESHOLDS = Thresholds(None, None)
 _R = TypeVar("_R")
 
 
@@ -149,57 +147,6 @@ BatchAnswer = Scored | InvalidTransaction | IdempotencyConflict
 _PLACEHOLDER: Any = object()
 
 
-def prepare(
-    ruleset: RuleSet, txn: Transaction, limits: Limits, now_ms: int | None
-) -> tuple[Transaction, dict[str, Any]]:
-    """Validation and enrichment: the transaction in its canonical spelling and its field map.
-
-    Raises InvalidTransaction. Shared by scoring and by the rule tests.
-    """
-    validate(txn, limits, now_ms)
-    if txn.ip and (ip := parse_ip(txn.ip)[1]) != txn.ip:
-        txn = replace(txn, ip=ip)  # one spelling per address, for windows and retries
-    fields = ruleset.enricher.enrich(txn)
-    fields["attributes"] = dict(txn.attributes)
-    return txn, fields
-
-
-def model_reasons(ruleset: RuleSet, score: float, model: Model | None = None) -> list[Reason]:
-    """The reason the model's thresholds add for a score (none for NaN or a low score).
-
-    The thresholds are those `applicable_thresholds` gives: the rule set's
-    `model:` section where it sets them, else the model's own; the message
-    says which.
-    """
-    return reasons_at(applicable_thresholds(ruleset, model), score)
-
-
-def reasons_at(thresholds: Thresholds, score: float) -> list[Reason]:
-    """`model_reasons` with the thresholds already chosen (the snapshot keeps them)."""
-    if math.isnan(score):
-        return []
-    deny, review = thresholds.deny_at, thresholds.review_at
-    if deny is not None and score >= deny.value:
-        return [
-            Reason(
-                "MODEL_SCORE_HIGH",
-                ReasonSource.MODEL,
-                f"model score {score:.3f} >= deny threshold {deny.value} ({deny.source})",
-                Action.DENY,
-            )
-        ]
-    if review is not None and score >= review.value:
-        return [
-            Reason(
-                "MODEL_SCORE_ELEVATED",
-                ReasonSource.MODEL,
-                f"model score {score:.3f} >= review threshold {review.value} ({review.source})",
-                Action.REVIEW,
-            )
-        ]
-    return []
-
-
 def _replayed(replay: object, kind: type[_R], parse: Callable[[str], _R]) -> _R:
     """A retry's recorded response: its JSON from Redis, the response itself from the in-process store."""
     if isinstance(replay, str):
@@ -264,14 +211,14 @@ class Pipeline:
         # transaction's fingerprint (only a store that keeps idempotency records, or the
         # record of the response, tells a retry from a reused id with it), and whether the
         # store needs the transaction bound to window groups (one that replays answers does not).
-        self._fingerprints = record or getattr(store, "uses_fingerprints", True)
-        self._binds = getattr(store, "reads_groups", True)
+        self._fingerprints = record or store.uses_fingerprints
+        self._binds = store.reads_groups
         # on_degraded(cause, detail, kind): kind is the StoreUnavailable kind for store failures, '' otherwise
         self.on_degraded = on_degraded or (lambda cause, detail, kind: None)
         # A store that writes retry records behind the answer (engine/windows/records.py):
         # `remember` costs no round trip, so no deadline is too close for it, and records
         # it fails to write later are reported as degraded records.
-        records = getattr(store, "records", None)
+        records = store.records
         self._records_behind = records is not None
         if records is not None:
             records.on_lost = lambda detail, kind: self.on_degraded("record", detail, kind)
@@ -361,7 +308,7 @@ class Pipeline:
         ruleset = self.snapshot.ruleset
         if fb.outcome not in LABELS:
             raise InvalidTransaction("outcome", f"must be one of {', '.join(LABELS)}")
-        txn, fields = prepare(ruleset, fb.transaction, self.limits, None)
+        txn, fields = prepare(ruleset.enricher, fb.transaction, self.limits, None)
         if fb.known_at_ms < txn.event_time_ms:
             raise InvalidTransaction("known_at", "lies before the transaction's event_time")
         if self.check_clock and fb.known_at_ms > self.clock() * 1000 + self.limits.max_event_lead_s * 1000:
@@ -470,7 +417,9 @@ class Pipeline:
 
     def _bind(self, ruleset: RuleSet, txn: Transaction) -> tuple[Transaction, dict[str, Any], BoundWindows]:
         """Validation, enrichment and the transaction's place in each window group."""
-        txn, fields = prepare(ruleset, txn, self.limits, int(self.clock() * 1000) if self.check_clock else None)
+        txn, fields = prepare(
+            ruleset.enricher, txn, self.limits, int(self.clock() * 1000) if self.check_clock else None
+        )
         if not self._binds:
             return txn, fields, BoundWindows(txn.transaction_id, txn.event_time_ms, ())
         return txn, fields, ruleset.windows.bind(txn.transaction_id, txn.event_time_ms, fields)
@@ -524,7 +473,7 @@ class Pipeline:
         reasons: list[Reason] = []
         acting, shadow = evaluate_rules(ruleset, fields, txn.transaction_id, windows_ok, score_ok, step.fallback)
         reasons.extend(acting)
-        for reason in reasons_at(snap.thresholds_of(model), score):
+        for reason in model_reasons(snap.thresholds_of(model), score):
             reasons.append(self._explain(model, reason, fields) if model is not None and self.explain else reason)
         if not windows_ok:
             reasons.append(self._degraded_reason(ruleset, fields, step))
@@ -623,7 +572,7 @@ class Pipeline:
         acting, _ = evaluate_rules(
             ruleset, fields, step.txn.transaction_id, step.windows_ok, not math.isnan(score), step.fallback
         )
-        acting.extend(reasons_at(snap.thresholds_of(model), score))
+        acting.extend(model_reasons(snap.thresholds_of(model), score))
         if not step.windows_ok:
             acting.append(self._degraded_reason(ruleset, fields, step))
         decision, _ = decide(acting)

@@ -42,7 +42,7 @@ from engine.desk.db import now_ms
 from engine.desk.rules_view import ListFile, RulesView
 from engine.rules.errors import RuleSetInvalid
 from engine.rules.lists import ListValueError, parse_value, read_list_file
-from engine.rules.ruleset import load_ruleset
+from engine.rules.loader import load_ruleset
 
 #: What a case page can block, and the list each goes to by default (the console's --card-list, ...).
 KINDS = ("card", "device", "ip")

@@ -28,7 +28,8 @@ from typing import Any
 import yaml
 
 from engine.rules.errors import RuleSetInvalid
-from engine.rules.ruleset import RuleSet, load_ruleset
+from engine.rules.loader import load_ruleset
+from engine.rules.ruleset import RuleSet
 from engine.transaction import Channel, Transaction
 from engine.validation import InvalidTransaction
 

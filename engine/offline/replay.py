@@ -37,6 +37,7 @@ from engine.rules.ruleset import RuleSet
 from engine.transaction import Feedback, Recorded, Transaction
 from engine.validation import InvalidTransaction
 from engine.windows.memory import MemoryStore
+from engine.windows.records import RecordWriter
 from engine.windows.spec import FRAUD, GENUINE, BoundWindows, WindowPlan
 from engine.windows.store import WindowsOutcome, WindowStore
 
@@ -217,6 +218,8 @@ class _ReplaySideStore:
 
     budget_s = 0.0
     uses_fingerprints = False
+    reads_groups = True
+    records: RecordWriter | None = None
 
     def remember(self, transaction_id: str, fingerprint: str, response: Recorded) -> None:
         pass

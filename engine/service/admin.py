@@ -14,7 +14,7 @@ from collections.abc import Callable
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from engine.decisions import DecisionLog
+from engine.decision_log import DecisionLog
 from engine.reload import Reloader
 from engine.service.pb import admin_pb2, admin_pb2_grpc
 

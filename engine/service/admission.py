@@ -38,7 +38,7 @@ SHED_CAUSES = ("queue", "in_flight", "deadline")
 @dataclass(frozen=True, slots=True)
 class AdmissionPolicy:
     #: Longest a call may wait for a worker thread before it is shed (seconds).
-    max_queue_s: float = 0.025
+    max_queue_s: float = 0.05
 
 
 class Admission:

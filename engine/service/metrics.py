@@ -48,7 +48,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from engine.decisions import DecisionLog
+from engine.decision_log import DecisionLog
 from engine.pipeline import STEPS
 from engine.reload import ReloadStatus
 from engine.service.admission import SHED_CAUSES
@@ -61,7 +61,7 @@ from engine.windows.store import UNAVAILABLE_KINDS, WindowStore
 #: Pipeline steps run from about 5 µs (rules) to a Redis budget (50 ms).
 STEP_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25)
-#: A call waits for a worker from microseconds (idle) to the queue limit (25 ms by default) and beyond.
+#: A call waits for a worker from microseconds (idle) to the queue limit (50 ms by default) and beyond.
 WAIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 

@@ -11,7 +11,7 @@ grace period; SIGHUP reloads the rule set at once (it is also watched).
 
 Also here: TLS or mutual TLS on the scoring port (`tls_cert`, `tls_key`,
 `tls_client_ca`), the admin service on its own port (`engine.service.admin`),
-the decision log (`engine.decisions`) written before each fresh answer,
+the decision log (`engine.decision_log`) written before each fresh answer,
 admission control (`engine.service.admission`: overload is shed), the
 store's circuit breakers and the fallback windows of degraded answers
 (`engine.windows.breaker`, `engine.windows.fallback`), and the metrics of
@@ -35,7 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine.config import ConfigError, ServeConfig, unknown_env
-from engine.decisions import DecisionLog
+from engine.decision_log import DecisionLog
 from engine.pipeline import Pipeline
 from engine.reload import Reloader, ReloadStatus, load_serving
 from engine.service.admin import AdminServicer
@@ -46,7 +46,8 @@ from engine.service.servicer import RiskEngineServicer
 from engine.windows.breaker import CLOSED, OPEN, BreakerPolicy
 from engine.windows.fallback import FallbackPolicy, FallbackWindows
 from engine.windows.memory import MemoryStore
-from engine.windows.redis_store import OnBreaker, RedisClusterStore, RedisStore
+from engine.windows.redis_cluster import RedisClusterStore
+from engine.windows.redis_store import OnBreaker, RedisStore
 from engine.windows.store import WindowStore
 
 log = logging.getLogger("risk_engine.server")
@@ -281,7 +282,7 @@ def start(config: ServeConfig) -> Running:
     )
     decisions = make_decision_log(config, metrics)
     metrics.watch_store(store)
-    if isinstance(store, RedisStore | RedisClusterStore) and store.records is not None:
+    if store.records is not None:
         metrics.watch_records(store.records)
     admission = Admission(
         AdmissionPolicy(max_queue_s=config.max_queue_ms / 1000.0),
@@ -434,12 +435,8 @@ def pin_to_one_core(index: int, processes: int = 1) -> int | None:
     return core
 
 
-def serve(config: ServeConfig, on_started: Callable[[Running], None] | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then drain in-flight calls and exit.
-
-    With `workers` > 1 this process supervises that many server processes
-    sharing the port instead (`engine.service.workers`).
-    """
+def warn_unknown_env() -> None:
+    """Log the RISK_* environment variables that no setting reads (a typo would otherwise go unnoticed)."""
     unknown = unknown_env()
     if unknown:
         log.warning(
@@ -447,11 +444,15 @@ def serve(config: ServeConfig, on_started: Callable[[Running], None] | None = No
             ", ".join(unknown),
             extra={"event": "config"},
         )
-    if config.workers > 1 and config.worker_index is None:
-        from engine.service.workers import supervise
 
-        supervise(config)
-        return
+
+def serve(config: ServeConfig, on_started: Callable[[Running], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain in-flight calls and exit.
+
+    One process: `risk-engine serve --workers N` runs N of these under
+    `engine.service.workers.supervise` instead.
+    """
+    warn_unknown_env()
     if config.cpu_affinity:
         core = pin_to_one_core(config.worker_index or 0, config.workers)
         if core is not None:

@@ -22,6 +22,7 @@ from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 
 from engine.transaction import Packed, Recorded
+from engine.windows.records import RecordWriter
 from engine.windows.spec import AGG_CODES, BUCKET_MS, BUCKETED, EXACT, Aggregate, BoundWindows, WindowPlan
 from engine.windows.store import IdempotencyConflict, WindowsOutcome
 
@@ -198,6 +199,8 @@ class MemoryStore:
     """
 
     name = "memory"
+    reads_groups = True
+    records: RecordWriter | None = None  # `remember` keeps the answer in memory itself
     budget_s = 0.0
 
     def __init__(

@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock setup.py engine/windows/_series.c | sha1sum | cut -c1-12)
 DATA   ?= ../shared/data/handbook/transactions.parquet
 
-.PHONY: install serve console test test-fast lint imports format proto model bench demo clean check-redis lock
+.PHONY: install serve console test test-fast lint imports format proto model bench bench-desk demo clean check-redis lock
 
 install: $(STAMP)
 
@@ -81,6 +81,12 @@ model: install
 ## Redis and an in-process store it starts itself (~6 minutes); writes benchmarks/results/ and benchmarks/README.md.
 bench: install check-redis
 	$(BIN)/python benchmarks/loadgen.py
+
+## The review desk at scale (~10 minutes, PostgreSQL on 127.0.0.1:5432): Score with and without a console
+## tailing the decision log, then queue and case pages over a million cases; writes benchmarks/results/desk_*.json.
+bench-desk: install check-redis
+	$(BIN)/python benchmarks/desk_score_latency.py
+	$(BIN)/python benchmarks/desk_pages.py
 
 ## A newcomer's tour: start the server and stream simulated traffic through it, with decisions,
 ## reasons and live latency in the terminal (DURATION seconds, RATE per second; Ctrl-C stops).

@@ -79,7 +79,9 @@ def test_reviews_become_cases_once_across_torn_lines_restarts_and_workers(
     assert hits == [("very_large_amount", 4)]  # r-1, d-1, r-2, r-3 (the allow had no reason)
     r2 = next(r for r in rows if r.transaction_id == "r-2")
     assert r2.card_id == "•••• 1111"  # no card number is stored
-    assert "4111" not in r2.record and "5500005555555559" not in r2.record and "•••• 5559" in r2.record
+    for number in ("4111 1111 1111 1111", "4111111111111111", "5500005555555559"):
+        assert number not in r2.record
+    assert "•••• 5559" in r2.record
     with engine.connect() as conn:
         case = conn.execute(select(t.cases).where(t.cases.c.transaction_id == "r-1")).one()
         reasons = conn.execute(select(t.case_reasons.c.code, t.case_reasons.c.rule_id)).all()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,26 +14,45 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
+from engine.cli import main
 from engine.desk.auth import authenticate
 from engine.desk.db import current_revision, make_engine, open_db
 from engine.desk.schema import metadata
 
-pytestmark = pytest.mark.slow  # each case runs the command as a child process
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "engine.cli", "console", *args],
-        input=stdin,
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Ran]:
+    """`risk-engine console ARGS` through the command's own entry point (engine.cli.main), in this process."""
+
+    def run(*args: str, stdin: str = "") -> Ran:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        code = main(["console", *args])
+        out, err = capsys.readouterr()
+        return Ran(code, out, err)
+
+    return run
+
+
+def test_the_command_runs_as_its_own_process(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "console", "migrate", "--db", f"sqlite:///{tmp_path / 'desk.db'}"],
         capture_output=True,
         text=True,
         timeout=120,
     )
+    assert done.returncode == 0 and "schema at revision 0001" in done.stdout, done.stderr
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_migrations_build_exactly_the_tables_the_code_uses(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, run: Callable[..., Ran]
 ) -> None:
     url = f"sqlite:///{tmp_path / 'desk.db'}" if kind == "sqlite" else str(request.getfixturevalue("pg_url"))
     done = run("migrate", "--db", url)
@@ -48,7 +70,7 @@ def test_migrations_build_exactly_the_tables_the_code_uses(
     engine.dispose()
 
 
-def test_accounts_from_the_command_line(tmp_path: Path) -> None:
+def test_accounts_from_the_command_line(tmp_path: Path, run: Callable[..., Ran]) -> None:
     db = f"sqlite:///{tmp_path / 'desk.db'}"
     added = run("users", "add", "alice", "--role", "lead", "--password-stdin", "--db", db, stdin="a-long-password\n")
     assert added.returncode == 0, added.stderr
@@ -70,7 +92,7 @@ def test_accounts_from_the_command_line(tmp_path: Path) -> None:
     assert run("users", "passwd", "nobody", "--password-stdin", "--db", db, stdin="another-password\n").returncode == 2
 
 
-def test_bad_flags_are_refused_with_status_2(tmp_path: Path) -> None:
+def test_bad_flags_are_refused_with_status_2(tmp_path: Path, run: Callable[..., Ran]) -> None:
     for args, words in (
         (["--db", "mysql://x@localhost/db"], "only postgresql:// and sqlite:///"),
         (["--db", "not a url"], "is not a database URL"),

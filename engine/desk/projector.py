@@ -177,9 +177,14 @@ class Projector:
             except OSError:
                 return 0
             end = data.rfind(b"\n")
-            if end < 0:
+            if end < 0 and len(data) < CHUNK_BYTES:
                 return 0  # a line still being written
-            lines = data[: end + 1].splitlines()
+            if end < 0:  # a chunk without a line end: no decision record is that long; skip it as bad
+                end = len(data) - 1
+                self.stats.bad_lines += 1
+                lines: list[bytes] = []
+            else:
+                lines = data[: end + 1].splitlines()
             records = []
             for line in lines:
                 record = _parse(line)

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from engine.desk import schema as t
 from engine.desk.db import open_db
-from engine.desk.projector import Projector, sampled
+from engine.desk.projector import CHUNK_BYTES, Projector, sampled
 from engine.desk.rules_view import RulesView
 from tests.support import RULES
 from tests.support.desk import decision_line
@@ -126,3 +126,17 @@ def test_retention_drops_old_history_and_offsets_of_deleted_files(tmp_path: Path
         assert [r[0] for r in conn.execute(select(t.decisions.c.transaction_id))] == ["new"]
         assert conn.execute(select(func.count()).select_from(t.log_offsets)).scalar_one() == 0
         assert conn.execute(select(func.count()).select_from(t.cases)).scalar_one() == 1  # cases are kept
+
+
+def test_a_file_of_garbage_without_line_ends_does_not_stop_the_projector(tmp_path: Path, rules_view: RulesView) -> None:
+    engine = open_db(f"sqlite:///{tmp_path / 'desk.db'}")
+    log = tmp_path / "decisions"
+    log.mkdir()
+    (log / "decisions-20261206T100000.000Z-000001.jsonl").write_bytes(
+        b"x" * (CHUNK_BYTES + 10) + b"\n" + decision_line("after").encode()
+    )
+    projector = Projector(engine, log, rules_view)
+    projector.run_once()
+    with engine.connect() as conn:
+        assert [r[0] for r in conn.execute(select(t.cases.c.transaction_id))] == ["after"]
+    assert projector.stats.bad_lines == 2  # the chunk without a line end, then the rest of that line

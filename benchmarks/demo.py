@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from loadgen import Service, free_port, percentile  # noqa: E402
 
-from engine.offline.synthetic import generate, shift_to_present, stream  # noqa: E402
+from engine.offline.synthetic import generate, shift_to_present  # noqa: E402
+from engine.service.traffic import stream  # noqa: E402
 
 COLOURS = {"deny": "\033[31m", "review": "\033[33m", "allow": "\033[32m"}
 RESET = "\033[0m"

@@ -31,7 +31,7 @@ def run(days: int, users: int, tuned: bool) -> dict[str, object]:
     from engine.offline.datasets import PRESETS, table_to_dataset
     from engine.offline.synthetic import generate
     from engine.pipeline import Pipeline
-    from engine.rules.ruleset import load_ruleset
+    from engine.rules.loader import load_ruleset
     from engine.service.server import tune_gc
     from engine.windows.memory import MemoryStore
 

@@ -94,7 +94,8 @@ class PhaseResult:
 
     @property
     def rate(self) -> float:
-        return self.completed / self.duration_s if self.duration_s > 0 else 0.0
+        """Answers with status OK per second: a call shed with RESOURCE_EXHAUSTED is not throughput."""
+        return self.ok / self.duration_s if self.duration_s > 0 else 0.0
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies_ms)
@@ -387,14 +388,21 @@ def start_redis(workdir: Path) -> Service:
     raise SystemExit("loadgen: redis-server did not answer PING")
 
 
-def start_server(kind: str, workdir: Path, redis: Service | None) -> Service:
+def start_server(
+    kind: str,
+    workdir: Path,
+    redis: Service | None,
+    metrics_port: int | None = None,
+    env_extra: dict[str, str] | None = None,
+) -> Service:
     port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "RISK_METRICS_PORT": "off",
+        "RISK_METRICS_PORT": str(metrics_port) if metrics_port else "off",
         "RISK_ADMIN_PORT": "off",
         "RISK_RELOAD_INTERVAL_S": "0",
+        **(env_extra or {}),
     }
     env.pop("REDIS_URL", None)
     if kind == "trivial":
@@ -417,7 +425,8 @@ def start_server(kind: str, workdir: Path, redis: Service | None) -> Service:
 
 def build_pool(size: int, path: Path, seed: int = 7) -> int:
     """Serialize `size` unique requests (simulated traffic of the last day) into a pickle file."""
-    from engine.offline.synthetic import generate, shift_to_present, to_request
+    from engine.offline.synthetic import generate, shift_to_present
+    from engine.service.traffic import to_request
 
     users = max(int(size / 1.4), 500)  # about 2 payments per user a day; ~1.5 in the last 24 hours kept
     rows = shift_to_present(generate(days=2, users=users, merchants=max(users // 30, 50), seed=seed))
@@ -441,7 +450,14 @@ class Runner:
     redis: Service | None = None  # its CPU time is reported with the engine's
 
     def phase(
-        self, server: Service, mode: str, procs: int, concurrency: int = 0, rate: float = 0.0, label: str = ""
+        self,
+        server: Service,
+        mode: str,
+        procs: int,
+        concurrency: int = 0,
+        rate: float = 0.0,
+        label: str = "",
+        timeout_s: float = 2.0,
     ) -> PhaseResult:
         ctx = mp.get_context("spawn")
         out = ctx.Queue()
@@ -460,6 +476,7 @@ class Runner:
                 offset=self.cursor + k,
                 stride=procs,
                 channels=16 if server.name == "redis-2w" else 1,
+                timeout_s=timeout_s,
             )
             for k in range(procs)
         ]

@@ -8,7 +8,8 @@ present) with `Pipeline.score`, exactly as the server does for each Score call
 retries, model reviews and denies explained), with no gRPC around it. Once with
 the in-process store a server uses (`MemoryStore()`) and with a Redis
 store on a `redis-server` this script starts on a free port (records written
-behind the answer, and `redis-direct`: written before it). Reports
+behind the answer, and `redis-direct`: written before it; both keep the fallback windows
+of degraded answers as the server does, `redis-nofallback` does not, to show what they cost). Reports
 percentiles of the whole call (wall clock around `score`) and of the steps the
 pipeline times itself (`Scored.timings_ns`):
 
@@ -53,8 +54,9 @@ def measure(store_name: str, days: int, users: int, warmup: int, redis_url: str 
     from engine.offline.datasets import PRESETS, table_to_dataset
     from engine.offline.synthetic import generate
     from engine.pipeline import Pipeline
-    from engine.rules.ruleset import load_ruleset
+    from engine.rules.loader import load_ruleset
     from engine.service.server import tune_gc
+    from engine.windows.fallback import FallbackPolicy, FallbackWindows
     from engine.windows.memory import MemoryStore
     from engine.windows.redis_store import RedisStore
     from engine.windows.store import WindowStore
@@ -68,17 +70,20 @@ def measure(store_name: str, days: int, users: int, warmup: int, redis_url: str 
     model = load_model(ROOT / "models", ruleset)
     model.prepare_explanations()
     store: WindowStore
-    if store_name in ("redis", "redis-direct"):
+    fallback = None
+    if store_name in ("redis", "redis-direct", "redis-nofallback"):
         assert redis_url is not None
         # redis: the retry record written behind the answer (the server's default);
         # redis-direct: written by `remember` before the answer (RISK_REDIS_WRITE_BEHIND=off).
-        store = RedisStore(redis_url, prefix="bench-steps", write_behind=store_name == "redis")
+        store = RedisStore(redis_url, prefix="bench-steps", write_behind=store_name != "redis-direct")
+        if store_name != "redis-nofallback":  # the server keeps the fallback windows with Redis
+            fallback = FallbackWindows(FallbackPolicy())
     else:
         store = MemoryStore()
     # The clock the event time is checked against: the traffic's own, a second after each
     # transaction (the days of traffic are replayed in a few seconds).
     now = [0.0]
-    pipeline = Pipeline(ruleset, model, store, clock=lambda: now[0])
+    pipeline = Pipeline(ruleset, model, store, clock=lambda: now[0], fallback=fallback)
     tune_gc()  # as `risk-engine serve`
     calls: list[float] = []
     steps: dict[str, list[float]] = {s: [] for s in STEPS}
@@ -118,7 +123,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=4000, help="simulated users (default 4000)")
     parser.add_argument("--warmup", type=int, default=2000, help="calls not measured at the start (default 2000)")
     parser.add_argument(
-        "--stores", default="memory,redis,redis-direct", help="comma-separated: memory, redis, redis-direct"
+        "--stores",
+        default="memory,redis,redis-nofallback,redis-direct",
+        help="comma-separated: memory, redis, redis-nofallback, redis-direct",
     )
     args = parser.parse_args()
 
@@ -126,7 +133,7 @@ def main() -> None:
 
     results = []
     for name in args.stores.split(","):
-        if name in ("redis", "redis-direct"):
+        if name in ("redis", "redis-direct", "redis-nofallback"):
             with tempfile.TemporaryDirectory() as tmp:
                 redis = start_redis(Path(tmp))
                 try:
@@ -138,7 +145,7 @@ def main() -> None:
         else:
             results.append(measure(name, args.days, args.users, args.warmup, None))
 
-    goals = {"memory": 60.0, "redis": 300.0, "redis-direct": 300.0}
+    goals = {"memory": 60.0, "redis": 300.0, "redis-direct": 300.0, "redis-nofallback": 300.0}
     print("| store | calls | call p50 / p90 / p99 µs | goal p50 | " + " | ".join(f"{s} p50" for s in STEPS) + " |")
     print("|---|---|---|---|" + "---|" * len(STEPS))
     for r in results:

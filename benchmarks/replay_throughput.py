@@ -39,7 +39,7 @@ from engine.model.predictor import load_model  # noqa: E402
 from engine.offline.datasets import PRESETS, default_data_path, read_dataset  # noqa: E402
 from engine.offline.replay import ReplayStats, label_events, parallel_by_default, replay  # noqa: E402
 from engine.offline.synthetic import generate, write_parquet  # noqa: E402
-from engine.rules.ruleset import load_ruleset  # noqa: E402
+from engine.rules.loader import load_ruleset  # noqa: E402
 
 
 def main() -> None:

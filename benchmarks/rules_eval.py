@@ -33,7 +33,8 @@ from engine.offline.datasets import PRESETS, table_to_dataset  # noqa: E402
 from engine.offline.replay import replay  # noqa: E402
 from engine.offline.synthetic import generate  # noqa: E402
 from engine.rules.evaluate import evaluate_rules  # noqa: E402
-from engine.rules.ruleset import RuleSet, load_ruleset  # noqa: E402
+from engine.rules.loader import load_ruleset  # noqa: E402
+from engine.rules.ruleset import RuleSet  # noqa: E402
 
 FIFTY_RULE_TEMPLATES = [
     "card_count_10m >= {k} and amount < {small}",

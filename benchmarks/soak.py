@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.faults import RedisServer, Server, run_faults  # noqa: E402
+from tests.support.faults import Server, run_faults  # noqa: E402
+from tests.support.redis import RedisProcess, free_port  # noqa: E402
 
 
 def main() -> int:
@@ -38,7 +39,7 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="soak-"))
-    redis_proc = RedisServer(work)
+    redis_proc = RedisProcess(free_port(), work)
     redis_proc.start()
     server = Server(work / "srv", ROOT / "rules", Path(args.model), redis_proc.url)
     totals: dict[str, dict[str, object]] = {}

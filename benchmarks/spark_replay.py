@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.offline.backtest import read_summary  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.spark_support import same_summaries, same_tables, start_cluster  # noqa: E402
+from tests.support.redis import free_port  # noqa: E402
+from tests.support.spark import same_summaries, same_tables, start_spark_cluster  # noqa: E402
 
 STEPS = ("step1_bind", "step2_series", "step3_score")
 
@@ -150,7 +150,7 @@ def main() -> None:
                 command = [*cli, *base, "--out", str(out), *spark_args("local[2]", events, ["spark.driver.memory=4g"])]
                 cores = 2
             elif engine == "cluster":
-                cluster = start_cluster(work / "cluster", free_port(), workers=2, worker_memory="3g")
+                cluster = start_spark_cluster(work / "cluster", free_port(), workers=2, worker_memory="3g")
                 extra = ["spark.executor.memory=2g", "spark.driver.memory=2g"]
                 command = [*cli, *base, "--out", str(out), *spark_args(cluster.master_url, events, extra)]
                 cores = 2

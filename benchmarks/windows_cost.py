@@ -24,11 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.rules.ruleset import load_ruleset  # noqa: E402
+from engine.rules.loader import load_ruleset  # noqa: E402
 from engine.windows.memory import MemoryStore  # noqa: E402
-from engine.windows.redis_store import RedisClusterStore, RedisStore  # noqa: E402
-from tests.conftest import RedisProcess, free_port  # noqa: E402
-from tests.windows_cluster import start_cluster  # noqa: E402
+from engine.windows.redis_cluster import RedisClusterStore  # noqa: E402
+from engine.windows.redis_store import RedisStore  # noqa: E402
+from tests.support.cluster import start_cluster  # noqa: E402
+from tests.support.redis import RedisProcess, free_port  # noqa: E402
 
 
 def stream(n: int) -> list[tuple[str, int, dict[str, object]]]:

@@ -25,9 +25,9 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.rules.ruleset import load_ruleset  # noqa: E402
+from engine.rules.loader import load_ruleset  # noqa: E402
 from engine.windows.redis_store import RedisStore  # noqa: E402
-from tests.conftest import RedisProcess, free_port  # noqa: E402
+from tests.support.redis import RedisProcess, free_port  # noqa: E402
 
 T0 = 1_767_225_600_000
 DAY = 86_400_000

@@ -13,6 +13,7 @@ risk-engine audit --log DIR [--rules PATH] [--model DIR] [--feedback FILE] [--ou
 risk-engine models list [--dir DIR] [--json]
 risk-engine models promote VERSION [--dir DIR] [--rules PATH]
 risk-engine models challenger (VERSION --mode shadow|split [--share S] | --clear) [--dir DIR] [--rules PATH]
+risk-engine console [--db URL] [--port N] [--decision-log DIR] [--rules DIR] [--engine HOST:PORT] (engine.desk)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
     from engine.model.predictor import ModelInvalid
     from engine.rules.errors import RuleSetInvalid
     from engine.service.server import serve
+    from engine.service.workers import supervise
 
     def path(value: str | None) -> Path | None:
         return Path(value) if value else None
@@ -74,7 +76,10 @@ def _serve(args: argparse.Namespace) -> int:
         if args.decision_log is not None:
             config = replace(config, decision_log=None if args.decision_log == "off" else Path(args.decision_log))
         configure(config.log_format if config.log_format in ("json", "text") else "text")
-        serve(config)
+        if config.workers > 1 and config.worker_index is None:
+            supervise(config)  # N server processes on one port
+        else:
+            serve(config)
     except ConfigError as exc:
         print(f"risk-engine serve: {exc}", file=sys.stderr)
         return 2
@@ -88,7 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _decisions_export(args: argparse.Namespace) -> int:
-    from engine.decisions import ExportError, export, parse_time
+    from engine.offline.export import ExportError, export, parse_time
 
     try:
         summary = export(
@@ -110,7 +115,7 @@ def _decisions_export(args: argparse.Namespace) -> int:
 
 def _rules_check(args: argparse.Namespace) -> int:
     from engine.rules.errors import RuleSetInvalid
-    from engine.rules.ruleset import load_ruleset
+    from engine.rules.loader import load_ruleset
 
     try:
         rs = load_ruleset(args.path)
@@ -131,8 +136,8 @@ def _rules_check(args: argparse.Namespace) -> int:
 
 def _rules_test(args: argparse.Namespace) -> int:
     from engine.rules.errors import RuleSetInvalid
-    from engine.rules.ruleset import load_ruleset
-    from engine.rules.testing import run_rule_tests
+    from engine.rules.loader import load_ruleset
+    from engine.rules.rule_tests import run_rule_tests
 
     try:
         rs = load_ruleset(args.path, run_tests=False)
@@ -159,7 +164,8 @@ def _rules_test(args: argparse.Namespace) -> int:
 def _rules_fields(args: argparse.Namespace) -> int:
     from engine.enrich import FIELDS
     from engine.rules.errors import RuleSetInvalid
-    from engine.rules.ruleset import SCORE, load_ruleset
+    from engine.rules.loader import load_ruleset
+    from engine.rules.ruleset import SCORE
 
     try:
         rs = load_ruleset(args.path)
@@ -250,7 +256,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _backtest(args: argparse.Namespace) -> int:
     from engine.model.predictor import ModelInvalid
-    from engine.offline.backtest import BacktestError, backtest
+    from engine.offline.backtest import backtest
+    from engine.offline.datasets import DatasetError
     from engine.rules.errors import RuleSetInvalid
 
     spark = _spark_options(args, "backtest")
@@ -269,7 +276,7 @@ def _backtest(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             spark=spark,
         )
-    except BacktestError as exc:
+    except DatasetError as exc:
         print(f"risk-engine backtest: {exc}", file=sys.stderr)
         return 2
     except RuleSetInvalid as exc:
@@ -326,7 +333,8 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from engine.offline.synthetic import generate, shift_to_present, stream, write_parquet
+    from engine.offline.synthetic import generate, shift_to_present, write_parquet
+    from engine.service.traffic import stream
 
     if args.days < 1 or args.users < 1:
         print("risk-engine simulate: --days and --users must be at least 1", file=sys.stderr)
@@ -360,9 +368,8 @@ def _simulate(args: argparse.Namespace) -> int:
 def _feedback_import(args: argparse.Namespace) -> int:
     import grpc
 
-    from engine.offline.backtest import BacktestError
     from engine.offline.datasets import DatasetError
-    from engine.rules.ruleset import parse_duration
+    from engine.rules.settings import parse_duration
     from engine.service.feedback_client import read_feedback, send_feedback
 
     delay = None
@@ -376,7 +383,7 @@ def _feedback_import(args: argparse.Namespace) -> int:
             return 2
     try:
         items, unlabeled = read_feedback(args.data, args.mapping, delay)
-    except (BacktestError, DatasetError, ValueError, OSError) as exc:
+    except (DatasetError, ValueError, OSError) as exc:
         print(f"risk-engine feedback import: {exc}", file=sys.stderr)
         return 2
     with grpc.insecure_channel(args.target) as channel:
@@ -446,7 +453,7 @@ def _models_list(args: argparse.Namespace) -> int:
 def _load_rules_for(command: str, rules: str) -> RuleSet | str:
     """The rule set to check a model against, or a one-line error (returned as a str)."""
     from engine.rules.errors import RuleSetInvalid
-    from engine.rules.ruleset import load_ruleset
+    from engine.rules.loader import load_ruleset
 
     try:
         return load_ruleset(rules)
@@ -664,6 +671,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_simulate)
 
     _add_models_commands(sub)
+
+    from engine.desk.console import add_parser as add_console_parser
+
+    add_console_parser(sub)
 
     args = parser.parse_args(argv)
     try:

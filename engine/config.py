@@ -71,6 +71,13 @@ ENV_VARS = (
     "RISK_THREADS",
     "RISK_WORKERS",
     "RISK_MAX_CONCURRENT_RPCS",
+    "RISK_MAX_QUEUE_MS",
+    "RISK_BREAKER_MIN_FAILURES",
+    "RISK_BREAKER_FAILURE_RATE",
+    "RISK_BREAKER_WINDOW_S",
+    "RISK_BREAKER_OPEN_MS",
+    "RISK_FALLBACK_HORIZON_S",
+    "RISK_FALLBACK_MAX_ENTITIES",
     "RISK_GRACE_S",
     "RISK_RELOAD_INTERVAL_S",
     "RISK_METRICS_HOST",
@@ -82,7 +89,6 @@ ENV_VARS = (
     "RISK_DECISION_LOG_MAX_FILE_MB",
     "RISK_DECISION_LOG_ROTATE_S",
     "RISK_DECISION_LOG_MAX_TOTAL_MB",
-    "RISK_DECISION_LOG_QUEUE",
     "RISK_TLS_CERT",
     "RISK_TLS_KEY",
     "RISK_TLS_CLIENT_CA",
@@ -103,7 +109,18 @@ class ServeConfig:
     redis_url: str = ""  # empty: the embedded in-process store
     redis_prefix: str = "risk"
     redis_budget_ms: float = 50.0
-    redis_cooldown_ms: float = 500.0
+    #: Circuit breaker of each Redis target (engine.windows.breaker): it opens on at least this many
+    #: failures that are at least this share of the calls in the last window, and then fails fast
+    #: for breaker_open_ms before one probe call may try Redis again.
+    breaker_min_failures: int = 5
+    breaker_failure_rate: float = 0.5
+    breaker_window_s: int = 10
+    breaker_open_ms: float = 500.0
+    #: Short windows each process keeps for degraded answers (engine.windows.fallback): windows
+    #: reaching back at most this many seconds; 0 turns the fallback off.
+    fallback_horizon_s: float = 3600.0
+    #: Entity values the fallback keeps per window group (its memory bound).
+    fallback_max_entities: int = 50_000
     #: Write retry records to Redis behind the answer (engine/windows/records.py); off: before answering.
     redis_write_behind: bool = True
     idempotency_ttl_s: float = 86400.0
@@ -112,7 +129,10 @@ class ServeConfig:
     workers: int = 1
     #: Set in a worker process of `--workers N` (0..N-1): its scoring socket joins the shared port.
     worker_index: int | None = None
-    max_concurrent_rpcs: int = 256
+    #: Calls in progress (running or queued for a thread) beyond which gRPC refuses new ones at once.
+    max_concurrent_rpcs: int = 100
+    #: Longest a call may wait for a worker thread before it is shed (engine.service.admission).
+    max_queue_ms: float = 50.0
     grace_s: float = 10.0
     #: How often the rules folder is checked for changes; 0 turns the watcher off (SIGHUP still reloads).
     reload_interval_s: float = 1.0
@@ -127,7 +147,6 @@ class ServeConfig:
     decision_log_max_file_mb: float = 64.0
     decision_log_rotate_s: float = 3600.0
     decision_log_max_total_mb: float = 1024.0
-    decision_log_queue: int = 10_000
     #: Server certificate chain and key (PEM): both set turns TLS on for the gRPC port.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -180,6 +199,13 @@ class ServeConfig:
             "threads": get("RISK_THREADS", _int, d.threads),
             "workers": get("RISK_WORKERS", _int, d.workers),
             "max_concurrent_rpcs": get("RISK_MAX_CONCURRENT_RPCS", _int, d.max_concurrent_rpcs),
+            "max_queue_ms": get("RISK_MAX_QUEUE_MS", _float, d.max_queue_ms),
+            "breaker_min_failures": get("RISK_BREAKER_MIN_FAILURES", _int, d.breaker_min_failures),
+            "breaker_failure_rate": get("RISK_BREAKER_FAILURE_RATE", _float, d.breaker_failure_rate),
+            "breaker_window_s": get("RISK_BREAKER_WINDOW_S", _int, d.breaker_window_s),
+            "breaker_open_ms": get("RISK_BREAKER_OPEN_MS", _float, d.breaker_open_ms),
+            "fallback_horizon_s": get("RISK_FALLBACK_HORIZON_S", _float, d.fallback_horizon_s),
+            "fallback_max_entities": get("RISK_FALLBACK_MAX_ENTITIES", _int, d.fallback_max_entities),
             "grace_s": get("RISK_GRACE_S", _float, d.grace_s),
             "reload_interval_s": get("RISK_RELOAD_INTERVAL_S", _float, d.reload_interval_s),
             "metrics_host": get("RISK_METRICS_HOST", str, d.metrics_host),
@@ -193,7 +219,6 @@ class ServeConfig:
             "decision_log_max_file_mb": get("RISK_DECISION_LOG_MAX_FILE_MB", _float, d.decision_log_max_file_mb),
             "decision_log_rotate_s": get("RISK_DECISION_LOG_ROTATE_S", _float, d.decision_log_rotate_s),
             "decision_log_max_total_mb": get("RISK_DECISION_LOG_MAX_TOTAL_MB", _float, d.decision_log_max_total_mb),
-            "decision_log_queue": get("RISK_DECISION_LOG_QUEUE", _int, d.decision_log_queue),
             "tls_cert": get("RISK_TLS_CERT", Path, d.tls_cert),
             "tls_key": get("RISK_TLS_KEY", Path, d.tls_key),
             "tls_client_ca": get("RISK_TLS_CLIENT_CA", Path, d.tls_client_ca),
@@ -218,7 +243,7 @@ class ServeConfig:
                 f" got {self.redacted_redis_url!r}"
             )
         elif self.redis_url.startswith("redis+cluster://"):
-            from engine.windows.redis_store import parse_cluster_url
+            from engine.windows.redis_cluster import parse_cluster_url
 
             try:
                 parse_cluster_url(self.redis_url)
@@ -247,6 +272,20 @@ class ServeConfig:
             p.append(f"--workers / RISK_WORKERS {self.workers} needs Linux (SO_REUSEPORT load balancing)")
         if self.max_concurrent_rpcs < 1:
             p.append(f"RISK_MAX_CONCURRENT_RPCS must be at least 1, got {self.max_concurrent_rpcs}")
+        if not self.max_queue_ms > 0:
+            p.append(f"RISK_MAX_QUEUE_MS must be positive, got {self.max_queue_ms}")
+        if self.breaker_min_failures < 1:
+            p.append(f"RISK_BREAKER_MIN_FAILURES must be at least 1, got {self.breaker_min_failures}")
+        if not 0 < self.breaker_failure_rate <= 1:
+            p.append(f"RISK_BREAKER_FAILURE_RATE must be in (0, 1], got {self.breaker_failure_rate}")
+        if not 1 <= self.breaker_window_s <= 3600:
+            p.append(f"RISK_BREAKER_WINDOW_S must be 1..3600, got {self.breaker_window_s}")
+        if not self.breaker_open_ms > 0:
+            p.append(f"RISK_BREAKER_OPEN_MS must be positive, got {self.breaker_open_ms}")
+        if not 0 <= self.fallback_horizon_s <= 86400:
+            p.append(f"RISK_FALLBACK_HORIZON_S must be 0 (off) to 86400, got {self.fallback_horizon_s}")
+        if self.fallback_max_entities < 1:
+            p.append(f"RISK_FALLBACK_MAX_ENTITIES must be at least 1, got {self.fallback_max_entities}")
         if not self.grace_s >= 0:
             p.append(f"RISK_GRACE_S must be 0 or positive, got {self.grace_s}")
         if not (self.limits.max_event_age_s > 0 and self.limits.max_event_lead_s >= 0):
@@ -269,8 +308,6 @@ class ServeConfig:
                     "RISK_DECISION_LOG_MAX_TOTAL_MB must be at least RISK_DECISION_LOG_MAX_FILE_MB,"
                     f" got {self.decision_log_max_total_mb} < {self.decision_log_max_file_mb}"
                 )
-            if self.decision_log_queue < 1:
-                p.append(f"RISK_DECISION_LOG_QUEUE must be at least 1, got {self.decision_log_queue}")
         if (self.tls_cert is None) != (self.tls_key is None):
             p.append("--tls-cert / RISK_TLS_CERT and --tls-key / RISK_TLS_KEY go together: set both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -309,6 +346,8 @@ class ServeConfig:
             "workers": self.workers,
             "worker_index": self.worker_index,
             "max_concurrent_rpcs": self.max_concurrent_rpcs,
+            "max_queue_ms": self.max_queue_ms,
+            "fallback_horizon_s": self.fallback_horizon_s,
             "tls": "mutual" if self.tls_client_ca else ("on" if self.tls else "off"),
             "decision_log": str(self.decision_log) if self.decision_log else "off",
         }

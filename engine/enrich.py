@@ -2,19 +2,21 @@
 
 `Enricher` is built once per rule set (currency table, time zone) and turns a
 `Transaction` into the flat field map that windows, the model and rules read.
-The catalog of these fields, with types and meanings, is `FIELDS`.
+The catalog of these fields, with types and meanings, is `FIELDS`. `prepare`
+is the first step of scoring (and of a rule test): validation, the address in
+its canonical spelling, then enrichment.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from engine.iso import CURRENCY_EXPONENTS
 from engine.transaction import Transaction
-from engine.validation import InvalidTransaction, IPAddress, parse_ip
+from engine.validation import InvalidTransaction, IPAddress, Limits, parse_ip, validate
 
 NUMBER, STRING, BOOL = "number", "string", "bool"
 
@@ -68,7 +70,9 @@ class Money:
         return round(amount_minor * rate * 10.0**shift)
 
 
-class Located(Protocol):
+class IPLocation(Protocol):
+    """Where an address is, as a `GeoLookup` answers (engine.geo.Location)."""
+
     @property
     def country(self) -> str: ...
 
@@ -79,7 +83,7 @@ class Located(Protocol):
 class GeoLookup(Protocol):
     """Maps an IP address to where it is (see engine.geo)."""
 
-    def lookup(self, addr: IPAddress) -> Located: ...
+    def lookup(self, addr: IPAddress) -> IPLocation: ...
 
 
 _HOUR_MS = 3_600_000
@@ -175,3 +179,18 @@ class Enricher:
             "has_ip": bool(txn.ip),
             ADDRESS_FIELD: addr,
         }
+
+
+def prepare(
+    enricher: Enricher, txn: Transaction, limits: Limits, now_ms: int | None
+) -> tuple[Transaction, dict[str, Any]]:
+    """Validation and enrichment: the transaction in its canonical spelling and its field map.
+
+    Raises InvalidTransaction. Shared by scoring and by the rule tests.
+    """
+    validate(txn, limits, now_ms)
+    if txn.ip and (ip := parse_ip(txn.ip)[1]) != txn.ip:
+        txn = replace(txn, ip=ip)  # one spelling per address, for windows and retries
+    fields = enricher.enrich(txn)
+    fields["attributes"] = dict(txn.attributes)
+    return txn, fields

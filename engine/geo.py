@@ -39,6 +39,7 @@ from typing import Any
 import maxminddb
 
 from engine.iso import COUNTRIES
+from engine.validation import IPAddress
 
 log = logging.getLogger("risk_engine.geo")
 
@@ -64,7 +65,6 @@ class Location:
 
 UNKNOWN = Location("", "")
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _IPV4 = ipaddress.IPv4Address
 
 

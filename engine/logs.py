@@ -28,7 +28,7 @@ _KV_PASSWORD = re.compile(r"(?P<head>\b(?:password|passwd|pwd|secret|token)=)(?P
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 _EVENT_BY_LOGGER = {
     "risk_engine.reload": "reload",
-    "risk_engine.decisions": "decision_log",
+    "risk_engine.decision_log": "decision_log",
 }
 
 

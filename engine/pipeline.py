@@ -7,6 +7,12 @@ model drives, its explanation) -> record of the response for retries.
 `feedback` records a transaction's outcome, learned later, in the label
 windows that count it.
 
+When the store does not answer, the answer is degraded: the short windows a
+serving process keeps of every call it scores (`engine.windows.fallback`)
+stand in for the store's, rules on other windows are skipped, and the rule set's degraded
+policy adds its reason. A caller whose deadline leaves no time for the store
+is refused (`DeadlineTooClose`), never answered unchecked.
+
 The rule set and model in use form one immutable `Snapshot`; `swap` replaces
 it with a single reference assignment, so a request always sees one
 consistent pair.
@@ -28,9 +34,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from engine.decision import decide
-from engine.enrich import BOOL, NUMBER
-from engine.model.predictor import Model, Thresholds, applicable_thresholds
+from engine.decision import NO_THRESHOLDS, Thresholds, decide, model_reasons
+from engine.enrich import BOOL, NUMBER, prepare
+from engine.model.predictor import Model, applicable_thresholds
 from engine.model.registry import Challenger
 from engine.rules.evaluate import evaluate_rules
 from engine.rules.ruleset import SCORE, RuleSet
@@ -44,21 +50,45 @@ from engine.transaction import (
     ScoreResult,
     Transaction,
 )
-from engine.validation import InvalidTransaction, Limits, parse_ip, validate
+from engine.validation import InvalidTransaction, Limits
+from engine.windows.fallback import FallbackWindows
 from engine.windows.spec import LABELS, BoundWindows
 from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowStore
 
 # The errors a door must handle, importable from here.
-__all__ = ["BatchAnswer", "IdempotencyConflict", "InvalidTransaction", "Pipeline", "Scored", "Snapshot"]
+__all__ = [
+    "BatchAnswer",
+    "DeadlineTooClose",
+    "IdempotencyConflict",
+    "InvalidTransaction",
+    "Pipeline",
+    "Scored",
+    "Snapshot",
+]
 
 #: Time kept for the model, rules and the response after the window store answers.
 DEADLINE_MARGIN_S = 0.005
 #: Features named in the reason of a review or deny the model drove.
 EXPLAIN_TOP_K = 3
 
-
-NO_THRESHOLDS = Thresholds(None, None)
 _R = TypeVar("_R")
+
+
+class DeadlineTooClose(Exception):
+    """The caller's deadline leaves too little time for a properly scored answer (its windows need the store).
+
+    Serving refuses such a call (RESOURCE_EXHAUSTED) rather than answer it
+    without its checks: the gateway retries elsewhere or applies its own
+    fallback, knowingly.
+    """
+
+    def __init__(self, time_left_s: float, needed_s: float) -> None:
+        super().__init__(
+            f"{time_left_s * 1000:.0f} ms left before the caller's deadline; a scored answer may need"
+            f" {needed_s * 1000:.0f} ms (the window store's budget and a margin)"
+        )
+        self.time_left_s = time_left_s
+        self.needed_s = needed_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +129,9 @@ class _Pending:
     fields: dict[str, Any]
     fingerprint: str
     windows_ok: bool
+    #: When the store did not answer: why (its message), and the windows read from the fallback instead.
+    unavailable: str = ""
+    fallback: frozenset[str] = frozenset()
     score: float = float("nan")
     elapsed_ns: int = 0
     prepare_ns: int = 0
@@ -112,57 +145,6 @@ BatchAnswer = Scored | InvalidTransaction | IdempotencyConflict
 
 #: Fills a batch answer's place until its transaction is concluded.
 _PLACEHOLDER: Any = object()
-
-
-def prepare(
-    ruleset: RuleSet, txn: Transaction, limits: Limits, now_ms: int | None
-) -> tuple[Transaction, dict[str, Any]]:
-    """Validation and enrichment: the transaction in its canonical spelling and its field map.
-
-    Raises InvalidTransaction. Shared by scoring and by the rule tests.
-    """
-    validate(txn, limits, now_ms)
-    if txn.ip and (ip := parse_ip(txn.ip)[1]) != txn.ip:
-        txn = replace(txn, ip=ip)  # one spelling per address, for windows and retries
-    fields = ruleset.enricher.enrich(txn)
-    fields["attributes"] = dict(txn.attributes)
-    return txn, fields
-
-
-def model_reasons(ruleset: RuleSet, score: float, model: Model | None = None) -> list[Reason]:
-    """The reason the model's thresholds add for a score (none for NaN or a low score).
-
-    The thresholds are those `applicable_thresholds` gives: the rule set's
-    `model:` section where it sets them, else the model's own; the message
-    says which.
-    """
-    return reasons_at(applicable_thresholds(ruleset, model), score)
-
-
-def reasons_at(thresholds: Thresholds, score: float) -> list[Reason]:
-    """`model_reasons` with the thresholds already chosen (the snapshot keeps them)."""
-    if math.isnan(score):
-        return []
-    deny, review = thresholds.deny_at, thresholds.review_at
-    if deny is not None and score >= deny.value:
-        return [
-            Reason(
-                "MODEL_SCORE_HIGH",
-                ReasonSource.MODEL,
-                f"model score {score:.3f} >= deny threshold {deny.value} ({deny.source})",
-                Action.DENY,
-            )
-        ]
-    if review is not None and score >= review.value:
-        return [
-            Reason(
-                "MODEL_SCORE_ELEVATED",
-                ReasonSource.MODEL,
-                f"model score {score:.3f} >= review threshold {review.value} ({review.source})",
-                Action.REVIEW,
-            )
-        ]
-    return []
 
 
 def _replayed(replay: object, kind: type[_R], parse: Callable[[str], _R]) -> _R:
@@ -214,9 +196,12 @@ class Pipeline:
         explain: bool = True,
         on_degraded: Callable[[str, str, str], None] | None = None,
         challenger: Challenger | None = None,
+        fallback: FallbackWindows | None = None,
     ) -> None:
         self.snapshot = make_snapshot(ruleset, model, challenger)
         self.store = store
+        #: Short windows kept in this process for when the store does not answer (serving only).
+        self.fallback = fallback
         self.limits = limits or Limits()
         self.clock = clock
         self.check_clock = check_clock
@@ -226,14 +211,14 @@ class Pipeline:
         # transaction's fingerprint (only a store that keeps idempotency records, or the
         # record of the response, tells a retry from a reused id with it), and whether the
         # store needs the transaction bound to window groups (one that replays answers does not).
-        self._fingerprints = record or getattr(store, "uses_fingerprints", True)
-        self._binds = getattr(store, "reads_groups", True)
+        self._fingerprints = record or store.uses_fingerprints
+        self._binds = store.reads_groups
         # on_degraded(cause, detail, kind): kind is the StoreUnavailable kind for store failures, '' otherwise
         self.on_degraded = on_degraded or (lambda cause, detail, kind: None)
         # A store that writes retry records behind the answer (engine/windows/records.py):
         # `remember` costs no round trip, so no deadline is too close for it, and records
         # it fails to write later are reported as degraded records.
-        records = getattr(store, "records", None)
+        records = store.records
         self._records_behind = records is not None
         if records is not None:
             records.on_lost = lambda detail, kind: self.on_degraded("record", detail, kind)
@@ -245,12 +230,14 @@ class Pipeline:
         """Score one transaction.
 
         `time_left_s` is how long the caller will wait (its deadline); when it
-        is shorter than the store's budget plus a margin, the store is not
-        called and the answer is degraded rather than late.
+        is shorter than the store's budget plus a margin, DeadlineTooClose is
+        raised before anything is counted: the call cannot be scored properly
+        in time, and answering it without its windows would let a payment
+        through unchecked because a process was busy.
 
-        Raises InvalidTransaction (bad input) and IdempotencyConflict (an id
-        reused with other content); every other failure degrades the answer
-        instead of failing it.
+        Raises InvalidTransaction (bad input), IdempotencyConflict (an id
+        reused with other content) and DeadlineTooClose; a store or model that
+        fails degrades the answer instead of failing it.
         """
         started = time.perf_counter_ns()
         deadline = None if time_left_s is None else time.monotonic() + time_left_s
@@ -314,14 +301,14 @@ class Pipeline:
         entities. A retry with the same content is answered from the record
         (`duplicate`, even when its `known_at_ms` differs: the first stands); a
         different outcome for the same transaction is an IdempotencyConflict.
-        Raises InvalidTransaction, IdempotencyConflict and StoreUnavailable: a
-        label is not on a payment's path, so nothing is degraded, the caller
-        retries.
+        Raises InvalidTransaction, IdempotencyConflict, DeadlineTooClose and
+        StoreUnavailable: a label is not on a payment's path, so nothing is
+        degraded, the caller retries.
         """
         ruleset = self.snapshot.ruleset
         if fb.outcome not in LABELS:
             raise InvalidTransaction("outcome", f"must be one of {', '.join(LABELS)}")
-        txn, fields = prepare(ruleset, fb.transaction, self.limits, None)
+        txn, fields = prepare(ruleset.enricher, fb.transaction, self.limits, None)
         if fb.known_at_ms < txn.event_time_ms:
             raise InvalidTransaction("known_at", "lies before the transaction's event_time")
         if self.check_clock and fb.known_at_ms > self.clock() * 1000 + self.limits.max_event_lead_s * 1000:
@@ -395,28 +382,44 @@ class Pipeline:
         fingerprint = txn.fingerprint() if self._fingerprints else ""
 
         windows_ok = True
+        unavailable = ""
+        fallback: frozenset[str] = frozenset()
+        self._check_time_left(time_left_s)
         before_store = time.perf_counter_ns()
         try:
-            self._check_time_left(time_left_s)
             outcome = store.apply(plan, bound, fingerprint)
         except StoreUnavailable as exc:
             windows_ok = False
+            unavailable = f"{store.name}: {exc.kind}"
             fields.update(plan.missing())
             self.on_degraded("windows", str(exc), exc.kind)
+            if self.fallback is not None:
+                fallback = self.fallback.read_into(plan, txn.transaction_id, txn.event_time_ms, fields, fingerprint)
         else:
             if outcome.replay is not None:
                 return Scored(_replayed(outcome.replay, ScoreResult, ScoreResult.from_json), replayed=True, fields={})
+            if self.fallback is not None:
+                self.fallback.add(plan, txn.transaction_id, txn.event_time_ms, fields, fingerprint)
             plan.finish_into(outcome.raw, fields)
         if ruleset.features:
             ruleset.derive(fields)
         done = time.perf_counter_ns()
         return _Pending(
-            txn, fields, fingerprint, windows_ok, prepare_ns=before_store - started, store_ns=done - before_store
+            txn,
+            fields,
+            fingerprint,
+            windows_ok,
+            unavailable,
+            fallback,
+            prepare_ns=before_store - started,
+            store_ns=done - before_store,
         )
 
     def _bind(self, ruleset: RuleSet, txn: Transaction) -> tuple[Transaction, dict[str, Any], BoundWindows]:
         """Validation, enrichment and the transaction's place in each window group."""
-        txn, fields = prepare(ruleset, txn, self.limits, int(self.clock() * 1000) if self.check_clock else None)
+        txn, fields = prepare(
+            ruleset.enricher, txn, self.limits, int(self.clock() * 1000) if self.check_clock else None
+        )
         if not self._binds:
             return txn, fields, BoundWindows(txn.transaction_id, txn.event_time_ms, ())
         return txn, fields, ruleset.windows.bind(txn.transaction_id, txn.event_time_ms, fields)
@@ -433,9 +436,10 @@ class Pipeline:
         self.store.apply(ruleset.windows, bound, txn.fingerprint() if self._fingerprints else "")
 
     def _check_time_left(self, time_left_s: float | None) -> None:
-        """Raise StoreUnavailable('deadline') when the caller cannot wait for a store call."""
-        if time_left_s is not None and time_left_s < self.store.budget_s + DEADLINE_MARGIN_S:
-            raise StoreUnavailable(f"{time_left_s * 1000:.0f} ms left before the caller's deadline", "deadline")
+        """Raise DeadlineTooClose when the caller cannot wait for a store call and the rest of the pipeline."""
+        needed = self.store.budget_s + DEADLINE_MARGIN_S
+        if time_left_s is not None and time_left_s < needed:
+            raise DeadlineTooClose(time_left_s, needed)
 
     def _predict_one(self, snap: Snapshot, fields: dict[str, Any]) -> float:
         """The model's score for one transaction with complete windows (NaN when it fails)."""
@@ -467,12 +471,12 @@ class Pipeline:
         fields[SCORE] = score
 
         reasons: list[Reason] = []
-        acting, shadow = evaluate_rules(ruleset, fields, txn.transaction_id, windows_ok, score_ok)
+        acting, shadow = evaluate_rules(ruleset, fields, txn.transaction_id, windows_ok, score_ok, step.fallback)
         reasons.extend(acting)
-        for reason in reasons_at(snap.thresholds_of(model), score):
+        for reason in model_reasons(snap.thresholds_of(model), score):
             reasons.append(self._explain(model, reason, fields) if model is not None and self.explain else reason)
         if not windows_ok:
-            reasons.append(self._fallback(ruleset, fields))
+            reasons.append(self._degraded_reason(ruleset, fields, step))
         if model_failed:
             reasons.append(
                 Reason(
@@ -565,17 +569,28 @@ class Pipeline:
             return None
         ruleset = snap.ruleset
         fields = {**step.fields, SCORE: score}
-        acting, _ = evaluate_rules(ruleset, fields, step.txn.transaction_id, step.windows_ok, not math.isnan(score))
-        acting.extend(reasons_at(snap.thresholds_of(model), score))
+        acting, _ = evaluate_rules(
+            ruleset, fields, step.txn.transaction_id, step.windows_ok, not math.isnan(score), step.fallback
+        )
+        acting.extend(model_reasons(snap.thresholds_of(model), score))
         if not step.windows_ok:
-            acting.append(self._fallback(ruleset, fields))
+            acting.append(self._degraded_reason(ruleset, fields, step))
         decision, _ = decide(acting)
         return ChallengerResult(model.version, score, decision, challenger_decided, snap.challenger.mode)
 
     @staticmethod
-    def _fallback(ruleset: RuleSet, fields: dict[str, Any]) -> Reason:
+    def _degraded_reason(ruleset: RuleSet, fields: dict[str, Any], step: _Pending) -> Reason:
+        """The SYSTEM reason of an answer without the store's windows: what it read instead, and the policy's action."""
         policy = ruleset.degraded
-        message = "frequency windows unavailable; decided by the degraded policy"
+        if step.fallback:
+            read = (
+                f"{len(step.fallback)} short window(s) read from this process's own memory"
+                " (only what this process scored itself); rules on them applied, rules on other"
+                " windows skipped"
+            )
+        else:
+            read = "rules on windows skipped"
+        message = f"frequency windows unavailable ({step.unavailable}); {read}; decided by the degraded policy"
         for action, cond in ((Action.DENY, policy.deny_when), (Action.REVIEW, policy.review_when)):
             try:
                 hit = cond is not None and cond(fields)

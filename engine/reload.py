@@ -28,7 +28,8 @@ from engine.model.predictor import PROMOTED, Model, ModelInvalid, load_model
 from engine.model.registry import CHALLENGER, Challenger, load_challenger
 from engine.pipeline import Pipeline
 from engine.rules.errors import RuleSetInvalid
-from engine.rules.ruleset import RuleSet, load_ruleset
+from engine.rules.loader import load_ruleset
+from engine.rules.ruleset import RuleSet
 
 log = logging.getLogger("risk_engine.reload")
 

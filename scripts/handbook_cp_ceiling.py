@@ -24,11 +24,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from engine.offline.backtest import load_dataset, mapping_candidates
-from engine.offline.datasets import default_data_path
+from engine.offline.datasets import default_data_path, load_dataset, mapping_candidates
 from engine.offline.replay import label_events, replay
 from engine.offline.train import DAY_MS, book_test_rows, card_precision_top_k
-from engine.rules.ruleset import load_ruleset
+from engine.rules.loader import load_ruleset
 
 WEEKS = ("2018-07-11", "2018-07-18", "2018-07-25", "2018-08-01")
 KNOWN = "merchant_frauds_known_30d"

@@ -1,4 +1,8 @@
-"""Shared fixtures: a real Redis we start ourselves, a model trained by the project, a live server.
+"""Shared fixtures: a real Redis we start ourselves, a local cluster, a model trained by the project, a live server.
+
+The code behind them is in `tests/support/` (shared with benchmarks/). Every
+test is marked by what it needs, from its folder and its fixtures (see
+`pytest_collection_modifyitems` and the markers in pyproject.toml).
 
 Redis: when REDIS_URL is set the tests use it under a unique key prefix that
 they delete afterwards; otherwise they start `redis-server` from PATH on a
@@ -9,19 +13,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
 import redis
 
-from engine.config import ServeConfig
 from engine.offline.synthetic import generate, write_parquet
 from engine.offline.train import train
 from engine.service.pb import risk_pb2_grpc
@@ -29,72 +28,12 @@ from engine.service.server import Running, start
 from engine.windows.memory import MemoryStore
 from engine.windows.redis_store import RedisStore
 from engine.windows.store import WindowStore
-
-ROOT = Path(__file__).resolve().parent.parent
-RULES = ROOT / "rules"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisProcess:
-    """A redis-server child process that tests can stop and start again on the same port."""
-
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.port = port
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError(
-                "redis-server is not on PATH and REDIS_URL is not set: "
-                "install redis-server (apt-get install redis-server) or set REDIS_URL"
-            )
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--enable-debug-command",
-                "yes",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.RedisError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                time.sleep(0.02)
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
+from tests.support import ROOT, RULES
+from tests.support.cluster import LocalCluster, start_cluster
+from tests.support.desk import create_database, drop_database
+from tests.support.redis import RedisProcess, free_port
+from tests.support.served import TEST_TRAIN_CONFIG, make_config
+from tests.support.spark import SparkCluster, start_spark_cluster
 
 
 @pytest.fixture(scope="session")
@@ -124,21 +63,6 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_parquet(generate(days=30, users=300), tmp_path_factory.mktemp("data") / "synthetic.parquet")
 
 
-TEST_TRAIN_CONFIG = """
-name: test-gbm
-mapping: native
-features: [amount, hour, is_night, card_count_10m, card_count_1d, card_avg_amount_7d, card_max_amount_30d,
-           device_distinct_cards_1d, device_count_1h, ip_distinct_cards_1h, user_distinct_devices_1d]
-split:
-  train: ["2026-01-01", "2026-01-18"]
-  early_stopping: ["2026-01-19", "2026-01-22"]
-  test: ["2026-01-23", "2026-01-30"]
-params: {metric: average_precision, learning_rate: 0.1, num_leaves: 15, min_data_in_leaf: 20}
-num_boost_round: 200
-early_stopping_rounds: 20
-"""
-
-
 @pytest.fixture(scope="session")
 def train_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("config") / "train.yaml"
@@ -152,21 +76,6 @@ def trained_registry(tmp_path_factory: pytest.TempPathFactory, synthetic_data: P
     out = tmp_path_factory.mktemp("models")
     train(synthetic_data, RULES, train_config, out, promote=True, quiet=True)
     return out
-
-
-def make_config(model: Path, redis: tuple[str, str] | None = None, **overrides: object) -> ServeConfig:
-    config = ServeConfig(
-        host="127.0.0.1",
-        port=0,
-        rules=RULES,
-        model=model,
-        redis_url=redis[0] if redis else "",
-        redis_prefix=redis[1] if redis else "risk",
-        threads=8,
-        grace_s=2.0,
-        metrics_port=0,
-    )
-    return replace(config, **overrides)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -196,7 +105,55 @@ def store(request: pytest.FixtureRequest) -> Iterator[WindowStore]:
         s.close()
 
 
-# -- Spark (the offline engine on Spark: tests/test_spark_*.py) ------------------------------------
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A Redis of this test alone, which it may stop, pause and restart."""
+    proc = RedisProcess(free_port(), tmp_path)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One real local cluster for the session."""
+    cluster = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (127.0.0.1:5432, or DESK_TEST_PG), dropped afterwards."""
+    url = create_database()
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def desk_rules(tmp_path: Path) -> Path:
+    """The shipped rules in a folder of the test's own (the review desk's blocks write its list files)."""
+    target = tmp_path / "rules"
+    shutil.copytree(RULES, target)
+    return target
+
+
+@pytest.fixture
+def desk_engine(desk_rules: Path, tmp_path: Path, redis_url: tuple[str, str]) -> Iterator[Running]:
+    """The engine the review desk works with: the shipped model, a copy of the rules, a real Redis, its
+    decision log in tmp_path/decisions, an admin port."""
+    running = start(
+        make_config(
+            ROOT / "models",
+            redis_url,
+            rules=desk_rules,
+            decision_log=tmp_path / "decisions",
+            admin_port=0,
+            reload_interval_s=0.2,
+        )
+    )
+    yield running
+    running.stop(0.5)
 
 
 @pytest.fixture(scope="session")
@@ -210,10 +167,37 @@ def spark_session() -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
     """A real standalone Spark cluster on this machine: a master and two one-core workers, from the PySpark install."""
-    from tests.spark_support import start_cluster
-
-    cluster = start_cluster(tmp_path_factory.mktemp("spark-cluster"), free_port())
+    cluster = start_spark_cluster(tmp_path_factory.mktemp("spark-cluster"), free_port())
     yield cluster
     cluster.stop()
+
+
+#: Fixtures that make a test need something, and the marker that says so.
+_NEEDS = {
+    "spark_session": "spark",
+    "spark_cluster": "spark",
+    "pg_url": "postgres",
+    "desk_engine": "server",
+    "redis_process": "redis",
+    "redis_url": "redis",
+    "own_redis": "redis",
+    "redis_cluster": "cluster",
+    "server": "server",
+    "stub": "server",
+    "trained_registry": "slow",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by what its fixtures need (a module marks what they cannot show, with `pytestmark`)."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        for fixture, marker in _NEEDS.items():
+            if fixture in names:
+                item.add_marker(marker)
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "store" in names and callspec.params.get("store") == "redis":
+            item.add_marker("redis")

@@ -7,9 +7,10 @@ optionally the score thresholds chosen at training (`thresholds: {review_at,
 deny_at}`). A registry folder (`models/`) holds model folders and a
 `PROMOTED` file naming the one to serve (`engine.model.registry`).
 
-Which thresholds apply is decided in one place, `applicable_thresholds`: a
-threshold the rule set's `model:` section sets (an analyst's explicit
-override) wins; otherwise the model's own.
+Which thresholds apply is decided by the decision policy
+(`engine.decision.thresholds`): a threshold the rule set's `model:` section
+sets (an analyst's explicit override) wins; otherwise the model's own.
+`applicable_thresholds` hands it the two.
 
 At load the model is checked against the rule set it will serve with: every
 feature must be a numeric field the pipeline produces, every window it uses
@@ -48,6 +49,7 @@ from typing import Any
 import lightgbm
 import numpy as np
 
+from engine.decision import Thresholds, thresholds
 from engine.model.explain import METHODS, Contribution, Explainer, build_explainer, top_contributions
 from engine.rules.ruleset import RuleSet
 from engine.windows.spec import WindowSpec
@@ -63,22 +65,6 @@ _DTYPE_FLOAT64 = 1
 
 class ModelInvalid(Exception):
     """The model cannot be served with this rule set (or cannot be read)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Threshold:
-    """One score threshold and where it comes from: "rule set" or "model"."""
-
-    value: float
-    source: str
-
-
-@dataclass(frozen=True, slots=True)
-class Thresholds:
-    """The score thresholds that apply (None: that threshold is not set anywhere)."""
-
-    review_at: Threshold | None
-    deny_at: Threshold | None
 
 
 def model_thresholds(metadata: Mapping[str, Any]) -> tuple[float | None, float | None]:
@@ -109,16 +95,7 @@ def model_thresholds(metadata: Mapping[str, Any]) -> tuple[float | None, float |
 def applicable_thresholds(ruleset: RuleSet, model: Model | None) -> Thresholds:
     """The thresholds that apply to a model's score: each the rule set's when it sets it, else the model's."""
     policy = ruleset.model_policy
-    own = model.thresholds if model is not None else (None, None)
-    chosen: list[Threshold | None] = []
-    for from_rules, from_model in zip((policy.review_at, policy.deny_at), own, strict=True):
-        if from_rules is not None:
-            chosen.append(Threshold(from_rules, "rule set"))
-        elif from_model is not None:
-            chosen.append(Threshold(from_model, "model"))
-        else:
-            chosen.append(None)
-    return Thresholds(chosen[0], chosen[1])
+    return thresholds((policy.review_at, policy.deny_at), model.thresholds if model is not None else (None, None))
 
 
 def window_to_dict(spec: WindowSpec) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from engine.model.predictor import PROMOTED, Model, ModelInvalid, load_model
-from engine.rules.evaluate import BUCKETS, rollout_bucket
+from engine.rollout import BUCKETS, rollout_bucket
 from engine.rules.ruleset import RuleSet
 
 CHALLENGER = "CHALLENGER"

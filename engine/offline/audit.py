@@ -42,8 +42,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from engine.decisions import _read_feedback, read_records
-from engine.offline.backtest import BacktestError, backtest
+from engine.decision_log import read_records
+from engine.offline.backtest import backtest
+from engine.offline.datasets import DatasetError
+from engine.offline.export import _read_feedback
 
 #: Columns of the replayed input (the native schema, plus label times and attributes).
 _BASE = (
@@ -198,7 +200,7 @@ def audit(
 ) -> AuditResult:
     """Replay the log's transactions and compare (module docstring); writes audit.json (and the backtest) into `out`."""
     from engine.model.predictor import load_model
-    from engine.rules.ruleset import load_ruleset
+    from engine.rules.loader import load_ruleset
 
     rows, records, repeated, bad = _latest(Path(log))
     try:
@@ -218,7 +220,7 @@ def audit(
         mapping.write_text(yaml.safe_dump(_mapping(attributes), sort_keys=False))
         try:
             done = backtest(data, rules, work / "replay", model=model, mapping=mapping, progress=False, spark=spark)
-        except BacktestError as exc:
+        except DatasetError as exc:
             raise AuditError(str(exc)) from None
         replayed = pq.read_table(done.out / "transactions.parquet")
     result = compare(rows, replayed, examples)

@@ -2,24 +2,34 @@
 
 A `ColumnMapping` says which column holds each transaction field; presets
 cover the project's own schema (`native`) and the handbook data set
-(`handbook`, see ../shared/data/README.md). Rows come back sorted by event
-time (stable, so ties keep file order), which is the order replay needs.
+(`handbook`, see ../shared/data/README.md), and `load_mapping` reads one
+from YAML. Rows come back sorted by event time (stable, so ties keep file
+order), which is the order replay needs.
+
+The one reader of data files for every command (backtest, training, label
+import, decision export) is `read_table`: `.parquet`/`.pq` or
+`.csv`/`.csv.gz`. `load_dataset` picks the first mapping of a rule set that
+fits a file. Every problem with the data or a mapping is a `DatasetError`.
 """
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv
 import pyarrow.parquet as pq
+import yaml
 
+from engine.iso import CURRENCY_EXPONENTS
+from engine.rules.ruleset import RuleSet
 from engine.transaction import Channel, Transaction
 
 
@@ -90,18 +100,7 @@ class Dataset:
 
 
 class DatasetError(ValueError):
-    pass
-
-
-def _read_table(path: Path) -> pa.Table:
-    if not path.exists():
-        raise DatasetError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return pq.read_table(path)
-    if suffix in (".csv", ".gz"):
-        return pyarrow.csv.read_csv(path)
-    raise DatasetError(f"{path}: expected a .parquet or .csv file")
+    """Data that cannot be read or mapped (file, column mapping, columns, values): reported without a traceback."""
 
 
 def _strings(table: pa.Table, column: str | None) -> list[str]:
@@ -133,7 +132,7 @@ def _event_ms(table: pa.Table, column: str, missing: int | None = None) -> np.nd
 
 def read_dataset(path: str | Path, mapping: ColumnMapping, limit: int | None = None) -> Dataset:
     """Read a file into transactions sorted by event time (and labels, if mapped)."""
-    table = _read_table(Path(path))
+    table = read_table(path)
     if limit is not None:
         table = table.slice(0, limit)
     return table_to_dataset(table, mapping)
@@ -271,3 +270,161 @@ def default_data_path(*parts: str) -> Path | None:
     root = Path(__file__).resolve().parents[2]
     candidate = root.parent / "shared" / "data" / Path(*parts)
     return candidate if candidate.exists() else None
+
+
+# --------------------------------------------------------------------------- mappings and files
+
+
+_MAPPING_FIELDS = {f.name: f for f in fields(ColumnMapping)}
+_REQUIRED = ("transaction_id", "event_time", "amount", "amount_in_minor_units")
+
+
+def load_mapping(text_or_path: str | Path) -> ColumnMapping:
+    """A column mapping from a preset name, a YAML file, or YAML text.
+
+    The YAML is a mapping of `ColumnMapping` fields (`transaction_id`,
+    `event_time`, `amount`, `amount_in_minor_units`, `currency`,
+    `default_currency`, `user_id`, `card_id`, `device_id`, `ip`, `country`,
+    `merchant_id`, `channel`, `label`, `extra`), optionally starting from a
+    preset with `preset: NAME` (its fields are then defaults).
+    """
+    spec = str(text_or_path)
+    if spec in PRESETS:
+        return PRESETS[spec]
+    path = Path(spec)
+    where = spec
+    if path.suffix.lower() in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise DatasetError(f"mapping {spec}: no such file (presets: {', '.join(PRESETS)})")
+        text = path.read_text()
+    elif ":" in spec:
+        text, where = spec, "mapping"
+    else:
+        raise DatasetError(f"mapping {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise DatasetError(f"{where}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{where}: expected a mapping of field: column, got {type(raw).__name__}")
+    values: dict[str, Any] = {}
+    preset = raw.pop("preset", None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise DatasetError(f"{where}: unknown preset {preset!r} (presets: {', '.join(PRESETS)})")
+        base = PRESETS[preset]
+        values = {name: getattr(base, name) for name in _MAPPING_FIELDS}
+    unknown = sorted(set(raw) - set(_MAPPING_FIELDS))
+    if unknown:
+        raise DatasetError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (known: preset, {', '.join(_MAPPING_FIELDS)})"
+        )
+    for key, value in raw.items():
+        if key == "amount_in_minor_units":
+            if not isinstance(value, bool):
+                raise DatasetError(f"{where}: 'amount_in_minor_units' must be true or false, got {value!r}")
+        elif key == "extra":
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            ):
+                raise DatasetError(f"{where}: 'extra' must map attribute names to column names")
+            value = dict(value)
+        elif key == "default_currency":
+            if value not in CURRENCY_EXPONENTS:
+                raise DatasetError(f"{where}: 'default_currency' {value!r} is not an ISO 4217 currency code")
+        elif value is not None and not isinstance(value, str | int):
+            raise DatasetError(f"{where}: {key!r} must be a column name, got {value!r}")
+        values[key] = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    missing = [k for k in _REQUIRED if values.get(k) is None]
+    if missing:
+        raise DatasetError(f"{where}: missing required key(s): {', '.join(missing)}")
+    return ColumnMapping(**values)
+
+
+def read_table(path: str | Path, strings: Sequence[str] = ()) -> pa.Table:
+    """A Parquet (`.parquet`, `.pq`) or CSV (`.csv`, `.csv.gz`) file as an Arrow table.
+
+    `strings` names CSV columns read as text whatever they hold (ids such as
+    `0012`). Raises DatasetError for a missing, unreadable or unknown file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pq.read_table(path)
+        if suffix in (".csv", ".csv.gz"):
+            types = {name: pa.string() for name in strings}
+            return pyarrow.csv.read_csv(path, convert_options=pyarrow.csv.ConvertOptions(column_types=types))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DatasetError(f"{path}: cannot read: {exc}") from None
+    raise DatasetError(f"{path}: expected a .parquet or .csv file")
+
+
+def mapping_candidates(ruleset: RuleSet, mapping: str | Path | None) -> list[tuple[str, ColumnMapping]]:
+    """The column mappings to try on a file, loaded (a bad one is reported before any data is read).
+
+    `mapping` when given, else the rule set's `data_mapping`, else the native schema.
+    """
+    names = [mapping] if mapping is not None else (ruleset.data_mapping or ("native",))
+    return [(str(name), load_mapping(name)) for name in names]
+
+
+def pick_mapping(
+    table: pa.Table, candidates: Sequence[tuple[str, ColumnMapping]], where: str
+) -> tuple[str, ColumnMapping]:
+    """The first candidate mapping whose columns are all in the table, with its name.
+
+    With one candidate its own error is raised; with several, one message
+    says what each lacks.
+    """
+    problems = []
+    for name, mapping in candidates:
+        try:
+            check_columns(table, mapping, where)
+        except DatasetError as exc:
+            if len(candidates) == 1:
+                raise
+            problems.append(f"{Path(name).name}: {str(exc).split(': ', 1)[1]}")
+            continue
+        return name, mapping
+    raise DatasetError(f"{where}: no mapping of the rule set fits the data; " + "; ".join(problems))
+
+
+def load_dataset(
+    data: str | Path, candidates: Sequence[tuple[str, ColumnMapping]], limit: int | None = None
+) -> tuple[str, Dataset]:
+    """Read a Parquet or CSV file with the first candidate mapping that fits it: (mapping name, dataset).
+
+    Raises DatasetError for a file that cannot be read or mapped.
+    """
+    table = read_table(data)
+    name, mapping = pick_mapping(table, candidates, str(data))
+    if limit is not None:
+        table = table.slice(0, limit)
+    try:
+        return name, table_to_dataset(table, mapping)
+    except (DatasetError, pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+        raise DatasetError(f"{data}: {exc}") from None
+
+
+def check_columns(table: pa.Table, mapping: ColumnMapping, where: str) -> None:
+    """Every column the mapping names must be in the table (one message listing all that are not)."""
+    wanted: dict[str, str] = {}
+    optional = optional_fields(mapping)
+    for name in _MAPPING_FIELDS:
+        value = getattr(mapping, name)
+        if name in ("amount_in_minor_units", "default_currency", "extra") or value is None:
+            continue
+        if name in optional and value not in table.column_names:
+            continue
+        wanted[name] = value
+    for attr, column in mapping.extra.items():
+        wanted[f"extra.{attr}"] = column
+    missing = [f"{col!r} (for {name})" for name, col in wanted.items() if col not in table.column_names]
+    if missing:
+        raise DatasetError(
+            f"{where}: column(s) not in the data: {', '.join(missing)}; "
+            f"the data has: {', '.join(table.column_names)} (use --mapping to map other column names)"
+        )

@@ -37,6 +37,7 @@ from engine.rules.ruleset import RuleSet
 from engine.transaction import Feedback, Recorded, Transaction
 from engine.validation import InvalidTransaction
 from engine.windows.memory import MemoryStore
+from engine.windows.records import RecordWriter
 from engine.windows.spec import FRAUD, GENUINE, BoundWindows, WindowPlan
 from engine.windows.store import WindowsOutcome, WindowStore
 
@@ -222,12 +223,17 @@ class _ReplaySideStore:
 
     budget_s = 0.0
     uses_fingerprints = False
+    reads_groups = True
+    records: RecordWriter | None = None
 
     def remember(self, transaction_id: str, fingerprint: str, response: Recorded) -> None:
         pass
 
     def warm_up(self, plan: WindowPlan | None = None) -> bool:
         return True
+
+    def breakers(self) -> dict[str, str]:
+        return {}
 
     def close(self) -> None:
         pass

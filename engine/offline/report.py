@@ -3,7 +3,7 @@
 The HTML page has no external resources: the charts are inline SVG drawn
 here (decision mix per day, review and deny rates per day, per-rule
 precision and recall), so it can be mailed or archived as one file. The
-JSON is the summary itself (`engine.offline.backtest.summarize`), for tools.
+JSON is the summary itself (`engine.offline.metrics.summarize`), for tools.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ Labeled attacks (`label` 1), each with its own `scenario`:
 Attackers use public addresses of hosting networks in another country than the card's (never
 the documentation ranges that `rules/lists/blocked_ip_ranges.txt` blocks). The output uses the
 `native` column mapping of engine.offline.datasets, plus `merchant_category`, `label` and
-`scenario`.
+`scenario`. Streaming the rows to a live server is `engine.service.traffic`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import ipaddress
 import itertools
 import random
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -464,93 +464,3 @@ def shift_to_present(
     shift = now_ms - lead_ms - last
     keep_from = last - DAY_MS + 10 * 60_000
     return [{**r, "event_time_ms": r["event_time_ms"] + shift} for r in rows if keep_from <= r["event_time_ms"] <= last]
-
-
-def to_request(row: dict[str, Any], id_prefix: str = "") -> Any:
-    """A `risk.v1.ScoreRequest` for one native row (imports the gRPC stubs on first use)."""
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    from engine.service.pb import risk_pb2
-
-    ts = Timestamp()
-    ts.FromMilliseconds(int(row["event_time_ms"]))
-    return risk_pb2.ScoreRequest(
-        transaction=risk_pb2.Transaction(
-            transaction_id=f"{id_prefix}{row['transaction_id']}",
-            event_time=ts,
-            amount_minor=int(row["amount_minor"]),
-            currency=row["currency"],
-            user_id=row["user_id"],
-            card_id=row["card_id"],
-            device_id=row["device_id"],
-            ip=row["ip"],
-            country=row["country"],
-            merchant_id=row["merchant_id"],
-            merchant_category=row.get("merchant_category", ""),
-            channel=risk_pb2.Channel.Value(f"CHANNEL_{row['channel'].upper()}"),
-        )
-    )
-
-
-@dataclass
-class StreamStats:
-    sent: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    decisions: dict[str, int] = field(default_factory=dict)
-    latencies_ms: list[float] = field(default_factory=list)
-
-
-def stream(
-    rows: Iterable[dict[str, Any]],
-    target: str,
-    rate: float,
-    *,
-    duration_s: float | None = None,
-    timeout_s: float = 1.0,
-    on_response: Any = None,
-) -> StreamStats:
-    """Send rows to `target` (HOST:PORT) at `rate` per second, one at a time, paced to the schedule.
-
-    `on_response(row, response_or_None, latency_ms, error_code_name_or_None)` is called after each
-    call. Stops after `duration_s` (when given), when the rows run out, or on KeyboardInterrupt.
-    """
-    import grpc
-
-    from engine.service.pb import risk_pb2, risk_pb2_grpc
-
-    stats = StreamStats()
-    prefix = f"sim-{time.time_ns():x}-"
-    with grpc.insecure_channel(target) as channel:
-        stub = risk_pb2_grpc.RiskEngineStub(channel)
-        start = time.perf_counter()
-        for i, row in enumerate(rows):
-            due = start + i / rate
-            now = time.perf_counter()
-            if duration_s is not None and now - start >= duration_s:
-                break
-            if due > now:
-                time.sleep(due - now)
-            t0 = time.perf_counter()
-            try:
-                resp = stub.Score(to_request(row, prefix), timeout=timeout_s)
-                code = None
-            except grpc.RpcError as exc:
-                resp, code = None, exc.code().name
-            ms = (time.perf_counter() - t0) * 1000
-            stats.sent += 1
-            stats.latencies_ms.append(ms)
-            if code is not None:
-                stats.errors[code] = stats.errors.get(code, 0) + 1
-            else:
-                name = risk_pb2.Decision.Name(resp.decision).removeprefix("DECISION_").lower()
-                stats.decisions[name] = stats.decisions.get(name, 0) + 1
-            if on_response is not None:
-                on_response(row, resp, ms, code)
-    return stats
-
-
-def _forever(rows: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Cycle through rows, each pass under fresh transaction ids (the caller's prefix makes them unique)."""
-    for n in itertools.count():
-        for r in rows:
-            yield {**r, "transaction_id": f"p{n}-{r['transaction_id']}"}

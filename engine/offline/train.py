@@ -28,9 +28,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from engine.model.predictor import window_to_dict
 from engine.model.registry import promote as promote_model
-from engine.offline.backtest import load_dataset, mapping_candidates
+from engine.offline.datasets import load_dataset, mapping_candidates
 from engine.offline.replay import LabelEvent, ReplayStats, label_events, print_progress, replay
-from engine.rules.ruleset import load_ruleset
+from engine.rules.loader import load_ruleset
 from engine.transaction import Transaction
 
 if TYPE_CHECKING:

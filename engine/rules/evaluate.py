@@ -5,27 +5,18 @@ A rule acts when it is active and, under a gradual rollout, the transaction
 falls in its share; otherwise its hit is recorded as a shadow hit, never part
 of the decision. The share is chosen by a stable hash of the rule id and the
 transaction id, so a retry lands in the same part and each rule samples its
-own share independently of the others.
+own share independently of the others (`engine.rollout`).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 from engine.iso import CURRENCY_EXPONENTS
+from engine.rollout import BUCKETS, rollout_bucket
 from engine.rules.ruleset import Rule, RuleSet
 from engine.transaction import Reason, ReasonSource
-
-#: Rollout buckets: a percentage is compared in hundredths (10000 buckets).
-BUCKETS = 10_000
-
-
-def rollout_bucket(rule_id: str, transaction_id: str) -> int:
-    """The transaction's stable bucket (0..9999) for a rule's rollout."""
-    digest = hashlib.blake2b(f"{rule_id}\x1f{transaction_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % BUCKETS
 
 
 def acts_on(rule: Rule, transaction_id: str) -> bool:
@@ -48,21 +39,30 @@ def reason_message(rule: Rule, fields: Mapping[str, Any], base: str) -> str:
 
 
 def evaluate_rules(
-    ruleset: RuleSet, fields: Mapping[str, Any], transaction_id: str, windows_ok: bool, score_ok: bool
+    ruleset: RuleSet,
+    fields: Mapping[str, Any],
+    transaction_id: str,
+    windows_ok: bool,
+    score_ok: bool,
+    fallback: frozenset[str] = frozenset(),
 ) -> tuple[list[Reason], list[Reason]]:
     """(acting reasons, shadow reasons) of the rules that fire.
 
-    Rules that read a window are skipped when the windows are unavailable,
-    rules that read the score when there is no score: they could only misread
-    a missing value. A condition that fails at run time (e.g. a division by
-    zero) is false.
+    Rules that read a window are skipped when the windows are unavailable
+    (unless every window they read is among `fallback`, the windows a
+    degraded answer still has: engine.windows.fallback), rules that read the
+    score when there is no score: they could only misread a missing value. A
+    condition that fails at run time (e.g. a division by zero) is false.
     """
     acting: list[Reason] = []
     shadow: list[Reason] = []
     base = ruleset.enricher.money.base
     complete = windows_ok and score_ok  # the common case: no rule is skipped
     for rule in ruleset.rules:
-        if not complete and ((rule.uses_windows and not windows_ok) or (rule.uses_score and not score_ok)):
+        if not complete and (
+            (rule.uses_windows and not windows_ok and not rule.window_reads <= fallback)
+            or (rule.uses_score and not score_ok)
+        ):
             continue
         try:
             fired = rule.condition(fields)

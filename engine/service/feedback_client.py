@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 
-from engine.offline.backtest import load_dataset, load_mapping
+from engine.offline.datasets import load_dataset, load_mapping
 from engine.service.convert import from_feedback
 from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.transaction import Feedback

@@ -17,17 +17,24 @@ as in the tests) and exposes it over HTTP with prometheus-client. Names:
 | `risk_step_duration_seconds` | histogram | `step`: prepare, windows, model, rules, record (`engine.pipeline.STEPS`) |
 | `risk_request_duration_seconds` | histogram | `method`; server-side, from the handler's start to its answer |
 | `risk_degraded_total` | counter | `cause`: windows, model, record, challenger, explain (`on_degraded`) |
-| `risk_store_errors_total` | counter | `kind`: `timeout`, `connection`, `cooldown`, `deadline`, `other` (*) |
-| `risk_decision_log_records_total` | counter | `result` = `written`, `queue_full` (dropped), `write_error` (lost) |
-| `risk_decision_log_queue` | gauge | records waiting for the writer |
+| `risk_store_errors_total` | counter | `kind`: `timeout`, `connection`, `open`, `deadline`, `other` (*) |
+| `risk_store_breaker_state` | gauge | `target` (a Redis or cluster master, host:port): 0 closed, 1 half-open, 2 open |
+| `risk_store_breaker_transitions_total` | counter | `target`, `state` entered (`open`, `half_open`, `closed`) |
+| `risk_shed_total` | counter | `cause`: `queue`, `in_flight`, `deadline` (engine.service.admission) |
+| `risk_queue_wait_seconds` | histogram | time a call waited for a worker thread |
+| `risk_fallback_answers_total` | counter | degraded answers that read the process's fallback windows |
+| `risk_fallback_entities` | gauge | entity values the fallback windows keep |
+| `risk_decision_log_records_total` | counter | `result` = `written`, `write_error` (lost) |
 | `risk_decision_log_files_rotated_total`, `risk_decision_log_files_deleted_total` | counter | |
 | `risk_retry_records_total` | counter | Redis only: `result` = `written`, `lost` (also counted as degraded `record`) |
 | `risk_retry_record_queue` | gauge | Redis only: retry records queued for the writer (behind the answer) |
 
-(*) `cooldown`: failing fast after an error; `deadline`: skipped, too little time left.
+(*) `open`: failing fast, the target's circuit breaker is open; `deadline`: the
+retry record was skipped, too little time left.
 
 `RESOURCE_EXHAUSTED` refusals beyond `max_concurrent_rpcs` are answered by
-gRPC's core before any handler runs and do not appear in `risk_requests_total`.
+gRPC's poller before any handler runs: they are in `risk_shed_total{cause="in_flight"}`,
+not in `risk_requests_total`.
 """
 
 from __future__ import annotations
@@ -41,16 +48,21 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from engine.decisions import DecisionLog
+from engine.decision_log import DecisionLog
 from engine.pipeline import STEPS
 from engine.reload import ReloadStatus
+from engine.service.admission import SHED_CAUSES
 from engine.transaction import ReasonSource, ScoreResult
+from engine.windows.breaker import STATE_VALUES
+from engine.windows.fallback import FallbackWindows
 from engine.windows.records import RecordWriter
-from engine.windows.store import UNAVAILABLE_KINDS
+from engine.windows.store import UNAVAILABLE_KINDS, WindowStore
 
 #: Pipeline steps run from about 5 µs (rules) to a Redis budget (50 ms).
 STEP_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25)
+#: A call waits for a worker from microseconds (idle) to the queue limit (50 ms by default) and beyond.
+WAIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 
 class Metrics:
@@ -89,6 +101,15 @@ class Metrics:
         self.store_errors = Counter(
             "risk_store_errors", "Window store (Redis) calls that failed or were skipped", ["kind"], registry=r
         )
+        self.shed = Counter("risk_shed", "Calls refused with RESOURCE_EXHAUSTED, by cause", ["cause"], registry=r)
+        self.queue_wait = Histogram(
+            "risk_queue_wait_seconds", "Time a call waited for a worker thread", buckets=WAIT_BUCKETS, registry=r
+        )
+        self.breaker_transitions = Counter(
+            "risk_store_breaker_transitions", "Circuit breaker state changes", ["target", "state"], registry=r
+        )
+        for cause in SHED_CAUSES:
+            self.shed.labels(cause)
         # Pre-create the children that are read before they first happen (dashboards see zeros, not gaps).
         self._score_latency = self.latency.labels("Score")
         self._score_codes: dict[str, Counter] = {}
@@ -146,6 +167,23 @@ class Metrics:
         if kind:
             self.store_errors.labels(kind).inc()
 
+    def on_shed(self, cause: str, _kind: str = "") -> None:
+        self.shed.labels(cause).inc()
+
+    def observe_queue_wait(self, seconds: float) -> None:
+        self.queue_wait.observe(seconds)
+
+    def on_breaker(self, target: str, state: str) -> None:
+        self.breaker_transitions.labels(target, state).inc()
+
+    def watch_store(self, store: WindowStore) -> None:
+        """Export each Redis target's breaker state, read at scrape time."""
+        self.registry.register(_BreakerCollector(store))
+
+    def watch_fallback(self, fallback: FallbackWindows) -> None:
+        """Export how much the fallback windows are used and hold, read at scrape time."""
+        self.registry.register(_FallbackCollector(fallback))
+
     def watch_records(self, records: RecordWriter) -> None:
         """Export the Redis retry-record writer's counters, read at scrape time."""
         self.registry.register(_RecordWriterCollector(records))
@@ -190,13 +228,39 @@ class _DecisionLogCollector(Collector):
             "risk_decision_log_records", "Decision log records, by outcome", labels=["result"]
         )
         records.add_metric(["written"], stats.written)
-        records.add_metric(["queue_full"], stats.dropped_queue_full)
         records.add_metric(["write_error"], stats.write_failures)
         yield records
-        yield GaugeMetricFamily("risk_decision_log_queue", "Records waiting for the writer", self.decisions.queued)
         yield CounterMetricFamily(
             "risk_decision_log_files_rotated", "Decision log files closed by rotation", stats.files_rotated
         )
         yield CounterMetricFamily(
             "risk_decision_log_files_deleted", "Decision log files deleted to bound the total", stats.files_deleted
+        )
+
+
+class _BreakerCollector(Collector):
+    def __init__(self, store: WindowStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "risk_store_breaker_state",
+            "Circuit breaker of each Redis target: 0 closed, 1 half-open, 2 open",
+            labels=["target"],
+        )
+        for target, state in sorted(self.store.breakers().items()):
+            gauge.add_metric([target], STATE_VALUES[state])
+        yield gauge
+
+
+class _FallbackCollector(Collector):
+    def __init__(self, fallback: FallbackWindows) -> None:
+        self.fallback = fallback
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "risk_fallback_answers", "Degraded answers that read this process's fallback windows", self.fallback.used
+        )
+        yield GaugeMetricFamily(
+            "risk_fallback_entities", "Entity values kept by the fallback windows", self.fallback.entities()
         )

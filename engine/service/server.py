@@ -11,8 +11,11 @@ grace period; SIGHUP reloads the rule set at once (it is also watched).
 
 Also here: TLS or mutual TLS on the scoring port (`tls_cert`, `tls_key`,
 `tls_client_ca`), the admin service on its own port (`engine.service.admin`),
-the decision log (`engine.decisions`) fed after each fresh answer, and the
-metrics of requests, latency, degraded causes and store errors.
+the decision log (`engine.decision_log`) written before each fresh answer,
+admission control (`engine.service.admission`: overload is shed), the
+store's circuit breakers and the fallback windows of degraded answers
+(`engine.windows.breaker`, `engine.windows.fallback`), and the metrics of
+requests, latency, shed calls, degraded causes and store errors.
 """
 
 from __future__ import annotations
@@ -32,15 +35,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine.config import ConfigError, ServeConfig, unknown_env
-from engine.decisions import DecisionLog
+from engine.decision_log import DecisionLog
 from engine.pipeline import Pipeline
 from engine.reload import Reloader, ReloadStatus, load_serving
 from engine.service.admin import AdminServicer
+from engine.service.admission import Admission, AdmissionPolicy
 from engine.service.metrics import Metrics
 from engine.service.pb import admin_pb2, admin_pb2_grpc, risk_pb2
 from engine.service.servicer import RiskEngineServicer
+from engine.windows.breaker import CLOSED, OPEN, BreakerPolicy
+from engine.windows.fallback import FallbackPolicy, FallbackWindows
 from engine.windows.memory import MemoryStore
-from engine.windows.redis_store import RedisClusterStore, RedisStore
+from engine.windows.redis_cluster import RedisClusterStore
+from engine.windows.redis_store import OnBreaker, RedisStore
 from engine.windows.store import WindowStore
 
 log = logging.getLogger("risk_engine.server")
@@ -94,6 +101,7 @@ class Running:
     decisions: DecisionLog | None = None
     admin_server: grpc.Server | None = None
     admin_port: int | None = None
+    fallback: FallbackWindows | None = None
 
     def stop(self, grace_s: float) -> None:
         self.reloader.stop()
@@ -107,7 +115,7 @@ class Running:
         self.metrics.close()
 
 
-def make_store(config: ServeConfig) -> WindowStore:
+def make_store(config: ServeConfig, on_breaker: OnBreaker | None = None) -> WindowStore:
     delay = config.limits.max_event_age_s + config.limits.max_event_lead_s
     if config.redis_url:
         kind = RedisClusterStore if config.redis_url.startswith("redis+cluster://") else RedisStore
@@ -115,7 +123,13 @@ def make_store(config: ServeConfig) -> WindowStore:
             config.redis_url,
             prefix=config.redis_prefix,
             budget_s=config.redis_budget_ms / 1000.0,
-            cooldown_s=config.redis_cooldown_ms / 1000.0,
+            breaker=BreakerPolicy(
+                window_s=config.breaker_window_s,
+                min_failures=config.breaker_min_failures,
+                failure_rate=config.breaker_failure_rate,
+                open_s=config.breaker_open_ms / 1000.0,
+            ),
+            on_breaker=on_breaker,
             idempotency_ttl_s=config.idempotency_ttl_s,
             max_connections=max(config.threads, 8),
             max_event_delay_s=delay,
@@ -128,10 +142,14 @@ class DegradedLog:
     """Logs degraded answers at most once a second per cause, with the count since the last line.
 
     During a Redis outage every call is degraded: one line per call would flood the log.
+    Subclasses log other events the same way (`ShedLog`).
     """
 
+    event = "degraded"
+    template = "degraded answers (%d since last report): %s unavailable: %s"
+
     def __init__(self, interval_s: float = 1.0, count: Callable[[str, str], None] | None = None) -> None:
-        """`count(cause, kind)` sees every degraded step, the log line only one per interval and cause."""
+        """`count(cause, kind)` sees every event, the log line only one per interval and cause."""
         self.interval_s = interval_s
         self.count = count
         self._lock = threading.Lock()
@@ -148,13 +166,40 @@ class DegradedLog:
                 return
             count, self._count[cause] = self._count[cause], 0
             self._last[cause] = now
-        log.warning(
-            "degraded answers (%d since last report): %s unavailable: %s",
-            count,
-            cause,
-            detail,
-            extra={"event": "degraded", "cause": cause, "count": count},
-        )
+        log.warning(self.template, count, cause, detail, extra={"event": self.event, "cause": cause, "count": count})
+
+
+class ShedLog(DegradedLog):
+    """Logs shed calls (RESOURCE_EXHAUSTED) at most once a second per cause."""
+
+    event = "shed"
+    template = "calls shed (%d since last report), cause %s: %s"
+
+
+def breaker_log(count: Callable[[str, str], None] | None = None) -> OnBreaker:
+    """Logs a target's breaker opening and closing (not each half-open probe: a bounded rate)."""
+    opened_at: dict[str, float] = {}
+
+    def on_change(target: str, old: str, new: str) -> None:
+        if count is not None:
+            count(target, new)
+        if new == OPEN and old == CLOSED:
+            opened_at[target] = time.monotonic()
+            log.warning(
+                "redis %s: circuit breaker open (failing fast; a probe call every breaker_open_ms)",
+                target,
+                extra={"event": "breaker", "target": target, "state": new},
+            )
+        elif new == CLOSED:
+            down = time.monotonic() - opened_at.pop(target, time.monotonic())
+            log.info(
+                "redis %s: circuit breaker closed after %.1f s",
+                target,
+                down,
+                extra={"event": "breaker", "target": target, "state": new, "open_s": round(down, 3)},
+            )
+
+    return on_change
 
 
 def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
@@ -184,7 +229,6 @@ def make_decision_log(config: ServeConfig, metrics: Metrics) -> DecisionLog | No
             max_file_bytes=int(config.decision_log_max_file_mb * 1024 * 1024),
             rotate_s=config.decision_log_rotate_s,
             max_total_bytes=int(config.decision_log_max_total_mb * 1024 * 1024),
-            queue_size=config.decision_log_queue,
         )
     except OSError as exc:
         raise ConfigError(f"--decision-log / RISK_DECISION_LOG {config.decision_log}: {exc}") from None
@@ -218,8 +262,15 @@ def start(config: ServeConfig) -> Running:
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
     ruleset, model, challenger = load_serving(config.rules, config.model)
-    store = make_store(config)
     metrics = Metrics()
+    store = make_store(config, breaker_log(metrics.on_breaker))
+    fallback = None
+    if config.redis_url and config.fallback_horizon_s > 0:
+        fallback = FallbackWindows(
+            FallbackPolicy(horizon_ms=int(config.fallback_horizon_s * 1000), max_entities=config.fallback_max_entities),
+            max_event_delay_s=config.limits.max_event_lead_s,
+        )
+        metrics.watch_fallback(fallback)
     pipeline = Pipeline(
         ruleset,
         model,
@@ -227,10 +278,18 @@ def start(config: ServeConfig) -> Running:
         limits=config.limits,
         on_degraded=DegradedLog(count=metrics.on_degraded),
         challenger=challenger,
+        fallback=fallback,
     )
     decisions = make_decision_log(config, metrics)
-    if isinstance(store, RedisStore | RedisClusterStore) and store.records is not None:
+    metrics.watch_store(store)
+    if store.records is not None:
         metrics.watch_records(store.records)
+    admission = Admission(
+        AdmissionPolicy(max_queue_s=config.max_queue_ms / 1000.0),
+        on_shed=ShedLog(count=metrics.on_shed),
+        observe_wait=metrics.observe_queue_wait,
+    )
+    admission.watch(server)
 
     def on_change(status: ReloadStatus) -> None:
         health_servicer.status = status
@@ -245,6 +304,7 @@ def start(config: ServeConfig) -> Running:
         observe_steps=metrics.observe_steps,
         on_scored=decisions.record if decisions is not None else None,
         on_request=metrics.request,
+        admission=admission,
     )
     server.add_generic_rpc_handlers((servicer.handler(),))
     address = f"{config.host}:{config.port}"
@@ -320,6 +380,7 @@ def start(config: ServeConfig) -> Running:
         decisions,
         admin_server,
         admin_port,
+        fallback,
     )
 
 
@@ -374,12 +435,8 @@ def pin_to_one_core(index: int, processes: int = 1) -> int | None:
     return core
 
 
-def serve(config: ServeConfig, on_started: Callable[[Running], None] | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then drain in-flight calls and exit.
-
-    With `workers` > 1 this process supervises that many server processes
-    sharing the port instead (`engine.service.workers`).
-    """
+def warn_unknown_env() -> None:
+    """Log the RISK_* environment variables that no setting reads (a typo would otherwise go unnoticed)."""
     unknown = unknown_env()
     if unknown:
         log.warning(
@@ -387,11 +444,15 @@ def serve(config: ServeConfig, on_started: Callable[[Running], None] | None = No
             ", ".join(unknown),
             extra={"event": "config"},
         )
-    if config.workers > 1 and config.worker_index is None:
-        from engine.service.workers import supervise
 
-        supervise(config)
-        return
+
+def serve(config: ServeConfig, on_started: Callable[[Running], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain in-flight calls and exit.
+
+    One process: `risk-engine serve --workers N` runs N of these under
+    `engine.service.workers.supervise` instead.
+    """
+    warn_unknown_env()
     if config.cpu_affinity:
         core = pin_to_one_core(config.worker_index or 0, config.workers)
         if core is not None:

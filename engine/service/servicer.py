@@ -7,6 +7,8 @@
 | InvalidTransaction           | INVALID_ARGUMENT, "transaction.FIELD: reason" |
 | IdempotencyConflict          | ALREADY_EXISTS     |
 | bytes that are no ScoreRequest | INVALID_ARGUMENT |
+| queued past RISK_MAX_QUEUE_MS  | RESOURCE_EXHAUSTED (shed, engine.service.admission) |
+| DeadlineTooClose             | RESOURCE_EXHAUSTED (shed: no time left to score properly) |
 | anything unexpected          | INTERNAL (logged)  |
 
 Feedback maps the same way, except that the window store not answering is
@@ -15,7 +17,9 @@ second, different outcome for a transaction is ALREADY_EXISTS.
 
 The method is registered with a raw-bytes handler (`handler`) so that a
 request that does not even parse gets INVALID_ARGUMENT rather than gRPC's
-generic INTERNAL "exception deserializing request".
+generic INTERNAL "exception deserializing request", and so that each call
+carries its arrival time for admission control (a call that waited too long
+for a worker is shed before it is even parsed).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from engine.pipeline import IdempotencyConflict, InvalidTransaction, Pipeline
+from engine.pipeline import DeadlineTooClose, IdempotencyConflict, InvalidTransaction, Pipeline
+from engine.service.admission import Admission, AdmissionPolicy, AdmittingHandler
 from engine.service.convert import to_feedback, to_feedback_response, to_response, to_transaction
 from engine.service.pb import risk_pb2
 from engine.transaction import ScoreResult, Transaction
@@ -61,32 +66,35 @@ class RiskEngineServicer:
         observe_steps: Callable[[tuple[int, ...]], None] | None = None,
         on_scored: Callable[[Transaction, ScoreResult], object] | None = None,
         on_request: OnRequest | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.admission = admission or Admission(AdmissionPolicy())
         self.observe = observe or (lambda result: None)
         self.observe_steps = observe_steps or (lambda timings: None)
         self.on_scored = on_scored
         self.on_request = on_request
 
     def handler(self) -> grpc.GenericRpcHandler:
-        """The service's handler, parsing requests itself (see the module docstring)."""
-        score = grpc.unary_unary_rpc_method_handler(
-            self.score_bytes,
-            request_deserializer=None,
-            response_serializer=risk_pb2.ScoreResponse.SerializeToString,
+        """The service's handler, parsing requests itself and stamping arrivals (see the module docstring)."""
+        return AdmittingHandler(
+            "risk.v1.RiskEngine",
+            {
+                "Score": (self.score_bytes, risk_pb2.ScoreResponse.SerializeToString),
+                "Feedback": (self.feedback_bytes, risk_pb2.FeedbackResponse.SerializeToString),
+            },
+            self.admission,
         )
-        feedback = grpc.unary_unary_rpc_method_handler(
-            self.feedback_bytes,
-            request_deserializer=None,
-            response_serializer=risk_pb2.FeedbackResponse.SerializeToString,
-        )
-        return grpc.method_handlers_generic_handler("risk.v1.RiskEngine", {"Score": score, "Feedback": feedback})
 
-    def score_bytes(self, raw: bytes, context: grpc.ServicerContext) -> risk_pb2.ScoreResponse:
-        return self._answer(raw, context, risk_pb2.ScoreRequest, self._score, "Score")
+    def score_bytes(
+        self, raw: bytes, context: grpc.ServicerContext, arrived: float | None = None
+    ) -> risk_pb2.ScoreResponse:
+        return self._answer(raw, context, risk_pb2.ScoreRequest, self._score, "Score", arrived)
 
-    def feedback_bytes(self, raw: bytes, context: grpc.ServicerContext) -> risk_pb2.FeedbackResponse:
-        return self._answer(raw, context, risk_pb2.FeedbackRequest, self._feedback, "Feedback")
+    def feedback_bytes(
+        self, raw: bytes, context: grpc.ServicerContext, arrived: float | None = None
+    ) -> risk_pb2.FeedbackResponse:
+        return self._answer(raw, context, risk_pb2.FeedbackRequest, self._feedback, "Feedback", arrived)
 
     def _answer(
         self,
@@ -95,10 +103,16 @@ class RiskEngineServicer:
         message: type[Request],
         handle: Callable[[Request, grpc.ServicerContext], Response],
         method: str,
+        arrived: float | None,
     ) -> Response:
-        """Parse the request bytes, answer them with `handle`, count the call; refusals become the call's status."""
+        """Shed a call that waited too long; else parse the request bytes, answer them with `handle`, count the
+        call; refusals become the call's status."""
         started = time.perf_counter()
         try:
+            if arrived is not None:
+                shed = self.admission.queued_too_long(arrived)
+                if shed is not None:
+                    raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, shed)
             try:
                 request = message.FromString(raw)
             except DecodeError:
@@ -126,6 +140,8 @@ class RiskEngineServicer:
                 f"transaction.transaction_id: {request.transaction.transaction_id!r} already has a different "
                 "feedback (outcome or known_at)",
             ) from None
+        except DeadlineTooClose as exc:
+            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_close(exc)) from None
         except StoreUnavailable as exc:
             raise _Refused(grpc.StatusCode.UNAVAILABLE, f"window store unavailable ({exc.kind}): retry") from None
         except Exception:
@@ -137,6 +153,11 @@ class RiskEngineServicer:
                 grpc.StatusCode.INTERNAL, "internal error while recording feedback; see the server log"
             ) from None
         return to_feedback_response(result)
+
+    def _too_close(self, exc: DeadlineTooClose) -> str:
+        detail = f"cannot be scored before the deadline: {exc}; retry with a longer deadline or on another instance"
+        self.admission.on_shed("deadline", detail)
+        return detail
 
     def _answered(self, code: str, started: float, method: str) -> None:
         if self.on_request is not None:
@@ -154,6 +175,8 @@ class RiskEngineServicer:
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"transaction.transaction_id: {exc.transaction_id!r} was already scored with different content",
             ) from None
+        except DeadlineTooClose as exc:
+            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_close(exc)) from None
         except Exception:
             log.exception(
                 "unexpected error while scoring",

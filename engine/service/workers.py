@@ -42,6 +42,9 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 
 from engine.config import ServeConfig
+from engine.logs import configure
+from engine.reload import load_serving
+from engine.service.server import serve, warn_unknown_env
 
 log = logging.getLogger("risk_engine.workers")
 
@@ -95,9 +98,6 @@ def worker_config(config: ServeConfig, index: int, port: int) -> ServeConfig:
 
 
 def _worker_main(config: ServeConfig, ready: Event) -> None:
-    from engine.logs import configure
-    from engine.service.server import serve
-
     configure(config.log_format if config.log_format in ("json", "text") else "text")
     serve(config, on_started=lambda _running: ready.set())
 
@@ -141,13 +141,12 @@ class _Worker:
 
 def _check_loads(config: ServeConfig) -> None:
     """Load the rule set and the models once here: a bad one fails as it does with one process."""
-    from engine.reload import load_serving
-
     load_serving(config.rules, config.model, explain=False)
 
 
 def supervise(config: ServeConfig) -> None:
     """Run `config.workers` server processes on one port until SIGTERM / SIGINT, restarting any that dies."""
+    warn_unknown_env()
     config.check()
     _check_loads(config)
     held, port = reserve_port(config.host, config.port)

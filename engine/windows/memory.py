@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from engine.transaction import Packed, Recorded
+from engine.windows.records import RecordWriter
 from engine.windows.spec import AGG_CODES, BUCKET_MS, BUCKETED, EXACT, Aggregate, BoundWindows, WindowPlan
 from engine.windows.store import IdempotencyConflict, WindowsOutcome
 
@@ -185,6 +186,9 @@ class MemoryStore:
       minutes over history of months: wall-clock idleness means nothing
       there, and each series still drops the events older than its
       retention when it is written;
+    - `max_series` (None: no cap) keeps at most that many entity values per
+      group, the least recently written dropped first (the fallback windows
+      of `engine.windows.fallback`, whose memory must stay bounded);
     - `new_ids=True` is the caller's word that no event id comes twice (a
       replay that checked its data): the store then keeps no index of ids
       to find a re-added one.
@@ -196,6 +200,8 @@ class MemoryStore:
     """
 
     name = "memory"
+    reads_groups = True
+    records: RecordWriter | None = None  # `remember` keeps the answer in memory itself
     budget_s = 0.0
 
     def __init__(
@@ -207,6 +213,7 @@ class MemoryStore:
         expire_idle: bool = True,
         new_ids: bool = False,
         native: bool | None = None,
+        max_series: int | None = None,
     ) -> None:
         if native is None:
             native = native_series is not None and os.environ.get("RISK_NATIVE_WINDOWS", "").strip() != "0"
@@ -216,6 +223,7 @@ class MemoryStore:
         self._ttl_extra_s = max_event_delay_s
         self._expire_idle = expire_idle
         self._new_ids = new_ids
+        self._max_series = max_series
         # Per group (storage name): its series by entity value, least recently written
         # first (one TTL per group, so also the order in which they expire).
         self._series: dict[str, OrderedDict[str, _Series]] = {}
@@ -250,7 +258,10 @@ class MemoryStore:
                     self._seen[bound.transaction_id] = (now + self._ttl, fingerprint, None)
                     self._bound_records()
             self._drop_idle()
-            return WindowsOutcome(replay=None, raw=self._update_and_read(plan, bound, first))
+            raw = self._update_and_read(plan, bound, first)
+            if self._max_series is not None:
+                self._forget_least_recent(self._max_series)
+            return WindowsOutcome(replay=None, raw=raw)
 
     def remember(self, transaction_id: str, fingerprint: str, response: Recorded) -> None:
         if not self._remember:
@@ -266,6 +277,9 @@ class MemoryStore:
 
     def warm_up(self, plan: WindowPlan | None = None) -> bool:
         return True
+
+    def breakers(self) -> dict[str, str]:
+        return {}
 
     def apply_many(self, plan: WindowPlan, bounds: Iterable[BoundWindows]) -> list[tuple[int, ...]]:
         """`apply` for each in order, by a store that keeps no records (replay): the raw windows of each.
@@ -309,6 +323,17 @@ class MemoryStore:
                     break
                 del group_series[key]
         self._next_idle = soonest
+
+    def _forget_least_recent(self, cap: int) -> None:
+        """Keep at most `cap` entity values per group: the least recently written go first."""
+        for group_series in self._series.values():
+            while len(group_series) > cap:
+                group_series.popitem(last=False)
+
+    def series_count(self) -> int:
+        """Entity values kept, over all groups."""
+        with self._lock:
+            return sum(len(group_series) for group_series in self._series.values())
 
     def _bound_records(self) -> None:
         while len(self._seen) > self._max_records:

@@ -1,4 +1,6 @@
-"""Window stores in Redis: standalone (one Lua call per transaction) and Redis Cluster.
+"""Window stores in Redis: the standalone store (one Lua call per transaction), and what the cluster store shares.
+
+The Redis Cluster store is `engine.windows.redis_cluster`.
 
 Key layout (prefix `P`, entity fields `card_id`, value `c1`; `S` is '' or
 `:f<hash of the filter>` for a window with a filter):
@@ -19,8 +21,13 @@ delay (wall clock), records after the idempotency TTL, so idle entities cost
 nothing.
 
 Failure policy: socket timeouts within the budget, no client retries (a
-payment cannot wait for redis-py's defaults), and after a failure the store
-fails fast for `cooldown_s` before it tries Redis again.
+payment cannot wait for redis-py's defaults), and a circuit breaker per
+target (`engine.windows.breaker`): the standalone Redis, or each master of a
+cluster. Timeouts and connection errors count against a target's breaker; an
+error reply to one command (a stray key of the wrong type) or a cluster-wide
+state (CLUSTERDOWN, a moved slot) does not, since the node answered. An open
+breaker fails the calls that need its target fast (kind 'open'); on a
+cluster, calls whose keys live on other masters go on as usual.
 """
 
 from __future__ import annotations
@@ -28,23 +35,20 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 import weakref
 import zlib
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, NamedTuple, NoReturn, cast
 
 import hiredis
 import redis
 from redis.backoff import NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
-from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from engine.transaction import Recorded
+from engine.windows.breaker import Breaker, BreakerPolicy
 from engine.windows.records import RecordWriter
 from engine.windows.spec import AGG_CODES, EXACT, Aggregate, BoundGroup, BoundWindows, Group, WindowPlan
 from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowsOutcome
@@ -105,6 +109,17 @@ def _key_ends(g: Group) -> tuple[str, ...]:
     return tuple(ends)
 
 
+#: Breaker state changes: (target, old state, new state).
+OnBreaker = Callable[[str, str, str], None]
+
+
+def counts_against_target(exc: BaseException) -> bool:
+    """Whether an error says the target itself failed (timeout, connection), not one command or the cluster's state."""
+    if isinstance(exc, redis.ResponseError):
+        return False  # the node answered: WRONGTYPE, CLUSTERDOWN, MOVED, TRYAGAIN, ...
+    return isinstance(exc, redis.TimeoutError | redis.ConnectionError | OSError)
+
+
 def unavailable_kind(exc: BaseException) -> str:
     """StoreUnavailable.kind of a redis-py error."""
     if isinstance(exc, redis.TimeoutError):
@@ -121,11 +136,15 @@ class _RedisBase:
 
     name = "redis"
     budget_s: float
+    uses_fingerprints = True  # idempotency records live in Redis
+    reads_groups = True
+    records: RecordWriter | None
 
     def __init__(
         self,
         prefix: str,
-        cooldown_s: float,
+        breaker: BreakerPolicy | None,
+        on_breaker: OnBreaker | None,
         idempotency_ttl_s: float,
         max_event_delay_s: float,
         budget_s: float,
@@ -140,25 +159,31 @@ class _RedisBase:
         self._ttl_ms = int(idempotency_ttl_s * 1000)
         if self._ttl_ms <= 0:
             raise ValueError("idempotency_ttl_s must be positive")
-        self._cooldown = cooldown_s
-        self._open_until = 0.0
+        self._breaker_policy = breaker or BreakerPolicy()
+        self._on_breaker = on_breaker
+        self._breakers: dict[str, Breaker] = {}
         self._lock = threading.Lock()
         self._sources: weakref.WeakKeyDictionary[WindowPlan, _PlanScript] = weakref.WeakKeyDictionary()
         self.last_error = ""
         #: Retry records written behind the answer (None: written by `remember` itself, a round trip).
-        self.records = RecordWriter(self._write_records, on_error=self._note_failure) if write_behind else None
+        self.records = RecordWriter(self._write_records, on_error=self._record_failed) if write_behind else None
 
     # -- retry records -----------------------------------------------------
     def remember(self, transaction_id: str, fingerprint: str, response: Recorded) -> None:
-        self._guard()
         key = self._idem_key(transaction_id)
+        breaker = self._record_breaker(key)
+        if breaker.state == "open":  # the target is down: do not queue records it cannot take
+            self._refuse(breaker)
         if self.records is not None:
             self.records.put(key, fingerprint, response)
             return
+        if not breaker.allow():
+            self._refuse(breaker)
         try:
             self._write_now(key, RecordWriter.encode(fingerprint, response.to_json()))
         except (redis.RedisError, OSError) as exc:
-            self._trip(exc)
+            self._failed(breaker, exc)
+        breaker.success()
 
     def _queued_answer(self, transaction_id: str, key: str, fingerprint: str) -> WindowsOutcome | None:
         """A retry of a transaction whose record is still queued here: answered as Redis would."""
@@ -242,20 +267,40 @@ class _RedisBase:
         return keys, args
 
     # -- failure handling --------------------------------------------------
-    def _guard(self) -> None:
-        if time.monotonic() < self._open_until:
-            raise StoreUnavailable(f"redis unavailable (cooling down after: {self.last_error})", "cooldown")
-
-    def _note_failure(self, exc: BaseException) -> str:
-        """Remember the failure and fail fast for the cooldown; returns its StoreUnavailable kind."""
+    def breaker(self, target: str) -> Breaker:
+        """The circuit breaker of one target (created closed on first use)."""
+        found = self._breakers.get(target)
+        if found is not None:
+            return found
         with self._lock:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            self._open_until = time.monotonic() + self._cooldown
-        return unavailable_kind(exc)
+            return self._breakers.setdefault(target, Breaker(target, self._breaker_policy, on_change=self._on_breaker))
 
-    def _trip(self, exc: BaseException, kind: str | None = None) -> NoReturn:
-        found = self._note_failure(exc)
-        raise StoreUnavailable(self.last_error, kind or found) from exc
+    def breakers(self) -> dict[str, str]:
+        """Each target's breaker state (closed, half_open, open), for metrics and Status."""
+        return {name: b.state for name, b in list(self._breakers.items())}
+
+    def _record_breaker(self, key: str) -> Breaker:
+        """The breaker of the target that holds a retry record."""
+        raise NotImplementedError
+
+    def _refuse(self, breaker: Breaker) -> NoReturn:
+        raise StoreUnavailable(f"redis {breaker.name} unavailable (breaker open after: {breaker.last_error})", "open")
+
+    def _failed(self, breaker: Breaker | None, exc: BaseException) -> NoReturn:
+        """A call failed: count it against its target's breaker when the target itself failed, then raise."""
+        error = f"{type(exc).__name__}: {exc}"
+        self.last_error = error
+        if breaker is not None:
+            if counts_against_target(exc):
+                breaker.failure(error)
+            else:
+                breaker.success()  # the node answered (an error reply): it is up
+        raise StoreUnavailable(error, unavailable_kind(exc)) from exc
+
+    def _record_failed(self, exc: BaseException) -> str:
+        """The record writer's failures: noted like a call's; returns the StoreUnavailable kind."""
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        return unavailable_kind(exc)
 
 
 class RedisStore(_RedisBase):
@@ -270,13 +315,14 @@ class RedisStore(_RedisBase):
         prefix: str = "risk",
         budget_s: float = 0.05,
         connect_budget_s: float | None = None,
-        cooldown_s: float = 0.5,
+        breaker: BreakerPolicy | None = None,
+        on_breaker: OnBreaker | None = None,
         idempotency_ttl_s: float = 86400.0,
         max_connections: int = 64,
         max_event_delay_s: float = 86400.0 + 300.0,
         write_behind: bool = True,
     ) -> None:
-        super().__init__(prefix, cooldown_s, idempotency_ttl_s, max_event_delay_s, budget_s, write_behind)
+        super().__init__(prefix, breaker, on_breaker, idempotency_ttl_s, max_event_delay_s, budget_s, write_behind)
         no_retry = Retry(NoBackoff(), 0)
         # A blocking pool: a thread waits (up to the budget) for a free connection
         # instead of failing, and the pool never grows past max_connections.
@@ -292,6 +338,13 @@ class RedisStore(_RedisBase):
         self._client = redis.Redis(connection_pool=pool, retry=no_retry)
         self._record_conn: redis.Connection | None = None  # the record writer's (write-behind)
         self._record_pid = 0
+        kw = pool.connection_kwargs
+        #: The one target's name, as its breaker and metrics know it.
+        self.target = f"{kw['host']}:{kw['port']}" if "host" in kw else str(kw.get("path", "redis"))
+        self._target_breaker = self.breaker(self.target)
+
+    def _record_breaker(self, key: str) -> Breaker:
+        return self._target_breaker
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
         idem = self._idem_key(bound.transaction_id)
@@ -359,12 +412,14 @@ class RedisStore(_RedisBase):
         Script and command layers (and its packer's pass over every argument) add tens
         of microseconds per call on a slow box, for retries this store turns off.
         """
-        self._guard()
+        breaker = self._target_breaker
+        if not breaker.allow():
+            self._refuse(breaker)
         pool = self._client.connection_pool
         try:
             conn = pool.get_connection()
         except redis.RedisError as exc:
-            self._trip(exc)
+            self._failed(breaker, exc)
         try:
             try:
                 # (hiredis's stub types the argument as a 1-tuple)
@@ -375,218 +430,13 @@ class RedisStore(_RedisBase):
                 conn.send_command("EVAL", script.source, len(keys), *keys, *args, check_health=False)
                 reply = conn.read_response()
         except redis.ResponseError as exc:
-            self._trip(exc)
+            self._failed(breaker, exc)
         except BaseException as exc:
             conn.disconnect()  # a reply may still come: never read by the next caller
             if isinstance(exc, redis.RedisError | OSError):
-                self._trip(exc)
+                self._failed(breaker, exc)
             raise
         finally:
             pool.release(conn)
+        breaker.success()
         return cast(list[bytes | int], reply)
-
-
-def parse_cluster_url(url: str) -> list[tuple[str, int]]:
-    """'redis+cluster://h1:p1,h2:p2' -> [(h1, p1), (h2, p2)] (startup nodes)."""
-    scheme = "redis+cluster://"
-    if not url.startswith(scheme):
-        raise ValueError(f"a Redis Cluster URL starts with {scheme}")
-    rest = url[len(scheme) :].split("/", 1)[0].split("?", 1)[0]
-    if "@" in rest:
-        raise ValueError("passwords in a Redis Cluster URL are not supported yet")
-    nodes = []
-    for part in rest.split(","):
-        host, _, port = part.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"{part!r} is not host:port")
-        nodes.append((host.strip("[]"), int(port)))
-    return nodes
-
-
-class RedisClusterStore(_RedisBase):
-    """Window and idempotency state in a Redis Cluster.
-
-    Per transaction: (1) one call checks and claims the idempotency record (its
-    own slot), before any entity is touched, so a reused id with other content
-    never reaches a series; (2) one script call per entity value (its keys share
-    a slot), grouped into one pipeline per master and sent to all masters
-    together. Each round trip has half the budget. A NOSCRIPT reply (a master
-    that lost its script cache: a failover, a restart) is answered with EVAL
-    on that master, which caches the script there again.
-    """
-
-    name = "redis-cluster"
-
-    def __init__(
-        self,
-        nodes: Sequence[tuple[str, int]] | str,
-        *,
-        prefix: str = "risk",
-        budget_s: float = 0.05,
-        connect_budget_s: float | None = None,
-        cooldown_s: float = 0.5,
-        idempotency_ttl_s: float = 86400.0,
-        max_connections: int = 64,
-        max_event_delay_s: float = 86400.0 + 300.0,
-        write_behind: bool = True,
-    ) -> None:
-        super().__init__(prefix, cooldown_s, idempotency_ttl_s, max_event_delay_s, budget_s, write_behind)
-        if isinstance(nodes, str):
-            nodes = parse_cluster_url(nodes)
-        self._startup = [ClusterNode(h, p) for h, p in nodes]
-        hop = budget_s / 2
-        self._kwargs: dict[str, Any] = {
-            "socket_timeout": hop,
-            "socket_connect_timeout": connect_budget_s if connect_budget_s is not None else hop,
-            "max_connections": max_connections,
-            "health_check_interval": 0,
-        }
-        self._client: RedisCluster | None = None
-        self._stale = True  # the slot map must be (re)read before the next call
-        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="risk-cluster")
-        self._claim_sha = hashlib.sha1(CLAIM_SOURCE.encode(), usedforsecurity=False).hexdigest()
-
-    # -- topology ----------------------------------------------------------
-    def _cluster(self) -> RedisCluster:
-        """The client with a fresh slot map (read again after any failure)."""
-        if self._stale or self._client is None:
-            with self._lock:
-                if self._stale or self._client is None:
-                    if self._client is None:
-                        self._client = RedisCluster(
-                            startup_nodes=self._startup,
-                            retry=Retry(NoBackoff(), 0),
-                            require_full_coverage=False,
-                            reinitialize_steps=1,
-                            **self._kwargs,
-                        )
-                    else:
-                        self._client.nodes_manager.initialize()
-                    self._stale = False
-        return self._client
-
-    def _node_client(self, cluster: RedisCluster, key: str) -> tuple[str, redis.Redis]:
-        node = cluster.nodes_manager.get_node_from_slot(key_slot(key.encode()))
-        conn = node.redis_connection or cluster.get_redis_connection(node)
-        return node.name, conn
-
-    # -- calls -------------------------------------------------------------
-    def _run_node(self, conn: redis.Redis, calls: list[tuple[str, str, list[str], list[Any]]]) -> list[Any]:
-        """One pipeline to one master: EVALSHA each call; NOSCRIPT ones again with EVAL."""
-        pipe = conn.pipeline(transaction=False)
-        for sha, _, keys, args in calls:
-            pipe.evalsha(sha, len(keys), *keys, *args)
-        replies = pipe.execute(raise_on_error=False)
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if missing:
-            pipe = conn.pipeline(transaction=False)
-            for i in missing:
-                _, source, keys, args = calls[i]
-                pipe.eval(source, len(keys), *keys, *args)
-            for i, r in zip(missing, pipe.execute(raise_on_error=False), strict=True):
-                replies[i] = r
-        return cast(list[Any], replies)
-
-    def _issue(self, per_node: dict[str, tuple[redis.Redis, list[tuple[str, str, list[str], list[Any]]]]]) -> list[Any]:
-        """Run the pipelines of all masters together; the replies in call order per node, concatenated."""
-        items = list(per_node.values())
-        if len(items) == 1:
-            results = [self._run_node(*items[0])]
-        else:
-            futures = [self._pool.submit(self._run_node, conn, calls) for conn, calls in items]
-            results = [f.result() for f in futures]
-        out: list[Any] = []
-        for replies in results:
-            out.extend(replies)
-        return out
-
-    def _fail(self, exc: BaseException) -> NoReturn:
-        self._stale = True  # a failover or a moved slot: read the slot map again
-        self._trip(exc)
-
-    def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
-        self._guard()
-        script = self._source(plan)
-        try:
-            cluster = self._cluster()
-            # 1. The idempotency record, in its own slot: checked (and claimed) first.
-            idem = self._idem_key(bound.transaction_id)
-            queued = self._queued_answer(bound.transaction_id, idem, fingerprint)
-            if queued is not None:
-                return queued
-            _, conn = self._node_client(cluster, idem)
-            claim = self._run_node(conn, [(self._claim_sha, CLAIM_SOURCE, [idem], [fingerprint, self._ttl_ms])])[0]
-            if isinstance(claim, Exception):
-                raise claim
-            status = int(claim[0])
-            if status == 0:
-                raise IdempotencyConflict(bound.transaction_id)
-            if status == 1:
-                return WindowsOutcome(replay=zlib.decompress(claim[1]).decode(), raw=())
-            mode = "F" if status == 4 else "R"
-            # 2. One script call per entity value, one pipeline per master, all together.
-            by_entity: dict[tuple[str, str], list[BoundGroup]] = {}
-            for bg in bound.groups:
-                by_entity.setdefault((bg.group.tag, bg.entity_value), []).append(bg)
-            per_node: dict[str, tuple[redis.Redis, list[tuple[str, str, list[str], list[Any]]]]] = {}
-            for (tag, value), groups in by_entity.items():
-                keys, args = self._script_args(bound, fingerprint, mode, groups, script.groups)
-                name, conn = self._node_client(cluster, self._entity_tag(tag, value))
-                per_node.setdefault(name, (conn, []))[1].append((script.sha, script.source, keys, args))
-            replies = self._issue(per_node) if per_node else []
-        except IdempotencyConflict:
-            raise
-        except (redis.RedisError, OSError) as exc:
-            self._fail(exc)
-        raw = [0] * plan.raw_size
-        for reply in replies:
-            if isinstance(reply, Exception):
-                self._fail(reply)
-            for i, v in enumerate(reply[1:]):
-                if v:
-                    raw[i] += int(v)  # each output belongs to one entity's call; the others return 0
-        return WindowsOutcome(replay=None, raw=tuple(raw))
-
-    def _write_now(self, key: str, record: bytes) -> None:
-        try:
-            self._cluster().set(key, record, px=self._ttl_ms)
-        except (redis.RedisError, OSError):
-            self._stale = True  # a failover or a moved slot: read the slot map again
-            raise
-
-    def _write_records(self, items: Sequence[tuple[str, bytes]]) -> None:
-        try:
-            pipe = self._cluster().pipeline()
-            for key, record in items:
-                pipe.set(key, record, px=self._ttl_ms)
-            pipe.execute()
-        except (redis.RedisError, OSError):
-            self._stale = True  # a failover or a moved slot: read the slot map again
-            raise
-
-    def ping(self) -> bool:
-        try:
-            return bool(self._cluster().ping(target_nodes=RedisCluster.PRIMARIES))
-        except (redis.RedisError, OSError):
-            self._stale = True
-            return False
-
-    def warm_up(self, plan: WindowPlan | None = None) -> bool:
-        """Read the slot map, connect to every master and load the scripts there."""
-        try:
-            cluster = self._cluster()
-            cluster.ping(target_nodes=RedisCluster.PRIMARIES)
-            cluster.script_load(CLAIM_SOURCE)  # redis-py sends SCRIPT LOAD to every master
-            if plan is not None:
-                cluster.script_load(self._source(plan).source)
-            return True
-        except (redis.RedisError, OSError):
-            self._stale = True
-            return False
-
-    def close(self) -> None:
-        if self.records is not None:
-            self.records.close()
-        self._pool.shutdown(wait=False)
-        if self._client is not None:
-            self._client.close()

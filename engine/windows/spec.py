@@ -85,7 +85,7 @@ class WindowSpec:
     #: Condition text over the enriched fields: only events that pass it are in the window.
     filter: str | None = None
     delay_ms: int = 0
-    #: The compiled filter (engine.rules.expr); compared through `filter`.
+    #: The compiled filter (engine.rules.expr), required with `filter`; compared through `filter`.
     filter_fn: Callable[[Mapping[str, Any]], bool] | None = dc_field(default=None, compare=False, repr=False)
     #: Which events the window holds: None for scored transactions; for label
     #: feedback, the outcome it counts (FRAUD, GENUINE, or ANY_LABEL for both).
@@ -212,14 +212,6 @@ _GroupKey = tuple[tuple[str, ...], str | None, str | None, str | None]
 _Need = tuple[_GroupKey, int, int, int, int]
 
 
-def compile_filter(text: str) -> Callable[[Mapping[str, Any]], bool]:
-    """A window filter compiled over the enriched fields (no windows, no score, no lists)."""
-    from engine.enrich import FIELDS  # the rules import this module: compile lazily
-    from engine.rules.expr import compile_condition
-
-    return compile_condition(text, {name: kind for name, (kind, _) in FIELDS.items()}, "window filter").fn
-
-
 def _passes(fn: Callable[[Mapping[str, Any]], bool], fields: Mapping[str, Any]) -> bool:
     try:
         return bool(fn(fields))
@@ -255,7 +247,11 @@ class WindowPlan:
         needs: list[list[_Need]] = []
         for spec in self.specs:
             if spec.filter is not None and spec.filter not in filters:
-                filters[spec.filter] = spec.filter_fn or compile_filter(spec.filter)
+                if spec.filter_fn is None:
+                    raise ValueError(
+                        f"window {spec.name!r} has a filter but no compiled filter_fn (the rule loader compiles it)"
+                    )
+                filters[spec.filter] = spec.filter_fn
             count_key = (spec.entity, None, spec.filter, spec.label)
             stored = None if spec.field is None else NUMERIC_FIELDS.get(spec.field, spec.field)
             value_key = (spec.entity, stored, spec.filter, spec.label)
@@ -338,6 +334,16 @@ class WindowPlan:
             b = index[need[1]] if len(need) > 1 else 0
             self._finish.append((spec.aggregate is Aggregate.AVG, a, b, scale))
         self._finish_rows = tuple((name, *row) for name, row in zip(self.names, self._finish, strict=True))
+
+    def subset(self, names: Sequence[str]) -> WindowPlan:
+        """A plan of only the named windows (same lateness, scale and cap): the fallback's short windows."""
+        keep = set(names)
+        return WindowPlan(
+            [s for s in self.specs if s.name in keep],
+            self.allowed_lateness_ms,
+            self.amount_scale,
+            self.max_events_per_series,
+        )
 
     def bind(self, transaction_id: str, event_time_ms: int, fields: Mapping[str, Any]) -> BoundWindows:
         """A scored transaction: added to the windows of transactions (that it passes), read from all."""

@@ -12,18 +12,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from engine.transaction import Recorded
+from engine.windows.records import RecordWriter
 from engine.windows.spec import BoundWindows, WindowPlan
 
 #: What made a store unavailable (`StoreUnavailable.kind`).
-UNAVAILABLE_KINDS = ("timeout", "connection", "cooldown", "deadline", "other")
+UNAVAILABLE_KINDS = ("timeout", "connection", "open", "deadline", "other")
 
 
 class StoreUnavailable(Exception):
     """The store could not answer within its budget (down, slow, broken).
 
-    `kind` says why: 'timeout', 'connection', 'cooldown' (failing fast after
-    a failure), 'deadline' (not called: the caller's deadline was too close)
-    or 'other'.
+    `kind` says why: 'timeout', 'connection', 'open' (failing fast: the
+    target's circuit breaker is open, engine.windows.breaker), 'deadline'
+    (not called: the caller's deadline was too close) or 'other'.
     """
 
     def __init__(self, message: str, kind: str = "other") -> None:
@@ -50,11 +51,34 @@ class WindowsOutcome:
 
 
 class WindowStore(Protocol):
-    """Keeps window state and idempotency records (see engine.windows for semantics)."""
+    """Keeps window state and idempotency records (see engine.windows for semantics).
+
+    Besides its calls, a store declares what it does as data (read once by
+    the pipeline and the server, never probed): `uses_fingerprints`,
+    `reads_groups` and `records` (class attributes or properties).
+    """
 
     name: str
     #: The longest one call may take; a caller with less time left skips the store.
     budget_s: float
+
+    @property
+    def uses_fingerprints(self) -> bool:
+        """Whether `apply` reads the fingerprint (a store that keeps idempotency records tells a retry
+        from a reused id with it); when False and nothing records answers, it is not computed."""
+        ...
+
+    @property
+    def reads_groups(self) -> bool:
+        """Whether `apply` reads the transaction's window groups (`BoundWindows.groups`); a store that
+        plays back answers computed elsewhere does not, and the pipeline skips binding."""
+        ...
+
+    @property
+    def records(self) -> RecordWriter | None:
+        """The writer of retry records behind the answer (`remember` then costs no round trip and reports
+        the records it loses through `records.on_lost`), or None: `remember` writes them itself."""
+        ...
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
         """Idempotency check, then add the event and read its windows, atomically.
@@ -70,6 +94,10 @@ class WindowStore(Protocol):
 
     def warm_up(self, plan: WindowPlan | None = None) -> bool:
         """Connect (and load the plan's scripts) before the first call needs it; False when it does not answer."""
+        ...
+
+    def breakers(self) -> dict[str, str]:
+        """Each remote target's circuit breaker state (closed, half_open, open); {} for a store without one."""
         ...
 
     def close(self) -> None: ...

@@ -20,5 +20,5 @@ where the data is, in three steps, with the very code of the local engine:
 
 The per-transaction table, the summary's counts (`backtest.Tally`, merged)
 and the training features come out identical to the local engine's (tested
-on `local[2]` and on a standalone cluster, tests/test_spark_*.py).
+on `local[2]` and on a standalone cluster, tests/parity/test_spark.py, tests/integration/test_spark_cluster.py).
 """

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.model.predictor import Model, load_model, resolve_model_dir
-from engine.rules.ruleset import RuleSet, load_ruleset
+from engine.rules.loader import load_ruleset
+from engine.rules.ruleset import RuleSet
 
 #: Files of a model folder a Model is loaded from.
 MODEL_FILES = ("model.txt", "metadata.json")

@@ -16,8 +16,8 @@ from typing import Any
 import pyarrow as pa
 
 from engine.model.predictor import Model
-from engine.offline.backtest import BacktestError, pick_mapping, summary_of
-from engine.offline.datasets import ColumnMapping
+from engine.offline.datasets import ColumnMapping, DatasetError, pick_mapping
+from engine.offline.metrics import summary_of
 from engine.offline.spark import jobs
 from engine.offline.spark.bundle import Bundle
 from engine.offline.spark.inputs import InputError, schema_columns
@@ -68,7 +68,7 @@ def backtest_on_spark(
         counts = jobs.backtest(spark, uri, ruleset, model, bundle, mapping, str(table), limit, options)
         timing["replay_s"] = time.perf_counter() - t0
     except (SparkUnavailable, InputError, SparkJobError) as exc:
-        raise BacktestError(str(exc)) from None
+        raise DatasetError(str(exc)) from None
     t0 = time.perf_counter()
     summary = summary_of(counts.tally, ruleset, counts.stats)
     summary["population"]["duplicate_ids"] = counts.duplicate_ids

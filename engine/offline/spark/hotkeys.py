@@ -26,7 +26,7 @@ when it has hourly buckets, plus the allowed lateness) and W = S - O:
   after one occurrence of a repeated id of that series and at or before
   another: the chunks on either side of it are then replayed as one.
 
-`tests/test_spark_hotkeys.py` holds these rules to the reference on hostile
+`tests/unit/offline/test_spark_hotkeys.py` holds these rules to the reference on hostile
 streams, and the Spark parity tests check a merchant with 40 % of the traffic.
 """
 

@@ -28,8 +28,8 @@ from pyspark.sql import functions as sf
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from engine.model.predictor import Model
-from engine.offline.backtest import Tally
 from engine.offline.datasets import ColumnMapping
+from engine.offline.metrics import Tally
 from engine.offline.replay import ReplayStats
 from engine.offline.spark import score
 from engine.offline.spark.bundle import Bundle

@@ -24,14 +24,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from engine.enrich import prepare
 from engine.model.predictor import Model
-from engine.offline.backtest import Run, Tally, run_replay, tally, transactions_table
 from engine.offline.datasets import ColumnMapping, Dataset, table_to_dataset
+from engine.offline.metrics import Tally, tally
 from engine.offline.replay import AnswerStore, ReplayStats, replay
+from engine.offline.runs import Run, run_replay, transactions_table
 from engine.offline.spark.bundle import Bundle
 from engine.offline.spark.inputs import ROW, restore_timestamps
 from engine.offline.spark.windows import raw_answers
-from engine.pipeline import prepare
 from engine.rules.ruleset import RuleSet
 from engine.transaction import Transaction
 from engine.validation import InvalidTransaction, Limits
@@ -149,7 +150,7 @@ def _check_valid(valid: np.ndarray, raws: Sequence[tuple[int, ...] | None]) -> N
 def _error(ruleset: RuleSet, limits: Limits, txn: Transaction) -> str:
     """The replay's message for a rejected transaction (`ReplayStats.first_errors`)."""
     try:
-        prepare(ruleset, txn, limits, None)
+        prepare(ruleset.enricher, txn, limits, None)
     except InvalidTransaction as exc:
         return f"{txn.transaction_id}: {exc}"
     raise RuntimeError(f"{txn.transaction_id} was rejected by the replay but passes validation")

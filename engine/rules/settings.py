@@ -1,0 +1,259 @@
+"""The rule files' settings: one small parser per top-level key, applied from a table.
+
+A setting (`version`, `timezone`, `currency`, `allowed_lateness`,
+`max_events_per_series`, `label_delay`, `data_mapping`, `geoip`, `model`,
+`degraded`) is set in exactly one file. Each parser takes the value and its
+position, reports what is wrong into the `Collector`, and returns the parsed
+value (None after an error, leaving the default). `SETTINGS` runs before the
+sections (whose parsers need the money and the lists' folder), `POLICIES`
+after them (the degraded policy reads the catalog of fields, windows and
+features).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.enrich import Enricher, GeoLookup, Money
+from engine.iso import CURRENCY_EXPONENTS
+from engine.rules.errors import ID, Collector
+from engine.rules.expr import Condition, Scope
+from engine.rules.lists import NamedList
+from engine.rules.ruleset import DOMAINS, SCORE, DegradedPolicy, ModelPolicy
+from engine.rules.source import Located
+from engine.windows.spec import DEFAULT_MAX_EVENTS
+
+MAX_WINDOW_MS = 90 * 86_400_000
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
+_UNITS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+#: Settings each file may hold, in the order they are checked (and errors reported).
+KEYS = (
+    "version",
+    "timezone",
+    "currency",
+    "allowed_lateness",
+    "max_events_per_series",
+    "data_mapping",
+    "label_delay",
+    "model",
+    "degraded",
+    "geoip",
+)
+
+Pos = tuple[int, int]
+
+
+def parse_duration(text: Any) -> int | None:
+    """'90s', '10m', '24h', '30d' -> milliseconds; None if malformed."""
+    if not isinstance(text, str):
+        return None
+    m = _DURATION.match(text)
+    return int(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
+@dataclass(slots=True)
+class Settings:
+    """The parsed settings, each at its default until a file sets it."""
+
+    version: str = ""
+    timezone: str = "UTC"
+    currency: Money = field(default_factory=lambda: Money("USD", {}))
+    allowed_lateness: int = 600_000
+    max_events_per_series: int = DEFAULT_MAX_EVENTS
+    label_delay: int = 7 * 86_400_000
+    data_mapping: list[str] = field(default_factory=list)
+    geoip: GeoLookup | None = None
+    model: ModelPolicy = field(default_factory=lambda: ModelPolicy(None, None))
+    degraded: DegradedPolicy = field(default_factory=lambda: DegradedPolicy(None, None))
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What some parsers need beyond the value: the rules folder, the files read, and (after the sections) scope."""
+
+    root: Path  # the rules folder (a file's own folder for a single file)
+    files: list[str]  # every file the set is read from; parsers add the files they read
+    catalog: Mapping[str, str] = field(default_factory=dict)
+    window_names: frozenset[str] = frozenset()
+    lists: Mapping[str, NamedList] = field(default_factory=dict)
+
+
+Parser = Callable[[Collector, Any, Pos, Context], Any]
+
+
+def _version(b: Collector, value: Any, pos: Pos, _: Context) -> str | None:
+    if not isinstance(value, str | int | float) or not str(value).strip():
+        b.err(pos, "'version' must be a non-empty string")
+        return None
+    return str(value)
+
+
+def _timezone(b: Collector, value: Any, pos: Pos, _: Context) -> str | None:
+    try:
+        Enricher(Money("USD", {}), str(value))
+    except Exception:  # noqa: BLE001 - zoneinfo raises several kinds
+        b.err(pos, f"unknown time zone {value!r}", "use an IANA name such as 'Asia/Shanghai' or 'UTC'")
+        return None
+    return str(value)
+
+
+def _currency(b: Collector, node: Any, pos: Pos, _: Context) -> Money | None:
+    return _money(b, node, pos)
+
+
+def _allowed_lateness(b: Collector, value: Any, pos: Pos, _: Context) -> int | None:
+    ms = parse_duration(value)
+    if ms is None:
+        b.err(pos, f"'allowed_lateness' must be a duration like '10m', got {value!r}")
+    return ms
+
+
+def _max_events_per_series(b: Collector, value: Any, pos: Pos, _: Context) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 10 <= value <= 1_000_000:
+        b.err(pos, f"'max_events_per_series' must be a whole number from 10 to 1000000, got {value!r}")
+        return None
+    return value
+
+
+def _label_delay(b: Collector, value: Any, pos: Pos, _: Context) -> int | None:
+    ms = parse_duration(value)
+    if ms is None or ms > MAX_WINDOW_MS:
+        b.err(pos, f"'label_delay' must be a duration from 0s to 90d, like '7d', got {value!r}")
+        return None
+    return ms
+
+
+def _data_mapping(b: Collector, value: Any, pos: Pos, ctx: Context) -> list[str]:
+    out: list[str] = []
+    for entry in value if isinstance(value, list) else [value]:
+        if isinstance(entry, str) and ID.match(entry):
+            out.append(entry)  # a preset; the offline commands check its name
+        elif isinstance(entry, str) and entry.endswith((".yaml", ".yml")):
+            if not (ctx.root / entry).is_file():
+                b.err(pos, f"'data_mapping': no mapping file {entry!r} beside the rules")
+            else:
+                out.append(str(ctx.root / entry))
+                ctx.files.append(str(ctx.root / entry))
+        else:
+            b.err(
+                pos,
+                "'data_mapping' must be a mapping preset (like 'native') or a mapping file "
+                "(like 'mappings/handbook.yaml'), or a list of them",
+            )
+    return out
+
+
+def _geoip(b: Collector, value: Any, pos: Pos, ctx: Context) -> GeoLookup | None:
+    from engine.geo import GeoDB, GeoError
+
+    if not isinstance(value, str) or not value.strip():
+        b.err(pos, "'geoip' must be the path of a MaxMind-format .mmdb file")
+        return None
+    path = Path(b.file).parent / value
+    try:
+        db = GeoDB.open(path)
+    except GeoError as exc:
+        b.err(pos, f"cannot open the geoip database: {exc}", "the path is relative to the rule file")
+        return None
+    ctx.files.append(str(path))
+    return db
+
+
+def _model(b: Collector, node: Any, pos: Pos, _: Context) -> ModelPolicy:
+    return _model_policy(b, node, pos)
+
+
+def _money(b: Collector, node: Any, pos: tuple[int, int]) -> Money | None:
+    if not isinstance(node, Located):
+        b.err(pos, "'currency' must be a mapping with 'base' and 'rates'")
+        return None
+    b.unknown_keys(node, ("base", "rates"), "'currency'")
+    base = node.get("base", "USD")
+    if base not in CURRENCY_EXPONENTS:
+        b.err(node.value_at("base"), f"base currency {base!r} is not an ISO 4217 code")
+        return None
+    rates: dict[str, float] = {}
+    raw = node.get("rates")
+    if raw is None:
+        return Money(base, rates)
+    if not isinstance(raw, Located):
+        b.err(node.value_at("rates"), "'rates' must map currency codes to numbers")
+        return None
+    for code, rate in raw.items():
+        if code not in CURRENCY_EXPONENTS:
+            b.err(raw.key_at(code), f"{code!r} is not an ISO 4217 currency code")
+        elif isinstance(rate, bool) or not isinstance(rate, int | float) or not (0 < rate < math.inf):
+            b.err(raw.value_at(code), f"the rate of {code} must be a positive, finite number, got {rate!r}")
+        else:
+            rates[code] = float(rate)
+    return Money(base, rates)
+
+
+def _threshold(b: Collector, node: Located, key: str) -> float | None:
+    value = node.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        b.err(node.value_at(key), f"'{key}' must be a probability between 0 and 1, got {value!r}")
+        return None
+    return float(value)
+
+
+def _model_policy(b: Collector, node: Any, pos: tuple[int, int]) -> ModelPolicy:
+    if not isinstance(node, Located):
+        b.err(pos, "'model' must be a mapping with 'review_at' and/or 'deny_at'")
+        return ModelPolicy(None, None)
+    b.unknown_keys(node, ("review_at", "deny_at"), "'model'")
+    review, deny = _threshold(b, node, "review_at"), _threshold(b, node, "deny_at")
+    if review is not None and deny is not None and review > deny:
+        b.err(node.value_at("review_at"), "'review_at' must not be above 'deny_at'")
+    return ModelPolicy(review, deny)
+
+
+def _degraded(b: Collector, node: Any, pos: Pos, ctx: Context) -> DegradedPolicy:
+    if not isinstance(node, Located):
+        b.err(pos, "'degraded' must be a mapping with 'review_when' and/or 'deny_when'")
+        return DegradedPolicy(None, None)
+    b.unknown_keys(node, ("review_when", "deny_when"), "'degraded'")
+    # The fallback runs exactly when windows are missing: it may not read them, nor the score.
+    window_names = ctx.window_names
+    plain = Scope({k: v for k, v in ctx.catalog.items() if k not in window_names and k != SCORE}, ctx.lists, DOMAINS)
+    conds: dict[str, Condition | None] = {"review_when": None, "deny_when": None}
+    for key in conds:
+        if key in node:
+            got = b.condition(node, key, plain, f"degraded.{key}")
+            conds[key] = got.fn if got else None
+    return DegradedPolicy(conds["review_when"], conds["deny_when"])
+
+
+#: Parsed before the sections, in this order.
+SETTINGS: dict[str, Parser] = {
+    "version": _version,
+    "timezone": _timezone,
+    "currency": _currency,
+    "allowed_lateness": _allowed_lateness,
+    "max_events_per_series": _max_events_per_series,
+    "label_delay": _label_delay,
+    "data_mapping": _data_mapping,
+    "geoip": _geoip,
+}
+#: Parsed after the sections (they read the catalog of fields, windows and features).
+POLICIES: dict[str, Parser] = {"model": _model, "degraded": _degraded}
+
+
+def parse_settings(
+    b: Collector, found: Mapping[str, tuple[str, Located]], table: Mapping[str, Parser], into: Settings, ctx: Context
+) -> None:
+    """Parse each setting of `table` that a file sets (`found`: key -> that file and its document) into `into`."""
+    for key, parse in table.items():
+        if key not in found:
+            continue
+        b.file, doc = found[key]
+        value = parse(b, doc[key], doc.value_at(key), ctx)
+        if value is not None:
+            setattr(into, key, value)

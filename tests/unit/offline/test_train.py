@@ -1,0 +1,86 @@
+"""Training: the book's protocol pieces by hand, the threshold policy, and a prequential run on synthetic data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.offline.train import (
+    ThresholdPolicy,
+    choose_thresholds,
+    known_compromised_mask,
+    train,
+)
+from tests.support import RULES
+from tests.support.served import TEST_TRAIN_CONFIG
+
+
+def test_known_compromised_cards_by_hand() -> None:
+    # card z: fraud on day 0 (before the training week); a: day 1; b: day 5; c: never.
+    days = np.array([0, 1, 5, 6, 9, 9, 9, 9, 13, 13])
+    cards = np.array(["z", "a", "b", "c", "z", "a", "b", "c", "b", "a"], dtype=object)
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 0, 1, 0], dtype=np.float64)
+    test = days >= 9
+    # Test week from day 9, delay 7: the training week starts on day 1 (z's fraud is older).
+    # Day 9: a's fraud (day 1) is before 9 - 7 = 2: known; b's (day 5) not yet; z: too old.
+    # Day 13: b's fraud (day 5) is before 13 - 7 = 6: known; a too.
+    got = known_compromised_mask(days, cards, labels, test, delay_days=7, since_day=1)
+    assert got.tolist() == [False, False, False, False, False, True, False, False, True, True]
+
+
+def test_thresholds_by_hand() -> None:
+    scores = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
+    labels = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 1], dtype=np.float64)
+    got = choose_thresholds(scores, labels, ThresholdPolicy(review_rate=0.5, deny_precision=0.75, min_deny_count=2))
+    # Review: top 50 % = 5 transactions, threshold 0.7 (4 frauds of 5, 4 of 5 frauds).
+    assert got["review_at"] == pytest.approx(0.7)
+    assert got["review_or_deny"] == {"threshold": 0.7, "rate": 0.5, "precision": 0.8, "recall": 0.8}
+    # Deny: top-k precisions 1, 1, 1, 0.75, 0.8, 0.67, ...: the deepest k with >= 0.75 is
+    # k = 5 (score 0.7), which is also as deep as deny may go (the review depth).
+    assert got["deny_at"] == pytest.approx(0.7)
+    strict = choose_thresholds(scores, labels, ThresholdPolicy(review_rate=0.5, deny_precision=0.9, min_deny_count=2))
+    assert strict["deny_at"] == pytest.approx(0.9)  # k = 3, precision 1
+    assert strict["deny"] == {"threshold": 0.9, "rate": 0.3, "precision": 1.0, "recall": 0.6}
+    none = choose_thresholds(scores, labels, ThresholdPolicy(review_rate=0.5, deny_precision=0.9, min_deny_count=4))
+    assert none["deny_at"] is None and none["deny"] is None
+
+
+@pytest.mark.slow
+def test_prequential_training_writes_weekly_metrics_thresholds_and_a_report(
+    tmp_path: Path, synthetic_data: Path
+) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        TEST_TRAIN_CONFIG
+        + """
+validation:
+  test_weeks: ["2026-01-16", "2026-01-23"]
+  train_days: 10
+  delay_days: 2
+  early_stopping_days: 3
+thresholds: {review_rate: 0.02, deny_precision: 0.8, min_deny_count: 3}
+"""
+    )
+    folder = train(synthetic_data, RULES, config, tmp_path / "models", quiet=True)
+    meta = json.loads((folder / "metadata.json").read_text())
+    weeks = meta["validation"]["weeks"]
+    assert [w["test"] for w in weeks] == [["2026-01-16", "2026-01-22"], ["2026-01-23", "2026-01-29"]]
+    # Trained on the 10 days ending 2 days before the test week: 7 + 3 (early stopping).
+    assert weeks[0]["train"] == ["2026-01-04", "2026-01-10"]
+    assert weeks[0]["early_stopping"] == ["2026-01-11", "2026-01-13"]
+    for w in weeks:
+        assert 0.5 < w["auc_roc"] <= 1 and 0 < w["average_precision"] <= 1
+    mean_ap = np.mean([w["average_precision"] for w in weeks])
+    assert meta["validation"]["mean"]["average_precision"] == pytest.approx(mean_ap, abs=1e-4)
+    t = meta["thresholds"]
+    assert t["measured_on"] == "test" and t["policy"]["review_rate"] == 0.02
+    assert t["review_or_deny"]["rate"] <= 0.02 + 1e-9
+    assert t["deny_at"] is None or t["deny_at"] >= t["review_at"]
+    report = (folder / "report.md").read_text()
+    assert "prequential" in report and "| **mean ± std**" in report and "## Thresholds" in report
+    # The same data and config give the same model, byte for byte.
+    again = train(synthetic_data, RULES, config, tmp_path / "again", quiet=True)
+    assert (again / "model.txt").read_bytes() == (folder / "model.txt").read_bytes()

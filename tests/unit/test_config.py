@@ -1,0 +1,22 @@
+"""engine.config: the server's settings from RISK_* variables, every bad value named at once."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.config import ConfigError, ServeConfig, unknown_env
+
+
+def test_settings_come_from_the_environment() -> None:
+    config = ServeConfig.from_env({"RISK_PORT": "50123", "RISK_THREADS": "4"})
+    assert config.port == 50123 and config.threads == 4
+
+
+def test_every_bad_value_is_named() -> None:
+    with pytest.raises(ConfigError) as raised:
+        ServeConfig.from_env({"RISK_PORT": "eighty", "RISK_GRACE_S": "soon"})
+    assert "RISK_PORT" in str(raised.value) and "RISK_GRACE_S" in str(raised.value)
+
+
+def test_an_unknown_risk_variable_is_reported() -> None:
+    assert unknown_env({"RISK_PORTT": "1", "RISK_PORT": "2", "HOME": "/root"}) == ["RISK_PORTT"]

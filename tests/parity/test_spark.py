@@ -57,7 +57,7 @@ def test_backtest_on_spark_matches_the_local_engine_on_hostile_traffic(
     local = backtest(data, rules, tmp_path / "local", mapping=mapping, progress=False)
     # A low threshold: every series of the hot merchant (and a few busy cards) is split by time.
     spark = backtest(
-        data, rules, tmp_path / "spark", mapping=mapping, progress=False, spark=replace(LOCAL2, hot_rows=400)
+        data, rules, tmp_path / "spark", mapping=mapping, progress=False, spark=replace(LOCAL2, hot_rows=1_000)
     )
     rows = same_tables(tmp_path / "local" / "transactions.parquet", tmp_path / "spark" / "transactions.parquet")
     same_summaries(local.summary, spark.summary)

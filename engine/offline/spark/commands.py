@@ -67,7 +67,9 @@ def backtest_on_spark(
         t0 = time.perf_counter()
         counts = jobs.backtest(spark, uri, ruleset, model, bundle, mapping, str(table), limit, options)
         timing["replay_s"] = time.perf_counter() - t0
-    except (SparkUnavailable, InputError, SparkJobError) as exc:
+    except SparkJobError as exc:  # bad data found on an executor: said as the local engine says it
+        raise DatasetError(f"{data}: {exc}") from None
+    except (SparkUnavailable, InputError) as exc:
         raise DatasetError(str(exc)) from None
     t0 = time.perf_counter()
     summary = summary_of(counts.tally, ruleset, counts.stats)

@@ -280,7 +280,7 @@ def test_unreachable_rule_in_a_file_points_at_the_condition(tmp_path: Path) -> N
     with pytest.raises(RuleSetInvalid) as exc:
         load_ruleset(tmp_path)
     (err,) = exc.value.errors
-    assert (err.line, err.column) == (3, 26)  # the first character of the condition
+    assert (err.line, err.column) == (3, 37)  # the value the field never takes
     assert err.message == "in rule 'r1': 'channel' is never 'atm', so this can never be true"
 
 

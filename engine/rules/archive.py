@@ -145,13 +145,10 @@ def manifest(path: Path) -> dict[str, Any]:
 def show(path: Path) -> str:
     """An archived set as text: its manifest, then each archived file."""
     m = manifest(path)
-    lines = [
-        f"# rule set {m['version']} ({m['digest']}), archived {m['archived_at']} from {m['source']}",
-        *(
-            f"#   {f['name']}  sha256 {f['sha256'][:16]}  {f['size']:,} bytes{'' if f['archived'] else '  (not archived)'}"
-            for f in m["files"]
-        ),
-    ]
+    lines = [f"# rule set {m['version']} ({m['digest']}), archived {m['archived_at']} from {m['source']}"]
+    for f in m["files"]:
+        kept = "" if f["archived"] else "  (recorded by hash only)"
+        lines.append(f"#   {f['name']}  sha256 {f['sha256'][:16]}  {f['size']:,} bytes{kept}")
     for f in m["files"]:
         if f["archived"]:
             lines += ["", f"# --- {f['name']}", (path / FILES / f["name"]).read_text(encoding="utf-8").rstrip("\n")]

@@ -41,7 +41,14 @@ from engine.rules.errors import Collector, RuleError, RuleSetInvalid
 from engine.rules.expr import Scope
 from engine.rules.rule_tests import parse_tests, run_rule_tests
 from engine.rules.ruleset import DOMAINS, SCORE, RuleSet
-from engine.rules.sections import parse_features, parse_lists, parse_rules, parse_windows
+from engine.rules.sections import (
+    AMOUNT_FIELDS,
+    AMOUNT_WINDOW_FIELDS,
+    parse_features,
+    parse_lists,
+    parse_rules,
+    parse_windows,
+)
 from engine.rules.settings import KEYS, POLICIES, SETTINGS, Context, Settings, parse_settings
 from engine.rules.source import Located, LocatedList, YamlError, load_yaml
 from engine.windows.spec import Aggregate, WindowPlan, WindowSpec
@@ -150,14 +157,17 @@ def load_ruleset(path: str | Path, *, run_tests: bool = True) -> RuleSet:
     for name in [*(s.name for s in specs), *broken]:  # a broken window is still a name: no noise where it is read
         catalog[name] = NUMBER
     lookup_names = {s.name for s in specs} | broken
-    features = parse_features(b, entries["features"], catalog, lists, lookup_names)
+    amount_names = set(AMOUNT_FIELDS) | {s.name for s in specs if s.field in AMOUNT_WINDOW_FIELDS}
+    features = parse_features(b, entries["features"], catalog, lists, lookup_names, amount_names)
     catalog[SCORE] = NUMBER
     window_names = frozenset(lookup_names)  # windows and the features that read them
     parse_settings(b, found, POLICIES, settings, Context(root, files, catalog, window_names, lists))
 
     scope = Scope(catalog, lists, DOMAINS)
     units = message_units(specs, broken, [name for name, _, _ in features])
-    rules, disabled = parse_rules(b, entries["rules"], scope, window_names, units, settings.currency.base)
+    rules, disabled = parse_rules(
+        b, entries["rules"], scope, window_names, units, settings.currency.base, frozenset(amount_names)
+    )
     tests = parse_tests(b, entries["tests"], settings.currency, catalog, window_names)
 
     if b.errors:

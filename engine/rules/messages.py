@@ -65,16 +65,18 @@ class Template:
 
 
 def duration_text(seconds: float) -> str:
-    """'0 s', '2.5 s', '25 s', '4 min 10 s', '3 h 5 min', '2 d 3 h'."""
+    """'0 s', '2.5 s', '29.9 s', '4 min 10 s', '3 h 5 min', '2 d 3 h': rounded down, never up, so that a
+    value under a rule's threshold never reads as the threshold (29.999 s is '29.9 s', not '30 s')."""
     if seconds < 60:
-        return f"{seconds:.1f} s" if seconds < 10 and seconds != int(seconds) else f"{seconds:.0f} s"
+        tenths = math.floor(seconds * 10)
+        return f"{tenths // 10} s" if tenths % 10 == 0 else f"{tenths / 10:.1f} s"
     if seconds < 3600:
-        minutes, rest = divmod(round(seconds), 60)
+        minutes, rest = divmod(math.floor(seconds), 60)
         return f"{minutes} min {rest} s" if rest else f"{minutes} min"
     if seconds < 86400:
-        hours, rest = divmod(round(seconds / 60), 60)
+        hours, rest = divmod(math.floor(seconds / 60), 60)
         return f"{hours} h {rest} min" if rest else f"{hours} h"
-    days, rest = divmod(round(seconds / 3600), 24)
+    days, rest = divmod(math.floor(seconds / 3600), 24)
     return f"{days} d {rest} h" if rest else f"{days} d"
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from engine.enrich import FIELDS, NUMBER, STRING
 from engine.rules.errors import ID, Collector, RuleError
 from engine.rules.expr import Condition, Scope
-from engine.rules.messages import compile_message
 from engine.rules.lists import KINDS, MAX_LIST_SIZE, ListValueError, NamedList, hold, load_list_file, parse_value
+from engine.rules.messages import compile_message
 from engine.rules.ruleset import DOMAINS, SCORE, Rule
 from engine.rules.settings import MAX_WINDOW_MS, duration_problem
 from engine.rules.source import Located, LocatedList
@@ -61,6 +61,8 @@ _LIST_KEYS = ("kind", "values", "file", "description")
 MODES = ("active", "shadow", "disabled")
 #: Fields whose value is an amount: a rule reading one says in its reason which currency it compared in.
 AMOUNT_FIELDS = frozenset({"amount", "amount_base_minor"})
+#: Window fields whose aggregates are amounts (a rule reading such a window reads an amount too).
+AMOUNT_WINDOW_FIELDS = frozenset({"amount", "amount_original", "amount_minor"})
 
 
 def _distinct_field(b: Collector, node: Located, name: str) -> str | None:
@@ -245,12 +247,15 @@ def parse_features(
     catalog: dict[str, str],
     lists: Mapping[str, NamedList],
     window_names: set[str],
+    amount_names: set[str],
 ) -> list[tuple[str, Condition, str]]:
     """Derived features: named numeric expressions over fields, windows and earlier features.
 
     Each is added to `catalog` (a number) for the rules and the model. One that
     reads a window (directly or through another feature) is added to
-    `window_names`, so that rules reading it are skipped when windows are missing.
+    `window_names`, so that rules reading it are skipped when windows are missing;
+    one that reads an amount (a field, a window over an amount, a feature) to
+    `amount_names`, so that a rule reading it says which currency it compared in.
     """
     out: list[tuple[str, Condition, str]] = []
     seen: dict[str, str] = {}
@@ -279,6 +284,8 @@ def parse_features(
         catalog[name] = NUMBER
         if compiled.names & window_names:
             window_names.add(name)
+        if compiled.names & amount_names:
+            amount_names.add(name)
         out.append((name, compiled.fn, " ".join(str(node.get("value")).split())))
     return out
 
@@ -385,6 +392,7 @@ def parse_rules(
     window_names: frozenset[str],
     units: Mapping[str, str],
     base: str,
+    amount_names: frozenset[str] = AMOUNT_FIELDS,
 ) -> tuple[list[Rule], list[str]]:
     """The rules (disabled ones by id); every problem of every rule is reported, each key checked on its own.
 
@@ -465,7 +473,7 @@ def parse_rules(
                 source=f"{file}:{id_line}:{id_col}",
                 mode=mode,
                 rollout=float(rollout),
-                reads_amount=bool(names & AMOUNT_FIELDS) or bool(names & window_names),
+                reads_amount=bool(names & amount_names),
                 owner=owner,
                 tags=tuple(tags),
                 window_reads=frozenset(got.valued & window_names),

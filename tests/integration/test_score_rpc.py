@@ -26,7 +26,7 @@ def test_benign_transaction_is_allowed_with_versions_and_features(
     assert resp.decision == risk_pb2.DECISION_ALLOW
     assert resp.reasons == []
     assert 0.0 <= resp.score <= 1.0
-    assert resp.ruleset_version == "2026.12.06-1"
+    assert resp.ruleset_version == "2026.12.06-2"
     assert resp.model_version == server.pipeline.snapshot.model.version  # type: ignore[union-attr]
     assert resp.model_version.startswith("test-gbm-")
     assert not resp.degraded

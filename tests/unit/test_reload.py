@@ -94,7 +94,7 @@ def metrics_text(running: Running) -> str:
 def test_a_failed_reload_leaves_the_old_version_serving_under_live_traffic(live: Running, rules_copy: Path) -> None:
     channel = grpc.insecure_channel(f"127.0.0.1:{live.port}")
     old = health_metadata(channel)
-    assert old["risk-ruleset-version"] == "2026.12.06-1" and old["risk-last-reload"] == "ok"
+    assert old["risk-ruleset-version"] == "2026.12.06-2" and old["risk-last-reload"] == "ok"
     with Traffic(live.port) as traffic:
         wait_for(lambda: len(traffic.versions) > 20, "traffic")
 
@@ -104,7 +104,7 @@ def test_a_failed_reload_leaves_the_old_version_serving_under_live_traffic(live:
         wait_for(lambda: health_metadata(channel)["risk-last-reload"].startswith("failed"), "the refusal")
         status = health_metadata(channel)["risk-last-reload"]
         assert "rules.yaml:" in status and "invalid YAML" in status
-        assert health_metadata(channel)["risk-ruleset-version"] == "2026.12.06-1"
+        assert health_metadata(channel)["risk-ruleset-version"] == "2026.12.06-2"
         seen = len(traffic.versions)
         wait_for(lambda: len(traffic.versions) > seen + 20, "traffic after the refusal")
 
@@ -125,14 +125,14 @@ def test_a_failed_reload_leaves_the_old_version_serving_under_live_traffic(live:
     assert traffic.errors == []
     assert "never-served" not in traffic.versions
     switch = traffic.versions.index("reload-3")
-    assert set(traffic.versions[:switch]) == {"2026.12.06-1"} and set(traffic.versions[switch:]) == {"reload-3"}
+    assert set(traffic.versions[:switch]) == {"2026.12.06-2"} and set(traffic.versions[switch:]) == {"reload-3"}
     meta = health_metadata(channel)
     assert meta["risk-ruleset-version"] == "reload-3" and meta["risk-last-reload"] == "ok"
     text = metrics_text(live)
     assert 'risk_reloads_total{result="failed"} 2.0' in text
     assert 'risk_reloads_total{result="ok"} 1.0' in text
     assert f'risk_ruleset_info{{digest="{meta["risk-ruleset-digest"]}",version="reload-3"}} 1.0' in text
-    assert 'version="2026.12.06-1"' not in text
+    assert 'version="2026.12.06-2"' not in text
     assert "risk_last_reload_ok 1.0" in text
     channel.close()
 
@@ -195,7 +195,7 @@ def test_sighup_reloads_the_running_server(trained_registry: Path, rules_copy: P
         wait_for(serving, "the server to serve", 30)
         set_version(rules_copy, "after-sighup")
         time.sleep(0.3)
-        assert health_metadata(channel)["risk-ruleset-version"] == "2026.12.06-1"  # the watcher is off
+        assert health_metadata(channel)["risk-ruleset-version"] == "2026.12.06-2"  # the watcher is off
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: health_metadata(channel)["risk-ruleset-version"] == "after-sighup", "the SIGHUP reload")
         stub = risk_pb2_grpc.RiskEngineStub(channel)

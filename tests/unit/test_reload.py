@@ -260,3 +260,36 @@ def test_files_changed_during_a_load_are_loaded_again(
     assert calls == ["v2", "v3"]
     assert pipeline.snapshot.ruleset.version == "v3"
     assert reloader.poll() is None  # nothing left behind on disk
+
+
+def test_every_served_set_is_archived_and_every_answer_names_its_digest(
+    trained_registry: Path, redis_url: tuple[str, str], rules_copy: Path, tmp_path: Path
+) -> None:
+    """Two rule texts under one version: two digests on the answers, both texts in the archive beside
+    the decision log, and `rules diff` between them shows the change."""
+    from engine.cli import main
+    from engine.rules.archive import FILES, find
+
+    log = tmp_path / "decisions"
+    running = start(make_config(trained_registry, redis_url, rules=rules_copy, reload_interval_s=0.1, decision_log=log))
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    stub = risk_pb2_grpc.RiskEngineStub(channel)
+    try:
+        first = stub.Score(request(), timeout=2)
+        assert first.ruleset_digest == health_metadata(channel)["risk-ruleset-digest"]
+        assert len(first.ruleset_digest) == 16
+        archive = log / "rulesets"
+        assert (find(archive, first.ruleset_digest) / FILES / "rules.yaml").read_bytes() == (
+            rules_copy / "rules.yaml"
+        ).read_bytes()
+        rules = rules_copy / "rules.yaml"
+        rules.write_text(rules.read_text().replace('"card_since_previous_1h < 30"', '"card_since_previous_1h < 20"'))
+        wait_for(lambda: health_metadata(channel)["risk-ruleset-digest"] != first.ruleset_digest, "the reload")
+        second = stub.Score(request(), timeout=2)
+        assert second.ruleset_version == first.ruleset_version  # the same version: the digest tells them apart
+        assert second.ruleset_digest not in ("", first.ruleset_digest)
+        assert sorted(p.name for p in archive.iterdir()) == sorted([first.ruleset_digest, second.ruleset_digest])
+        assert main(["rules", "diff", first.ruleset_digest, second.ruleset_digest, "--archive", str(archive)]) == 1
+    finally:
+        channel.close()
+        running.stop(0.5)

@@ -85,7 +85,8 @@ rules:
     condition: "card_count_10m >= 2"
     action: review
     reason_code: BURST
-    message: "{card_count_10m} payments on this card in 10 minutes, {card_since_previous_1h} apart; this one {amount} ({amount_original})."
+    message: "{card_count_10m} payments on this card in 10 minutes, {card_since_previous_1h} apart;
+      this one {amount} ({amount_original})."
   - id: typo
     condition: "amount > 0"
     action: review
@@ -99,7 +100,7 @@ def test_unknown_names_in_messages_are_errors_at_their_column(tmp_path: Path) ->
     with pytest.raises(RuleSetInvalid) as exc:
         load_ruleset(tmp_path)
     (err,) = exc.value.errors
-    assert (err.line, err.column) == (16, 16)  # the name inside the braces
+    assert (err.line, err.column) == (17, 16)  # the name inside the braces
     assert err.message == "rule 'typo': unknown field 'card_count_10min' in the message"
     assert err.hint.startswith("did you mean '{card_count_10m}'")
 

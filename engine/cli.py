@@ -208,8 +208,9 @@ def _rules_test(args: argparse.Namespace) -> int:
             print(f"FAIL {outcome.test.where}: {outcome.failure}")
         else:
             decision = outcome.decision.name.lower() if outcome.decision is not None else "?"
+            reasons = ", ".join(sorted(outcome.reasons)) or "no reasons"
             shadow = f" shadow [{', '.join(sorted(outcome.shadow))}]" if outcome.shadow else ""
-            print(f"ok   {outcome.test.name}: {decision} [{', '.join(sorted(outcome.reasons)) or 'no reasons'}]{shadow}")
+            print(f"ok   {outcome.test.name}: {decision} [{reasons}]{shadow}")
     print(f"{len(outcomes) - failed} passed, {failed} failed", file=sys.stderr)
     if not outcomes:
         print(f"no tests in {args.path}: add a 'tests:' list (docs/rules.md)", file=sys.stderr)

@@ -71,8 +71,10 @@ _HABITS: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (re.compile(r"&&"), "'&&' is not an operator of the rule language", "write 'and'"),
     (re.compile(r"\|\|"), "'||' is not an operator of the rule language", "write 'or'"),
     (re.compile(r"<>"), "'<>' is not an operator of the rule language", "write '!=' for 'not equal'"),
+    (re.compile(r"=>"), "'=>' is not an operator of the rule language", "write '>='"),
+    (re.compile(r"=<"), "'=<' is not an operator of the rule language", "write '<='"),
     (
-        re.compile(r"(?<![<>=!:])=(?!=)"),
+        re.compile(r"(?<![<>=!:])=(?![=<>])"),
         "'=' is not a comparison in the rule language",
         "write '==' to compare, e.g. country == 'BR'",
     ),
@@ -134,7 +136,9 @@ def habits(text: str) -> list[ExprError]:
                 continue  # f(x, key=...): refused later with its own message
             found.append(ExprError(1, m.start() + 1, message.format(word), hint.format(word, word.lower()), m.start()))
     for m in _THOUSANDS.finditer(blank):
-        if depth[m.start()] == 0:  # inside a list or a call, a comma separates items
+        # Inside a list or a call a comma separates items, except before a zero that no one
+        # writes as an item: [1,000] would silently be [1, 0].
+        if depth[m.start()] == 0 or ",0" in m.group(0):
             number = m.group(0).replace(",", "")
             found.append(
                 ExprError(

@@ -242,7 +242,14 @@ def _rules_fields(args: argparse.Namespace) -> int:
             of = f"({s.field})" if s.field else ""
             what = "window" if s.label is None else f"label window ({s.label})"
             delay = f", delayed {s.delay_ms // 1000} s" if s.delay_ms else ""
-            meaning = f"{what}: {s.aggregate.value}{of} per {'+'.join(s.entity)} over {s.duration_ms // 1000} s{delay}"
+            unit = {
+                "first_seen": " (seconds since its oldest event; missing when none)",
+                "since_previous": " (seconds since its previous event; missing when none)",
+                "is_new": " (1: no other event in the window, else 0)",
+            }.get(s.aggregate.value, "")
+            meaning = (
+                f"{what}: {s.aggregate.value}{of} per {'+'.join(s.entity)} over {s.duration_ms // 1000} s{delay}{unit}"
+            )
         print(f"{name:32} {kind:7} {meaning}")
     print(f"{'attributes.KEY':32} {'string':7} a gateway attribute ('' when not sent)")
     for name, named in sorted(rs.lists.items()):

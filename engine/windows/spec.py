@@ -51,11 +51,11 @@ AGG_CODES = {
     Aggregate.SINCE_PREVIOUS: 7,
     Aggregate.IS_NEW: 8,
 }
-#: Aggregates over the event times of an entity: read from its time series (see TIME_FIELD), exact
-#: over their whole duration (never in hourly buckets), no delay.
+#: Aggregates over the event times of an entity, exact over their whole duration (never in hourly
+#: buckets), no delay: up to a day they read the entity's count series, longer its time series.
 TIME_AGGREGATES = frozenset({Aggregate.FIRST_SEEN, Aggregate.SINCE_PREVIOUS, Aggregate.IS_NEW})
 #: The pseudo field of a time series: the events of one entity (and filter), their times alone,
-#: kept exactly for the longest time window of the group and capped like value series.
+#: kept exactly for the longest time window (over a day) of the group and capped like value series.
 TIME_FIELD = "@time"
 #: A window over a transaction attribute aggregates the field `attributes.NAME`.
 ATTRIBUTE_PREFIX = "attributes."
@@ -300,7 +300,10 @@ class WindowPlan:
                     raise ValueError(
                         f"window {spec.name!r}: a {spec.aggregate.value} window takes no field and no delay"
                     )
-                time_key = (spec.entity, TIME_FIELD, spec.filter, spec.label)
+                # Up to a day, the entity's count series holds the events already (exactly, uncapped, as
+                # counts of a day); longer, a time series of their own, capped, so that a 90-day window
+                # of a busy entity does not keep 90 days of its events one by one.
+                time_key = count_key if d <= EXACT_MS else (spec.entity, TIME_FIELD, spec.filter, spec.label)
                 needs.append([(time_key, AGG_CODES[spec.aggregate], d, 0, EXACT)])
             elif spec.aggregate is Aggregate.COUNT:
                 needs.append([(count_key, AGG_CODES[Aggregate.COUNT], d, delay, mode)])

@@ -370,8 +370,7 @@ for _ = 1, tonumber(ARGV[5]) do
     else
       redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. num(cutoff))
       if capped then  -- a time series: at most `cap` events too, the oldest go first
-        local size = redis.call('ZCARD', z)
-        if size > cap then redis.call('ZREMRANGEBYRANK', z, 0, size - cap - 1) end
+        redis.call('ZREMRANGEBYRANK', z, 0, -cap - 1)
       end
     end
     redis.call('PEXPIRE', z, ttl)

@@ -202,3 +202,4 @@ def test_a_series_reports_its_events() -> None:
     assert series.times() == [T0 + i * MIN for i in range(4, 10)]
     assert len(store._series["card_id"]["c"]) == 10  # counts are not capped
     assert store._series["card_id#@time"]["c"].times() == [T0 + i * MIN for i in range(4, 10)]  # time series are
+    assert "device_id#@time" not in store._series  # time windows of a day or less read the count series

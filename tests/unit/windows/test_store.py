@@ -199,6 +199,7 @@ TIME_PLAN = WindowPlan(
         WindowSpec("pair_is_new_10m", ("card_id", "device_id"), Aggregate.IS_NEW, 10 * MIN),
         WindowSpec("card_countries_1h", ("card_id",), Aggregate.DISTINCT, 60 * MIN, "ip_country"),
         WindowSpec("card_shops_1h", ("card_id",), Aggregate.DISTINCT, 60 * MIN, "attributes.shop"),
+        WindowSpec("card_first_seen_2d", ("card_id",), Aggregate.FIRST_SEEN, 2 * 24 * 60 * MIN),
     ],
     allowed_lateness_ms=5 * MIN,
     amount_scale=0.01,
@@ -249,11 +250,13 @@ def test_time_windows_of_a_retry_a_late_event_and_a_missing_entity(store: Window
     assert w["pair_is_new_10m"] == 0.0 and w["card_since_previous_10m"] == 60.0
 
 
-def test_time_series_keep_at_most_the_cap(store: WindowStore) -> None:
+def test_time_windows_longer_than_a_day_keep_at_most_the_cap(store: WindowStore) -> None:
     for i in range(6):
         w = timed(store, f"t{i}", T0 + i * MIN)
-    # The 4 newest events are kept: the oldest kept is 3 minutes old, not 5.
-    assert (w["card_first_seen_10m"], w["card_since_previous_10m"]) == (180.0, 60.0)
+    # Up to a day, a time window reads the count series: exact, not capped.
+    assert (w["card_first_seen_10m"], w["card_since_previous_10m"]) == (300.0, 60.0)
+    # Longer, its own time series keeps the 4 newest events: the oldest kept is 3 minutes old, not 5.
+    assert w["card_first_seen_2d"] == 180.0
 
 
 def test_distinct_counts_of_an_enriched_field_and_an_attribute(store: WindowStore) -> None:

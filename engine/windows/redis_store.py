@@ -8,8 +8,9 @@ Key layout (prefix `P`, entity fields `card_id`, value `c1`; `S` is '' or
 - `{P:card_id:c1}:z:FIELDS`    sorted set of the events whose FIELD is aggregated
 - `{P:card_id:c1}:h:FIELDS`    hash transaction id -> FIELD value
 - `{P:card_id:c1}:tS`          sorted set of the events of a group with time windows
-                               (first seen, since previous, is new): their times alone,
-                               capped like a value series
+                               (first seen, since previous, is new) longer than a day:
+                               their times alone, capped like a value series (shorter
+                               ones read the count series `:nS`)
 - `{P:card_id:c1}:d:FIELDS`    distinct index of a group with a distinct window:
                                FIELD value -> time of its newest kept event
 - `{P:card_id:c1}:bS`, `:b:FIELDS`  hourly buckets of a group with a window

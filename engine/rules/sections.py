@@ -77,7 +77,10 @@ def _distinct_field(b: Collector, node: Located, name: str) -> str | None:
             examples,
         )
         return None
-    if isinstance(fld, str) and fld.startswith(ATTRIBUTE_PREFIX):
+    if not isinstance(fld, str):
+        b.err(at, f"window '{name}': 'field' must be a field name, got {fld!r}", examples)
+        return None
+    if fld.startswith(ATTRIBUTE_PREFIX):
         if ID_KEY.match(fld[len(ATTRIBUTE_PREFIX) :]):
             return fld
         b.err(
@@ -171,7 +174,7 @@ def _parse_window(b: Collector, node: Located, name: str) -> WindowSpec | None:
     elif aggregate is Aggregate.DISTINCT:
         fld = _distinct_field(b, node, name)
         ok = ok and fld is not None
-    elif fld not in NUMERIC_FIELDS:
+    elif not isinstance(fld, str) or fld not in NUMERIC_FIELDS:
         b.err(
             node.value_at("field") if "field" in node else node.key_at("name"),
             f"window '{name}': '{aggregate.value}' needs a numeric 'field', one of {', '.join(NUMERIC_FIELDS)}",

@@ -84,7 +84,7 @@ PLAN = WindowPlan(
         WindowSpec("card_first_seen_1h", ("card_id",), Aggregate.FIRST_SEEN, 60 * MIN),
         WindowSpec("card_since_previous_5m", ("card_id",), Aggregate.SINCE_PREVIOUS, 5 * MIN),
         WindowSpec("card_since_previous_1h", ("card_id",), Aggregate.SINCE_PREVIOUS, 60 * MIN),
-        WindowSpec("pair_is_new_1h", ("device_id", "card_id"), Aggregate.IS_NEW, 60 * MIN),
+        WindowSpec("pair_is_new_5m", ("device_id", "card_id"), Aggregate.IS_NEW, 5 * MIN),
         WindowSpec("card_countries_1h", ("card_id",), Aggregate.DISTINCT, 60 * MIN, "ip_country"),
         WindowSpec("device_shops_5m", ("device_id",), Aggregate.DISTINCT, 5 * MIN, "attributes.shop"),
     ],

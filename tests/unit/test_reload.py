@@ -149,9 +149,17 @@ def test_rule_hits_are_counted_by_mode(live: Running) -> None:
         if night > now:
             night -= dt.timedelta(days=1)
     t_ms = int(night.timestamp() * 1000)
-    for _ in range(3):
+    for i in range(3):  # three cards: one card paying three times at once would fire card_repeat_within_30s too
         resp = stub.Score(
-            request(channel=2, device_id="", amount_minor=25_000, event_time_ms=t_ms, ip="81.2.69.160"), timeout=5
+            request(
+                channel=2,
+                card_id=f"c-night-{i}-{time.monotonic_ns()}",
+                device_id="",
+                amount_minor=25_000,
+                event_time_ms=t_ms,
+                ip="81.2.69.160",
+            ),
+            timeout=5,
         )
         assert [r.rule_id for r in resp.shadow_reasons] == ["unknown_device_at_night"]
         assert "NIGHT_NO_DEVICE" not in {r.code for r in resp.reasons}

@@ -352,3 +352,15 @@ def test_windows_over_any_text_field_and_time_windows_are_checked(tmp_path: Path
         "11:62: window 'b6': is_new tells whether the transaction is its entity's first, and a label window does"
         " not hold transactions (first_seen or since_previous read a label window)",
     ]
+
+
+def test_a_field_that_is_not_a_name_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    text = (
+        'version: "t1"\n'
+        "windows:\n"
+        "  - {name: w1, entity: card_id, aggregate: distinct, field: [card_id], duration: 1d}\n"
+        "  - {name: w2, entity: card_id, aggregate: sum, field: {a: 1}, duration: 1d}\n"
+    )
+    errs = errors_of(tmp_path, text)
+    assert errs[0].startswith("3:61: window 'w1': 'field' must be a field name, got ['card_id']")
+    assert errs[1].startswith("4:56: window 'w2': 'sum' needs a numeric 'field'")

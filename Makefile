@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock setup.py engine/windows/_series.c | sha1sum | cut -c1-12)
 DATA   ?= ../shared/data/handbook/transactions.parquet
 
-.PHONY: install serve test test-fast lint imports format proto model bench demo clean check-redis lock
+.PHONY: install serve console test test-fast lint imports format proto model bench bench-desk demo clean check-redis lock
 
 install: $(STAMP)
 
@@ -20,10 +20,24 @@ $(STAMP): pyproject.toml requirements.lock setup.py engine/windows/_series.c
 	touch $@
 
 ## The server on the shipped rules and model; embedded window store unless REDIS_URL is set.
+## Its decision log goes to DECISION_LOG (decisions/), where `make console` makes cases from it.
+DECISION_LOG ?= decisions
 serve: install
-	$(BIN)/risk-engine serve
+	$(BIN)/risk-engine serve --decision-log $(DECISION_LOG)
 
-## The whole test suite, against a Redis the tests start from redis-server (or REDIS_URL).
+## The review desk beside `make serve`: http://127.0.0.1:$(DESK_PORT), cases from its decision log, labels
+## and blocks back to it. SQLite in desk.db unless DESK_DB is a postgresql:// URL; the first run creates the
+## account `lead` and prints its password once.
+DESK_DB      ?= sqlite:///desk.db
+DESK_PORT    ?= 8080
+ENGINE       ?= 127.0.0.1:50051
+ENGINE_ADMIN ?= 127.0.0.1:50052
+console: install
+	$(BIN)/risk-engine console --db $(DESK_DB) --port $(DESK_PORT) --decision-log $(DECISION_LOG) \
+	  --engine $(ENGINE) --engine-admin $(ENGINE_ADMIN) --bootstrap-user lead
+
+## The whole test suite, against a Redis the tests start from redis-server (or REDIS_URL), PostgreSQL on
+## 127.0.0.1:5432 (databases of their own; DESK_TEST_PG names another server) and /usr/bin/chromium.
 test: install check-redis
 	$(BIN)/pytest -q
 
@@ -43,6 +57,8 @@ check-redis:
 	    exit 1; \
 	  fi; \
 	done
+	@test -x /usr/bin/chromium || { echo "error: the browser tests drive /usr/bin/chromium:" \
+	  "install it, e.g. apt-get install chromium" >&2; exit 1; }
 
 lint: install imports
 	$(BIN)/ruff check .
@@ -65,6 +81,12 @@ model: install
 ## Redis and an in-process store it starts itself (~6 minutes); writes benchmarks/results/ and benchmarks/README.md.
 bench: install check-redis
 	$(BIN)/python benchmarks/loadgen.py
+
+## The review desk at scale (~10 minutes, PostgreSQL on 127.0.0.1:5432): Score with and without a console
+## tailing the decision log, then queue and case pages over a million cases; writes benchmarks/results/desk_*.json.
+bench-desk: install check-redis
+	$(BIN)/python benchmarks/desk_score_latency.py
+	$(BIN)/python benchmarks/desk_pages.py
 
 ## A newcomer's tour: start the server and stream simulated traffic through it, with decisions,
 ## reasons and live latency in the terminal (DURATION seconds, RATE per second; Ctrl-C stops).

@@ -13,6 +13,7 @@ risk-engine backtest --data FILE [--rules PATH] [--model DIR] [--compare PATH] [
 risk-engine models list [--dir DIR] [--json]
 risk-engine models promote VERSION [--dir DIR] [--rules PATH]
 risk-engine models challenger (VERSION --mode shadow|split [--share S] | --clear) [--dir DIR] [--rules PATH]
+risk-engine console [--db URL] [--port N] [--decision-log DIR] [--rules DIR] [--engine HOST:PORT] (engine.desk)
 """
 
 from __future__ import annotations
@@ -652,6 +653,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_simulate)
 
     _add_models_commands(sub)
+
+    from engine.desk.console import add_parser as add_console_parser
+
+    add_console_parser(sub)
 
     args = parser.parse_args(argv)
     try:

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COLUMN = 29
 NOTES = {
     "engine.cli": "the command line (risk-engine)",
+    "engine.desk": "the review desk (risk-engine console; templates/ static/ migrations/)",
     "engine.service": "the gRPC layer (pb/: generated stubs)",
     "engine.offline": "replay, backtest, training over history",
     "engine.config": "server settings",
@@ -32,7 +33,7 @@ OTHER = (
     ("tests/", "unit/<package>/test_<module>.py, integration/, parity/, support/ (shared with benchmarks)"),
     ("benchmarks/", "latency and throughput measurements and their results"),
     ("scripts/", "proto stubs, the geo database, this section, one-off analyses"),
-    ("docs/", "semantics: windows, rules, decisions, models"),
+    ("docs/", "semantics: windows, rules, decisions, models, the review desk (img/: its screenshots)"),
 )
 
 

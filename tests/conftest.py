@@ -12,6 +12,7 @@ free port. Neither available is an error, never a skip.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +28,9 @@ from engine.service.server import Running, start
 from engine.windows.memory import MemoryStore
 from engine.windows.redis_store import RedisStore
 from engine.windows.store import WindowStore
-from tests.support import RULES
+from tests.support import ROOT, RULES
 from tests.support.cluster import LocalCluster, start_cluster
+from tests.support.desk import create_database, drop_database
 from tests.support.redis import RedisProcess, free_port
 from tests.support.served import TEST_TRAIN_CONFIG, make_config
 
@@ -119,8 +121,44 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
     cluster.stop()
 
 
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (127.0.0.1:5432, or DESK_TEST_PG), dropped afterwards."""
+    url = create_database()
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def desk_rules(tmp_path: Path) -> Path:
+    """The shipped rules in a folder of the test's own (the review desk's blocks write its list files)."""
+    target = tmp_path / "rules"
+    shutil.copytree(RULES, target)
+    return target
+
+
+@pytest.fixture
+def desk_engine(desk_rules: Path, tmp_path: Path, redis_url: tuple[str, str]) -> Iterator[Running]:
+    """The engine the review desk works with: the shipped model, a copy of the rules, a real Redis, its
+    decision log in tmp_path/decisions, an admin port."""
+    running = start(
+        make_config(
+            ROOT / "models",
+            redis_url,
+            rules=desk_rules,
+            decision_log=tmp_path / "decisions",
+            admin_port=0,
+            reload_interval_s=0.2,
+        )
+    )
+    yield running
+    running.stop(0.5)
+
+
 #: Fixtures that make a test need something, and the marker that says so.
 _NEEDS = {
+    "pg_url": "postgres",
+    "desk_engine": "server",
     "redis_process": "redis",
     "redis_url": "redis",
     "own_redis": "redis",

@@ -2,9 +2,11 @@
 
 risk-engine serve [--port N] [--rules PATH] [--model PATH] [--redis-url URL] [--decision-log DIR] ...
 risk-engine decisions export --since T --until T [--feedback FILE] [--log DIR] --out FILE
-risk-engine rules check PATH
+risk-engine rules check PATH [--strict]
 risk-engine rules test PATH
 risk-engine rules fields PATH
+risk-engine rules show --digest D [--archive DIR]
+risk-engine rules diff A B [--archive DIR]
 risk-engine simulate (--out FILE | --target HOST:PORT [--rate N]) [--days N] [--users N] [--seed S]
 risk-engine train --data FILE --config FILE [--rules PATH] [--out DIR] [--promote]
 risk-engine backtest --data FILE [--rules PATH] [--model DIR] [--compare PATH] [--mapping M] --out DIR
@@ -60,6 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
             "tls_key": path(args.tls_key),
             "tls_client_ca": path(args.tls_client_ca),
             "admin_host": args.admin_host,
+            "ruleset_archive": None if args.ruleset_archive is None else _archive_flag(args.ruleset_archive),
         }
         config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
         ports: dict[str, int | None] = {}
@@ -90,6 +93,12 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"risk-engine serve: the model cannot be served: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _archive_flag(value: str) -> Path:
+    from engine.config import ARCHIVE_OFF
+
+    return ARCHIVE_OFF if value.lower() == "off" else Path(value)
 
 
 def _decisions_export(args: argparse.Namespace) -> int:
@@ -124,14 +133,64 @@ def _rules_check(args: argparse.Namespace) -> int:
             print(err)
         print(f"{len(exc.errors)} error(s)", file=sys.stderr)
         return 1
+    # A rule no test makes fire has no example: a warning, an error with --strict.
+    unexampled = [r for r in rs.rules if r.id in set(rs.without_example)]
+    for rule in unexampled:
+        kind = "error" if args.strict else "warning"
+        print(
+            f"{rule.source}: {kind}: rule '{rule.id}' has no example: no rule test makes it fire"
+            " (hint: add a test under 'tests:' that it fires for, docs/rules.md \"Rule tests\")"
+        )
+    if unexampled and args.strict:
+        print(f"{len(unexampled)} error(s): rules without an example (--strict)", file=sys.stderr)
+        return 1
     shadow = sum(1 for r in rs.rules if r.mode == "shadow")
     rolling = sum(1 for r in rs.rules if r.mode == "active" and r.rollout < 100)
     print(
         f"ok: rule set {rs.version} ({rs.digest}): {len(rs.rules) - shadow} active rules"
         f" ({rolling} rolling out), {shadow} shadow, {len(rs.disabled)} disabled;"
         f" {len(rs.windows.specs)} windows, {len(rs.lists)} lists, {len(rs.tests)} tests passed"
+        + (f"; {len(unexampled)} rule(s) without an example" if unexampled else "")
     )
     return 0
+
+
+def _rules_show(args: argparse.Namespace) -> int:
+    from engine.rules.archive import ArchiveError, find, show
+
+    try:
+        print(show(find(Path(args.archive), args.digest)), end="")
+    except (ArchiveError, OSError, ValueError) as exc:
+        print(f"risk-engine rules show: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _rules_diff(args: argparse.Namespace) -> int:
+    from engine.rules.archive import FILES, ArchiveError, RuleTable, diff, find, manifest, read_rules
+
+    def table(which: str) -> RuleTable:
+        """A folder (or file) of rules, else a digest in the archive."""
+        path = Path(which)
+        if path.exists():
+            return read_rules(path, str(path))
+        found = find(Path(args.archive), which)
+        m = manifest(found)
+        return read_rules(found / FILES, f"{m['digest']} ({m['version']})")
+
+    try:
+        a, b = table(args.a), table(args.b)
+    except (ArchiveError, OSError, ValueError) as exc:
+        print(f"risk-engine rules diff: {exc}", file=sys.stderr)
+        return 2
+    lines = diff(a, b)
+    print(f"--- {a.label}: version {a.version}, {len(a.rules)} rules")
+    print(f"+++ {b.label}: version {b.version}, {len(b.rules)} rules")
+    for line in lines:
+        print(line)
+    if not lines:
+        print("no rule added, removed or changed")
+    return 1 if lines else 0
 
 
 def _rules_test(args: argparse.Namespace) -> int:
@@ -154,7 +213,9 @@ def _rules_test(args: argparse.Namespace) -> int:
             print(f"FAIL {outcome.test.where}: {outcome.failure}")
         else:
             decision = outcome.decision.name.lower() if outcome.decision is not None else "?"
-            print(f"ok   {outcome.test.name}: {decision} [{', '.join(sorted(outcome.reasons)) or 'no reasons'}]")
+            reasons = ", ".join(sorted(outcome.reasons)) or "no reasons"
+            shadow = f" shadow [{', '.join(sorted(outcome.shadow))}]" if outcome.shadow else ""
+            print(f"ok   {outcome.test.name}: {decision} [{reasons}]{shadow}")
     print(f"{len(outcomes) - failed} passed, {failed} failed", file=sys.stderr)
     if not outcomes:
         print(f"no tests in {args.path}: add a 'tests:' list (docs/rules.md)", file=sys.stderr)
@@ -186,7 +247,14 @@ def _rules_fields(args: argparse.Namespace) -> int:
             of = f"({s.field})" if s.field else ""
             what = "window" if s.label is None else f"label window ({s.label})"
             delay = f", delayed {s.delay_ms // 1000} s" if s.delay_ms else ""
-            meaning = f"{what}: {s.aggregate.value}{of} per {'+'.join(s.entity)} over {s.duration_ms // 1000} s{delay}"
+            unit = {
+                "first_seen": " (seconds since its oldest event; missing when none)",
+                "since_previous": " (seconds since its previous event; missing when none)",
+                "is_new": " (1: no other event in the window, else 0)",
+            }.get(s.aggregate.value, "")
+            meaning = (
+                f"{what}: {s.aggregate.value}{of} per {'+'.join(s.entity)} over {s.duration_ms // 1000} s{delay}{unit}"
+            )
         print(f"{name:32} {kind:7} {meaning}")
     print(f"{'attributes.KEY':32} {'string':7} a gateway attribute ('' when not sent)")
     for name, named in sorted(rs.lists.items()):
@@ -567,6 +635,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--log-format", choices=("json", "text"), help="log lines (RISK_LOG_FORMAT, json)")
     p.add_argument("--decision-log", help="folder of the decision log, or 'off' (RISK_DECISION_LOG, off)")
+    p.add_argument(
+        "--ruleset-archive",
+        help="folder keeping every rule set loaded, by digest, or 'off'"
+        " (RISK_RULESET_ARCHIVE; default: rulesets/ in the decision log's folder)",
+    )
     p.add_argument("--tls-cert", help="server certificate chain, PEM: turns TLS on (RISK_TLS_CERT)")
     p.add_argument("--tls-key", help="server private key, PEM (RISK_TLS_KEY)")
     p.add_argument("--tls-client-ca", help="CA bundle for client certificates: mutual TLS (RISK_TLS_CLIENT_CA)")
@@ -602,7 +675,20 @@ def main(argv: list[str] | None = None) -> int:
     rules = sub.add_parser("rules", help="work with rule sets").add_subparsers(dest="rules_command", required=True)
     p = rules.add_parser("check", help="validate a rule set; errors with file:line:column")
     p.add_argument("path")
+    p.add_argument("--strict", action="store_true", help="a rule without an example in the rule tests is an error")
     p.set_defaults(func=_rules_check)
+    archive = "decisions/rulesets"
+    p = rules.add_parser("show", help="print a rule set the server archived, by its digest")
+    p.add_argument("--digest", required=True, help="the digest (ScoreResponse.ruleset_digest), or a prefix")
+    p.add_argument("--archive", default=archive, help=f"the rule set archive (RISK_RULESET_ARCHIVE; default {archive})")
+    p.set_defaults(func=_rules_show)
+    p = rules.add_parser(
+        "diff", help="rules added, removed and changed between two sets (digests in the archive, or folders)"
+    )
+    p.add_argument("a", help="the earlier set: a digest or a rules folder")
+    p.add_argument("b", help="the later set: a digest or a rules folder")
+    p.add_argument("--archive", default=archive, help=f"the rule set archive (default {archive})")
+    p.set_defaults(func=_rules_diff)
     p = rules.add_parser("test", help="run the rule tests written beside the rules")
     p.add_argument("path")
     p.set_defaults(func=_rules_test)

@@ -86,6 +86,7 @@ ENV_VARS = (
     "RISK_MAX_EVENT_LEAD_S",
     "RISK_LOG_FORMAT",
     "RISK_DECISION_LOG",
+    "RISK_RULESET_ARCHIVE",
     "RISK_DECISION_LOG_MAX_FILE_MB",
     "RISK_DECISION_LOG_ROTATE_S",
     "RISK_DECISION_LOG_MAX_TOTAL_MB",
@@ -147,6 +148,9 @@ class ServeConfig:
     decision_log_max_file_mb: float = 64.0
     decision_log_rotate_s: float = 3600.0
     decision_log_max_total_mb: float = 1024.0
+    #: Folder that keeps a copy of every rule set loaded, by digest (engine.rules.archive); None: beside the
+    #: decision log (`<decision log>/rulesets`), or off without one; ARCHIVE_OFF: off.
+    ruleset_archive: Path | None = None
     #: Server certificate chain and key (PEM): both set turns TLS on for the gRPC port.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -163,6 +167,18 @@ class ServeConfig:
     @property
     def redacted_redis_url(self) -> str:
         return redact_url(self.redis_url) if self.redis_url else ""
+
+    @property
+    def archive(self) -> Path | None:
+        """Where every rule set loaded is kept by digest: the setting, else `rulesets/` beside the decision log
+        (shared by the workers of `--workers N`, whose decision logs are `worker-<i>/` of it), else nowhere."""
+        if self.ruleset_archive == ARCHIVE_OFF:
+            return None
+        if self.ruleset_archive is not None:
+            return self.ruleset_archive
+        if self.decision_log is None:
+            return None
+        return (self.decision_log.parent if self.worker_index is not None else self.decision_log) / "rulesets"
 
     @property
     def tls(self) -> bool:
@@ -219,6 +235,7 @@ class ServeConfig:
             "decision_log_max_file_mb": get("RISK_DECISION_LOG_MAX_FILE_MB", _float, d.decision_log_max_file_mb),
             "decision_log_rotate_s": get("RISK_DECISION_LOG_ROTATE_S", _float, d.decision_log_rotate_s),
             "decision_log_max_total_mb": get("RISK_DECISION_LOG_MAX_TOTAL_MB", _float, d.decision_log_max_total_mb),
+            "ruleset_archive": get("RISK_RULESET_ARCHIVE", _archive, d.ruleset_archive),
             "tls_cert": get("RISK_TLS_CERT", Path, d.tls_cert),
             "tls_key": get("RISK_TLS_KEY", Path, d.tls_key),
             "tls_client_ca": get("RISK_TLS_CLIENT_CA", Path, d.tls_client_ca),
@@ -350,6 +367,7 @@ class ServeConfig:
             "fallback_horizon_s": self.fallback_horizon_s,
             "tls": "mutual" if self.tls_client_ca else ("on" if self.tls else "off"),
             "decision_log": str(self.decision_log) if self.decision_log else "off",
+            "ruleset_archive": str(self.archive) if self.archive else "off",
         }
 
 
@@ -404,3 +422,11 @@ def _port_or_off(text: str) -> int | None:
 
 def _path_or_off(text: str) -> Path | None:
     return None if text.lower() == "off" else Path(text)
+
+
+#: `RISK_RULESET_ARCHIVE=off`: keep no copy of the rule sets loaded.
+ARCHIVE_OFF = Path("/dev/null/off")
+
+
+def _archive(text: str) -> Path:
+    return ARCHIVE_OFF if text.lower() == "off" else Path(text)

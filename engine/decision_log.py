@@ -26,8 +26,11 @@ Records (one JSON object per line, `"v": 1`): `decided_at_ms`, `transaction`
 `currency`, `channel`, `attributes`, ...), `decision`, `score` (null when the
 model did not run), `degraded`, `reasons` and `shadow` (rules that fired,
 acting and shadow, with code, source, rule id, action and message),
-`features` (name -> number, null when unknown), `ruleset_version`,
-`model_version`, `elapsed_us`, and `challenger` (null unless a challenger
+`features` (name -> number, null when unknown), `ruleset_version` and
+`ruleset_digest` (the content hash of the rule set that decided: its text is
+in the rule set archive, `risk-engine rules show --digest`), `model_version`,
+`enrichment` (what enrichment found: IP country and region, the amount in
+the base currency), `elapsed_us`, and `challenger` (null unless a challenger
 model runs: the other model's `model_version`, `score`, the `decision` it
 would have given, `challenger_decided` and `mode`; see
 `engine.transaction.ChallengerResult`).
@@ -104,7 +107,9 @@ def to_record(decided_at: float, txn: Transaction, result: ScoreResult) -> dict[
         "shadow": [_reason(r) for r in result.shadow],
         "features": {k: _finite(v) for k, v in result.features.items()},
         "ruleset_version": result.ruleset_version,
+        "ruleset_digest": result.ruleset_digest,
         "model_version": result.model_version,
+        "enrichment": result.enrichment,
         "elapsed_us": result.elapsed_us,
         "challenger": _challenger(result),
     }

@@ -107,6 +107,7 @@ class Enricher:
         # Divide by 10^exponent (exact powers of ten) rather than multiply by 10^-exponent
         # (not representable): 1999 / 100 is 19.99, 1999 * 0.01 is 19.990000000000002.
         self._base_divisor = 10 ** CURRENCY_EXPONENTS[money.base]
+        self._base_digits = CURRENCY_EXPONENTS[money.base]
         self._minor_divisor = {code: 10**exponent for code, exponent in CURRENCY_EXPONENTS.items()}
         # UTC hour -> the zone's UTC offset in microseconds throughout that hour, or
         # None when it changes within the hour (see `local_hour_and_weekday`).
@@ -136,6 +137,21 @@ class Enricher:
         local_us = event_time_ms * 1000 + offset
         # 1970-01-01 was a Thursday (weekday 3).
         return local_us // _HOUR_US % 24, (local_us // _DAY_US + 3) % 7
+
+    def describe(self, fields: dict[str, Any]) -> dict[str, str]:
+        """What enrichment found, as text for a reviewer (`ScoreResult.enrichment`), built once per answer:
+        the IP's country and region (left out when unknown), the amount in the base currency (exact,
+        from its minor units) and the base currency's code."""
+        minor = fields["amount_base_minor"]
+        digits = self._base_digits
+        whole, part = divmod(abs(minor), self._base_divisor)
+        amount = f"{'-' if minor < 0 else ''}{whole}.{part:0{digits}d}" if digits else f"{minor}"
+        out = {"amount_base": amount, "base_currency": self.money.base}
+        if fields["ip_country"]:
+            out["ip_country"] = fields["ip_country"]
+        if fields["ip_region"]:
+            out["ip_region"] = fields["ip_region"]
+        return out
 
     def enrich(self, txn: Transaction) -> dict[str, Any]:
         """The field map of a (validated) transaction; its IP comes from `parse_ip`'s cache, canonical."""

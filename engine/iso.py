@@ -40,3 +40,19 @@ SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ
 TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW XK
 """.split()
 )
+
+#: Codes people write for a country that ISO 3166-1 spells otherwise: code -> (ISO code, the country).
+COUNTRY_ALIASES: dict[str, tuple[str, str]] = {
+    "UK": ("GB", "the United Kingdom"),
+    "EL": ("GR", "Greece"),
+}
+
+
+def country_hint(code: str) -> str:
+    """What to write instead of a country code that is not ISO 3166-1 ('UK' -> 'GB'), or ''."""
+    if code in COUNTRY_ALIASES:
+        iso, country = COUNTRY_ALIASES[code]
+        return f"the ISO 3166-1 code of {country} is '{iso}', not '{code}'"
+    if code.upper() in COUNTRIES:
+        return f"codes are upper case: '{code.upper()}'"
+    return ""

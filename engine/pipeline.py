@@ -500,6 +500,8 @@ class Pipeline:
             elapsed_us=(elapsed_ns + time.perf_counter_ns() - started) // 1000,
             shadow=tuple(shadow),
             challenger=self._other_result(snap, step, other, other_score, challenger_decided),
+            ruleset_digest=ruleset.digest,
+            enrichment=ruleset.enricher.describe(fields),
         )
         concluded = time.perf_counter_ns()
         if windows_ok and self.record:

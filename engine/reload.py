@@ -12,6 +12,10 @@ requests. A refused set is logged with its errors and the old one keeps
 serving; `status` says which version is active and what the last failure was.
 
 `reload_now()` does the same at once (SIGHUP, tests, an admin call).
+
+With an archive folder, every rule set the reloader serves (the first one
+and each one swapped in) is kept there by digest (`engine.rules.archive`),
+so that the digest of any answer leads back to the rule text that decided it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 from engine.model.predictor import PROMOTED, Model, ModelInvalid, load_model
 from engine.model.registry import CHALLENGER, Challenger, load_challenger
 from engine.pipeline import Pipeline
+from engine.rules.archive import archive as archive_set
 from engine.rules.errors import RuleSetInvalid
 from engine.rules.loader import load_ruleset
 from engine.rules.ruleset import RuleSet
@@ -95,6 +100,32 @@ def _describe(challenger: Challenger | None) -> str:
     return "" if challenger is None else f"{challenger.model.version} ({challenger.describe()})"
 
 
+def keep(archive: Path | None, ruleset: RuleSet) -> Path | None:
+    """Keep a copy of a served rule set in the archive (once per digest); its folder, or None (logged)."""
+    if archive is None:
+        return None
+    try:
+        where = archive_set(archive, Path(ruleset.root), ruleset.version, ruleset.digest, ruleset.manifest)
+    except OSError as exc:
+        log.warning(
+            "cannot keep rule set %s (%s) in the archive %s: %s",
+            ruleset.version,
+            ruleset.digest,
+            archive,
+            exc,
+            extra={"event": "archive", "result": "failed", "ruleset_digest": ruleset.digest},
+        )
+        return None
+    if where is None:
+        log.warning(
+            "rule set %s (%s) changed on disk while it was loaded: not archived (the reload that follows is)",
+            ruleset.version,
+            ruleset.digest,
+            extra={"event": "archive", "result": "changed", "ruleset_digest": ruleset.digest},
+        )
+    return where
+
+
 class Reloader:
     """Reloads the rule set (and the promoted model) of a running pipeline."""
 
@@ -106,13 +137,17 @@ class Reloader:
         *,
         interval_s: float = 1.0,
         on_change: Callable[[ReloadStatus], None] | None = None,
+        archive: Path | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.rules = rules
         self.model_path = model
         self.interval_s = interval_s
         self.on_change = on_change or (lambda status: None)
+        #: Where every rule set served is kept by digest (None: nowhere).
+        self.archive = archive
         snap = pipeline.snapshot
+        keep(archive, snap.ruleset)
         self.status = ReloadStatus(
             ruleset_version=snap.ruleset.version,
             ruleset_digest=snap.ruleset.digest,
@@ -154,6 +189,7 @@ class Reloader:
             if failure:
                 return self._refused(before, failure)
             self.pipeline.swap(ruleset, model, challenger)
+            keep(self.archive, ruleset)
             files = _watched_files(self.rules, ruleset, self.model_path)
             self._seen = before if files == self._files else _fingerprint(files, self.rules)
             self._files = files

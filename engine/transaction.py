@@ -142,6 +142,11 @@ class ScoreResult:
     shadow: tuple[Reason, ...] = ()
     #: The other model of a champion/challenger pair (None: no challenger is running).
     challenger: ChallengerResult | None = None
+    #: The content digest of the rule set that decided (engine.rules.archive): two texts under one version differ.
+    ruleset_digest: str = ""
+    #: What enrichment found, as a reviewer reads it: `ip_country`, `ip_region`, `amount_base` (the amount in the
+    #: base currency, exact decimal), `base_currency`; a key is left out when its value is unknown.
+    enrichment: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """Serialise for the idempotency record (a retry gets this back)."""
@@ -158,6 +163,8 @@ class ScoreResult:
                 "e": self.elapsed_us,
                 "sh": [_reason_json(r) for r in self.shadow],
                 **self._challenger_json(),
+                "rd": self.ruleset_digest,
+                "en": self.enrichment,
             },
             separators=(",", ":"),
         )
@@ -191,6 +198,8 @@ class ScoreResult:
                 self.elapsed_us,
                 self.shadow,
                 self.challenger,
+                self.ruleset_digest,
+                self.enrichment,
             )
         )
 
@@ -213,6 +222,8 @@ class ScoreResult:
             else ChallengerResult(
                 model_version=ch[0], score=ch[1], decision=Action(ch[2]), challenger_decided=ch[3], mode=ch[4]
             ),
+            ruleset_digest=data.get("rd", ""),
+            enrichment=data.get("en", {}),
         )
 
 
@@ -234,7 +245,9 @@ class PackedScore:
         self._parts = parts
 
     def unpacked(self) -> ScoreResult:
-        txid, decision, score, reasons, rv, mv, degraded, names, values, elapsed, shadow, challenger = self._parts
+        (txid, decision, score, reasons, rv, mv, degraded, names, values, elapsed, shadow, challenger, rd, en) = (
+            self._parts
+        )
         return ScoreResult(
             txid,
             decision,
@@ -247,6 +260,8 @@ class PackedScore:
             elapsed,
             shadow,
             challenger,
+            rd,
+            en,
         )
 
 

@@ -103,7 +103,7 @@ class Blocks:
         with self.engine.begin() as conn:
             with _locked(target.path) as f:
                 text = f.read()
-                if value in {v for _, v in read_list_file(text)}:
+                if value in {v for _, _, v in read_list_file(text)}:
                     raise Refused(f"{value} is on {target.name} already")
                 f.seek(0, os.SEEK_END)
                 f.write(line if not text or text.endswith("\n") else "\n" + line)

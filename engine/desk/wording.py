@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.enrich import FIELDS
+from engine.rules.messages import duration_text
 from engine.rules.ruleset import RuleSet
 from engine.windows.spec import Aggregate, WindowSpec
 
@@ -43,6 +44,10 @@ _THINGS = {
     "merchant_id": "merchants",
     "country": "countries",
     "merchant_category": "merchant categories",
+    "ip_country": "IP countries",
+    "ip_region": "IP regions",
+    "channel": "channels",
+    "currency": "currencies",
 }
 _SYSTEM = {
     "WINDOWS_UNAVAILABLE": "The engine could not read the payment history (its window store did not answer in time): "
@@ -88,6 +93,14 @@ def period(spec: WindowSpec) -> str:
 
 def _who(spec: WindowSpec) -> str:
     return " and ".join(_ENTITY.get(e, f"this {e}") for e in spec.entity)
+
+
+def _things(spec: WindowSpec) -> str:
+    """What a distinct count counts: "cards", "IP countries", "values of the attribute shop"."""
+    field = spec.field or ""
+    if field.startswith("attributes."):
+        return f"values of the attribute {field.removeprefix('attributes.')}"
+    return _THINGS.get(field, field or "values")
 
 
 class Wording:
@@ -188,8 +201,13 @@ class Wording:
             if agg is Aggregate.COUNT:
                 return f"the number of payments with {who} in {when}"
             if agg is Aggregate.DISTINCT:
-                things = _THINGS.get(spec.field or "", spec.field or "values")
-                return f"the number of different {things} with {who} in {when}"
+                return f"the number of different {_things(spec)} with {who} in {when}"
+            if agg is Aggregate.FIRST_SEEN:
+                return f"the time since {who} was first seen in {when}"
+            if agg is Aggregate.SINCE_PREVIOUS:
+                return f"the time since the previous payment with {who} in {when}"
+            if agg is Aggregate.IS_NEW:
+                return f"whether {who} is new in {when}"
             what = "payment" if spec.field == "amount" else (spec.field or "value")
             words = {
                 Aggregate.AVG: f"{who}'s average {what}",
@@ -221,8 +239,13 @@ class Wording:
         if agg is Aggregate.COUNT:
             return f"{n} payment{'' if n == 1 else 's'} with {who} in {when}."
         if agg is Aggregate.DISTINCT:
-            things = _THINGS.get(spec.field or "", spec.field or "values")
-            return f"{n} different {things} used with {who} in {when}."
+            return f"{n} different {_things(spec)} used with {who} in {when}."
+        if agg is Aggregate.FIRST_SEEN:
+            return f"{_cap(who)} first seen {duration_text(value)} ago (within {when})."
+        if agg is Aggregate.SINCE_PREVIOUS:
+            return f"The previous payment with {who} was {duration_text(value)} before this one."
+        if agg is Aggregate.IS_NEW:
+            return f"{_cap(who)}: new, not seen in {when}." if value else f"{_cap(who)}: seen before in {when}."
         shown = self.money(value) if spec.field == "amount" else f"{value:,.2f}"
         return f"{_cap(self.noun(spec.name))}: {shown}."
 

@@ -4,8 +4,9 @@
 lies in [since, until) (the last record of a transaction scored more than
 once), joins labels from a feedback file (CSV or Parquet:
 `transaction_id,label[,label_time]`) and writes a Parquet file in the
-project's native schema plus `label`, the decision, score, versions and one
-column per feature: `risk-engine train --data` and `backtest --data` read it
+project's native schema plus `label`, the decision, score, versions, the
+rule set's digest (`ruleset_digest`), the enrichment (`enrichment`, JSON
+like `attributes`) and one column per feature: `risk-engine train --data` and `backtest --data` read it
 as it is. With a challenger, the columns `champion_version`,
 `champion_score`, `champion_decision`, `challenger_version`,
 `challenger_score`, `challenger_decision`, `challenger_mode` and
@@ -182,6 +183,8 @@ def export(
         [[x["rule_id"] for x in r["shadow"] if x["rule_id"]] for r in rows], pa.list_(pa.string())
     )
     columns["ruleset_version"] = [r["ruleset_version"] for r in rows]
+    columns["ruleset_digest"] = [r.get("ruleset_digest", "") for r in rows]  # '' in records of older versions
+    columns["enrichment"] = [json.dumps(r.get("enrichment", {}), sort_keys=True) for r in rows]
     columns["model_version"] = [r["model_version"] for r in rows]
     pairs = [_champion_and_challenger(r) for r in rows]
     for name in CHALLENGER_COLUMNS:

@@ -68,6 +68,11 @@ class Collector:
                 self._lines[self.file] = []
         return self._lines[self.file]
 
+    def at_offset(self, node: Located, key: str, text: str, offset: int) -> tuple[int, int]:
+        """The file position of character `offset` of the string value under `key` (its text as YAML gave it)."""
+        line, col = node.value_at(key)
+        return locate(self.lines(), line, col, node.value_style.get(key, ""), text, offset)
+
     def condition(
         self, node: Located, key: str, catalog: Mapping[str, str] | Scope, label: str, want: str = BOOL
     ) -> Compiled | None:
@@ -81,8 +86,9 @@ class Collector:
             return compile_condition(text, catalog, label, want)
         except ExprError as exc:
             style = node.value_style.get(key, "")
-            at = locate(self.lines(), line, col, style, text, exc.offset)
-            self.err(at, f"in {label}: {exc.message}", exc.hint)
+            for one in (exc, *exc.others):
+                at = locate(self.lines(), line, col, style, text, one.offset)
+                self.err(at, f"in {label}: {one.message}", one.hint)
             return None
 
     def named(self, node: Located, key: str, at: tuple[int, int], seen: dict[str, str], what: str) -> str | None:

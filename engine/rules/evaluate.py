@@ -19,21 +19,31 @@ from engine.rules.ruleset import Rule, RuleSet
 from engine.transaction import Reason, ReasonSource
 
 
-def acts_on(rule: Rule, transaction_id: str) -> bool:
-    """Whether an active rule acts on this transaction (always, unless it is rolling out)."""
+def acts_on(rule: Rule, transaction_id: str, rollout: bool | None = None) -> bool:
+    """Whether an active rule acts on this transaction (always, unless it is rolling out).
+
+    `rollout` pins the part of a rolling-out rule (a rule test's `rollout: in` or
+    `out`) instead of the transaction's bucket.
+    """
     if rule.mode != "active":
         return False
-    return rule.rollout >= 100.0 or rollout_bucket(rule.id, transaction_id) < rule.rollout * (BUCKETS / 100)
+    if rule.rollout >= 100.0:
+        return True
+    if rollout is not None:
+        return rollout
+    return rollout_bucket(rule.id, transaction_id) < rule.rollout * (BUCKETS / 100)
 
 
 def reason_message(rule: Rule, fields: Mapping[str, Any], base: str) -> str:
-    """The rule's message; amounts in another currency say what they were compared as."""
+    """The rule's message (with its values, for a message that shows some); amounts in another
+    currency say what they were compared as. Only called for a rule that fired."""
+    message = rule.message if rule.template is None else rule.template.render(fields)
     if not rule.reads_amount or fields.get("currency", base) == base:
-        return rule.message
+        return message
     currency = fields["currency"]
     digits = CURRENCY_EXPONENTS.get(currency, 2)
     return (
-        f"{rule.message} (amounts compared in {base}: {fields['amount_original']:,.{digits}f} {currency}"
+        f"{message} (amounts compared in {base}: {fields['amount_original']:,.{digits}f} {currency}"
         f" = {fields['amount']:,.{CURRENCY_EXPONENTS[base]}f} {base})"
     )
 
@@ -45,6 +55,7 @@ def evaluate_rules(
     windows_ok: bool,
     score_ok: bool,
     fallback: frozenset[str] = frozenset(),
+    rollout: bool | None = None,
 ) -> tuple[list[Reason], list[Reason]]:
     """(acting reasons, shadow reasons) of the rules that fire.
 
@@ -53,6 +64,7 @@ def evaluate_rules(
     degraded answer still has: engine.windows.fallback), rules that read the
     score when there is no score: they could only misread a missing value. A
     condition that fails at run time (e.g. a division by zero) is false.
+    `rollout` pins the part of rolling-out rules (rule tests; see `acts_on`).
     """
     acting: list[Reason] = []
     shadow: list[Reason] = []
@@ -72,5 +84,5 @@ def evaluate_rules(
             reason = Reason(
                 rule.reason_code, ReasonSource.RULE, reason_message(rule, fields, base), rule.action, rule.id
             )
-            (acting if acts_on(rule, transaction_id) else shadow).append(reason)
+            (acting if acts_on(rule, transaction_id, rollout) else shadow).append(reason)
     return acting, shadow

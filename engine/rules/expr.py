@@ -35,18 +35,24 @@ from __future__ import annotations
 import ast
 import difflib
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.enrich import ADDRESS_FIELD, BOOL, NUMBER, STRING
+from engine.iso import COUNTRY_ALIASES, country_hint
 from engine.rules.lists import CidrSet, ListValueError, NamedList, parse_network
 
 Condition = Callable[[Mapping[str, Any]], bool]
 
 
 class ExprError(Exception):
-    """An error at character `offset` (0-based) of the condition text; `line`/`column` (1-based) within it."""
+    """An error at character `offset` (0-based) of the condition text; `line`/`column` (1-based) within it.
+
+    `others` holds further errors found in the same text (habits from other
+    languages are all reported at once).
+    """
 
     def __init__(self, line: int, column: int, message: str, hint: str = "", offset: int | None = None) -> None:
         super().__init__(message)
@@ -55,6 +61,96 @@ class ExprError(Exception):
         self.message = message
         self.hint = hint
         self.offset = column - 1 if offset is None else offset
+        self.others: list[ExprError] = []
+
+
+# --- habits from SQL and other languages, recognised before parsing ---------------------------
+
+#: (pattern over the text with its string literals blanked, message, hint); the first group, if any, is shown.
+_HABITS: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (re.compile(r"&&"), "'&&' is not an operator of the rule language", "write 'and'"),
+    (re.compile(r"\|\|"), "'||' is not an operator of the rule language", "write 'or'"),
+    (re.compile(r"<>"), "'<>' is not an operator of the rule language", "write '!=' for 'not equal'"),
+    (re.compile(r"=>"), "'=>' is not an operator of the rule language", "write '>='"),
+    (re.compile(r"=<"), "'=<' is not an operator of the rule language", "write '<='"),
+    (
+        re.compile(r"(?<![<>=!:])=(?![=<>])"),
+        "'=' is not a comparison in the rule language",
+        "write '==' to compare, e.g. country == 'BR'",
+    ),
+    (re.compile(r"!(?!=)"), "'!' is not an operator of the rule language", "write 'not', e.g. not ip_is_private"),
+    (
+        re.compile(r"(?<![\w.])(AND|OR|NOT|And|Or|Not)(?![\w.])"),
+        "'{0}' is not a word of the rule language",
+        "write '{1}' in lower case",
+    ),
+    (
+        re.compile(r"(?<![\w.])(NULL|null|None|nil)(?![\w.])"),
+        "'{0}' is not a value of the rule language",
+        "test a value that was not sent with 'is missing', e.g. device_id is missing",
+    ),
+)
+_KEYWORD_ARGUMENT = re.compile(r"[(,]\s*[A-Za-z_]\w*\s*$")
+_THOUSANDS = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w.])")
+
+
+def _blank_strings(text: str) -> tuple[str, list[int]]:
+    """The text with the contents of its string literals replaced by spaces, and the bracket depth at each character."""
+    out = []
+    depth = []
+    quote = ""
+    level = 0
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\" and i + 1 < len(text):
+                out.append("  ")
+                depth += [level, level]
+                i += 2
+                continue
+            out.append(ch if ch == quote else " ")
+            if ch == quote:
+                quote = ""
+        else:
+            if ch in "'\"":
+                quote = ch
+            elif ch in "([":
+                level += 1
+            elif ch in ")]":
+                level = max(level - 1, 0)
+            out.append(ch)
+        depth.append(level)
+        i += 1
+    return "".join(out), depth
+
+
+def habits(text: str) -> list[ExprError]:
+    """Habits from SQL, C-like languages and spreadsheets in a condition, each with a hint: all of them."""
+    blank, depth = _blank_strings(text)
+    found: list[ExprError] = []
+    for pattern, message, hint in _HABITS:
+        for m in pattern.finditer(blank):
+            word = m.group(1) if m.groups() else m.group(0)
+            if word == "=" and _KEYWORD_ARGUMENT.search(blank, 0, m.start()):
+                continue  # f(x, key=...): refused later with its own message
+            found.append(ExprError(1, m.start() + 1, message.format(word), hint.format(word, word.lower()), m.start()))
+    for m in _THOUSANDS.finditer(blank):
+        # Inside a list or a call a comma separates items, except before a zero that no one
+        # writes as an item: [1,000] would silently be [1, 0].
+        if depth[m.start()] == 0 or ",0" in m.group(0):
+            number = m.group(0).replace(",", "")
+            found.append(
+                ExprError(
+                    1,
+                    m.start() + 1,
+                    f"'{m.group(0)}' is not a number: a comma separates list items",
+                    f"write {number} or {int(float(number)):_}{'.' + number.split('.')[1] if '.' in number else ''}",
+                    m.start(),
+                )
+            )
+    found.sort(key=lambda e: e.offset)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +237,10 @@ def _type_of_value(value: Any) -> str | None:
     return None
 
 
+def _alias_hint(code: str) -> str:
+    return country_hint(code)
+
+
 def _nearest(word: str, options: Any) -> str:
     """'did you mean ...?' with up to three close names, or ''."""
     close = [f"'{c}'" for c in difflib.get_close_matches(word, list(options), n=3)]
@@ -159,6 +259,7 @@ class _Checker:
         self.lists: set[str] = set()
         self.env: dict[str, Any] = {"__builtins__": {}}
         self.to_char: Callable[[int], int] = lambda col: col  # byte column -> character offset
+        self.text = ""  # the parsed text (for the analyst's own spelling of a literal in a hint)
 
     def fail(self, node: ast.AST, message: str, hint: str = "") -> ExprError:
         offset = self.to_char(getattr(node, "col_offset", 0))
@@ -216,6 +317,12 @@ class _Checker:
                 hint = _nearest(node.id, self.catalog) or "run `risk-engine rules fields PATH` for the catalog"
                 if node.id in FUNCTIONS:
                     hint = f"'{node.id}' is a function: call it, e.g. {node.id}(...)"
+                elif node.id in COUNTRY_ALIASES:
+                    hint = f"a value is quoted, and {_alias_hint(node.id)}"
+                elif node.id.isupper():
+                    hint = f"a value is quoted: '{node.id}'"
+                elif not _nearest(node.id, self.catalog):
+                    hint = f"if {node.id} is a value, quote it: '{node.id}'; otherwise {hint}"
                 raise self.fail(node, f"unknown field '{node.id}'", hint)
             self.names.add(node.id)
             if not self.guarded:
@@ -307,7 +414,8 @@ class _Checker:
             if kind is None:
                 raise self.fail(item, "list items must be literals (numbers or strings)")
             if kind != want:
-                raise self.fail(item, f"list item {value!r} is a {kind}, the left side is a {want}")
+                hint = f"quote it: '{value}'" if want == STRING and kind == NUMBER else ""
+                raise self.fail(item, f"list item {value!r} is a {kind}, the left side is a {want}", hint)
             values.append(value)
         frozen = frozenset(values)
         return ast.Constant(value=frozen), frozen  # type: ignore[arg-type]  # compile() accepts frozensets
@@ -345,6 +453,24 @@ class _Checker:
             self.check_domain(left_node, values, node)
         return ast.Compare(left=left, ops=[ast.NotIn() if negate else ast.In()], comparators=[right])
 
+    def _quote_hint(self, left: ast.AST, right: ast.AST) -> tuple[str, ast.AST | None]:
+        """For a string field compared with an unquoted number (an MCC, a code): quote it (hint, the literal)."""
+        for name, value in ((left, right), (right, left)):
+            if (
+                isinstance(name, ast.Name)
+                and self.catalog.get(name.id) == STRING
+                and isinstance(value, ast.Constant)
+                and _type_of_value(value.value) == NUMBER
+            ):
+                text = self.source_of(value) or str(value.value)
+                return f"'{name.id}' is text: quote the value, {name.id} == '{text}'", value
+        return "", None
+
+    def source_of(self, node: ast.AST) -> str:
+        """The analyst's own spelling of a node (e.g. '0742', not 742), or ''."""
+        text = ast.get_source_segment(self.text, node) if self.text else None
+        return text or ""
+
     def check_domain(self, name_node: ast.AST, values: Any, at: ast.AST) -> None:
         """Refuse a comparison with a value the field can never take (an unreachable condition)."""
         if not isinstance(name_node, ast.Name):
@@ -357,6 +483,12 @@ class _Checker:
                 hint = _nearest(value, domain) or (
                     f"values: {', '.join(sorted(domain))}" if len(domain) <= 12 else "see `risk-engine rules fields`"
                 )
+                if value in COUNTRY_ALIASES and COUNTRY_ALIASES[value][0] in domain:
+                    hint = _alias_hint(value)
+                elif value.lower() in domain:
+                    hint = f"values are lower case: '{value.lower()}'"
+                elif value.upper() in domain:
+                    hint = f"codes are upper case: '{value.upper()}'"
                 raise self.fail(at, f"'{name_node.id}' is never {value!r}, so this can never be true", hint)
 
     def missing(self, node: ast.Compare, left_node: ast.AST, negate: bool) -> tuple[ast.expr, str]:
@@ -399,11 +531,12 @@ class _Checker:
             if symbol in ("<", "<=", ">", ">=") and (lk != NUMBER or rk != NUMBER):
                 raise self.fail(node, f"'{symbol}' compares numbers, got {lk} and {rk}")
             if lk != rk:
-                raise self.fail(node, f"'{symbol}' compares a {lk} with a {rk}")
+                hint, literal = self._quote_hint(left_node, right_node)
+                raise self.fail(literal or node, f"'{symbol}' compares a {lk} with a {rk}", hint)
             if symbol == "==":
                 for name_node, value_node in ((left_node, right_node), (right_node, left_node)):
                     if isinstance(value_node, ast.Constant):
-                        self.check_domain(name_node, [value_node.value], node)
+                        self.check_domain(name_node, [value_node.value], value_node)
             ops.append(op)
             comparators.append(right)
             lk = rk
@@ -519,6 +652,10 @@ def compile_condition(text: str, scope: Scope | Mapping[str, str], label: str = 
     # One line, same length: a newline becomes a space, so a character offset in the
     # parsed line is the same offset in the analyst's text (mapped back to lines later).
     source = text.replace("\r", " ").replace("\n", " ")
+    found = habits(source)
+    if found:
+        found[0].others = found[1:]
+        raise found[0]
     lead = len(source) - len(source.lstrip())
     body_text = source.strip()
     encoded = body_text.encode("utf-8")
@@ -531,11 +668,19 @@ def compile_condition(text: str, scope: Scope | Mapping[str, str], label: str = 
     except SyntaxError as exc:
         # SyntaxError offsets are 1-based characters (not bytes) in Python 3.10+
         offset = lead + max((exc.offset or 1) - 1, 0)
-        raise ExprError(1, offset + 1, f"syntax error: {exc.msg}", offset=offset) from None
+        hint = ""
+        if "leading zeros" in exc.msg:
+            hint = "a code with a leading zero (an MCC such as '0742') is text: quote it"
+        elif "unterminated string" in exc.msg:
+            hint = "close the quote"
+        elif "was never closed" in exc.msg or "does not match" in exc.msg:
+            hint = "check the parentheses and brackets"
+        raise ExprError(1, offset + 1, f"syntax error: {exc.msg}", hint, offset=offset) from None
     except (RecursionError, MemoryError):
         raise ExprError(1, 1, "the condition is nested too deeply") from None
     checker = _Checker(scope)
     checker.to_char = to_char
+    checker.text = body_text
     try:
         body, kind = checker.check(tree.body)
     except RecursionError:

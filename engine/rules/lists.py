@@ -28,14 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.iso import COUNTRIES
+from engine.iso import COUNTRIES, country_hint
 
 KINDS = ("string", "number", "country", "cidr")
 MAX_LIST_SIZE = 1_000_000
 
 
 class ListValueError(ValueError):
-    pass
+    """A bad list value: why, and what to write instead when known."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 Span = tuple[int, int, int]  # address family (4 or 6), first address, last address
@@ -132,7 +136,7 @@ def parse_value(kind: str, raw: Any) -> Any:
     if not text:
         raise ListValueError("empty value")
     if kind == "country" and text not in COUNTRIES:
-        raise ListValueError(f"{text!r} is not an ISO 3166-1 alpha-2 country code")
+        raise ListValueError(f"{text!r} is not an ISO 3166-1 alpha-2 country code", country_hint(text))
     if kind == "cidr":
         return parse_span(text)
     return text
@@ -154,18 +158,20 @@ class NamedList:
         return self.values.size if isinstance(self.values, CidrSet) else len(self.values)
 
 
-def read_list_file(text: str) -> list[tuple[int, str]]:
-    """(line number, value) for each value line of a list file."""
+def read_list_file(text: str) -> list[tuple[int, int, str]]:
+    """(line number, column, value) for each value line of a list file (1-based)."""
     out = []
     for number, line in enumerate(text.splitlines(), start=1):
         value = line.split("#", 1)[0].strip()
         if value:
-            out.append((number, value))
+            out.append((number, len(line) - len(line.lstrip()) + 1, value))
     return out
 
 
 Held = frozenset[Any] | CidrSet
-_CACHE: OrderedDict[tuple[str, int, int, str], tuple[Held, int, list[tuple[int, str]]]] = OrderedDict()
+#: A problem in a list file: line, column, message, hint.
+Problem = tuple[int, int, str, str]
+_CACHE: OrderedDict[tuple[str, int, int, str], tuple[Held, int, list[Problem]]] = OrderedDict()
 _CACHE_SIZE = 32
 
 
@@ -174,8 +180,8 @@ def hold(kind: str, values: list[Any]) -> Held:
     return CidrSet(values) if kind == "cidr" else frozenset(values)
 
 
-def load_list_file(path: Path, kind: str) -> tuple[Held, int, list[tuple[int, str]]]:
-    """(lookup structure, line count, [(line, error)]) of a list file, parsed once per version of it.
+def load_list_file(path: Path, kind: str) -> tuple[Held, int, list[Problem]]:
+    """(lookup structure, line count, [(line, column, error, hint)]) of a list file, parsed once per version of it.
 
     Raises OSError when it cannot be read.
     """
@@ -187,14 +193,14 @@ def load_list_file(path: Path, kind: str) -> tuple[Held, int, list[tuple[int, st
         return hit
     text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first value
     values: list[Any] = []
-    errors: list[tuple[int, str]] = []
-    for line, raw in read_list_file(text):
+    errors: list[Problem] = []
+    for line, column, raw in read_list_file(text):
         try:
             values.append(parse_value(kind, raw))
         except ListValueError as exc:
-            errors.append((line, str(exc)))
+            errors.append((line, column, str(exc), exc.hint))
             if len(errors) >= 20:
-                errors.append((line, "more errors not shown"))
+                errors.append((line, column, "more errors not shown", ""))
                 break
     result = (hold(kind, values), len(values), errors)
     if not errors:

@@ -29,20 +29,29 @@ reports into one `engine.rules.errors.Collector`.
 
 from __future__ import annotations
 
-import hashlib
+from dataclasses import replace
 from pathlib import Path
 
-from engine.enrich import FIELDS, NUMBER, Enricher
+from engine.enrich import BOOL, FIELDS, NUMBER, STRING, Enricher
 from engine.geo import default_geo
 from engine.iso import CURRENCY_EXPONENTS
+from engine.rules import messages
+from engine.rules.archive import FileEntry, digest_of, entry
 from engine.rules.errors import Collector, RuleError, RuleSetInvalid
 from engine.rules.expr import Scope
 from engine.rules.rule_tests import parse_tests, run_rule_tests
 from engine.rules.ruleset import DOMAINS, SCORE, RuleSet
-from engine.rules.sections import parse_features, parse_lists, parse_rules, parse_windows
+from engine.rules.sections import (
+    AMOUNT_FIELDS,
+    AMOUNT_WINDOW_FIELDS,
+    parse_features,
+    parse_lists,
+    parse_rules,
+    parse_windows,
+)
 from engine.rules.settings import KEYS, POLICIES, SETTINGS, Context, Settings, parse_settings
 from engine.rules.source import Located, LocatedList, YamlError, load_yaml
-from engine.windows.spec import WindowPlan
+from engine.windows.spec import Aggregate, WindowPlan, WindowSpec
 
 #: The keys a rule file may hold.
 TOP_KEYS = (
@@ -68,15 +77,19 @@ LIST_SECTIONS = ("windows", "features", "rules", "tests")
 Entry = tuple[str, Located, int, int]  # file, node, line, column
 
 
-def _read_files(path: Path, b: Collector) -> list[tuple[str, Located]]:
+def _read_files(path: Path, b: Collector, root: Path) -> tuple[list[tuple[str, Located]], list[FileEntry]]:
+    """The parsed rule files, and the manifest entries of every YAML file (hashed from the bytes parsed)."""
     files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
     if not files:
         b.errors.append(RuleError(str(path), 1, 1, "no *.yaml rule files found"))
     docs = []
+    entries = []
     for file in files:
         b.file = str(file)
         try:
-            doc = load_yaml(file.read_text(encoding="utf-8"))
+            data = file.read_bytes()
+            entries.append(entry(root, file, data))
+            doc = load_yaml(data.decode("utf-8"))
         except YamlError as exc:
             b.err((exc.line, exc.column), exc.message)
             continue
@@ -89,7 +102,31 @@ def _read_files(path: Path, b: Collector) -> list[tuple[str, Located]]:
             b.err((1, 1), "a rule file must be a mapping of keys such as 'version', 'windows', 'rules'")
             continue
         docs.append((str(file), doc))
-    return docs
+    return docs, entries
+
+
+def message_units(specs: list[WindowSpec], broken: set[str], feature_names: list[str]) -> dict[str, str]:
+    """How a rule message writes each name it can read (engine.rules.messages): money, count, seconds, ..."""
+    units: dict[str, str] = {}
+    for name, (kind, _) in FIELDS.items():
+        units[name] = messages.TEXT if kind == STRING else messages.YES_NO if kind == BOOL else messages.NUMBER
+    units["amount"] = messages.MONEY
+    units["amount_original"] = messages.MONEY_AS_SENT
+    for name in ("amount_minor", "amount_base_minor", "hour", "day_of_week", "ip_version"):
+        units[name] = messages.COUNT
+    for spec in specs:
+        if spec.aggregate in (Aggregate.COUNT, Aggregate.DISTINCT, Aggregate.IS_NEW):
+            units[spec.name] = messages.COUNT
+        elif spec.aggregate in (Aggregate.FIRST_SEEN, Aggregate.SINCE_PREVIOUS):
+            units[spec.name] = messages.SECONDS
+        elif spec.field == "amount":
+            units[spec.name] = messages.MONEY
+        else:
+            units[spec.name] = messages.NUMBER
+    for name in [*broken, *feature_names]:
+        units.setdefault(name, messages.NUMBER)
+    units[SCORE] = messages.SCORE
+    return units
 
 
 def load_ruleset(path: str | Path, *, run_tests: bool = True) -> RuleSet:
@@ -99,48 +136,51 @@ def load_ruleset(path: str | Path, *, run_tests: bool = True) -> RuleSet:
     """
     path = Path(path)
     b = Collector()
-    docs = _read_files(path, b)
+    root = (path if path.is_dir() else path.parent).resolve()
+    docs, manifest = _read_files(path, b, root)
     if b.errors:  # a file that does not parse: what follows would only add noise
         raise RuleSetInvalid(b.errors)
-    digest = hashlib.sha256()
-    for name, _ in docs:
-        digest.update(Path(name).read_bytes())
 
     found, entries, list_nodes = _gather(b, docs)
     if "version" not in found:
         b.file = str(path)
         b.err((1, 1), "the rule set has no 'version'", 'add e.g. version: "2026.11.26-1" to one file')
     files = [name for name, _ in docs]
-    root = (path if path.is_dir() else path.parent).resolve()
     settings = Settings()
     parse_settings(b, found, SETTINGS, settings, Context(root, files))
     if "geoip" not in found:
         settings.geoip = default_geo()
 
     lists = parse_lists(b, list_nodes, files, root)
-    specs = parse_windows(b, entries["windows"])
+    specs, broken = parse_windows(b, entries["windows"])
     catalog: dict[str, str] = {name: kind for name, (kind, _) in FIELDS.items()}
-    for spec in specs:
-        catalog[spec.name] = NUMBER
-    lookup_names = {s.name for s in specs}
-    features = parse_features(b, entries["features"], catalog, lists, lookup_names)
+    for name in [*(s.name for s in specs), *broken]:  # a broken window is still a name: no noise where it is read
+        catalog[name] = NUMBER
+    lookup_names = {s.name for s in specs} | broken
+    amount_names = set(AMOUNT_FIELDS) | {s.name for s in specs if s.field in AMOUNT_WINDOW_FIELDS}
+    features = parse_features(b, entries["features"], catalog, lists, lookup_names, amount_names)
     catalog[SCORE] = NUMBER
     window_names = frozenset(lookup_names)  # windows and the features that read them
     parse_settings(b, found, POLICIES, settings, Context(root, files, catalog, window_names, lists))
 
     scope = Scope(catalog, lists, DOMAINS)
-    rules, disabled = parse_rules(b, entries["rules"], scope, window_names)
+    units = message_units(specs, broken, [name for name, _, _ in features])
+    rules, disabled = parse_rules(
+        b, entries["rules"], scope, window_names, units, settings.currency.base, frozenset(amount_names)
+    )
     tests = parse_tests(b, entries["tests"], settings.currency, catalog, window_names)
 
     if b.errors:
         raise RuleSetInvalid(b.errors)
-    for extra in files[len(docs) :]:
-        digest.update(Path(extra).read_bytes())
+    try:
+        manifest += [entry(root, Path(extra)) for extra in files[len(docs) :]]
+    except OSError as exc:
+        raise RuleSetInvalid([RuleError(str(path), 1, 1, f"cannot read a file of the set: {exc}")]) from None
     money = settings.currency
     scale = 10.0 ** -CURRENCY_EXPONENTS[money.base]
     ruleset = RuleSet(
         version=settings.version,
-        digest=digest.hexdigest()[:16],
+        digest=digest_of(manifest),
         rules=tuple(rules),
         windows=WindowPlan(specs, settings.allowed_lateness, scale, settings.max_events_per_series),
         enricher=Enricher(money, settings.timezone, settings.geoip),
@@ -154,11 +194,16 @@ def load_ruleset(path: str | Path, *, run_tests: bool = True) -> RuleSet:
         features=tuple(features),
         data_mapping=tuple(settings.data_mapping),
         label_delay_ms=settings.label_delay,
+        root=str(root),
+        manifest=tuple(manifest),
     )
-    if run_tests and ruleset.tests:
-        failures = [RuleError(*r.where_parts(), r.failure) for r in run_rule_tests(ruleset) if r.failure]
+    if run_tests:
+        outcomes = run_rule_tests(ruleset)
+        failures = [RuleError(*r.where_parts(), r.failure) for r in outcomes if r.failure]
         if failures:
             raise RuleSetInvalid(failures)
+        fired = {rule_id for r in outcomes for rule_id in r.fired}
+        ruleset = replace(ruleset, without_example=tuple(r.id for r in ruleset.rules if r.id not in fired))
     return ruleset
 
 

@@ -36,6 +36,8 @@ class TestOutcome:
     reasons: frozenset[str]
     shadow: frozenset[str]
     failure: str  # '' when the test passed
+    #: Ids of every rule that fired, acting or in shadow: the rules this test is an example of.
+    fired: frozenset[str] = frozenset()
 
     def where_parts(self) -> tuple[str, int, int]:
         file, line, column = self.test.where.rsplit(":", 2)
@@ -60,7 +62,9 @@ def run_rule_test(ruleset: RuleSet, test: RuleTest) -> TestOutcome:
     fields.update(test.fields)
     score = math.nan if test.score is None else test.score
     fields[SCORE] = score
-    acting, shadow = evaluate_rules(ruleset, fields, txn.transaction_id, True, not math.isnan(score))
+    acting, shadow = evaluate_rules(
+        ruleset, fields, txn.transaction_id, True, not math.isnan(score), rollout=test.rollout
+    )
     policy = ruleset.model_policy  # a rule test has no model: the rule set's thresholds alone
     acting.extend(model_reasons(thresholds((policy.review_at, policy.deny_at)), score))
     decision, _ = decide(acting)
@@ -73,15 +77,24 @@ def run_rule_test(ruleset: RuleSet, test: RuleTest) -> TestOutcome:
         problems.append(f"expected reasons [{_names(test.reasons)}], got [{_names(codes)}]")
     if test.shadow is not None and shadow_ids != test.shadow:
         problems.append(f"expected shadow hits [{_names(test.shadow)}], got [{_names(shadow_ids)}]")
-    failure = f"test '{test.name}' failed: " + "; ".join(problems) if problems else ""
-    return TestOutcome(test, decision, codes, shadow_ids, failure)
+    failure = ""
+    if problems:
+        # The shadow hits too, even when the test expects none: a rule meant to act may be in
+        # shadow, or out of its rollout share (pin it with `rollout: in`).
+        failure = (
+            f"test '{test.name}' failed: " + "; ".join(problems) + f" (shadow rules that fired: {_names(shadow_ids)})"
+        )
+    fired = frozenset(r.rule_id for r in (*acting, *shadow) if r.rule_id)
+    return TestOutcome(test, decision, codes, shadow_ids, failure, fired)
 
 
 def run_rule_tests(ruleset: RuleSet) -> list[TestOutcome]:
     return [run_rule_test(ruleset, t) for t in ruleset.tests]
 
 
-_TEST_KEYS = ("name", "transaction", "windows", "fields", "score", "expect")
+_TEST_KEYS = ("name", "transaction", "windows", "fields", "score", "rollout", "expect")
+#: A test's `rollout`: every rolling-out rule acts (`in`) or is in shadow (`out`), whatever the transaction's bucket.
+_ROLLOUT = {"in": True, "out": False}
 _TXN_KEYS = (
     "transaction_id",
     "event_time",
@@ -227,6 +240,15 @@ def parse_tests(
         if score is not None and (isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1):
             b.err(node.value_at("score"), f"test '{tname}': 'score' must be a probability between 0 and 1")
             continue
+        rollout = None
+        if "rollout" in node:
+            rollout = _ROLLOUT.get(str(node["rollout"]).lower()) if not isinstance(node["rollout"], bool) else None
+            if rollout is None:
+                b.err(
+                    node.value_at("rollout"),
+                    f"test '{tname}': 'rollout' must be 'in' (rolling-out rules act) or 'out' (they are in shadow)",
+                )
+                continue
         expect = node.get("expect")
         if not isinstance(expect, Located) or not expect:
             b.err(node.key_at("name"), f"test '{tname}' needs an 'expect' mapping with 'decision' and/or 'reasons'")
@@ -260,6 +282,7 @@ def parse_tests(
                 decision=decision,
                 reasons=sets["reasons"],
                 shadow=sets["shadow"],
+                rollout=rollout,
             )
         )
     return out

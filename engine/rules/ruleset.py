@@ -15,8 +15,10 @@ from typing import Any
 
 from engine.enrich import BOOL, NUMBER, Enricher
 from engine.iso import COUNTRIES, CURRENCY_EXPONENTS
+from engine.rules.archive import FileEntry
 from engine.rules.expr import Condition
 from engine.rules.lists import NamedList
+from engine.rules.messages import Template
 from engine.transaction import Action, Channel, Transaction
 from engine.windows.spec import WindowPlan
 
@@ -41,7 +43,7 @@ class Rule:
     reads: frozenset[str]
     uses_windows: bool
     uses_score: bool
-    source: str  # file:line of the rule
+    source: str  # file:line:column of the rule's id
     mode: str = "active"  # active | shadow (disabled rules are not in RuleSet.rules)
     rollout: float = 100.0  # percent of transactions (by a hash of their id) on which an active rule acts
     reads_amount: bool = False
@@ -49,6 +51,8 @@ class Rule:
     tags: tuple[str, ...] = ()
     #: The windows (and derived features built on windows) the condition reads.
     window_reads: frozenset[str] = frozenset()
+    #: The message with values (`{card_count_10m}`), formatted when the rule fires; None: `message` as it is.
+    template: Template | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +82,14 @@ class RuleTest:
     decision: Action | None
     reasons: frozenset[str] | None  # the exact set of reason codes of rules and model, when given
     shadow: frozenset[str] | None  # the exact set of shadow rule ids that fire, when given
+    #: Pins rolling-out rules: True they act, False they are in shadow, None the transaction's bucket decides.
+    rollout: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RuleSet:
     version: str
-    digest: str  # hash of the files, to tell two sets with the same version apart
+    digest: str  # content hash of the files (engine.rules.archive), to tell two sets with the same version apart
     rules: tuple[Rule, ...]
     windows: WindowPlan
     enricher: Enricher
@@ -101,6 +107,12 @@ class RuleSet:
     data_mapping: tuple[str, ...] = ()
     #: When labels have no time of their own, they become known this long after the transaction.
     label_delay_ms: int = 7 * 86_400_000
+    #: The rules folder (absolute) and every file of the set with its hash: what `digest` is the hash of
+    #: (engine.rules.archive).
+    root: str = ""
+    manifest: tuple[FileEntry, ...] = ()
+    #: Ids of the rules no rule test makes fire (set when the tests ran at load): `rules check` warns.
+    without_example: tuple[str, ...] = ()
 
     def derive(self, fields: dict[str, Any]) -> None:
         """Compute the derived features into `fields` (NaN where a value cannot be computed)."""

@@ -56,6 +56,50 @@ def parse_duration(text: Any) -> int | None:
     return int(m.group(1)) * _UNITS[m.group(2)] if m else None
 
 
+_LOOSE_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*$")
+#: Units people write, as the one-letter units of the rule files (w: a week, 7d).
+_UNIT_WORDS = {
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), "s"),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), "m"),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), "h"),
+    **dict.fromkeys(("d", "day", "days"), "d"),
+    **dict.fromkeys(("w", "wk", "wks", "week", "weeks"), "w"),
+}
+
+
+def duration_hint(text: Any) -> str:
+    """What to write instead of a malformed duration ('1hr' -> "write '1h'"), or a reminder of the form."""
+    form = "a whole number and one of s, m, h, d: '90s', '10m', '24h', '30d'"
+    if isinstance(text, str) and text.strip().isdigit():
+        text = int(text)
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return f"add a unit: '{text}m', '{text}h' or '{text}d' ({form})"
+    m = _LOOSE_DURATION.match(text) if isinstance(text, str) else None
+    unit = _UNIT_WORDS.get(m.group(2).lower()) if m else None
+    if m is None or unit is None:
+        return form
+    value = float(m.group(1))
+    if unit == "w":
+        value, unit = value * 7, "d"
+    if value == int(value):
+        return f"write '{int(value)}{unit}'"
+    ms = round(value * _UNITS[unit])
+    for name in ("d", "h", "m", "s"):
+        if ms % _UNITS[name] == 0:
+            return f"write '{ms // _UNITS[name]}{name}' (whole numbers only)"
+    return form
+
+
+def duration_problem(value: Any, low_ms: int, high_ms: int, low: str, high: str) -> tuple[int | None, str, str]:
+    """(milliseconds, '', '') for a duration within [low, high], else (None, what is wrong, hint)."""
+    ms = parse_duration(value)
+    if ms is None:
+        return None, f"{value!r} is not a duration", duration_hint(value)
+    if not low_ms <= ms <= high_ms:
+        return None, f"{value!r} is out of range: it must be between {low} and {high}", ""
+    return ms, "", ""
+
+
 @dataclass(slots=True)
 class Settings:
     """The parsed settings, each at its default until a file sets it."""
@@ -107,9 +151,9 @@ def _currency(b: Collector, node: Any, pos: Pos, _: Context) -> Money | None:
 
 
 def _allowed_lateness(b: Collector, value: Any, pos: Pos, _: Context) -> int | None:
-    ms = parse_duration(value)
+    ms, problem, hint = duration_problem(value, 0, MAX_WINDOW_MS, "0s", "90d")
     if ms is None:
-        b.err(pos, f"'allowed_lateness' must be a duration like '10m', got {value!r}")
+        b.err(pos, f"'allowed_lateness': {problem}", hint)
     return ms
 
 
@@ -121,10 +165,9 @@ def _max_events_per_series(b: Collector, value: Any, pos: Pos, _: Context) -> in
 
 
 def _label_delay(b: Collector, value: Any, pos: Pos, _: Context) -> int | None:
-    ms = parse_duration(value)
-    if ms is None or ms > MAX_WINDOW_MS:
-        b.err(pos, f"'label_delay' must be a duration from 0s to 90d, like '7d', got {value!r}")
-        return None
+    ms, problem, hint = duration_problem(value, 0, MAX_WINDOW_MS, "0s", "90d")
+    if ms is None:
+        b.err(pos, f"'label_delay': {problem}", hint)
     return ms
 
 

@@ -143,6 +143,8 @@ def to_response(result: ScoreResult) -> risk_pb2.ScoreResponse:
         features={k: v for k, v in result.features.items() if not math.isnan(v)},
         elapsed_us=result.elapsed_us,
         challenger=_challenger(result),
+        ruleset_digest=result.ruleset_digest,
+        enrichment=result.enrichment,
     )
 
 

@@ -295,7 +295,17 @@ def start(config: ServeConfig) -> Running:
         health_servicer.status = status
         metrics.set_status(status)
 
-    reloader = Reloader(pipeline, config.rules, config.model, interval_s=config.reload_interval_s or 1.0)
+    archive = config.archive
+    if archive is not None:
+        try:
+            archive.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            if decisions is not None:
+                decisions.close()
+            raise ConfigError(f"--ruleset-archive / RISK_RULESET_ARCHIVE {archive}: {exc}") from None
+    reloader = Reloader(
+        pipeline, config.rules, config.model, interval_s=config.reload_interval_s or 1.0, archive=archive
+    )
     on_change(reloader.status)
     reloader.on_change = on_change
     servicer = RiskEngineServicer(

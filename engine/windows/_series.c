@@ -31,6 +31,9 @@
 #define C_MIN 3
 #define C_MAX 4
 #define C_DISTINCT 5
+#define C_FIRST 6    /* ms since the oldest event in the window, + 1; 0 when none */
+#define C_PREVIOUS 7 /* ms since the newest event other than the transaction, + 1; 0 when none */
+#define C_NEW 8      /* 1 when the transaction passes the filter and no other event is in the window */
 
 #define K_COUNT 0  /* no value per event */
 #define K_NUMBER 1 /* an int64 per event */
@@ -401,7 +404,8 @@ static int read_rows(PyObject *rows, int width, int64_t **out, Py_ssize_t *count
         if (codes_from) {
             int64_t code = arr[i * width + 1];
             int ok = code == C_COUNT || (kind == K_NUMBER && (code == C_SUM || code == C_MIN || code == C_MAX)) ||
-                     (!bucketed && code == C_DISTINCT && kind != K_COUNT);
+                     (!bucketed && code == C_DISTINCT && kind != K_COUNT) ||
+                     (!bucketed && (code == C_FIRST || code == C_PREVIOUS || code == C_NEW));
             if (!ok) {
                 PyErr_Format(PyExc_ValueError, "%s: aggregate code %lld is not supported by this series", what,
                              (long long)code);
@@ -667,8 +671,20 @@ static int add_event(GroupSpec *g, Series *s, int64_t t, PyObject *txid, PyObjec
     return 0;
 }
 
-/* Read the group's windows for an event at t into raw. */
-static int read_windows(GroupSpec *g, Series *s, int64_t t, int64_t hour, Py_ssize_t hi, wide *raw) {
+/* Milliseconds since the newest event of [lo, hi) whose id is not txid, + 1; 0 when none; -1 on error. */
+static int64_t since_previous(Series *s, Py_ssize_t lo, Py_ssize_t hi, int64_t t, PyObject *txid) {
+    for (Py_ssize_t i = hi - 1; i >= lo; i--) {
+        PyObject *id = s->ids[s->off + i];
+        int same = id == txid ? 1 : PyObject_RichCompareBool(id, txid, Py_EQ);
+        if (same < 0) return -1;
+        if (!same) return t - s->ts[s->off + i] + 1;
+    }
+    return 0;
+}
+
+/* Read the group's windows for an event at t into raw; `passes`: the transaction passes the group's filter. */
+static int read_windows(GroupSpec *g, Series *s, int64_t t, int64_t hour, Py_ssize_t hi, wide *raw, PyObject *txid,
+                        int passes) {
     const int64_t *ts = s->ts + s->off;
     for (Py_ssize_t w = 0; w < g->ncounts; w++) {
         const int64_t *row = g->counts + 2 * w;
@@ -687,6 +703,12 @@ static int read_windows(GroupSpec *g, Series *s, int64_t t, int64_t hour, Py_ssi
             Py_ssize_t n = distinct(s, lo, top);
             if (n < 0) return -1;
             raw[row[0]] = n;
+        } else if (code == C_FIRST) {
+            raw[row[0]] = lo < top ? t - ts[lo] + 1 : 0;
+        } else if (code == C_PREVIOUS || code == C_NEW) {
+            int64_t gap = since_previous(s, lo, top, t, txid);
+            if (gap < 0) return -1;
+            raw[row[0]] = code == C_PREVIOUS ? gap : (passes && !gap);
         } else {
             raw[row[0]] = extreme(s, lo, top, 0, 0, code == C_MIN ? -1 : 1);
         }
@@ -779,6 +801,7 @@ static PyObject *update_and_read(PyObject *module, PyObject *args) {
         PyObject *entity = PyTuple_GET_ITEM(bound, 1);
         int add = PyObject_IsTrue(PyTuple_GET_ITEM(bound, 3));
         if (add < 0) goto fail;
+        int passes = add; /* the transaction passes the group's filter (even when too late to be added) */
         PyObject *found = PyDict_GetItemWithError(g->series, entity);
         Series *s;
         if (!found) {
@@ -818,7 +841,7 @@ static PyObject *update_and_read(PyObject *module, PyObject *args) {
         } else {
             hi = right_of(s->ts + s->off, 0, s->n, t);
         }
-        int rc = read_windows(g, s, t, hour, hi, raw);
+        int rc = read_windows(g, s, t, hour, hi, raw, txid, passes);
         Py_DECREF(s);
         if (rc < 0) goto fail;
     }

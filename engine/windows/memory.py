@@ -37,6 +37,9 @@ _SUM = AGG_CODES[Aggregate.SUM]
 _MIN = AGG_CODES[Aggregate.MIN]
 _MAX = AGG_CODES[Aggregate.MAX]
 _DISTINCT = AGG_CODES[Aggregate.DISTINCT]
+_FIRST = AGG_CODES[Aggregate.FIRST_SEEN]
+_PREVIOUS = AGG_CODES[Aggregate.SINCE_PREVIOUS]
+_NEW = AGG_CODES[Aggregate.IS_NEW]
 
 #: What `_update_and_read` needs of a group, prepared once per plan (see `MemoryStore._groups_for`;
 #: a `native_series.GroupSpec` of the same values when the compiled loop is used):
@@ -444,6 +447,7 @@ class MemoryStore:
                 (group_series, retention_ms, idle_s, capped, numeric, bucket_ms, counts, other, hourly, delayed) = (
                     groups[id(group)]
                 )
+                passes = add  # the transaction passes the group's filter (even when too late to be added)
                 series = group_series.get(entity_value)
                 if series is None:
                     if not add:
@@ -542,6 +546,17 @@ class MemoryStore:
                         raw[output] = max(values[lo:top], default=0)  # type: ignore[type-var,assignment]
                     elif code == _MIN:
                         raw[output] = min(values[lo:top], default=0)  # type: ignore[type-var,assignment]
+                    elif code == _FIRST:  # the oldest event: milliseconds since it, + 1 (0: none)
+                        raw[output] = t - ts[lo] + 1 if lo < top else 0
+                    else:  # _PREVIOUS, _NEW: the newest event other than this transaction
+                        gap = 0
+                        i = top - 1
+                        while i >= lo:
+                            if ids[i] != txid:
+                                gap = t - ts[i] + 1
+                                break
+                            i -= 1
+                        raw[output] = gap if code == _PREVIOUS else int(passes and not gap)
                 if hourly:
                     # Bucketed: whole hours after the hour of t - d up to the hour before t's
                     # (buckets bk[...:bhi]), and t's hour read exactly from the events.

@@ -7,6 +7,10 @@ Key layout (prefix `P`, entity fields `card_id`, value `c1`; `S` is '' or
 - `{P:card_id:c1}:nS`          sorted set of the entity's events (counts)
 - `{P:card_id:c1}:z:FIELDS`    sorted set of the events whose FIELD is aggregated
 - `{P:card_id:c1}:h:FIELDS`    hash transaction id -> FIELD value
+- `{P:card_id:c1}:tS`          sorted set of the events of a group with time windows
+                               (first seen, since previous, is new) longer than a day:
+                               their times alone, capped like a value series (shorter
+                               ones read the count series `:nS`)
 - `{P:card_id:c1}:d:FIELDS`    distinct index of a group with a distinct window:
                                FIELD value -> time of its newest kept event
 - `{P:card_id:c1}:bS`, `:b:FIELDS`  hourly buckets of a group with a window
@@ -50,7 +54,7 @@ from redis.retry import Retry
 from engine.transaction import Recorded
 from engine.windows.breaker import Breaker, BreakerPolicy
 from engine.windows.records import RecordWriter
-from engine.windows.spec import AGG_CODES, EXACT, Aggregate, BoundGroup, BoundWindows, Group, WindowPlan
+from engine.windows.spec import AGG_CODES, EXACT, TIME_FIELD, Aggregate, BoundGroup, BoundWindows, Group, WindowPlan
 from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowsOutcome
 
 LUA_SOURCE = resources.files("engine.windows").joinpath("windows.lua").read_text()
@@ -98,6 +102,8 @@ def _has_totals(group: Group) -> bool:
 
 def _key_ends(g: Group) -> tuple[str, ...]:
     """The group's keys after the entity's tag, in the order the script reads them."""
+    if g.value_field == TIME_FIELD:
+        return (f":t{g.suffix}",)  # a time series: its events' times alone
     field = g.suffix if g.value_field is None else f":{g.value_field}{g.suffix}"
     ends = [f":n{g.suffix}"] if g.value_field is None else [f":z{field}", f":h{field}"]
     if _has_distinct(g):
@@ -227,8 +233,9 @@ class _RedisBase:
         groups = []
         for g in plan.groups:
             ttl = max(g.retention_ms, g.bucket_retention_ms) + self._ttl_extra_ms
-            nums = [0 if g.value_field is None else 1, g.retention_ms, ttl, plan.max_events_per_series]
-            nums += [g.bucket_retention_ms, 1 if _has_distinct(g) else 0, 1 if _has_totals(g) else 0]
+            timed = g.value_field == TIME_FIELD
+            nums = [0 if g.value_field is None or timed else 1, g.retention_ms, ttl, plan.max_events_per_series]
+            nums += [g.bucket_retention_ms, 1 if _has_distinct(g) else 0, 1 if _has_totals(g) else 0, int(timed)]
             for w in g.windows:
                 nums += [w.output, w.agg_code, w.duration_ms + w.delay_ms, w.delay_ms, w.mode]
             groups.append("{" + ", ".join(str(n) for n in nums) + "}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -31,10 +32,33 @@ class Aggregate(enum.Enum):
     MIN = "min"
     MAX = "max"
     DISTINCT = "distinct"
+    #: Seconds since the entity's oldest event in the window (the transaction itself included).
+    FIRST_SEEN = "first_seen"
+    #: Seconds since the entity's newest event in the window other than the transaction itself.
+    SINCE_PREVIOUS = "since_previous"
+    #: 1 when the entity has no event in the window other than the transaction itself, else 0.
+    IS_NEW = "is_new"
 
 
 #: Store codes for aggregates; AVG is computed from SUM and COUNT.
-AGG_CODES = {Aggregate.COUNT: 1, Aggregate.SUM: 2, Aggregate.MIN: 3, Aggregate.MAX: 4, Aggregate.DISTINCT: 5}
+AGG_CODES = {
+    Aggregate.COUNT: 1,
+    Aggregate.SUM: 2,
+    Aggregate.MIN: 3,
+    Aggregate.MAX: 4,
+    Aggregate.DISTINCT: 5,
+    Aggregate.FIRST_SEEN: 6,
+    Aggregate.SINCE_PREVIOUS: 7,
+    Aggregate.IS_NEW: 8,
+}
+#: Aggregates over the event times of an entity, exact over their whole duration (never in hourly
+#: buckets), no delay: up to a day they read the entity's count series, longer its time series.
+TIME_AGGREGATES = frozenset({Aggregate.FIRST_SEEN, Aggregate.SINCE_PREVIOUS, Aggregate.IS_NEW})
+#: The pseudo field of a time series: the events of one entity (and filter), their times alone,
+#: kept exactly for the longest time window (over a day) of the group and capped like value series.
+TIME_FIELD = "@time"
+#: A window over a transaction attribute aggregates the field `attributes.NAME`.
+ATTRIBUTE_PREFIX = "attributes."
 
 #: Default cap on the events of one value series (see WindowPlan).
 DEFAULT_MAX_EVENTS = 5_000
@@ -94,7 +118,9 @@ class WindowSpec:
 
     @property
     def bucketed(self) -> bool:
-        return self.aggregate is not Aggregate.DISTINCT and self.duration_ms + self.delay_ms > EXACT_MS
+        if self.aggregate is Aggregate.DISTINCT or self.aggregate in TIME_AGGREGATES:
+            return False
+        return self.duration_ms + self.delay_ms > EXACT_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +245,18 @@ def _passes(fn: Callable[[Mapping[str, Any]], bool], fields: Mapping[str, Any]) 
         return False
 
 
+def _value_source(value_field: str | None) -> str | None:
+    """The field a group's stored value is read from: None when it keeps no value (counts, times)."""
+    if value_field is None or value_field == TIME_FIELD:
+        return None
+    if value_field in STORED_NUMBERS:
+        return STORED_NUMBERS[value_field][0]
+    return value_field
+
+
+_PLAIN, _AVERAGE, _SECONDS = 0, 1, 2
+
+
 class WindowPlan:
     """Compiled window definitions of a rule set.
 
@@ -257,7 +295,17 @@ class WindowPlan:
             value_key = (spec.entity, stored, spec.filter, spec.label)
             d, delay = spec.duration_ms, spec.delay_ms
             mode = (BUCKETED_DELAYED if delay else BUCKETED) if spec.bucketed else EXACT
-            if spec.aggregate is Aggregate.COUNT:
+            if spec.aggregate in TIME_AGGREGATES:
+                if delay or spec.field is not None:
+                    raise ValueError(
+                        f"window {spec.name!r}: a {spec.aggregate.value} window takes no field and no delay"
+                    )
+                # Up to a day, the entity's count series holds the events already (exactly, uncapped, as
+                # counts of a day); longer, a time series of their own, capped, so that a 90-day window
+                # of a busy entity does not keep 90 days of its events one by one.
+                time_key = count_key if d <= EXACT_MS else (spec.entity, TIME_FIELD, spec.filter, spec.label)
+                needs.append([(time_key, AGG_CODES[spec.aggregate], d, 0, EXACT)])
+            elif spec.aggregate is Aggregate.COUNT:
                 needs.append([(count_key, AGG_CODES[Aggregate.COUNT], d, delay, mode)])
             elif spec.aggregate is Aggregate.AVG:
                 needs.append(
@@ -309,12 +357,13 @@ class WindowPlan:
         )
         self.raw_size = len(index)
         # What `bind` reads per group: the entity's one field (None when composite),
-        # the stored value's source field and multiplier, and the filter.
+        # the stored value's source field (None: no value; an attribute's name is read
+        # from the attribute map) and multiplier, and the filter.
         self._binders = tuple(
             (
                 g,
                 g.entity[0] if len(g.entity) == 1 else None,
-                STORED_NUMBERS[g.value_field][0] if g.value_field in STORED_NUMBERS else g.value_field,
+                _value_source(g.value_field),
                 STORED_NUMBERS[g.value_field][1] if g.value_field in STORED_NUMBERS else 0,
                 g.filter,
                 g.filter_fn,
@@ -323,8 +372,9 @@ class WindowPlan:
             for g in self.groups
         )
 
-        # _finish[i] = (is_avg, raw index a, raw index b, scale) for spec i
-        self._finish: list[tuple[bool, int, int, float]] = []
+        # _finish[i] = (how, raw index a, raw index b, scale) for spec i; how: _PLAIN, _AVERAGE (a / b)
+        # or _SECONDS (a time window: raw = milliseconds + 1, 0 = no such event, read as missing)
+        self._finish: list[tuple[int, int, int, float]] = []
         for spec, need in zip(self.specs, needs, strict=True):
             scale = 1.0
             if spec.field in NUMERIC_FIELDS:
@@ -332,7 +382,12 @@ class WindowPlan:
                 scale = amount_scale if own is None else own
             a = index[need[0]]
             b = index[need[1]] if len(need) > 1 else 0
-            self._finish.append((spec.aggregate is Aggregate.AVG, a, b, scale))
+            how = _PLAIN
+            if spec.aggregate is Aggregate.AVG:
+                how = _AVERAGE
+            elif spec.aggregate in (Aggregate.FIRST_SEEN, Aggregate.SINCE_PREVIOUS):
+                how = _SECONDS
+            self._finish.append((how, a, b, scale))
         self._finish_rows = tuple((name, *row) for name, row in zip(self.names, self._finish, strict=True))
 
     def subset(self, names: Sequence[str]) -> WindowPlan:
@@ -376,6 +431,8 @@ class WindowPlan:
                 value = ""
             elif multiplier > 1:  # a fraction kept as an integer (thousandths)
                 value = str(round(fields[source] * multiplier))
+            elif source.startswith(ATTRIBUTE_PREFIX):
+                value = fields["attributes"].get(source[len(ATTRIBUTE_PREFIX) :], "")
             else:
                 value = str(fields[source])
             if feedback is None and label is not None:
@@ -395,12 +452,15 @@ class WindowPlan:
 
     def finish_into(self, raw: Sequence[int], out: dict[str, Any]) -> dict[str, Any]:
         """`finish`, written into `out` (a transaction's field map); returns `out`."""
-        for name, is_avg, a, b, scale in self._finish_rows:
-            if is_avg:
+        for name, how, a, b, scale in self._finish_rows:
+            if how == _PLAIN:
+                out[name] = raw[a] * scale
+            elif how == _AVERAGE:
                 count = raw[b]
                 out[name] = raw[a] * scale / count if count else 0.0
             else:
-                out[name] = raw[a] * scale
+                value = raw[a]
+                out[name] = (value - 1) / 1000.0 if value else math.nan
         return out
 
     def missing(self) -> dict[str, float]:

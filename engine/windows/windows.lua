@@ -20,10 +20,19 @@
 -- Redis, like any EVALSHA script): LAYOUT holds one entry per group of the
 -- plan: has_value (0/1), exact retention ms, key TTL ms, the most events a
 -- value series keeps, bucket retention ms (0: no buckets), has a distinct
--- window (0/1), keeps running totals of its buckets (0/1), then per window:
--- output index (0-based), aggregate code (1 count, 2 sum, 3 min, 4 max,
--- 5 distinct), reach (duration + delay) ms, delay ms, mode (0 exact,
--- 1 bucketed, 2 bucketed with a delay).
+-- window (0/1), keeps running totals of its buckets (0/1), is a capped time
+-- series (0/1: no value, but at most that many events, as a value series),
+-- then per window: output index (0-based), aggregate code (1 count, 2 sum,
+-- 3 min, 4 max, 5 distinct, 6 first seen, 7 since previous, 8 is new), reach
+-- (duration + delay) ms, delay ms, mode (0 exact, 1 bucketed, 2 bucketed
+-- with a delay).
+--
+-- Time windows (codes 6-8) read the event times of their group's sorted set:
+-- the oldest event in the window (6: milliseconds since it, + 1), the newest
+-- one that is not this transaction (7: milliseconds since it, + 1), and
+-- whether there is none while the transaction passes the filter (8: 1 or 0);
+-- 0 where there is no such event. They are exact over their whole duration
+-- (never in buckets): one ZRANGEBYSCORE ... LIMIT each.
 --
 -- The distinct index of a group is a sorted set: member = a value the group
 -- keeps, score = the time of its newest kept event. It mirrors the events
@@ -221,6 +230,7 @@ for _ = 1, tonumber(ARGV[5]) do
   local spec = LAYOUT[tonumber(ARGV[a])]
   local value = ARGV[a + 1]
   local add = ARGV[a + 2] == '1'
+  local passes = add  -- passes the filter (even when too late to be added)
   a = a + 3
   local has_value = spec[1] == 1
   local retention = spec[2]
@@ -228,7 +238,8 @@ for _ = 1, tonumber(ARGV[5]) do
   local cap = spec[4]
   local bucket_retention = spec[5]
   local totals = spec[7] == 1
-  local nwin = (#spec - 7) / 5
+  local capped = spec[8] == 1
+  local nwin = (#spec - 8) / 5
   local z = KEYS[k]
   k = k + 1
   local h = nil
@@ -358,6 +369,9 @@ for _ = 1, tonumber(ARGV[5]) do
       if d then redis.call('PEXPIRE', d, ttl) end
     else
       redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. num(cutoff))
+      if capped then  -- a time series: at most `cap` events too, the oldest go first
+        redis.call('ZREMRANGEBYRANK', z, 0, -cap - 1)
+      end
     end
     redis.call('PEXPIRE', z, ttl)
     if b then redis.call('PEXPIRE', b, ttl) end
@@ -405,7 +419,7 @@ for _ = 1, tonumber(ARGV[5]) do
   local wins = {}
   local lowest = nil
   for w = 1, nwin do
-    local base = 7 + 5 * (w - 1)
+    local base = 8 + 5 * (w - 1)
     local reach, delay, wmode = spec[base + 3], spec[base + 4], spec[base + 5]
     local lo, hi, blo, bhi = nil, nil, nil, nil
     if wmode == 0 then
@@ -419,9 +433,10 @@ for _ = 1, tonumber(ARGV[5]) do
         bhi = bucket(t) - 1
       end
     end
-    local indexed = spec[base + 2] == 5 and lo ~= nil and (newest_kept == nil or newest_kept <= hi)
-    wins[w] = {spec[base + 1] + 2, spec[base + 2], lo, hi, blo, bhi, indexed}
-    if lo and not indexed and (lowest == nil or lo < lowest) then lowest = lo end
+    local code = spec[base + 2]
+    local indexed = code == 5 and lo ~= nil and (newest_kept == nil or newest_kept <= hi)
+    wins[w] = {spec[base + 1] + 2, code, lo, hi, blo, bhi, indexed}
+    if lo and not indexed and code < 6 and (lowest == nil or lo < lowest) then lowest = lo end
   end
 
   -- The bucketed windows from the running totals: per window, count and sum
@@ -480,6 +495,23 @@ for _ = 1, tonumber(ARGV[5]) do
     if lo then
       if indexed then
         acc = redis.call('ZCOUNT', d, num(lo), '+inf')
+      elseif code == 6 then  -- the oldest event in the window
+        local oldest = redis.call('ZRANGEBYSCORE', z, num(lo), num(hi), 'WITHSCORES', 'LIMIT', 0, 1)
+        if oldest[2] then acc = t - tonumber(oldest[2]) + 1 end
+      elseif code >= 7 then  -- the newest event in the window that is not this transaction
+        local gap = 0
+        local newest = redis.call('ZREVRANGEBYSCORE', z, num(hi), num(lo), 'WITHSCORES', 'LIMIT', 0, 2)
+        for i = 1, #newest, 2 do
+          if newest[i] ~= txid then
+            gap = t - tonumber(newest[i + 1]) + 1
+            break
+          end
+        end
+        if code == 7 then
+          acc = gap
+        elseif passes and gap == 0 then
+          acc = 1
+        end
       elseif not h then
         acc = redis.call('ZCOUNT', z, num(lo), num(hi))
       else

@@ -26,7 +26,10 @@ def test_benign_transaction_is_allowed_with_versions_and_features(
     assert resp.decision == risk_pb2.DECISION_ALLOW
     assert resp.reasons == []
     assert 0.0 <= resp.score <= 1.0
-    assert resp.ruleset_version == "2026.12.06-1"
+    assert resp.ruleset_version == "2026.12.06-2"
+    assert resp.ruleset_digest == server.pipeline.snapshot.ruleset.digest and len(resp.ruleset_digest) == 16
+    # What enrichment found, beside the numeric features: the default request's IP is in Germany.
+    assert dict(resp.enrichment) == {"ip_country": "DE", "amount_base": "19.99", "base_currency": "EUR"}
     assert resp.model_version == server.pipeline.snapshot.model.version  # type: ignore[union-attr]
     assert resp.model_version.startswith("test-gbm-")
     assert not resp.degraded
@@ -50,6 +53,7 @@ def test_retry_returns_identical_response_and_counts_once(stub: risk_pb2_grpc.Ri
         request(transaction_id="retry-1", card_id="c-retry", event_time_ms=t), timeout=5
     )
     assert response == first  # byte-for-byte the same message
+    assert response.ruleset_digest and response.enrichment["amount_base"] == "25.00"  # kept in the record too
     assert ("risk-replayed", "true") in rpc.initial_metadata()
     nxt = call(stub, request(transaction_id="retry-2", card_id="c-retry", event_time_ms=t + 1))
     assert nxt.features["card_count_10m"] == 2  # retry-1 counted once, plus retry-2

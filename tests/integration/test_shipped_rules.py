@@ -30,6 +30,10 @@ def fired(resp: risk_pb2.ScoreResponse, rule_id: str) -> risk_pb2.Reason | None:
     return next((r for r in resp.reasons if r.rule_id == rule_id), None)
 
 
+def in_shadow(resp: risk_pb2.ScoreResponse, rule_id: str) -> risk_pb2.Reason | None:
+    return next((r for r in resp.shadow_reasons if r.rule_id == rule_id), None)
+
+
 def send(stub: risk_pb2_grpc.RiskEngineStub, **kw: object) -> risk_pb2.ScoreResponse:
     return stub.Score(request(**kw), timeout=5)  # type: ignore[arg-type]
 
@@ -50,6 +54,9 @@ def test_every_shipped_rule_has_a_test_here() -> None:
         "high_risk_industry_amount",
         "ip_burst",
         "unknown_device_at_night",
+        "card_ip_country_hopping",
+        "new_device_for_known_user",
+        "card_repeat_within_30s",
     }
     assert {r.id for r in load_ruleset(RULES).rules} == tested
 
@@ -257,3 +264,61 @@ def test_unknown_device_at_night_is_shadow_only(stub: risk_pb2_grpc.RiskEngineSt
     (shadow,) = resp.shadow_reasons
     assert shadow.rule_id == "unknown_device_at_night" and shadow.code == "NIGHT_NO_DEVICE"
     assert shadow.action == REVIEW
+
+
+# --- the rules of issue 20: windows over any field, first seen, time since (shipped in shadow) -----------
+
+
+def test_card_ip_country_hopping(stub: risk_pb2_grpc.RiskEngineStub) -> None:
+    """Three IP countries on one card within a day: a distinct count over the enriched `ip_country`."""
+    card, t = uid("card"), now_ms() - 3_600_000
+    # Germany, the United States, Germany again, then China (the embedded geo database).
+    for k, ip in enumerate(["85.214.132.117", "8.8.8.8", "85.214.132.118"]):
+        resp = send(stub, card_id=card, device_id=uid("d"), user_id=uid("u"), ip=ip, event_time_ms=t + k * 600_000)
+        assert in_shadow(resp, "card_ip_country_hopping") is None
+    assert resp.features["card_ip_countries_1d"] == 2
+    resp = send(stub, card_id=card, device_id=uid("d"), user_id=uid("u"), ip="223.5.5.5", event_time_ms=t + 2_400_000)
+    assert resp.features["card_ip_countries_1d"] == 3 and resp.enrichment["ip_country"] == "CN"
+    reason = in_shadow(resp, "card_ip_country_hopping")
+    assert reason is not None and reason.code == "IP_COUNTRY_HOPPING" and reason.action == REVIEW
+    assert reason.message == "Payments on this card from 3 IP countries in 24 hours, this one from CN."
+    assert fired(resp, "card_ip_country_hopping") is None  # in shadow: never part of the decision
+
+
+def test_new_device_for_known_user(stub: risk_pb2_grpc.RiskEngineStub) -> None:
+    """A device new to a user known for 13 hours (a pair entity's is_new, the user's first_seen)."""
+    user, card, usual, t = uid("u"), uid("c"), uid("d"), now_ms()
+    first = send(
+        stub, user_id=user, card_id=card, device_id=usual, amount_minor=3_000, event_time_ms=t - 13 * 3_600_000
+    )
+    assert first.features["user_device_is_new_90d"] == 1 and first.features["user_first_seen_90d"] == 0
+    assert in_shadow(first, "new_device_for_known_user") is None  # a new user: every device is new
+    same = send(stub, user_id=user, card_id=card, device_id=usual, amount_minor=20_000, event_time_ms=t - 60_000)
+    assert same.features["user_device_is_new_90d"] == 0
+    assert in_shadow(same, "new_device_for_known_user") is None
+    resp = send(stub, user_id=user, card_id=card, device_id=uid("d"), amount_minor=20_000, event_time_ms=t)
+    assert resp.features["user_device_is_new_90d"] == 1
+    assert resp.features["user_first_seen_90d"] == 13 * 3600
+    reason = in_shadow(resp, "new_device_for_known_user")
+    assert reason is not None and reason.code == "NEW_DEVICE_FOR_USER"
+    assert reason.message == "A device new to this user, who was first seen 13 h ago, paying 200.00 EUR."
+    small = send(stub, user_id=user, card_id=card, device_id=uid("d"), amount_minor=14_999, event_time_ms=t + 1)
+    assert small.features["user_device_is_new_90d"] == 1 and in_shadow(small, "new_device_for_known_user") is None
+
+
+@pytest.mark.parametrize(
+    ("gap_ms", "fires", "shown"), [(12_000, True, "12 s"), (29_999, True, "29.9 s"), (30_000, False, "")]
+)
+def test_card_repeat_within_30s(stub: risk_pb2_grpc.RiskEngineStub, gap_ms: int, fires: bool, shown: str) -> None:
+    """A second payment on one card within 30 seconds of the previous one (since_previous)."""
+    card, t = uid("card"), now_ms() - 600_000
+    first = send(stub, card_id=card, device_id=uid("d"), event_time_ms=t)
+    assert "card_since_previous_1h" not in first.features  # no previous payment: missing, not 0
+    assert in_shadow(first, "card_repeat_within_30s") is None
+    resp = send(stub, card_id=card, device_id=uid("d"), event_time_ms=t + gap_ms)
+    assert resp.features["card_since_previous_1h"] == gap_ms / 1000
+    reason = in_shadow(resp, "card_repeat_within_30s")
+    assert (reason is not None) is fires
+    if reason is not None:
+        assert reason.code == "CARD_REPEAT_30S"
+        assert reason.message == f"A second payment on this card {shown} after the previous one."

@@ -47,7 +47,7 @@ from engine.transaction import Transaction
 from engine.windows.memory import MemoryStore
 from engine.windows.redis_store import RedisStore
 from tests.support import ROOT, RULES
-from tests.support.windows import PLAN, T0
+from tests.support.windows import PLAN, T0, event_fields
 
 MIN = 60_000
 
@@ -386,7 +386,7 @@ def test_in_order_streams_agree_with_redis(redis_url: tuple[str, str], stream: l
                 t = now - delta if kind == "late" else now
                 k = len(sent)
                 txid = f"t{k * 7919 % 101:03d}-{k}"  # ids in another order than arrival, for ties
-                fields = {"card_id": card, "device_id": device, "amount_base_minor": amount}
+                fields = event_fields(card, device, amount)
                 sent.append((txid, t, fields))
             answers = [
                 PLAN.finish(store.apply(PLAN, PLAN.bind(txid, t, fields), f"fp-{txid}").raw)
@@ -406,7 +406,7 @@ def test_idle_series_of_a_shorter_group_expire_after_a_longer_one(monkeypatch: p
     store = MemoryStore(max_event_delay_s=10.0)
 
     def count(txid: str, t: int, device: str) -> tuple[float, float]:
-        fields = {"card_id": "c", "device_id": device, "amount_base_minor": 1}
+        fields = event_fields("c", device, 1)
         w = PLAN.finish(store.apply(PLAN, PLAN.bind(txid, t, fields), "").raw)
         return w["card_count_1h"], w["pair_count_5m"]
 
@@ -449,7 +449,7 @@ def test_a_replay_store_keeps_idle_series(monkeypatch: pytest.MonkeyPatch) -> No
     store = MemoryStore(remember_responses=False, max_event_delay_s=10.0, expire_idle=False)
 
     def count(txid: str, t: int) -> tuple[float, float]:
-        fields = {"card_id": "c", "device_id": "d", "amount_base_minor": 1}
+        fields = event_fields("c", "d", 1)
         w = PLAN.finish(store.apply(PLAN, PLAN.bind(txid, t, fields), "").raw)
         return w["card_count_1h"], w["pair_count_5m"]
 

@@ -7,7 +7,10 @@ indexes (they are rebuilt from the events); and, over several days,
 filters, delays and bucketed (longer than a day) windows in the in-process
 store, standalone Redis and a real local Redis Cluster, Redis losing the
 running totals of its hourly buckets (rebuilt from the hours); and a dense
-stream of 40 days, where long windows read those totals.
+stream of 40 days, where long windows read those totals. Every plan has
+time windows (first seen, since previous, is new; short and long, filtered,
+past the cap) and distinct counts of an enriched field (`ip_country`) and
+of an attribute (`attributes.shop`), with empty values.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from engine.windows.redis_store import RedisStore
 from engine.windows.spec import Aggregate, WindowPlan, WindowSpec
 from engine.windows.store import IdempotencyConflict, WindowStore
 from tests.support.cluster import LocalCluster
-from tests.support.windows import DAY, HOUR, MIN, PLAN, T0, compiled_plan, recorded_answer
+from tests.support.windows import DAY, HOUR, MIN, PLAN, T0, compiled_plan, event_fields, recorded_answer
 
 # Offsets on a 1-minute grid plus edge offsets, so events often sit exactly on t - d.
 offsets = st.one_of(
@@ -57,7 +60,7 @@ def _run_stream(plan: WindowPlan, stores: list[WindowStore], stream: list[tuple]
         if step[0] == "new":
             _, offset, card, device, amount = step
             txid = f"t{len(sent)}"
-            fields = {"card_id": card, "device_id": device, "amount_base_minor": amount}
+            fields = event_fields(card, device, amount)
             item = (txid, T0 + offset, fields, f"fp-{txid}")
         elif step[0] == "retry" and sent:
             txid, t, fields, fp = sent[step[1] % len(sent)]
@@ -128,6 +131,14 @@ LONG_PLAN = compiled_plan(
         WindowSpec("device_cards_1d_after_1h", ("device_id",), Aggregate.DISTINCT, DAY, "card_id", None, HOUR),
         WindowSpec("device_cards_1h_big", ("device_id",), Aggregate.DISTINCT, HOUR, "card_id", BIG),
         WindowSpec("device_count_2d_after_12h", ("device_id",), Aggregate.COUNT, 2 * DAY, None, None, 12 * HOUR),
+        # Time windows longer than a day (exact, capped), one filtered; distinct counts of other fields.
+        WindowSpec("card_first_seen_3d", ("card_id",), Aggregate.FIRST_SEEN, 3 * DAY),
+        WindowSpec("card_since_previous_2d", ("card_id",), Aggregate.SINCE_PREVIOUS, 2 * DAY),
+        WindowSpec("card_since_previous_1h_big", ("card_id",), Aggregate.SINCE_PREVIOUS, HOUR, None, BIG),
+        WindowSpec("pair_is_new_3d", ("device_id", "card_id"), Aggregate.IS_NEW, 3 * DAY),
+        WindowSpec("device_is_new_1d_big", ("device_id",), Aggregate.IS_NEW, DAY, None, BIG),
+        WindowSpec("card_countries_2d", ("card_id",), Aggregate.DISTINCT, 2 * DAY, "ip_country"),
+        WindowSpec("device_shops_1d_big", ("device_id",), Aggregate.DISTINCT, DAY, "attributes.shop", BIG),
     ],
     allowed_lateness_ms=2 * HOUR,
     amount_scale=0.01,

@@ -81,11 +81,30 @@ PLAN = WindowPlan(
         WindowSpec("card_devices_5m", ("card_id",), Aggregate.DISTINCT, 5 * MIN, "device_id"),
         WindowSpec("card_devices_1h", ("card_id",), Aggregate.DISTINCT, 60 * MIN, "device_id"),
         WindowSpec("pair_count_5m", ("device_id", "card_id"), Aggregate.COUNT, 5 * MIN),
+        WindowSpec("card_first_seen_1h", ("card_id",), Aggregate.FIRST_SEEN, 60 * MIN),
+        WindowSpec("card_since_previous_5m", ("card_id",), Aggregate.SINCE_PREVIOUS, 5 * MIN),
+        WindowSpec("card_since_previous_1h", ("card_id",), Aggregate.SINCE_PREVIOUS, 60 * MIN),
+        WindowSpec("pair_is_new_5m", ("device_id", "card_id"), Aggregate.IS_NEW, 5 * MIN),
+        WindowSpec("card_countries_1h", ("card_id",), Aggregate.DISTINCT, 60 * MIN, "ip_country"),
+        WindowSpec("device_shops_5m", ("device_id",), Aggregate.DISTINCT, 5 * MIN, "attributes.shop"),
     ],
     allowed_lateness_ms=2 * MIN,
     amount_scale=0.01,
-    max_events_per_series=7,  # small, so the cap on value series is exercised too
+    max_events_per_series=7,  # small, so the cap on value (and time) series is exercised too
 )
+
+
+def event_fields(card: str, device: str, amount: int) -> dict[str, Any]:
+    """An event's fields for the window tests: its IP country and `shop` attribute follow from
+    its amount, so that distinct counts over them see repeats, new values and none ('', absent)."""
+    shop = ["", "s1", "s2"][amount // 4 % 3]
+    return {
+        "card_id": card,
+        "device_id": device,
+        "amount_base_minor": amount,
+        "ip_country": ["", "DE", "FR", "BR"][amount % 4],
+        "attributes": {"shop": shop} if shop else {},
+    }
 
 
 def compile_filter(text: str) -> Callable[[Mapping[str, Any]], bool]:

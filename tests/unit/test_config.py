@@ -20,3 +20,18 @@ def test_every_bad_value_is_named() -> None:
 
 def test_an_unknown_risk_variable_is_reported() -> None:
     assert unknown_env({"RISK_PORTT": "1", "RISK_PORT": "2", "HOME": "/root"}) == ["RISK_PORTT"]
+
+
+def test_the_rule_set_archive_sits_beside_the_decision_log_unless_set() -> None:
+    from pathlib import Path
+
+    from engine.service.workers import worker_config
+
+    assert ServeConfig.from_env({}).archive is None  # no decision log, no setting: nothing archived
+    logged = ServeConfig.from_env({"RISK_DECISION_LOG": "/var/log/risk"})
+    assert logged.archive == Path("/var/log/risk/rulesets")
+    # Each worker of --workers N logs to worker-<i>/ of the folder; they share one archive.
+    assert worker_config(logged, 1, 50051).archive == Path("/var/log/risk/rulesets")
+    assert ServeConfig.from_env({"RISK_DECISION_LOG": "/var/log/risk", "RISK_RULESET_ARCHIVE": "off"}).archive is None
+    assert ServeConfig.from_env({"RISK_RULESET_ARCHIVE": "/srv/rulesets"}).archive == Path("/srv/rulesets")
+    assert unknown_env({"RISK_RULESET_ARCHIVE": "x"}) == []

@@ -73,6 +73,8 @@ def result(i: int, score: float = 0.1) -> ScoreResult:
         features={"amount": 10.0 + i, "card_count_1d": float("nan")},
         elapsed_us=100,
         shadow=(Reason("S1", ReasonSource.RULE, "shadow why", Action.DENY, rule_id="shadow_rule"),),
+        ruleset_digest="0123456789abcdef",
+        enrichment={"ip_country": "DE", "amount_base": f"{10 + i}.00", "base_currency": "EUR"},
     )
 
 
@@ -103,6 +105,9 @@ def test_every_scored_transaction_lands_in_the_log_with_its_content(
     assert first["decision"] == risk_pb2.Decision.Name(answer.decision).removeprefix("DECISION_").lower()
     assert first["score"] == pytest.approx(answer.score)
     assert first["ruleset_version"] == answer.ruleset_version and first["model_version"] == answer.model_version
+    # The audit trail: the digest of the rule text that decided, and what enrichment found.
+    assert first["ruleset_digest"] == answer.ruleset_digest == running.pipeline.snapshot.ruleset.digest
+    assert first["enrichment"] == dict(answer.enrichment) == {"amount_base": "900.00", "base_currency": "EUR"}
     assert [r["code"] for r in first["reasons"]] == [r.code for r in answer.reasons]
     assert [r["rule_id"] for r in first["shadow"]] == [r.rule_id for r in answer.shadow_reasons]
     assert {k: v for k, v in first["features"].items() if v is not None} == pytest.approx(dict(answer.features))
@@ -264,6 +269,12 @@ def test_export_filters_by_event_time_and_joins_labels(tmp_path: Path) -> None:
     assert by_id["t-2"]["amount"] == 12.0 and by_id["t-2"]["card_count_1d"] is None  # features as columns
     assert by_id["t-2"]["rules_fired"] == ["rule_one"] and by_id["t-2"]["shadow_rules_fired"] == ["shadow_rule"]
     assert json.loads(by_id["t-2"]["attributes"]) == {"mcc": "5812"}
+    assert by_id["t-2"]["ruleset_digest"] == "0123456789abcdef"
+    assert json.loads(by_id["t-2"]["enrichment"]) == {
+        "amount_base": "12.00",
+        "base_currency": "EUR",
+        "ip_country": "DE",
+    }
     # Training-ready: the project's own reader takes it with the native mapping, labels included.
     data = read_dataset(out, PRESETS["native"])
     assert [t.transaction_id for t in data.transactions] == ["t-2", "t-3", "t-4", "t-5"]

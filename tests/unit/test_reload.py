@@ -94,7 +94,7 @@ def metrics_text(running: Running) -> str:
 def test_a_failed_reload_leaves_the_old_version_serving_under_live_traffic(live: Running, rules_copy: Path) -> None:
     channel = grpc.insecure_channel(f"127.0.0.1:{live.port}")
     old = health_metadata(channel)
-    assert old["risk-ruleset-version"] == "2026.12.06-1" and old["risk-last-reload"] == "ok"
+    assert old["risk-ruleset-version"] == "2026.12.06-2" and old["risk-last-reload"] == "ok"
     with Traffic(live.port) as traffic:
         wait_for(lambda: len(traffic.versions) > 20, "traffic")
 
@@ -104,7 +104,7 @@ def test_a_failed_reload_leaves_the_old_version_serving_under_live_traffic(live:
         wait_for(lambda: health_metadata(channel)["risk-last-reload"].startswith("failed"), "the refusal")
         status = health_metadata(channel)["risk-last-reload"]
         assert "rules.yaml:" in status and "invalid YAML" in status
-        assert health_metadata(channel)["risk-ruleset-version"] == "2026.12.06-1"
+        assert health_metadata(channel)["risk-ruleset-version"] == "2026.12.06-2"
         seen = len(traffic.versions)
         wait_for(lambda: len(traffic.versions) > seen + 20, "traffic after the refusal")
 
@@ -125,14 +125,14 @@ def test_a_failed_reload_leaves_the_old_version_serving_under_live_traffic(live:
     assert traffic.errors == []
     assert "never-served" not in traffic.versions
     switch = traffic.versions.index("reload-3")
-    assert set(traffic.versions[:switch]) == {"2026.12.06-1"} and set(traffic.versions[switch:]) == {"reload-3"}
+    assert set(traffic.versions[:switch]) == {"2026.12.06-2"} and set(traffic.versions[switch:]) == {"reload-3"}
     meta = health_metadata(channel)
     assert meta["risk-ruleset-version"] == "reload-3" and meta["risk-last-reload"] == "ok"
     text = metrics_text(live)
     assert 'risk_reloads_total{result="failed"} 2.0' in text
     assert 'risk_reloads_total{result="ok"} 1.0' in text
     assert f'risk_ruleset_info{{digest="{meta["risk-ruleset-digest"]}",version="reload-3"}} 1.0' in text
-    assert 'version="2026.12.06-1"' not in text
+    assert 'version="2026.12.06-2"' not in text
     assert "risk_last_reload_ok 1.0" in text
     channel.close()
 
@@ -149,9 +149,17 @@ def test_rule_hits_are_counted_by_mode(live: Running) -> None:
         if night > now:
             night -= dt.timedelta(days=1)
     t_ms = int(night.timestamp() * 1000)
-    for _ in range(3):
+    for i in range(3):  # three cards: one card paying three times at once would fire card_repeat_within_30s too
         resp = stub.Score(
-            request(channel=2, device_id="", amount_minor=25_000, event_time_ms=t_ms, ip="81.2.69.160"), timeout=5
+            request(
+                channel=2,
+                card_id=f"c-night-{i}-{time.monotonic_ns()}",
+                device_id="",
+                amount_minor=25_000,
+                event_time_ms=t_ms,
+                ip="81.2.69.160",
+            ),
+            timeout=5,
         )
         assert [r.rule_id for r in resp.shadow_reasons] == ["unknown_device_at_night"]
         assert "NIGHT_NO_DEVICE" not in {r.code for r in resp.reasons}
@@ -195,7 +203,7 @@ def test_sighup_reloads_the_running_server(trained_registry: Path, rules_copy: P
         wait_for(serving, "the server to serve", 30)
         set_version(rules_copy, "after-sighup")
         time.sleep(0.3)
-        assert health_metadata(channel)["risk-ruleset-version"] == "2026.12.06-1"  # the watcher is off
+        assert health_metadata(channel)["risk-ruleset-version"] == "2026.12.06-2"  # the watcher is off
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: health_metadata(channel)["risk-ruleset-version"] == "after-sighup", "the SIGHUP reload")
         stub = risk_pb2_grpc.RiskEngineStub(channel)
@@ -260,3 +268,36 @@ def test_files_changed_during_a_load_are_loaded_again(
     assert calls == ["v2", "v3"]
     assert pipeline.snapshot.ruleset.version == "v3"
     assert reloader.poll() is None  # nothing left behind on disk
+
+
+def test_every_served_set_is_archived_and_every_answer_names_its_digest(
+    trained_registry: Path, redis_url: tuple[str, str], rules_copy: Path, tmp_path: Path
+) -> None:
+    """Two rule texts under one version: two digests on the answers, both texts in the archive beside
+    the decision log, and `rules diff` between them shows the change."""
+    from engine.cli import main
+    from engine.rules.archive import FILES, find
+
+    log = tmp_path / "decisions"
+    running = start(make_config(trained_registry, redis_url, rules=rules_copy, reload_interval_s=0.1, decision_log=log))
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    stub = risk_pb2_grpc.RiskEngineStub(channel)
+    try:
+        first = stub.Score(request(), timeout=2)
+        assert first.ruleset_digest == health_metadata(channel)["risk-ruleset-digest"]
+        assert len(first.ruleset_digest) == 16
+        archive = log / "rulesets"
+        assert (find(archive, first.ruleset_digest) / FILES / "rules.yaml").read_bytes() == (
+            rules_copy / "rules.yaml"
+        ).read_bytes()
+        rules = rules_copy / "rules.yaml"
+        rules.write_text(rules.read_text().replace('"card_since_previous_1h < 30"', '"card_since_previous_1h < 20"'))
+        wait_for(lambda: health_metadata(channel)["risk-ruleset-digest"] != first.ruleset_digest, "the reload")
+        second = stub.Score(request(), timeout=2)
+        assert second.ruleset_version == first.ruleset_version  # the same version: the digest tells them apart
+        assert second.ruleset_digest not in ("", first.ruleset_digest)
+        assert sorted(p.name for p in archive.iterdir()) == sorted([first.ruleset_digest, second.ruleset_digest])
+        assert main(["rules", "diff", first.ruleset_digest, second.ruleset_digest, "--archive", str(archive)]) == 1
+    finally:
+        channel.close()
+        running.stop(0.5)

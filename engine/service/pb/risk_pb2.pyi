@@ -125,7 +125,7 @@ class Contribution(_message.Message):
     def __init__(self, feature: _Optional[str] = ..., value: _Optional[float] = ..., contribution: _Optional[float] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("transaction_id", "decision", "score", "reasons", "ruleset_version", "model_version", "degraded", "features", "elapsed_us", "shadow_reasons", "challenger")
+    __slots__ = ("transaction_id", "decision", "score", "reasons", "ruleset_version", "model_version", "degraded", "features", "elapsed_us", "shadow_reasons", "challenger", "ruleset_digest", "enrichment")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +133,13 @@ class ScoreResponse(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class EnrichmentEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +151,8 @@ class ScoreResponse(_message.Message):
     ELAPSED_US_FIELD_NUMBER: _ClassVar[int]
     SHADOW_REASONS_FIELD_NUMBER: _ClassVar[int]
     CHALLENGER_FIELD_NUMBER: _ClassVar[int]
+    RULESET_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ENRICHMENT_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     decision: Decision
     score: float
@@ -155,7 +164,9 @@ class ScoreResponse(_message.Message):
     elapsed_us: int
     shadow_reasons: _containers.RepeatedCompositeFieldContainer[Reason]
     challenger: ChallengerResult
-    def __init__(self, transaction_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., ruleset_version: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., features: _Optional[_Mapping[str, float]] = ..., elapsed_us: _Optional[int] = ..., shadow_reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., challenger: _Optional[_Union[ChallengerResult, _Mapping]] = ...) -> None: ...
+    ruleset_digest: str
+    enrichment: _containers.ScalarMap[str, str]
+    def __init__(self, transaction_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., ruleset_version: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., features: _Optional[_Mapping[str, float]] = ..., elapsed_us: _Optional[int] = ..., shadow_reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., challenger: _Optional[_Union[ChallengerResult, _Mapping]] = ..., ruleset_digest: _Optional[str] = ..., enrichment: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ChallengerResult(_message.Message):
     __slots__ = ("model_version", "score", "decision", "challenger_decided", "mode")

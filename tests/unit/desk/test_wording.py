@@ -62,3 +62,17 @@ def test_contributions_read_as_sentences_not_log_odds() -> None:
     assert reasons[1].text == "Amount of 10,000 EUR or more."
     assert reasons[1].detail == "Single payments far above what the platform normally sees."
     assert "window store did not answer" in reasons[2].text
+
+
+def test_windows_over_any_field_and_time_windows_read_as_sentences() -> None:
+    w = Wording(load_ruleset(RULES, run_tests=False))
+    assert w.feature("card_ip_countries_1d", 3.0, {}) == "3 different IP countries used with this card in the last day."
+    assert w.feature("card_since_previous_1h", 12.5, {}) == (
+        "The previous payment with this card was 12.5 s before this one."
+    )
+    assert w.feature("user_first_seen_90d", 46_800.0, {}) == "This user first seen 13 h ago (within the last 90 days)."
+    assert (
+        w.feature("user_device_is_new_90d", 1.0, {}) == "This user and this device: new, not seen in the last 90 days."
+    )
+    assert w.feature("user_device_is_new_90d", 0.0, {}) == "This user and this device: seen before in the last 90 days."
+    assert w.noun("card_since_previous_1h") == "the time since the previous payment with this card in the last hour"

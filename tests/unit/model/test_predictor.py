@@ -219,9 +219,9 @@ def test_swap_replaces_rules_and_model_for_the_next_transaction(trained_registry
     rules = tmp_path / "rules"
     shutil.copytree(RULES, rules)
     (rules / "engine.yaml").write_text(
-        (rules / "engine.yaml").read_text().replace('version: "2026.12.06-1"', 'version: "next"')
+        (rules / "engine.yaml").read_text().replace('version: "2026.12.06-2"', 'version: "next"')
     )
     pipe.swap(load_ruleset(rules), model)
     after = pipe.score(Transaction("s2", 1_767_225_600_001, 2_000, "EUR", card_id="c1")).result
-    assert (before.ruleset_version, after.ruleset_version) == ("2026.12.06-1", "next")
+    assert (before.ruleset_version, after.ruleset_version) == ("2026.12.06-2", "next")
     assert after.features["card_count_10m"] == 2  # window state carries over the swap

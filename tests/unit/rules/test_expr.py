@@ -18,7 +18,7 @@ from engine.enrich import Enricher, Money
 from engine.rollout import rollout_bucket
 from engine.rules import RuleSetInvalid, load_ruleset
 from engine.rules.evaluate import evaluate_rules
-from engine.rules.expr import ExprError, Scope, compile_condition
+from engine.rules.expr import ExprError, Scope, compile_condition, habits
 from engine.rules.lists import CidrSet, NamedList, parse_network
 from engine.rules.ruleset import DOMAINS
 from engine.transaction import Transaction
@@ -280,7 +280,7 @@ def test_unreachable_rule_in_a_file_points_at_the_condition(tmp_path: Path) -> N
     with pytest.raises(RuleSetInvalid) as exc:
         load_ruleset(tmp_path)
     (err,) = exc.value.errors
-    assert (err.line, err.column) == (3, 26)  # the first character of the condition
+    assert (err.line, err.column) == (3, 37)  # the value the field never takes
     assert err.message == "in rule 'r1': 'channel' is never 'atm', so this can never be true"
 
 
@@ -570,3 +570,37 @@ def test_a_malformed_ip_is_refused_every_time() -> None:
     for _ in range(2):  # errors are not cached as answers
         with pytest.raises(InvalidTransaction, match="ip"):
             validate(Transaction("t-bad", 1_767_268_800_000, 100, "EUR", card_id="c", ip="10.0.0.256"), Limits(), None)
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("country = 'BR' AND amount > 10", [(8, "'='"), (15, "'AND'")]),
+        ("a && b || c", [(2, "'&&'"), (7, "'||'")]),
+        ("amount <> 3 or not x OR y", [(7, "'<>'"), (21, "'OR'")]),
+        ("amount => 5", [(7, "'=>'")]),
+        ("!ip_is_private", [(0, "'!'")]),
+        ("device_id == NULL", [(13, "'NULL'")]),
+        ("amount >= 1,000", [(10, "'1,000'")]),
+        ("amount >= 1,250,000.50", [(10, "'1,250,000.50'")]),
+        ("amount in [1,000, 2,000]", [(11, "'1,000'"), (18, "'2,000'")]),  # [1, 0, 2, 0] is no one's list
+    ],
+)
+def test_habits_of_other_languages_are_all_found(text: str, found: list[tuple[int, str]]) -> None:
+    assert [(e.offset, e.message.split(" ")[0]) for e in habits(text)] == found
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "country == 'BR' and amount >= 10",
+        "x == 'a = b AND c || d'",  # inside a string: not a habit
+        "amount != 3 and amount <= 4 and amount >= 5",
+        "amount in [1, 500, 2]",
+        "amount in [1,500]",  # a list of 1 and 500, as written
+        "lower(card_id, key='x') == 'a'",  # a keyword argument: refused later with its own message
+        "attributes.NOTE == 'x'",
+    ],
+)
+def test_no_habit_where_the_language_means_what_is_written(text: str) -> None:
+    assert habits(text) == []

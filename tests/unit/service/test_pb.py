@@ -50,6 +50,8 @@ def test_contract_names_the_gateway_depends_on() -> None:
         "elapsed_us": 9,
         "shadow_reasons": 10,
         "challenger": 11,
+        "ruleset_digest": 12,
+        "enrichment": 13,
     }
     challenger = {f.name: f.number for f in risk_pb2.ChallengerResult.DESCRIPTOR.fields}
     assert challenger == {"model_version": 1, "score": 2, "decision": 3, "challenger_decided": 4, "mode": 5}

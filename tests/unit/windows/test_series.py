@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from engine.windows.memory import MemoryStore, native_series
 from engine.windows.spec import Aggregate, WindowSpec
-from tests.support.windows import compiled_plan
+from tests.support.windows import compiled_plan, event_fields
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -47,6 +47,17 @@ PLAN = compiled_plan(
         WindowSpec("device_count_2d_after_12h", ("device_id",), Aggregate.COUNT, 2 * DAY, None, None, 12 * HOUR),
         WindowSpec("pair_count_5m", ("device_id", "card_id"), Aggregate.COUNT, 5 * MIN),
         WindowSpec("card_frauds_2d", ("card_id",), Aggregate.COUNT, 2 * DAY, label="fraud"),
+        # Time windows: exact over their whole duration, capped; a filtered one, a label one.
+        WindowSpec("card_first_seen_1h", ("card_id",), Aggregate.FIRST_SEEN, HOUR),
+        WindowSpec("card_first_seen_3d", ("card_id",), Aggregate.FIRST_SEEN, 3 * DAY),
+        WindowSpec("card_since_previous_2d", ("card_id",), Aggregate.SINCE_PREVIOUS, 2 * DAY),
+        WindowSpec("card_since_previous_10m", ("card_id",), Aggregate.SINCE_PREVIOUS, 10 * MIN),
+        WindowSpec("pair_is_new_2d", ("device_id", "card_id"), Aggregate.IS_NEW, 2 * DAY),
+        WindowSpec("device_is_new_1h_big", ("device_id",), Aggregate.IS_NEW, HOUR, None, BIG),
+        WindowSpec("card_first_fraud_2d", ("card_id",), Aggregate.FIRST_SEEN, 2 * DAY, label="fraud"),
+        # Distinct counts of other fields: an enriched one and an attribute.
+        WindowSpec("card_countries_1h", ("card_id",), Aggregate.DISTINCT, HOUR, "ip_country"),
+        WindowSpec("device_shops_1d", ("device_id",), Aggregate.DISTINCT, DAY, "attributes.shop"),
     ],
     allowed_lateness_ms=2 * HOUR,
     amount_scale=0.01,
@@ -90,12 +101,12 @@ def _answers(store: MemoryStore, stream: list[tuple], first_only: bool) -> list[
             _, offset, card, device, amount = step
             offset = last = offset if step[0] == "new" else max(0, last + offset)
             txid = f"t{len(sent)}"
-            fields: dict[str, object] = {"card_id": card, "device_id": device, "amount_base_minor": amount}
+            fields: dict[str, object] = event_fields(card, device, amount)
             sent.append((txid, fields))
             bound = PLAN.bind(txid, T0 + offset, fields)
         elif step[0] == "again" and sent and not first_only:
             txid, fields = sent[step[1] % len(sent)]
-            bound = PLAN.bind(txid, T0 + step[2], {**fields, "amount_base_minor": step[3]})
+            bound = PLAN.bind(txid, T0 + step[2], {**fields, **event_fields(str(fields["card_id"]), "d1", step[3])})
         elif step[0] == "label" and sent:
             txid, fields = sent[step[1] % len(sent)]
             if first_only and txid in labelled:
@@ -141,7 +152,7 @@ def test_the_compiled_loop_is_built_and_used_by_default(monkeypatch: pytest.Monk
 
 def test_sums_beyond_64_bits_are_exact() -> None:
     huge = 4 * 10**18  # fits in int64; three of them do not
-    fields = {"card_id": "c", "device_id": "d", "amount_base_minor": huge}
+    fields = event_fields("c", "d", huge)
     stores = [MemoryStore(native=True), MemoryStore(native=False)]
     for store in stores:
         for i in range(3):
@@ -155,7 +166,7 @@ def test_sums_beyond_64_bits_are_exact() -> None:
 def test_a_value_beyond_64_bits_is_refused_cleanly() -> None:
     """Validation bounds amounts far below this; the compiled loop raises, it does not wrap."""
     store = MemoryStore(native=True)
-    fields = {"card_id": "c", "device_id": "d", "amount_base_minor": 2**63}
+    fields = event_fields("c", "d", 2**63)
     with pytest.raises(OverflowError):
         store.apply(PLAN, PLAN.bind("t1", T0, fields), "")
     fine = {**fields, "amount_base_minor": 5}
@@ -170,7 +181,7 @@ def test_dropped_events_release_their_ids(new_ids: bool) -> None:
     ids = [f"tx-{i:06d}-{'x' * 20}" for i in range(400)]
     baseline = sys.getrefcount(ids[0])
     for i, txid in enumerate(ids):
-        fields = {"card_id": "c", "device_id": f"d{i % 3}", "amount_base_minor": i}
+        fields = event_fields("c", f"d{i % 3}", i)
         store.apply(PLAN, PLAN.bind(txid, T0 + i * 3 * HOUR, fields), "")  # 3 h apart: hourly windows drop
     # (counted outside the asserts: pytest's rewritten asserts hold references of their own)
     oldest, newest = sys.getrefcount(ids[0]), sys.getrefcount(ids[-1])
@@ -184,9 +195,11 @@ def test_dropped_events_release_their_ids(new_ids: bool) -> None:
 def test_a_series_reports_its_events() -> None:
     store = MemoryStore(native=True)
     for i in range(10):
-        fields = {"card_id": "c", "device_id": "d", "amount_base_minor": i}
+        fields = event_fields("c", "d", i)
         store.apply(PLAN, PLAN.bind(f"t{i}", T0 + i * MIN, fields), "")
     series = store._series["card_id#amount_base_minor"]["c"]
     assert len(series) == 6  # the cap
     assert series.times() == [T0 + i * MIN for i in range(4, 10)]
     assert len(store._series["card_id"]["c"]) == 10  # counts are not capped
+    assert store._series["card_id#@time"]["c"].times() == [T0 + i * MIN for i in range(4, 10)]  # time series are
+    assert "device_id#@time" not in store._series  # time windows of a day or less read the count series

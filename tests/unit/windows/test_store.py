@@ -192,6 +192,81 @@ def test_distinct_counts_follow_the_cap_with_ties_at_its_edge(store: WindowStore
     assert event(store, lower, "e8", T0 + 5 * MIN, card="F")["device_cards_1h"] == 1
 
 
+TIME_PLAN = WindowPlan(
+    [
+        WindowSpec("card_first_seen_10m", ("card_id",), Aggregate.FIRST_SEEN, 10 * MIN),
+        WindowSpec("card_since_previous_10m", ("card_id",), Aggregate.SINCE_PREVIOUS, 10 * MIN),
+        WindowSpec("pair_is_new_10m", ("card_id", "device_id"), Aggregate.IS_NEW, 10 * MIN),
+        WindowSpec("card_countries_1h", ("card_id",), Aggregate.DISTINCT, 60 * MIN, "ip_country"),
+        WindowSpec("card_shops_1h", ("card_id",), Aggregate.DISTINCT, 60 * MIN, "attributes.shop"),
+        WindowSpec("card_first_seen_2d", ("card_id",), Aggregate.FIRST_SEEN, 2 * 24 * 60 * MIN),
+    ],
+    allowed_lateness_ms=5 * MIN,
+    amount_scale=0.01,
+    max_events_per_series=4,
+)
+
+
+def timed(
+    store: WindowStore, txid: str, t: int, *, card: str = "c1", device: str = "d1", country: str = "", shop: str = ""
+) -> dict[str, float]:
+    fields = {
+        "card_id": card,
+        "device_id": device,
+        "amount_base_minor": 100,
+        "ip_country": country,
+        "attributes": {"shop": shop} if shop else {},
+    }
+    outcome = store.apply(TIME_PLAN, TIME_PLAN.bind(txid, t, fields), f"fp-{txid}-{t}-{card}-{device}")
+    assert outcome.replay is None
+    return TIME_PLAN.finish(outcome.raw)
+
+
+def test_first_seen_since_previous_and_is_new_at_their_edges(store: WindowStore) -> None:
+    w = timed(store, "a", T0)  # the first event: its own age is 0, nothing before it
+    assert (w["card_first_seen_10m"], w["pair_is_new_10m"]) == (0.0, 1.0)
+    assert math.isnan(w["card_since_previous_10m"])
+    w = timed(store, "b", T0 + 30_000)  # 30 s later, the same card and device
+    assert (w["card_first_seen_10m"], w["card_since_previous_10m"], w["pair_is_new_10m"]) == (30.0, 30.0, 0.0)
+    w = timed(store, "c", T0 + 30_000, device="d2")  # the same millisecond: "b" is a previous event
+    assert (w["card_since_previous_10m"], w["pair_is_new_10m"]) == (0.0, 1.0)  # a new device for the card
+    # Exactly 10 minutes after "a": "a" is on the open lower edge, out; "b" and "c" are in.
+    w = timed(store, "d", T0 + 10 * MIN)
+    assert (w["card_first_seen_10m"], w["card_since_previous_10m"]) == (570.0, 570.0)
+    w = timed(store, "e", T0 + 10 * MIN - 1, card="c2")  # another card: its own history only
+    assert w["card_first_seen_10m"] == 0.0 and math.isnan(w["card_since_previous_10m"])
+
+
+def test_time_windows_of_a_retry_a_late_event_and_a_missing_entity(store: WindowStore) -> None:
+    timed(store, "a", T0)
+    timed(store, "b", T0 + 2 * MIN)
+    w = timed(store, "b", T0 + 2 * MIN)  # a retry: it is not its own previous event
+    assert (w["card_since_previous_10m"], w["pair_is_new_10m"]) == (120.0, 0.0)
+    w = timed(store, "late", T0 + MIN)  # late: reads its own past ("b" is after it)
+    assert (w["card_first_seen_10m"], w["card_since_previous_10m"]) == (60.0, 60.0)
+    w = timed(store, "c", T0 + 3 * MIN)  # and counts for the events after it
+    assert w["card_since_previous_10m"] == 60.0
+    w = timed(store, "nodev", T0 + 4 * MIN, device="")  # no device: the pair is missing, so not new
+    assert w["pair_is_new_10m"] == 0.0 and w["card_since_previous_10m"] == 60.0
+
+
+def test_time_windows_longer_than_a_day_keep_at_most_the_cap(store: WindowStore) -> None:
+    for i in range(6):
+        w = timed(store, f"t{i}", T0 + i * MIN)
+    # Up to a day, a time window reads the count series: exact, not capped.
+    assert (w["card_first_seen_10m"], w["card_since_previous_10m"]) == (300.0, 60.0)
+    # Longer, its own time series keeps the 4 newest events: the oldest kept is 3 minutes old, not 5.
+    assert w["card_first_seen_2d"] == 180.0
+
+
+def test_distinct_counts_of_an_enriched_field_and_an_attribute(store: WindowStore) -> None:
+    counts = []
+    for i, (country, shop) in enumerate([("DE", "s1"), ("", ""), ("FR", "s1"), ("DE", "s2"), ("BR", "")]):
+        w = timed(store, f"t{i}", T0 + i * MIN, country=country, shop=shop)
+        counts.append((w["card_countries_1h"], w["card_shops_1h"]))
+    assert counts == [(1, 1), (1, 1), (2, 1), (2, 2), (3, 2)]  # '' and an absent attribute are not values
+
+
 def test_the_distinct_index_drops_values_with_the_events(redis_url: tuple[str, str]) -> None:
     """Redis: the index holds only values with a kept event (it never grows past the events)."""
     url, prefix = redis_url

@@ -154,15 +154,16 @@ def test_a_full_disk_loses_records_counted_and_logged_without_blocking(
         return open("/dev/full", "ab")  # every write fails with ENOSPC
 
     lost: list[int] = []
+    returned: list[bool] = []
     dlog = DecisionLog(tmp_path, opener=full, on_loss=lambda reason, n: lost.append(n), log_interval_s=60)
     with caplog.at_level("ERROR", logger="risk_engine.decision_log"):
-        for i in range(50):
-            started = time.perf_counter()
-            dlog.record(txn(i, now_ms()), result(i))
-            assert time.perf_counter() - started < 0.01
-            if i % 10 == 0:
-                dlog.flush()
-        assert dlog.flush()
+        # Each record fails at once and says so: the calls go on (a hang would leave the thread alive).
+        writer = threading.Thread(
+            target=lambda: returned.extend(dlog.record(txn(i, now_ms()), result(i)) for i in range(50))
+        )
+        writer.start()
+        writer.join(30)
+        assert not writer.is_alive() and returned == [False] * 50
     dlog.close()
     assert dlog.stats.write_failures == 50 and dlog.stats.written == 0 and sum(lost) == 50
     errors = [r.getMessage() for r in caplog.records]

@@ -14,7 +14,8 @@
   given separately for rows before, inside and after that period.
 - **Warm-up.** A window of duration D delayed by L is complete only D + L
   after the first event (plus the label delay for label windows); until the
-  longest of them, some windows are still filling and read low.
+  longest of them (among windows whose inputs the data has), some windows
+  are still filling and read low.
 """
 
 from __future__ import annotations
@@ -141,9 +142,15 @@ def missing_inputs(
     return out
 
 
-def warm_up(ruleset: RuleSet, event_ms: np.ndarray, valid: np.ndarray) -> dict[str, Any] | None:
-    """The span at the start during which some window is still filling, and the rows in it."""
-    specs = ruleset.windows.specs
+def warm_up(
+    ruleset: RuleSet, event_ms: np.ndarray, valid: np.ndarray, present: dict[str, int]
+) -> dict[str, Any] | None:
+    """The span at the start during which some window is still filling, and the rows in it.
+
+    Only windows whose inputs the data has (`present`): the others stay empty throughout.
+    """
+    missing = {name for name, count in present.items() if count == 0}
+    specs = [s for s in ruleset.windows.specs if not inputs_of(ruleset, {s.name}, True) & missing]
     if not specs or not valid.any():
         return None
 

@@ -397,7 +397,7 @@ def analyse(
         "inputs": {name: count for name, count in present.items()},
         "not_exercised": missing_inputs(run.ruleset, present, model is not None, fired),
         "in_sample": in_sample(run, model, labels, event_ms),
-        "warm_up": warm_up(run.ruleset, event_ms, run.valid, present),
+        "warm_up": warm_up(run.ruleset, event_ms, run.valid, present, model),
     }
     fraud, genuine, amount = _truth(run, labels)
     days = len(summary["daily"])

@@ -14,8 +14,8 @@
   given separately for rows before, inside and after that period.
 - **Warm-up.** A window of duration D delayed by L is complete only D + L
   after the first event (plus the label delay for label windows); until the
-  longest of them (among windows whose inputs the data has), some windows
-  are still filling and read low.
+  longest of them (among the windows the rules and the model read whose
+  inputs the data has), some windows are still filling and read low.
 """
 
 from __future__ import annotations
@@ -142,15 +142,44 @@ def missing_inputs(
     return out
 
 
+def windows_read(ruleset: RuleSet, names: set[str] | frozenset[str]) -> set[str]:
+    """The windows that catalog names read, through derived features."""
+    windows = {spec.name for spec in ruleset.windows.specs}
+    features = {name: text for name, _, text in ruleset.features}
+    out: set[str] = set()
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in windows:
+            out.add(name)
+        elif name in features:
+            todo.extend(n for n in _NAME.findall(features[name]) if n in ruleset.catalog and n != name)
+    return out
+
+
 def warm_up(
-    ruleset: RuleSet, event_ms: np.ndarray, valid: np.ndarray, present: dict[str, int]
+    ruleset: RuleSet, event_ms: np.ndarray, valid: np.ndarray, present: dict[str, int], model: Model | None
 ) -> dict[str, Any] | None:
     """The span at the start during which some window is still filling, and the rows in it.
 
-    Only windows whose inputs the data has (`present`): the others stay empty throughout.
+    Over the windows that the rules and the model read (all windows when they
+    read none) and whose inputs the data has (`present`): the others stay
+    empty throughout, or matter to nothing.
     """
     missing = {name for name, count in present.items() if count == 0}
-    specs = [s for s in ruleset.windows.specs if not inputs_of(ruleset, {s.name}, True) & missing]
+    read = set(model.features) if model is not None else set()
+    for rule in ruleset.rules:
+        read |= rule.reads
+    used = windows_read(ruleset, read)
+    specs = [
+        s
+        for s in ruleset.windows.specs
+        if (not used or s.name in used) and not inputs_of(ruleset, {s.name}, True) & missing
+    ]
     if not specs or not valid.any():
         return None
 

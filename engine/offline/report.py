@@ -277,8 +277,9 @@ def warning_lines(summary: Mapping[str, Any], other: Mapping[str, Any] | None = 
 
 
 IN_SAMPLE_COLUMNS = (
-    "rows",
+    "",
     "period",
+    "rows",
     "labeled",
     "frauds",
     "flagged precision",
@@ -305,6 +306,7 @@ def _in_sample_rows(summary: Mapping[str, Any]) -> list[list[str]]:
             [
                 key.replace("_", "-"),
                 names[key],
+                num(m["rows"]),
                 num(m["labeled"]),
                 num(m["frauds"]),
                 pct(m["flagged_precision"]),
@@ -330,17 +332,25 @@ RULE_VALUE_COLUMNS = (
     "unique fraud amount",
     "shadow hits",
     "shadow precision",
-    "shadow: frauds nothing else flags",
+    "shadow unique frauds",
 )
 
 
-def _rule_value_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+def _silent(value: Mapping[str, Any]) -> list[str]:
+    """Rules that neither acted nor fired in shadow."""
+    return [r["rule_id"] for r in value["rules"] if not r["hits"] and not r["shadow_hits"]]
+
+
+def _rule_value_rows(summary: Mapping[str, Any], all_rules: bool = True) -> list[list[str]]:
+    """Per rule (and the model); without `all_rules`, only those that fired."""
     value = summary.get("rule_value")
     if not value:
         return []
     cur = summary["population"]["base_currency"]
     rows = []
-    entries = list(value["rules"]) + ([value["model"]] if value.get("model") else [])
+    silent = set() if all_rules else set(_silent(value))
+    entries = [r for r in value["rules"] if r["rule_id"] not in silent]
+    entries += [value["model"]] if value.get("model") else []
     for r in entries:
         if r["mode"] == "model":
             shadow = ["", "", ""]
@@ -793,7 +803,7 @@ def unique_svg(summary: Mapping[str, Any], title: str, width: int = 860) -> str:
     entries = [r for r in value["rules"] if r["unique_frauds"] is not None and r["hits"]]
     if value.get("model"):
         entries.append(value["model"])
-    label_w, right, top, row_h = 230, 80, 30, 24
+    label_w, right, top, row_h = 230, 80, 40, 24
     plot_w = width - label_w - right
     height = top + row_h * max(len(entries), 1) + 10
     out = _svg_open(width, height, title)
@@ -811,7 +821,7 @@ def unique_svg(summary: Mapping[str, Any], title: str, width: int = 860) -> str:
             f'<text x="{label_w + w_all + 4:.2f}" y="{y + 14}" font-size="10">'
             f"{r['unique_frauds']:,} of {r['fraud_hits']:,}</text>"
         )
-    out += _legend([("frauds only this source flags", COLORS["precision"]), ("frauds flagged", "#c9d6ea")], label_w, 16)
+    out += _legend([("frauds only this source flags", COLORS["precision"]), ("frauds flagged", "#c9d6ea")], label_w, 32)
     out.append("</svg>")
     return "\n".join(out)
 
@@ -894,7 +904,8 @@ def to_html(summary: Mapping[str, Any]) -> str:
         if compare:
             parts.append("<h3>A</h3>")
         parts += [
-            _html_table(RULE_VALUE_COLUMNS, _rule_value_rows(summary), numeric_from=3),
+            _html_table(RULE_VALUE_COLUMNS, _rule_value_rows(summary, all_rules=False), numeric_from=3),
+            _silent_note(summary),
             unique_svg(
                 summary,
                 "A: frauds each source flags, and those only it flags"
@@ -905,7 +916,8 @@ def to_html(summary: Mapping[str, Any]) -> str:
         if compare:
             parts += [
                 "<h3>B</h3>",
-                _html_table(RULE_VALUE_COLUMNS, _rule_value_rows(_b_view(summary)), numeric_from=3),
+                _html_table(RULE_VALUE_COLUMNS, _rule_value_rows(_b_view(summary), all_rules=False), numeric_from=3),
+                _silent_note(_b_view(summary)),
                 unique_svg(_b_view(summary), "B: frauds each source flags, and those only it flags"),
             ]
         columns, rows = _overlap_rows(summary)
@@ -1022,6 +1034,13 @@ def to_html(summary: Mapping[str, Any]) -> str:
         )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _silent_note(summary: Mapping[str, Any]) -> str:
+    silent = _silent(summary["rule_value"])
+    if not silent:
+        return ""
+    return f'<p class="note">No hits, active or shadow ({len(silent)} rules): {html.escape(", ".join(silent))}.</p>'
 
 
 def _side_by_side(left: Sequence[str], right: Sequence[str]) -> list[str]:

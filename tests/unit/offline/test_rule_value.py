@@ -223,3 +223,40 @@ def test_bad_costs_on_the_command_line_exit_2(case: dict[str, Path], capsys: pyt
             run(*base, flag, value)
         assert exc.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_with_a_model_in_sample_rows_thresholds_and_a_second_model(
+    trained_registry: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
+    from engine.cli import main
+    from tests.support import ROOT
+
+    out = tmp_path / "out"
+    argv = ["backtest", "--quiet", "--data", str(synthetic_data), "--rules", str(ROOT / "rules")]
+    argv += ["--model", str(trained_registry), "--compare-model", str(trained_registry), "--out", str(out)]
+    assert main([*argv, "--since", "2026-01-15", "--until", "2026-01-26", "--review-capacity", "20"]) == 0
+    s = summary_of(out)
+    scored = s["population"]["scored"]
+    # The sweep decides every row as the replay did at the model's own thresholds.
+    t = s["thresholds"]
+    assert t["reproduces"] == {"rows": scored, "same": scored}
+    assert t["recommended"] is not None and t["recommended"]["reviews_per_day"] <= 20
+    assert t["recommended"]["net_value"] >= max(row["net_value"] for row in t["curve"] if row["fits"])
+    # The test model trained on 2026-01-01..18 and stopped early on 01-19..22 (tests/support/served.py).
+    ins = s["warnings"]["in_sample"]
+    assert (ins["from"], ins["until"]) == ("2026-01-01", "2026-01-22")
+    groups = ins["metrics"]
+    assert groups["before"]["rows"] == 0  # --since 2026-01-15: no row before the training days
+    assert groups["in_sample"]["rows"] == ins["rows"] > 0
+    assert groups["in_sample"]["rows"] + groups["after"]["rows"] == scored
+    # The same model twice: nothing changes, the same scores.
+    cm = s["compare_model"]
+    assert cm["changed"] == 0 and cm["transitions"] == {}
+    assert cm["a"]["average_precision"] == cm["b"]["average_precision"]
+    assert {"auc_roc", "average_precision", "card_precision_top_100"} <= set(cm["b"])
+    # The model's row counts the rows its thresholds gave a reason to: those scored at or above review_at.
+    model_row = s["rule_value"]["model"]
+    scores = pq.read_table(out / "transactions.parquet").column("score").to_pylist()
+    assert model_row["hits"] == sum(1 for x in scores if x >= t["current"]["review_at"])
+    assert model_row["unique_frauds"] <= model_row["fraud_hits"]
+    assert "Models side by side" in (out / "report.html").read_text()

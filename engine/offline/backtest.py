@@ -392,7 +392,7 @@ def analyse(
     scale = 10.0 ** -CURRENCY_EXPONENTS[run.base_currency]
     value = rule_value(run, labels, scale)
     fired = {r["rule_id"]: r["hits"] + r["shadow_hits"] for r in value["rules"]}
-    present = present_inputs(transactions, run.valid, labels is not None)
+    present = present_inputs(transactions, run.valid, labels)
     warnings = {
         "inputs": {name: count for name, count in present.items()},
         "not_exercised": missing_inputs(run.ruleset, present, model is not None, fired),

@@ -62,8 +62,8 @@ def _day(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).date().isoformat()
 
 
-def present_inputs(transactions: Sequence[Transaction], valid: np.ndarray, labeled: bool) -> dict[str, int]:
-    """Per transaction field that may be missing: how many scored rows carry it."""
+def present_inputs(transactions: Sequence[Transaction], valid: np.ndarray, labels: np.ndarray | None) -> dict[str, int]:
+    """Per transaction field that may be missing (and `label`): how many scored rows carry it."""
     counts = dict.fromkeys(
         ("user_id", "card_id", "device_id", "ip", "country", "merchant_id", "merchant_category", "channel"), 0
     )
@@ -80,7 +80,7 @@ def present_inputs(transactions: Sequence[Transaction], valid: np.ndarray, label
         counts["merchant_category"] += t.merchant_category != ""
         counts["channel"] += t.channel is not unspecified
         counts["attributes"] += bool(t.attributes)
-    counts["label"] = int(valid.sum()) if labeled else 0
+    counts["label"] = int((valid & ~np.isnan(labels)).sum()) if labels is not None else 0
     return counts
 
 

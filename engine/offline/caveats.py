@@ -14,8 +14,9 @@
   given separately for rows before, inside and after that period.
 - **Warm-up.** A window of duration D delayed by L is complete only D + L
   after the first event (plus the label delay for label windows); until the
-  longest of them (among the windows the rules and the model read whose
-  inputs the data has), some windows are still filling and read low.
+  longest of them (among the windows that the model and the rules the data
+  exercises read, whose inputs the data has), some windows are still
+  filling and read low.
 """
 
 from __future__ import annotations
@@ -166,14 +167,15 @@ def warm_up(
 ) -> dict[str, Any] | None:
     """The span at the start during which some window is still filling, and the rows in it.
 
-    Over the windows that the rules and the model read (all windows when they
-    read none) and whose inputs the data has (`present`): the others stay
-    empty throughout, or matter to nothing.
+    Over the windows that the model and the rules this data exercises read
+    (all windows when they read none) and whose inputs the data has
+    (`present`): the others stay empty throughout, or matter to nothing.
     """
     missing = {name for name, count in present.items() if count == 0}
     read = set(model.features) if model is not None else set()
     for rule in ruleset.rules:
-        read |= rule.reads
+        if not inputs_of(ruleset, rule.reads, model is not None) & missing:  # rules the data exercises
+            read |= rule.reads
     used = windows_read(ruleset, read)
     specs = [
         s

@@ -879,7 +879,7 @@ def to_html(summary: Mapping[str, Any]) -> str:
         if _in_sample_rows(summary):
             parts += [
                 "<p>The engine and the model before, inside and after the model's training period:</p>",
-                _html_table(IN_SAMPLE_COLUMNS, _in_sample_rows(summary)),
+                _html_table(IN_SAMPLE_COLUMNS, _in_sample_rows(summary), numeric_from=2),
             ]
         parts.append("</section>")
     if summary.get("money"):

@@ -920,13 +920,14 @@ def to_html(summary: Mapping[str, Any]) -> str:
                 _silent_note(_b_view(summary)),
                 unique_svg(_b_view(summary), "B: frauds each source flags, and those only it flags"),
             ]
-        columns, rows = _overlap_rows(summary)
-        if rows:
-            parts += [
-                "<details><summary>Overlap of the rules and the model (A)</summary>",
-                _html_table(columns, rows),
-                "</details>",
-            ]
+        for label, side in (("A", summary), ("B", _b_view(summary) if compare else None)):
+            columns, rows = _overlap_rows(side) if side is not None else ([], [])
+            if rows:
+                parts += [
+                    f"<details><summary>Overlap of the rules and the model ({label})</summary>",
+                    _html_table(columns, rows),
+                    "</details>",
+                ]
     parts += [
         "<h2>Population</h2>",
         _html_table(("", "value"), _population_rows(summary)),

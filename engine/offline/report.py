@@ -509,6 +509,14 @@ def _model_compare_rows(summary: Mapping[str, Any]) -> list[list[str]]:
                 "-" if a is None or b is None else f"{b - a:+.4f}",
             ]
         )
+    money_b = cm.get("money")
+    money_a = (summary.get("money") or {}).get("a")
+    if money_a and money_b:
+        cur = summary["population"]["base_currency"]
+        a, b = money_a["net_value"], money_b["net_value"]
+        rows.append(["net value", money(a, cur), money(b, cur), signed(b - a, "amount")])
+        a, b = money_a["reviews_per_day"], money_b["reviews_per_day"]
+        rows.append(["reviews per day", f"{a:,.1f}", f"{b:,.1f}", f"{b - a:+,.1f}"])
     return rows
 
 

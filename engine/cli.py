@@ -13,7 +13,7 @@ risk-engine backtest --data FILE [--rules PATH] [--model DIR] [--compare PATH] [
 risk-engine audit --log DIR [--rules PATH] [--model DIR] [--feedback FILE] [--out DIR]
   (train, backtest and audit: [--engine local|spark] [--spark-master URL] [--spark-conf KEY=VALUE])
 risk-engine models list [--dir DIR] [--json]
-risk-engine models promote VERSION [--dir DIR] [--rules PATH]
+risk-engine models promote VERSION [--dir DIR] [--rules PATH] [--force]
 risk-engine models challenger (VERSION --mode shadow|split [--share S] | --clear) [--dir DIR] [--rules PATH]
 risk-engine console [--db URL] [--port N] [--decision-log DIR] [--rules DIR] [--engine HOST:PORT] (engine.desk)
 """
@@ -508,7 +508,7 @@ def _models_list(args: argparse.Namespace) -> int:
                 span,
                 _metric(test, "auc_roc"),
                 _metric(test, "average_precision"),
-                _metric(e.validation, "average_precision"),
+                "-" if e.validation_ap is None else f"{e.validation_ap:.4f}",
                 thresholds,
             )
         )
@@ -532,7 +532,7 @@ def _load_rules_for(command: str, rules: str) -> RuleSet | str:
 
 def _models_promote(args: argparse.Namespace) -> int:
     from engine.model.predictor import ModelInvalid
-    from engine.model.registry import RegistryError, promote
+    from engine.model.registry import CandidateWorse, RegistryError, compare_with_champion, promote
     from engine.rules.ruleset import RuleSet
 
     ruleset = _load_rules_for("promote", args.rules)
@@ -540,14 +540,23 @@ def _models_promote(args: argparse.Namespace) -> int:
         print(ruleset, file=sys.stderr)
         return 2
     try:
-        model = promote(Path(args.dir), args.version, ruleset)
+        comparison = compare_with_champion(Path(args.dir), args.version)
+        model = promote(Path(args.dir), args.version, ruleset, refuse_worse=not args.force)
+    except CandidateWorse as exc:
+        print(exc.comparison.render())
+        print(f"risk-engine models promote: refused, PROMOTED unchanged: {exc} (--force promotes it anyway)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     except RegistryError as exc:
         print(f"risk-engine models promote: {exc}", file=sys.stderr)
         return 2
     except ModelInvalid as exc:
         print(f"risk-engine models promote: refused, PROMOTED unchanged: {exc}", file=sys.stderr)
         return 2
-    print(f"promoted {model.version} in {args.dir} (a running server reloads it within its reload interval)")
+    if comparison is not None:
+        print(comparison.render())
+    forced = " (--force: despite a worse validation)" if comparison is not None and comparison.worse else ""
+    print(f"promoted {model.version} in {args.dir}{forced} (a running server reloads it within its reload interval)")
     return 0
 
 
@@ -600,6 +609,7 @@ def _add_models_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("version")
     p.add_argument("--dir", default=registry, help="registry folder (default models/)")
     p.add_argument("--rules", default=rules, help="rule set the model must serve with (default rules/)")
+    p.add_argument("--force", action="store_true", help="promote even when its validation AP is below the champion's")
     p.set_defaults(func=_models_promote)
     p = models.add_parser("challenger", help="run a second model beside the promoted one (shadow or split)")
     p.add_argument("version", nargs="?", help="the challenger model's version")

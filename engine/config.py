@@ -10,6 +10,7 @@ URL) never appear in an error or a log line: use `redacted_redis_url`.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -80,6 +81,7 @@ ENV_VARS = (
     "RISK_FALLBACK_MAX_ENTITIES",
     "RISK_GRACE_S",
     "RISK_RELOAD_INTERVAL_S",
+    "RISK_DRIFT_INTERVAL_S",
     "RISK_METRICS_HOST",
     "RISK_METRICS_PORT",
     "RISK_MAX_EVENT_AGE_S",
@@ -137,6 +139,8 @@ class ServeConfig:
     grace_s: float = 10.0
     #: How often the rules folder is checked for changes; 0 turns the watcher off (SIGHUP still reloads).
     reload_interval_s: float = 1.0
+    #: How often the model's drift (PSI over the last hour, engine.model.drift) is recomputed; 0 turns it off.
+    drift_interval_s: float = 15.0
     metrics_host: str = "127.0.0.1"
     #: Port of the Prometheus /metrics endpoint; None turns it off, 0 picks a free port.
     metrics_port: int | None = 9464
@@ -224,6 +228,7 @@ class ServeConfig:
             "fallback_max_entities": get("RISK_FALLBACK_MAX_ENTITIES", _int, d.fallback_max_entities),
             "grace_s": get("RISK_GRACE_S", _float, d.grace_s),
             "reload_interval_s": get("RISK_RELOAD_INTERVAL_S", _float, d.reload_interval_s),
+            "drift_interval_s": get("RISK_DRIFT_INTERVAL_S", _float, d.drift_interval_s),
             "metrics_host": get("RISK_METRICS_HOST", str, d.metrics_host),
             "metrics_port": get("RISK_METRICS_PORT", _port_or_off, d.metrics_port),
             "limits": Limits(
@@ -274,6 +279,8 @@ class ServeConfig:
             p.append(
                 f"--reload-interval / RISK_RELOAD_INTERVAL_S must be 0 (off) or positive, got {self.reload_interval_s}"
             )
+        if not (self.drift_interval_s >= 0 and math.isfinite(self.drift_interval_s)):
+            p.append(f"RISK_DRIFT_INTERVAL_S must be 0 (off) or positive, got {self.drift_interval_s}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             p.append(f"--metrics-port / RISK_METRICS_PORT must be 0..65535 or 'off', got {self.metrics_port}")
         if self.threads < 1:

@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from engine.model.drift import reference_histograms
 from engine.model.predictor import window_to_dict
 from engine.model.registry import promote as promote_model
 from engine.offline.datasets import load_dataset, mapping_candidates
@@ -434,6 +435,7 @@ def train(
             held_scores = scores
     thresholds = choose_thresholds(held_scores, y[masks[held_out]], config.thresholds)
     thresholds["measured_on"] = held_out
+    reference = reference_histograms(x[masks[held_out]], config.features, held_scores, held_out)
 
     text = booster.model_to_string(num_iteration=booster.best_iteration)
     digest = hashlib.sha256(text.encode()).hexdigest()[:10]
@@ -473,6 +475,7 @@ def train(
         "metrics": metrics,
         "validation": validation,
         "thresholds": thresholds,
+        "reference": reference,
         "timing_seconds": {"replay": round(replay_seconds, 1), "fit": round(fit_seconds, 1)},
         "library_versions": {
             "lightgbm": lightgbm.__version__,

@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.config import ROOT, ConfigError, ServeConfig
+from engine.config import ConfigError, ServeConfig, missing_hint
 
 if TYPE_CHECKING:
     from engine.offline.spark.jobs import SparkOptions
@@ -300,13 +300,16 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+#: `train --data` by default: the handbook data beside the checkout, from the current folder.
+DEFAULT_TRAIN_DATA = "../shared/data/handbook/transactions.parquet"
+
+
 def _train(args: argparse.Namespace) -> int:
-    from engine.offline.datasets import default_data_path
     from engine.offline.train import train
 
-    data = args.data or default_data_path("handbook", "transactions.parquet")
-    if data is None:
-        print("risk-engine train: --data is required (../shared/data/handbook/ was not found)", file=sys.stderr)
+    data = args.data or DEFAULT_TRAIN_DATA
+    if not Path(data).exists():
+        print(f"risk-engine train: --data {data}: does not exist ({missing_hint(data)})", file=sys.stderr)
         return 2
     spark = _spark_options(args, "train")
     if isinstance(spark, str):
@@ -599,8 +602,8 @@ def _add_models_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     models = sub.add_parser("models", help="the model registry: list, promote, challenger").add_subparsers(
         dest="models_command", required=True
     )
-    registry = str(ROOT / "models")
-    rules = str(ROOT / "rules")
+    registry = "models"
+    rules = "rules"
     p = models.add_parser("list", help="the models of a registry, which one is promoted and which one challenges")
     p.add_argument("--dir", default=registry, help="registry folder (default models/)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -619,6 +622,30 @@ def _add_models_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--dir", default=registry, help="registry folder (default models/)")
     p.add_argument("--rules", default=rules, help="rule set the model must serve with (default rules/)")
     p.set_defaults(func=_models_challenger)
+
+
+#: Path options that must exist when given or defaulted (serve checks its own, with RISK_RULES and RISK_MODEL).
+_INPUT_PATHS = (("dir", "--dir"), ("rules", "--rules"), ("model", "--model"), ("config", "--config"))
+
+
+def _missing_path(args: argparse.Namespace) -> str:
+    """A one-line error for an input path that does not exist ('' when all do).
+
+    Every default is relative to the current folder (rules/, models/), never
+    the install's own, so a copy of the project uses its own rules and models.
+    """
+    if args.command in ("serve", "console"):
+        return ""
+    command = " ".join(str(c) for c in (args.command, getattr(args, f"{args.command}_command", None)) if c)
+    for dest, flag in _INPUT_PATHS:
+        value = getattr(args, dest, None)
+        if not isinstance(value, str) or (dest == "model" and getattr(args, "no_model", False)):
+            continue
+        if not Path(value).exists():
+            return f"risk-engine {command}: {flag} {value}: does not exist ({missing_hint(value)})"
+    if args.command == "rules" and args.rules_command == "fields" and not Path(args.path).exists():
+        return f"risk-engine rules fields: {args.path}: does not exist ({missing_hint(args.path)})"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -703,24 +730,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path")
     p.set_defaults(func=_rules_test)
     p = rules.add_parser("fields", help="print the catalog of names a rule can read")
-    p.add_argument("path", nargs="?", default=str(ROOT / "rules"))
+    p.add_argument("path", nargs="?", default="rules")
     p.set_defaults(func=_rules_fields)
 
     p = sub.add_parser("train", help="train a model by replaying labeled history through the pipeline")
     p.add_argument("--data", help="Parquet or CSV file (default ../shared/data/handbook/transactions.parquet)")
     p.add_argument("--config", required=True, help="training config, e.g. models/handbook.train.yaml")
-    p.add_argument("--rules", default=str(ROOT / "rules"), help="rule set whose windows give the features")
-    p.add_argument("--out", default=str(ROOT / "models"), help="registry folder to write the model into")
+    p.add_argument("--rules", default="rules", help="rule set whose windows give the features")
+    p.add_argument("--out", default="models", help="registry folder to write the model into")
     p.add_argument("--promote", action="store_true", help="make it the served model (models/PROMOTED)")
     _add_engine_options(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("backtest", help="replay labeled history through the pipeline and report the decisions")
     p.add_argument("--data", required=True, help="Parquet or CSV file of labeled transactions")
-    p.add_argument("--rules", default=str(ROOT / "rules"), help="rule set to backtest (default rules/)")
+    p.add_argument("--rules", default="rules", help="rule set to backtest (default rules/)")
     p.add_argument(
         "--model",
-        default=str(ROOT / "models"),
+        default="models",
         help="model folder or registry (default: the promoted model of models/)",
     )
     p.add_argument("--no-model", action="store_true", help="backtest the rules alone (score NaN)")
@@ -742,8 +769,8 @@ def main(argv: list[str] | None = None) -> int:
         help="replay a decision log and report where served and recomputed answers differ (exit 1 when they do)",
     )
     p.add_argument("--log", required=True, help="the decision log folder a server wrote (--decision-log)")
-    p.add_argument("--rules", default=str(ROOT / "rules"), help="rule set to replay with (default rules/)")
-    p.add_argument("--model", default=str(ROOT / "models"), help="model folder or registry (default models/)")
+    p.add_argument("--rules", default="rules", help="rule set to replay with (default rules/)")
+    p.add_argument("--model", default="models", help="model folder or registry (default models/)")
     p.add_argument("--no-model", action="store_true", help="replay without a model (scores NaN)")
     p.add_argument("--feedback", help="labels the server got: CSV or Parquet with transaction_id,label[,label_time]")
     p.add_argument("--out", help="folder for audit.json and the replay's backtest outputs (default: none kept)")
@@ -773,6 +800,10 @@ def main(argv: list[str] | None = None) -> int:
     add_console_parser(sub)
 
     args = parser.parse_args(argv)
+    missing = _missing_path(args)
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     try:
         return int(args.func(args))
     except ConfigError as exc:

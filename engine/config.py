@@ -37,6 +37,13 @@ class ConfigError(ValueError):
             super().__init__(f"{len(self.problems)} bad settings:\n" + "\n".join(f"  {p}" for p in self.problems))
 
 
+def missing_hint(path: Path | str) -> str:
+    """What to do about a path that does not exist: relative paths are read from the current folder."""
+    if Path(path).is_absolute():
+        return "no such file or folder"
+    return f"relative to the current folder {Path.cwd()}: run from the folder that holds it, or give the path"
+
+
 def redact_url(url: str) -> str:
     """The URL with its password (if any) replaced by ***."""
     try:
@@ -107,8 +114,9 @@ ENV_VARS = (
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 50051
-    rules: Path = ROOT / "rules"
-    model: Path = ROOT / "models"
+    #: Relative paths are read from the current folder (not the install's), like every path of the command line.
+    rules: Path = Path("rules")
+    model: Path = Path("models")
     redis_url: str = ""  # empty: the embedded in-process store
     redis_prefix: str = "risk"
     redis_budget_ms: float = 50.0
@@ -317,9 +325,9 @@ class ServeConfig:
         if self.log_format not in ("json", "text"):
             p.append(f"--log-format / RISK_LOG_FORMAT must be 'json' or 'text', got {self.log_format!r}")
         if not self.rules.exists():
-            p.append(f"--rules / RISK_RULES {self.rules}: no such file or folder")
+            p.append(f"--rules / RISK_RULES {self.rules}: does not exist ({missing_hint(self.rules)})")
         if not self.model.exists():
-            p.append(f"--model / RISK_MODEL {self.model}: no such folder")
+            p.append(f"--model / RISK_MODEL {self.model}: does not exist ({missing_hint(self.model)})")
         if self.decision_log is not None:
             if self.decision_log.exists() and not self.decision_log.is_dir():
                 p.append(f"--decision-log / RISK_DECISION_LOG {self.decision_log}: not a folder")

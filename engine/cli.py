@@ -624,8 +624,11 @@ def _add_models_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.set_defaults(func=_models_challenger)
 
 
-#: Path options that must exist when given or defaulted (serve checks its own, with RISK_RULES and RISK_MODEL).
-_INPUT_PATHS = (("dir", "--dir"), ("rules", "--rules"), ("model", "--model"), ("config", "--config"))
+#: Path options checked before a command runs, with the default each takes when not given (None: always
+#: given). An explicit path that does not exist gets the command's own error (a missing rule set, model or
+#: registry); serve checks its own paths, with RISK_RULES and RISK_MODEL.
+_INPUT_PATHS = (("dir", "--dir", "models"), ("rules", "--rules", "rules"), ("model", "--model", "models"),
+                ("config", "--config", None))  # fmt: skip
 
 
 def _missing_path(args: argparse.Namespace) -> str:
@@ -637,12 +640,14 @@ def _missing_path(args: argparse.Namespace) -> str:
     if args.command in ("serve", "console"):
         return ""
     command = " ".join(str(c) for c in (args.command, getattr(args, f"{args.command}_command", None)) if c)
-    for dest, flag in _INPUT_PATHS:
+    for dest, flag, default in _INPUT_PATHS:
         value = getattr(args, dest, None)
         if not isinstance(value, str) or (dest == "model" and getattr(args, "no_model", False)):
             continue
-        if not Path(value).exists():
-            return f"risk-engine {command}: {flag} {value}: does not exist ({missing_hint(value)})"
+        if (default is not None and value != default) or Path(value).exists():
+            continue
+        where = " (the default)" if value == default else ""
+        return f"risk-engine {command}: {flag} {value}{where}: does not exist ({missing_hint(value)})"
     if args.command == "rules" and args.rules_command == "fields" and not Path(args.path).exists():
         return f"risk-engine rules fields: {args.path}: does not exist ({missing_hint(args.path)})"
     return ""

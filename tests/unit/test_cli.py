@@ -49,9 +49,15 @@ def test_paths_default_to_the_current_folder_and_a_missing_one_says_so(
     monkeypatch.chdir(tmp_path)
     for name in ("RISK_RULES", "RISK_MODEL"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RISK_CPU_AFFINITY", "off")  # serve would pin this process to one core first
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"{flag}: does not exist" in err and str(tmp_path) in err, err
+    assert f"{flag} (the default): does not exist" in err or f"{flag}: does not exist" in err, err
+    assert str(tmp_path) in err
+    if argv[0] == "serve":  # every bad setting, a line each
+        assert "--model / RISK_MODEL models: does not exist" in err
+    else:
+        assert len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
 
 

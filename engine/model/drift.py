@@ -22,8 +22,9 @@ builds) to a bounded deque and returns; nothing else runs on the request
 path. A background thread (`start`), or a direct `refresh`, drains the deque
 into per-minute bin counts and recomputes the PSI of every variable over the
 last `window_s`. Rows beyond the deque's bound between two refreshes are
-dropped and counted (`dropped`). When the served model changes, the counts
-start again for the new one; a model without reference histograms in its
+dropped and counted (`dropped`). When another model is served, the counts
+start again for it (a reload of the same model folder, as after a rules
+change, keeps them); a model without reference histograms in its
 metadata (trained before they existed) has no drift values.
 """
 
@@ -177,7 +178,7 @@ class DriftMonitor:
                 while end < len(batch) and batch[end][0] is model:
                     end += 1
                 if model is not self._model:
-                    self._switch(model)
+                    self._switch(model)  # another model, or the same one loaded again (a rules reload)
                 self._count(batch[start:end])
                 start = end
             self._compute()
@@ -198,7 +199,10 @@ class DriftMonitor:
                 counts[j] += bin_counts(in_slot[:, j], variable.edges)
 
     def _switch(self, model: Model) -> None:
+        same = self._model is not None and (self._model.version, self._model.path) == (model.version, model.path)
         self._model = model
+        if same and self._variables is not None:
+            return  # a reload of the same model folder (the rules changed): the counts go on
         self._slots = {}
         reference = model.metadata.get("reference")
         self._variables = _variables(reference, model.features) if isinstance(reference, Mapping) else None

@@ -88,3 +88,25 @@ def test_a_model_without_references_has_no_drift_values(trained_registry: Path, 
     monitor = DriftMonitor()
     monitor.record(model, {f: 1.0 for f in model.features}, 0.5)
     assert monitor.refresh() == {} and monitor.rows == 0
+
+
+@pytest.mark.slow
+def test_the_counts_survive_a_reload_of_the_same_model_and_restart_for_another(
+    trained_registry: Path, tmp_path: Path
+) -> None:
+    ruleset = load_ruleset(RULES)
+    model, reloaded = load_model(trained_registry, ruleset), load_model(trained_registry, ruleset)
+    other_folder = tmp_path / "other"
+    shutil.copytree(resolve_model_dir(trained_registry), other_folder)
+    meta = json.loads((other_folder / "metadata.json").read_text())
+    (other_folder / "metadata.json").write_text(json.dumps({**meta, "version": "other"}))
+    other = load_model(other_folder, ruleset)
+    monitor = DriftMonitor()
+    fields = {f: 1.0 for f in model.features}
+    monitor.record(model, fields, 0.5)
+    monitor.refresh()
+    monitor.record(reloaded, fields, 0.5)  # a rules reload loads the same folder again
+    monitor.refresh()
+    assert monitor.rows == 2 and monitor.model_version == model.version
+    monitor.record(other, fields, 0.5)
+    assert monitor.refresh() and monitor.rows == 1 and monitor.model_version == "other"

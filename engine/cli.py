@@ -502,7 +502,8 @@ def _models_list(args: argparse.Namespace) -> int:
         status = "promoted" if e.promoted else f"challenger ({e.challenger})" if e.challenger else ""
         span = f"{e.data_from[:10]} .. {e.data_to[:10]}" if e.data_from or e.data_to else "-"
         t = e.thresholds
-        thresholds = f"review {t.get('review_at', '-')}, deny {t.get('deny_at', '-')}" if t else "-"
+        review, deny = (t.get(k) if t.get(k) is not None else "-" for k in ("review_at", "deny_at"))
+        thresholds = f"review {review}, deny {deny}" if t else "-"
         rows.append(
             (
                 e.version,

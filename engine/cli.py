@@ -15,7 +15,7 @@ risk-engine backtest --data FILE [--rules PATH] [--model DIR] [--compare PATH] [
 risk-engine audit --log DIR [--rules PATH] [--model DIR] [--feedback FILE] [--out DIR]
   (train, backtest and audit: [--engine local|spark] [--spark-master URL] [--spark-conf KEY=VALUE])
 risk-engine models list [--dir DIR] [--json]
-risk-engine models promote VERSION [--dir DIR] [--rules PATH]
+risk-engine models promote VERSION [--dir DIR] [--rules PATH] [--force]
 risk-engine models challenger (VERSION --mode shadow|split [--share S] | --clear) [--dir DIR] [--rules PATH]
 risk-engine console [--db URL] [--port N] [--decision-log DIR] [--rules DIR] [--engine HOST:PORT] (engine.desk)
 """
@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.config import ROOT, ConfigError, ServeConfig
+from engine.config import ConfigError, ServeConfig, missing_hint
 
 if TYPE_CHECKING:
     from engine.offline.spark.jobs import SparkOptions
@@ -304,13 +304,16 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+#: `train --data` by default: the handbook data beside the checkout, from the current folder.
+DEFAULT_TRAIN_DATA = "../shared/data/handbook/transactions.parquet"
+
+
 def _train(args: argparse.Namespace) -> int:
-    from engine.offline.datasets import default_data_path
     from engine.offline.train import train
 
-    data = args.data or default_data_path("handbook", "transactions.parquet")
-    if data is None:
-        print("risk-engine train: --data is required (../shared/data/handbook/ was not found)", file=sys.stderr)
+    data = args.data or DEFAULT_TRAIN_DATA
+    if not Path(data).exists():
+        print(f"risk-engine train: --data {data}: does not exist ({missing_hint(data)})", file=sys.stderr)
         return 2
     spark = _spark_options(args, "train")
     if isinstance(spark, str):
@@ -553,7 +556,8 @@ def _models_list(args: argparse.Namespace) -> int:
         status = "promoted" if e.promoted else f"challenger ({e.challenger})" if e.challenger else ""
         span = f"{e.data_from[:10]} .. {e.data_to[:10]}" if e.data_from or e.data_to else "-"
         t = e.thresholds
-        thresholds = f"review {t.get('review_at', '-')}, deny {t.get('deny_at', '-')}" if t else "-"
+        review, deny = (t.get(k) if t.get(k) is not None else "-" for k in ("review_at", "deny_at"))
+        thresholds = f"review {review}, deny {deny}" if t else "-"
         rows.append(
             (
                 e.version,
@@ -562,7 +566,7 @@ def _models_list(args: argparse.Namespace) -> int:
                 span,
                 _metric(test, "auc_roc"),
                 _metric(test, "average_precision"),
-                _metric(e.validation, "average_precision"),
+                "-" if e.validation_ap is None else f"{e.validation_ap:.4f}",
                 thresholds,
             )
         )
@@ -586,7 +590,7 @@ def _load_rules_for(command: str, rules: str) -> RuleSet | str:
 
 def _models_promote(args: argparse.Namespace) -> int:
     from engine.model.predictor import ModelInvalid
-    from engine.model.registry import RegistryError, promote
+    from engine.model.registry import CandidateWorse, RegistryError, compare_with_champion, promote
     from engine.rules.ruleset import RuleSet
 
     ruleset = _load_rules_for("promote", args.rules)
@@ -594,14 +598,23 @@ def _models_promote(args: argparse.Namespace) -> int:
         print(ruleset, file=sys.stderr)
         return 2
     try:
-        model = promote(Path(args.dir), args.version, ruleset)
+        comparison = compare_with_champion(Path(args.dir), args.version)
+        model = promote(Path(args.dir), args.version, ruleset, refuse_worse=not args.force)
+    except CandidateWorse as exc:
+        print(exc.comparison.render())
+        print(f"risk-engine models promote: refused, PROMOTED unchanged: {exc} (--force promotes it anyway)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     except RegistryError as exc:
         print(f"risk-engine models promote: {exc}", file=sys.stderr)
         return 2
     except ModelInvalid as exc:
         print(f"risk-engine models promote: refused, PROMOTED unchanged: {exc}", file=sys.stderr)
         return 2
-    print(f"promoted {model.version} in {args.dir} (a running server reloads it within its reload interval)")
+    if comparison is not None:
+        print(comparison.render())
+    forced = " (--force: despite a worse validation)" if comparison is not None and comparison.worse else ""
+    print(f"promoted {model.version} in {args.dir}{forced} (a running server reloads it within its reload interval)")
     return 0
 
 
@@ -644,8 +657,8 @@ def _add_models_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     models = sub.add_parser("models", help="the model registry: list, promote, challenger").add_subparsers(
         dest="models_command", required=True
     )
-    registry = str(ROOT / "models")
-    rules = str(ROOT / "rules")
+    registry = "models"
+    rules = "rules"
     p = models.add_parser("list", help="the models of a registry, which one is promoted and which one challenges")
     p.add_argument("--dir", default=registry, help="registry folder (default models/)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -654,6 +667,7 @@ def _add_models_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("version")
     p.add_argument("--dir", default=registry, help="registry folder (default models/)")
     p.add_argument("--rules", default=rules, help="rule set the model must serve with (default rules/)")
+    p.add_argument("--force", action="store_true", help="promote even when its validation AP is below the champion's")
     p.set_defaults(func=_models_promote)
     p = models.add_parser("challenger", help="run a second model beside the promoted one (shadow or split)")
     p.add_argument("version", nargs="?", help="the challenger model's version")
@@ -663,6 +677,35 @@ def _add_models_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--dir", default=registry, help="registry folder (default models/)")
     p.add_argument("--rules", default=rules, help="rule set the model must serve with (default rules/)")
     p.set_defaults(func=_models_challenger)
+
+
+#: Path options checked before a command runs, with the default each takes when not given (None: always
+#: given). An explicit path that does not exist gets the command's own error (a missing rule set, model or
+#: registry); serve checks its own paths, with RISK_RULES and RISK_MODEL.
+_INPUT_PATHS = (("dir", "--dir", "models"), ("rules", "--rules", "rules"), ("model", "--model", "models"),
+                ("config", "--config", None))  # fmt: skip
+
+
+def _missing_path(args: argparse.Namespace) -> str:
+    """A one-line error for an input path that does not exist ('' when all do).
+
+    Every default is relative to the current folder (rules/, models/), never
+    the install's own, so a copy of the project uses its own rules and models.
+    """
+    if args.command in ("serve", "console"):
+        return ""
+    command = " ".join(str(c) for c in (args.command, getattr(args, f"{args.command}_command", None)) if c)
+    for dest, flag, default in _INPUT_PATHS:
+        value = getattr(args, dest, None)
+        if not isinstance(value, str) or (dest == "model" and getattr(args, "no_model", False)):
+            continue
+        if (default is not None and value != default) or Path(value).exists():
+            continue
+        where = " (the default)" if value == default else ""
+        return f"risk-engine {command}: {flag} {value}{where}: does not exist ({missing_hint(value)})"
+    if args.command == "rules" and args.rules_command == "fields" and not Path(args.path).exists():
+        return f"risk-engine rules fields: {args.path}: does not exist ({missing_hint(args.path)})"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -747,14 +790,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path")
     p.set_defaults(func=_rules_test)
     p = rules.add_parser("fields", help="print the catalog of names a rule can read")
-    p.add_argument("path", nargs="?", default=str(ROOT / "rules"))
+    p.add_argument("path", nargs="?", default="rules")
     p.set_defaults(func=_rules_fields)
 
     p = sub.add_parser("train", help="train a model by replaying labeled history through the pipeline")
     p.add_argument("--data", help="Parquet or CSV file (default ../shared/data/handbook/transactions.parquet)")
     p.add_argument("--config", required=True, help="training config, e.g. models/handbook.train.yaml")
-    p.add_argument("--rules", default=str(ROOT / "rules"), help="rule set whose windows give the features")
-    p.add_argument("--out", default=str(ROOT / "models"), help="registry folder to write the model into")
+    p.add_argument("--rules", default="rules", help="rule set whose windows give the features")
+    p.add_argument("--out", default="models", help="registry folder to write the model into")
     p.add_argument("--promote", action="store_true", help="make it the served model (models/PROMOTED)")
     _period_options(p)
     _add_engine_options(p)
@@ -762,10 +805,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("backtest", help="replay labeled history through the pipeline and report the decisions")
     p.add_argument("--data", required=True, help="Parquet or CSV file of labeled transactions")
-    p.add_argument("--rules", default=str(ROOT / "rules"), help="rule set to backtest (default rules/)")
+    p.add_argument("--rules", default="rules", help="rule set to backtest (default rules/)")
     p.add_argument(
         "--model",
-        default=str(ROOT / "models"),
+        default="models",
         help="model folder or registry (default: the promoted model of models/)",
     )
     p.add_argument("--no-model", action="store_true", help="backtest the rules alone (score NaN)")
@@ -794,8 +837,8 @@ def main(argv: list[str] | None = None) -> int:
         help="replay a decision log and report where served and recomputed answers differ (exit 1 when they do)",
     )
     p.add_argument("--log", required=True, help="the decision log folder a server wrote (--decision-log)")
-    p.add_argument("--rules", default=str(ROOT / "rules"), help="rule set to replay with (default rules/)")
-    p.add_argument("--model", default=str(ROOT / "models"), help="model folder or registry (default models/)")
+    p.add_argument("--rules", default="rules", help="rule set to replay with (default rules/)")
+    p.add_argument("--model", default="models", help="model folder or registry (default models/)")
     p.add_argument("--no-model", action="store_true", help="replay without a model (scores NaN)")
     p.add_argument("--feedback", help="labels the server got: CSV or Parquet with transaction_id,label[,label_time]")
     p.add_argument("--out", help="folder for audit.json and the replay's backtest outputs (default: none kept)")
@@ -825,6 +868,10 @@ def main(argv: list[str] | None = None) -> int:
     add_console_parser(sub)
 
     args = parser.parse_args(argv)
+    missing = _missing_path(args)
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -10,6 +10,7 @@ URL) never appear in an error or a log line: use `redacted_redis_url`.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -34,6 +35,13 @@ class ConfigError(ValueError):
             super().__init__(self.problems[0])
         else:
             super().__init__(f"{len(self.problems)} bad settings:\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+def missing_hint(path: Path | str) -> str:
+    """What to do about a path that does not exist: relative paths are read from the current folder."""
+    if Path(path).is_absolute():
+        return "no such file or folder"
+    return f"relative to the current folder {Path.cwd()}: run from the folder that holds it, or give the path"
 
 
 def redact_url(url: str) -> str:
@@ -80,6 +88,7 @@ ENV_VARS = (
     "RISK_FALLBACK_MAX_ENTITIES",
     "RISK_GRACE_S",
     "RISK_RELOAD_INTERVAL_S",
+    "RISK_DRIFT_INTERVAL_S",
     "RISK_METRICS_HOST",
     "RISK_METRICS_PORT",
     "RISK_MAX_EVENT_AGE_S",
@@ -105,8 +114,9 @@ ENV_VARS = (
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 50051
-    rules: Path = ROOT / "rules"
-    model: Path = ROOT / "models"
+    #: Relative paths are read from the current folder (not the install's), like every path of the command line.
+    rules: Path = Path("rules")
+    model: Path = Path("models")
     redis_url: str = ""  # empty: the embedded in-process store
     redis_prefix: str = "risk"
     redis_budget_ms: float = 50.0
@@ -137,6 +147,8 @@ class ServeConfig:
     grace_s: float = 10.0
     #: How often the rules folder is checked for changes; 0 turns the watcher off (SIGHUP still reloads).
     reload_interval_s: float = 1.0
+    #: How often the model's drift (PSI over the last hour, engine.model.drift) is recomputed; 0 turns it off.
+    drift_interval_s: float = 15.0
     metrics_host: str = "127.0.0.1"
     #: Port of the Prometheus /metrics endpoint; None turns it off, 0 picks a free port.
     metrics_port: int | None = 9464
@@ -224,6 +236,7 @@ class ServeConfig:
             "fallback_max_entities": get("RISK_FALLBACK_MAX_ENTITIES", _int, d.fallback_max_entities),
             "grace_s": get("RISK_GRACE_S", _float, d.grace_s),
             "reload_interval_s": get("RISK_RELOAD_INTERVAL_S", _float, d.reload_interval_s),
+            "drift_interval_s": get("RISK_DRIFT_INTERVAL_S", _float, d.drift_interval_s),
             "metrics_host": get("RISK_METRICS_HOST", str, d.metrics_host),
             "metrics_port": get("RISK_METRICS_PORT", _port_or_off, d.metrics_port),
             "limits": Limits(
@@ -274,6 +287,8 @@ class ServeConfig:
             p.append(
                 f"--reload-interval / RISK_RELOAD_INTERVAL_S must be 0 (off) or positive, got {self.reload_interval_s}"
             )
+        if not (self.drift_interval_s >= 0 and math.isfinite(self.drift_interval_s)):
+            p.append(f"RISK_DRIFT_INTERVAL_S must be 0 (off) or positive, got {self.drift_interval_s}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             p.append(f"--metrics-port / RISK_METRICS_PORT must be 0..65535 or 'off', got {self.metrics_port}")
         if self.threads < 1:
@@ -310,9 +325,9 @@ class ServeConfig:
         if self.log_format not in ("json", "text"):
             p.append(f"--log-format / RISK_LOG_FORMAT must be 'json' or 'text', got {self.log_format!r}")
         if not self.rules.exists():
-            p.append(f"--rules / RISK_RULES {self.rules}: no such file or folder")
+            p.append(f"--rules / RISK_RULES {self.rules}: does not exist ({missing_hint(self.rules)})")
         if not self.model.exists():
-            p.append(f"--model / RISK_MODEL {self.model}: no such folder")
+            p.append(f"--model / RISK_MODEL {self.model}: does not exist ({missing_hint(self.model)})")
         if self.decision_log is not None:
             if self.decision_log.exists() and not self.decision_log.is_dir():
                 p.append(f"--decision-log / RISK_DECISION_LOG {self.decision_log}: not a folder")

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 from engine.decision import NO_THRESHOLDS, Thresholds, decide, model_reasons
 from engine.enrich import BOOL, NUMBER, prepare
+from engine.model.drift import DriftMonitor
 from engine.model.predictor import Model, applicable_thresholds
 from engine.model.registry import Challenger
 from engine.rules.evaluate import evaluate_rules
@@ -197,8 +198,11 @@ class Pipeline:
         on_degraded: Callable[[str, str, str], None] | None = None,
         challenger: Challenger | None = None,
         fallback: FallbackWindows | None = None,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self.snapshot = make_snapshot(ruleset, model, challenger)
+        #: Live serving: keeps each scored row for the drift gauge (engine.model.drift), off the request path.
+        self.drift = drift
         self.store = store
         #: Short windows kept in this process for when the store does not answer (serving only).
         self.fallback = fallback
@@ -250,6 +254,8 @@ class Pipeline:
             step.score = self._predict_one(snap, step.fields)
             if snap.challenger is not None:
                 step.challenger_score = self._predict_challenger(snap.challenger, (step,))[0]
+            if self.drift is not None and snap.model is not None:
+                self.drift.record(snap.model, step.fields, step.score)
             step.model_ns = time.perf_counter_ns() - before_model
         elapsed_ns = time.perf_counter_ns() - started
         return self._conclude(snap, step, elapsed_ns, deadline)

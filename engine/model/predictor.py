@@ -251,6 +251,11 @@ class Model:
         """(review_at, deny_at) chosen at training (metadata `thresholds`), each None when not given."""
         return self._thresholds  # type: ignore[attr-defined, no-any-return]
 
+    def row(self, fields: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The raw feature values in the model's order, as read from the fields (no conversion)."""
+        values = self._row(fields)  # type: ignore[attr-defined]
+        return values if len(self.features) > 1 else (values,)  # type: ignore[no-any-return]
+
     def vector(self, fields: Mapping[str, Any]) -> np.ndarray:
         """The feature row in the model's order (bools as 0/1, missing as NaN)."""
         return self.matrix((fields,))

@@ -100,6 +100,15 @@ class ModelEntry:
     challenger: str = ""  # "", "shadow" or "split 10%"
     problem: str = ""  # why the folder could not be read ('' when it could)
 
+    @property
+    def validation_ap(self) -> float | None:
+        """Mean average precision of the prequential validation weeks (None when the metadata has none).
+
+        `train` writes it as `validation.mean.average_precision`; a flat
+        `validation.average_precision` (older metadata) is read too.
+        """
+        return validation_metric(self.validation, "average_precision")
+
     def to_json(self) -> dict[str, Any]:
         return {
             "version": self.version,
@@ -109,11 +118,19 @@ class ModelEntry:
             "features": list(self.features),
             "metrics": self.metrics,
             "validation": self.validation,
+            "validation_ap": self.validation_ap,
             "thresholds": self.thresholds,
             "promoted": self.promoted,
             "challenger": self.challenger,
             "problem": self.problem,
         }
+
+
+def validation_metric(validation: dict[str, Any], key: str) -> float | None:
+    """A metric's mean over the validation weeks of a model's metadata `validation` (None when absent)."""
+    mean = validation.get("mean")
+    value = mean.get(key) if isinstance(mean, dict) else validation.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -265,16 +282,145 @@ def list_models(registry: Path) -> list[ModelEntry]:
     return sorted(entries, key=lambda e: (e.created, e.version))
 
 
-def promote(registry: Path, version: str, ruleset: RuleSet) -> Model:
+#: The validation metrics a promotion compares (docs/models.md), and the one that decides "worse".
+COMPARED = (("auc_roc", "AUC ROC"), ("average_precision", "AP"), ("card_precision_top_100", "CP@100"))
+DECIDING = "average_precision"
+
+
+@dataclass(frozen=True, slots=True)
+class WeekPair:
+    """One validation week both models were scored on: its test days and each model's metrics."""
+
+    test: tuple[str, str]
+    rows: int
+    frauds: int
+    candidate: dict[str, float]
+    champion: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """A candidate against the champion on the validation weeks both report, with the same test rows.
+
+    The metrics are each model's prequential validation (one model per test
+    week, trained with the model's own config before that week): the same
+    test rows, so the numbers compare. `note` says why there is nothing to
+    compare ('' when there is).
+    """
+
+    candidate: str
+    champion: str
+    weeks: tuple[WeekPair, ...]
+    note: str = ""
+
+    def mean(self, which: str, key: str) -> float:
+        return float(sum(getattr(w, which)[key] for w in self.weeks) / len(self.weeks))
+
+    @property
+    def worse(self) -> bool:
+        """The candidate's mean AP over the shared weeks is below the champion's (rounded to 4 digits)."""
+        if not self.weeks:
+            return False
+        return round(self.mean("candidate", DECIDING), 4) < round(self.mean("champion", DECIDING), 4)
+
+    def render(self) -> str:
+        """The side-by-side table `models promote` prints."""
+        if not self.weeks:
+            return f"not compared with the champion {self.champion}: {self.note}"
+        lines = [
+            f"candidate {self.candidate} against the champion {self.champion}, "
+            f"on {len(self.weeks)} validation week(s) with the same test rows:",
+            f"  {'test week':26} {'model':10}" + "".join(f"{label:>9}" for _, label in COMPARED),
+        ]
+
+        def row(when: str, who: str, values: list[float], sign: str = "") -> str:
+            return f"  {when:26} {who:10}" + "".join(f"{v:>{sign}9.4f}" for v in values)
+
+        for w in self.weeks:
+            when = f"{w.test[0]} .. {w.test[1]}"
+            lines.append(row(when, "candidate", [w.candidate[k] for k, _ in COMPARED]))
+            lines.append(row("", "champion", [w.champion[k] for k, _ in COMPARED]))
+        means = {who: [self.mean(who, k) for k, _ in COMPARED] for who in ("candidate", "champion")}
+        lines.append(row("mean", "candidate", means["candidate"]))
+        lines.append(row("", "champion", means["champion"]))
+        lines.append(
+            row("", "difference", [c - h for c, h in zip(means["candidate"], means["champion"], strict=True)], "+")
+        )
+        verdict = "worse" if self.worse else "not worse"
+        lines.append(f"the candidate is {verdict} than the champion by mean validation AP")
+        return "\n".join(lines)
+
+
+class CandidateWorse(RegistryError):
+    """The candidate's validation is worse than the champion's (promote with force to override)."""
+
+    def __init__(self, comparison: Comparison) -> None:
+        self.comparison = comparison
+        delta = comparison.mean("candidate", DECIDING) - comparison.mean("champion", DECIDING)
+        super().__init__(
+            f"{comparison.candidate} has a lower mean validation AP than the champion {comparison.champion} "
+            f"({delta:+.4f} on {len(comparison.weeks)} week(s))"
+        )
+
+
+def _validation_weeks(folder: Path) -> dict[tuple[str, str, int, int], dict[str, float]]:
+    """A model's validation weeks, keyed by (test from, test to, rows, frauds): its metrics on each."""
+    validation = _entry(folder).validation
+    weeks = validation.get("weeks")
+    out: dict[tuple[str, str, int, int], dict[str, float]] = {}
+    for week in weeks if isinstance(weeks, list) else ():
+        try:
+            key = (str(week["test"][0]), str(week["test"][1]), int(week["rows"]), int(week["frauds"]))
+            out[key] = {k: float(week[k]) for k, _ in COMPARED}
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue  # a week the metadata does not describe fully is not compared
+    return out
+
+
+def compare_with_champion(registry: Path, version: str) -> Comparison | None:
+    """`version` against the promoted model on their shared validation weeks (None: no other champion).
+
+    A week is shared when both models report it with the same test days,
+    rows and frauds (so the same data under the same protocol).
+    """
+    registry = Path(registry)
+    candidate = _model_folder(registry, version)
+    champion = promoted_version(registry)
+    if not champion or champion == version or not (registry / champion / "model.txt").is_file():
+        return None
+    mine, theirs = _validation_weeks(candidate), _validation_weeks(registry / champion)
+    shared = sorted(set(mine) & set(theirs))
+    weeks = tuple(WeekPair((k[0], k[1]), k[2], k[3], mine[k], theirs[k]) for k in shared)
+    note = ""
+    if not weeks:
+        if not mine or not theirs:
+            which = (
+                "neither model has"
+                if not mine and not theirs
+                else f"the {'candidate' if not mine else 'champion'} has no"
+            )
+            note = f"{which} validation weeks in its metadata (train with a `validation:` section)"
+        else:
+            note = "no validation week with the same test days and rows (other weeks or other data)"
+    return Comparison(version, champion, weeks, note)
+
+
+def promote(registry: Path, version: str, ruleset: RuleSet, *, refuse_worse: bool = False) -> Model:
     """Make `version` the served model: load it against the rule set, then write PROMOTED atomically.
 
-    Raises RegistryError (no such model) or ModelInvalid (the loader's
-    refusal); PROMOTED is then unchanged. Promoting the current challenger
-    ends the challenge: CHALLENGER is removed too.
+    Raises RegistryError (no such model), ModelInvalid (the loader's
+    refusal) or, with `refuse_worse`, CandidateWorse (a lower mean
+    validation AP than the champion on their shared weeks,
+    `compare_with_champion`); PROMOTED is then unchanged. Promoting the
+    current challenger ends the challenge: CHALLENGER is removed too.
     """
     registry = Path(registry)
     folder = _model_folder(registry, version)
     model = load_model(folder, ruleset)
+    if refuse_worse:
+        comparison = compare_with_champion(registry, version)
+        if comparison is not None and comparison.worse:
+            raise CandidateWorse(comparison)
     write_atomic(registry / PROMOTED, version + "\n")
     try:
         current = read_challenger(registry)

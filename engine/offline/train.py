@@ -26,8 +26,10 @@ import numpy as np
 import yaml
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from engine.model.drift import reference_histograms
 from engine.model.predictor import window_to_dict
 from engine.model.registry import promote as promote_model
+from engine.offline import training_report
 from engine.offline.datasets import load_dataset, mapping_candidates
 from engine.offline.period import Period, select_period
 from engine.offline.replay import LabelEvent, ReplayStats, label_events, print_progress, replay
@@ -440,6 +442,11 @@ def train(
             held_scores = scores
     thresholds = choose_thresholds(held_scores, y[masks[held_out]], config.thresholds)
     thresholds["measured_on"] = held_out
+    held = masks[held_out]
+    reference = reference_histograms(x[held], config.features, held_scores, held_out)
+    diagnostics = training_report.diagnostics(
+        booster, config.features, x[held], y[held], held_scores, days[held], cards[held], card_precision_top_k, held_out
+    )
 
     text = booster.model_to_string(num_iteration=booster.best_iteration)
     digest = hashlib.sha256(text.encode()).hexdigest()[:10]
@@ -479,6 +486,8 @@ def train(
         "metrics": metrics,
         "validation": validation,
         "thresholds": thresholds,
+        "reference": reference,
+        "diagnostics": diagnostics,
         "timing_seconds": {"replay": round(replay_seconds, 1), "fit": round(fit_seconds, 1)},
         "library_versions": {
             "lightgbm": lightgbm.__version__,
@@ -487,7 +496,9 @@ def train(
         },
     }
     (folder / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    (folder / "report.md").write_text(metrics_report(metadata))
+    report = metrics_report(metadata) + "\n" + training_report.to_markdown(diagnostics)
+    (folder / "report.md").write_text(report)
+    (folder / "report.html").write_text(training_report.to_html(metadata, report))
     if promote:
         promote_model(Path(out), version, ruleset)  # checked against the rules, PROMOTED replaced atomically
     return folder

@@ -28,6 +28,8 @@ as in the tests) and exposes it over HTTP with prometheus-client. Names:
 | `risk_decision_log_files_rotated_total`, `risk_decision_log_files_deleted_total` | counter | |
 | `risk_retry_records_total` | counter | Redis only: `result` = `written`, `lost` (also counted as degraded `record`) |
 | `risk_retry_record_queue` | gauge | Redis only: retry records queued for the writer (behind the answer) |
+| `risk_model_drift_psi` | gauge | `feature` (`score`: the score): PSI of the last hour against the model's references |
+| `risk_model_drift_rows` | gauge | scored transactions behind `risk_model_drift_psi` |
 
 (*) `open`: failing fast, the target's circuit breaker is open; `deadline`: the
 retry record was skipped, too little time left.
@@ -49,6 +51,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from engine.decision_log import DecisionLog
+from engine.model.drift import DriftMonitor
 from engine.pipeline import STEPS
 from engine.reload import ReloadStatus
 from engine.service.admission import SHED_CAUSES
@@ -192,6 +195,10 @@ class Metrics:
         """Export the decision log's counters, read at scrape time (nothing on the request thread)."""
         self.registry.register(_DecisionLogCollector(decisions))
 
+    def watch_drift(self, drift: DriftMonitor) -> None:
+        """Export the model's drift (computed by its own thread), read at scrape time."""
+        self.registry.register(_DriftCollector(drift))
+
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics over HTTP; return the bound port."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
@@ -236,6 +243,22 @@ class _DecisionLogCollector(Collector):
         yield CounterMetricFamily(
             "risk_decision_log_files_deleted", "Decision log files deleted to bound the total", stats.files_deleted
         )
+
+
+class _DriftCollector(Collector):
+    def __init__(self, drift: DriftMonitor) -> None:
+        self.drift = drift
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "risk_model_drift_psi",
+            "Population stability index over the last hour against the model's reference histograms",
+            labels=["feature"],
+        )
+        for name, value in self.drift.values().items():
+            gauge.add_metric([name], value)
+        yield gauge
+        yield GaugeMetricFamily("risk_model_drift_rows", "Scored transactions behind the drift values", self.drift.rows)
 
 
 class _BreakerCollector(Collector):

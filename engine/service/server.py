@@ -36,6 +36,7 @@ from grpc_reflection.v1alpha import reflection
 
 from engine.config import ConfigError, ServeConfig, unknown_env
 from engine.decision_log import DecisionLog
+from engine.model.drift import DriftMonitor
 from engine.pipeline import Pipeline
 from engine.reload import Reloader, ReloadStatus, load_serving
 from engine.service.admin import AdminServicer
@@ -102,9 +103,12 @@ class Running:
     admin_server: grpc.Server | None = None
     admin_port: int | None = None
     fallback: FallbackWindows | None = None
+    drift: DriftMonitor | None = None
 
     def stop(self, grace_s: float) -> None:
         self.reloader.stop()
+        if self.drift is not None:
+            self.drift.stop()
         self.health.enter_graceful_shutdown()
         if self.admin_server is not None:
             self.admin_server.stop(0)
@@ -271,6 +275,9 @@ def start(config: ServeConfig) -> Running:
             max_event_delay_s=config.limits.max_event_lead_s,
         )
         metrics.watch_fallback(fallback)
+    drift = DriftMonitor(interval_s=config.drift_interval_s) if config.drift_interval_s > 0 else None
+    if drift is not None:
+        metrics.watch_drift(drift)
     pipeline = Pipeline(
         ruleset,
         model,
@@ -279,6 +286,7 @@ def start(config: ServeConfig) -> Running:
         on_degraded=DegradedLog(count=metrics.on_degraded),
         challenger=challenger,
         fallback=fallback,
+        drift=drift,
     )
     decisions = make_decision_log(config, metrics)
     metrics.watch_store(store)
@@ -352,6 +360,8 @@ def start(config: ServeConfig) -> Running:
         admin_server.start()
     if config.reload_interval_s > 0:
         reloader.start()
+    if drift is not None:
+        drift.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     log.info(
@@ -391,6 +401,7 @@ def start(config: ServeConfig) -> Running:
         admin_server,
         admin_port,
         fallback,
+        drift,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import replace
@@ -34,7 +35,7 @@ from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import Running, start
 from engine.transaction import Action, Reason, ScoreResult, Transaction
 from engine.windows.memory import MemoryStore
-from tests.support import RULES
+from tests.support import ROOT, RULES
 from tests.support.requests import request
 from tests.support.served import TEST_TRAIN_CONFIG, health_metadata, make_config, wait_for
 
@@ -494,3 +495,95 @@ def test_challenger_over_grpc_shadow_then_split_with_retries_in_the_same_bucket(
     assert main(["models", "challenger", "--clear", "--dir", str(registry)]) == 0
     wait_for(lambda: health(live)["risk-challenger"] == "", "the challenger to stop")
     assert not stub.Score(request(), timeout=5).HasField("challenger")
+
+
+# -- promotion against the champion's validation --------------------------------
+
+VALIDATION = """
+validation:
+  test_weeks: ["2026-01-16", "2026-01-23"]
+  train_days: 10
+  delay_days: 2
+  early_stopping_days: 3
+"""
+
+
+@pytest.fixture(scope="session")
+def validated_models(tmp_path_factory: pytest.TempPathFactory, synthetic_data: Path) -> tuple[Path, Path]:
+    """Two real models validated on the same weeks: the test config, and a weak one (amount and hour alone)."""
+    out = tmp_path_factory.mktemp("validated")
+    good = out / "good.yaml"
+    good.write_text(TEST_TRAIN_CONFIG.replace("name: test-gbm", "name: good-gbm") + VALIDATION)
+    weak = out / "weak.yaml"
+    weak_config = re.sub(r"features: \[.*?\]", "features: [amount, hour]", TEST_TRAIN_CONFIG, flags=re.DOTALL)
+    weak.write_text(
+        weak_config.replace("name: test-gbm", "name: weak-gbm").replace("num_leaves: 15", "num_leaves: 2") + VALIDATION
+    )
+    return (
+        train(synthetic_data, RULES, good, out / "models", quiet=True),
+        train(synthetic_data, RULES, weak, out / "models", quiet=True),
+    )
+
+
+@pytest.mark.slow
+def test_promote_refuses_a_worse_model_unless_forced(
+    tmp_path: Path, validated_models: tuple[Path, Path], trained_registry: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good, weak = validated_models
+    registry = tmp_path / "models"
+    registry.mkdir()
+    for folder in (good, weak, resolve_model_dir(trained_registry)):
+        shutil.copytree(folder, registry / folder.name)
+    (registry / PROMOTED).write_text(good.name + "\n")
+    good_ap = json.loads((good / "metadata.json").read_text())["validation"]["mean"]["average_precision"]
+    weak_ap = json.loads((weak / "metadata.json").read_text())["validation"]["mean"]["average_precision"]
+    assert weak_ap < good_ap  # the premise: fewer features, stumps
+
+    code, out, err = run_cli(capsys, "models", "promote", weak.name, "--dir", str(registry))
+    assert code == 2
+    assert (registry / PROMOTED).read_text() == good.name + "\n"  # unchanged
+    assert "refused, PROMOTED unchanged" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    # The comparison: both models on the same two weeks, AUC, AP and CP@100, and the means.
+    assert f"against the champion {good.name}" in out and "on 2 validation week(s)" in out
+    assert "2026-01-16 .. 2026-01-22" in out and "2026-01-23 .. 2026-01-29" in out
+    assert "AUC ROC" in out and "CP@100" in out
+    mean = out.split("  mean")[1].splitlines()
+    assert mean[0].split()[0] == "candidate" and float(mean[0].split()[2]) == weak_ap  # AUC, AP, CP@100
+    assert mean[1].split()[0] == "champion" and float(mean[1].split()[2]) == good_ap
+    assert "the candidate is worse" in out
+
+    code, out, _ = run_cli(capsys, "models", "promote", weak.name, "--dir", str(registry), "--force")
+    assert code == 0 and "--force" in out
+    assert (registry / PROMOTED).read_text() == weak.name + "\n"
+
+    # Back to the better one: no --force needed.
+    code, out, _ = run_cli(capsys, "models", "promote", good.name, "--dir", str(registry))
+    assert code == 0 and "the candidate is not worse" in out
+    assert (registry / PROMOTED).read_text() == good.name + "\n"
+
+    # A model without validation weeks is not compared: promoted, saying why.
+    other = resolve_model_dir(trained_registry).name
+    code, out, _ = run_cli(capsys, "models", "promote", other, "--dir", str(registry))
+    assert code == 0 and "not compared with the champion" in out and "the candidate has no validation" in out
+
+
+def test_models_list_shows_the_mean_validation_ap_and_reads_older_metadata(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = tmp_path / "models"
+    shipped = resolve_model_dir(ROOT / "models")
+    shutil.copytree(shipped, registry / shipped.name)
+    older = registry / "older"
+    older.mkdir()
+    shutil.copy(shipped / "model.txt", older / "model.txt")
+    (older / "metadata.json").write_text(json.dumps({"version": "older", "validation": {"average_precision": 0.5}}))
+    ap = json.loads((shipped / "metadata.json").read_text())["validation"]["mean"]["average_precision"]
+    code, out, _ = run_cli(capsys, "models", "list", "--dir", str(registry))
+    assert code == 0
+    header, *rows = out.splitlines()
+    column = header.index("VAL AP")
+    row = {line.split()[0]: line for line in rows}
+    assert row[shipped.name][column:].startswith(f"{ap:.4f}")
+    assert row["older"][column:].startswith("0.5000")
+    listed = {e.version: e.validation_ap for e in list_models(registry)}
+    assert listed == {shipped.name: ap, "older": 0.5}

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.model.predictor import resolve_model_dir
 from engine.offline.train import (
     ThresholdPolicy,
     choose_thresholds,
@@ -84,3 +85,56 @@ thresholds: {review_rate: 0.02, deny_precision: 0.8, min_deny_count: 3}
     # The same data and config give the same model, byte for byte.
     again = train(synthetic_data, RULES, config, tmp_path / "again", quiet=True)
     assert (again / "model.txt").read_bytes() == (folder / "model.txt").read_bytes()
+
+
+@pytest.mark.slow
+def test_training_report_importance_calibration_distribution_weeks_and_references(trained_registry: Path) -> None:
+    folder = resolve_model_dir(trained_registry)
+    meta = json.loads((folder / "metadata.json").read_text())
+    d = meta["diagnostics"]
+    test = meta["metrics"]["test"]
+    assert d["measured_on"] == "test" and d["rows"] == test["rows"]
+
+    # Importance: every feature once; gain shares sum to 1; a feature the trees never split on has
+    # no gain and, exactly, no SHAP value; the SHAP values are those of the model's own explainer.
+    imp = {r["feature"]: r for r in d["importance"]}
+    assert set(imp) == set(meta["features"]) and len(d["importance"]) == len(meta["features"])
+    assert sum(r["gain_share"] for r in imp.values()) == pytest.approx(1.0, abs=1e-3)
+    assert [r["gain"] for r in d["importance"]] == sorted((r["gain"] for r in d["importance"]), reverse=True)
+    for r in imp.values():
+        assert (r["gain"] == 0) == (r["mean_abs_shap"] == 0), r
+    assert max(imp.values(), key=lambda r: r["mean_abs_shap"])["gain"] > 0
+    assert d["shap_rows"] == min(2000, test["rows"]) and d["explainer"] == "tables"
+
+    # Calibration: bins of 0.1 covering every held-out row, in score order; the fraud rate rises overall.
+    cal = d["calibration"]
+    assert 2 <= len(cal) <= 10 and sum(b["rows"] for b in cal) == test["rows"]
+    assert all(int(b["min_score"] * 10) == int(min(b["max_score"], 0.999) * 10) for b in cal)  # one bin each
+    assert [b["mean_score"] for b in cal] == sorted(b["mean_score"] for b in cal)
+    assert cal[-1]["fraud_rate"] > cal[0]["fraud_rate"]
+    assert sum(b["fraud_rate"] * b["rows"] for b in cal) == pytest.approx(test["frauds"], abs=0.01)
+
+    # Score distribution: shares per class sum to 1; frauds sit higher than genuine transactions.
+    dist = d["score_distribution"]
+    assert dist["frauds"] == test["frauds"] and dist["frauds"] + dist["genuines"] == test["rows"]
+    assert sum(dist["fraud"]) == pytest.approx(1.0, abs=1e-4) and sum(dist["genuine"]) == pytest.approx(1.0, abs=1e-4)
+    assert sum(dist["fraud"][10:]) > sum(dist["genuine"][10:])
+
+    # Per week of the test period (2026-01-23 .. 30: two slices), each with the three metrics.
+    weeks = d["held_out_weeks"]
+    assert weeks[0]["from"] == "2026-01-23" and sum(w["rows"] for w in weeks) <= test["rows"]
+    assert all(0 <= w["card_precision_top_100"] <= 1 and 0.5 < w["auc_roc"] <= 1 for w in weeks)
+
+    # Reference histograms for drift: the score and every feature, shares and missing summing to 1.
+    ref = meta["reference"]
+    assert ref["measured_on"] == "test" and ref["rows"] == test["rows"]
+    for h in [ref["score"], *(ref["features"][f] for f in meta["features"])]:
+        assert len(h["shares"]) == len(h["edges"]) + 1 and h["edges"] == sorted(h["edges"])
+        assert sum(h["shares"]) + h["missing"] == pytest.approx(1.0, abs=1e-4)
+
+    report = (folder / "report.md").read_text()
+    for section in ("## Feature importance", "## Calibration", "## Score distribution", "## Per week", "## Thresholds"):
+        assert section in report
+    page = (folder / "report.html").read_text()
+    assert page.count("<svg") == 4 and "Calibration" in page and "Feature importance" in page
+    assert "<script" not in page and "src=" not in page and "href=" not in page  # self-contained

@@ -66,6 +66,7 @@ import pyarrow.parquet as pq
 from engine.model.predictor import Model
 from engine.offline.datasets import ColumnMapping, DatasetError, load_dataset, mapping_candidates
 from engine.offline.metrics import DEFINITIONS, compare_runs, summarize
+from engine.offline.rejections import DEFAULT_MAX_REJECTED, Rejections, TooManyRejected, find_rejections
 from engine.offline.replay import label_events
 from engine.offline.runs import changes_table, run_replay, transactions_table
 from engine.rules.ruleset import RuleSet
@@ -144,6 +145,7 @@ def backtest(
     limit: int | None = None,
     progress: bool = True,
     spark: SparkOptions | None = None,
+    max_rejected: float = DEFAULT_MAX_REJECTED,
 ) -> BacktestOutput:
     """Run a backtest and write its outputs into `out`; raises DatasetError on bad input (data, mapping, arguments).
 
@@ -153,6 +155,9 @@ def backtest(
     `spark`: run on the Spark engine (`engine.offline.spark`, docs/spark.md),
     which reads `data` by URI and writes `transactions.parquet` as a folder
     of Parquet files, identical in content; no `compare` there.
+    Rows rejected by validation are summarized by field and reason
+    (`population.rejections`); when more than `max_rejected` of the rows
+    are, the outputs are written and TooManyRejected (a DatasetError) raised.
     """
     from engine.model.predictor import load_model
     from engine.offline import report
@@ -195,6 +200,9 @@ def backtest(
     }
     summary = _json_safe(summary)
     files += report.write_reports(summary, out)
+    rejections = summary.get("rejections")
+    if rejections is not None and rejections["share"] > max_rejected:
+        raise TooManyRejected(Rejections.from_json(rejections), max_rejected, f"; the reports are in {out}")
     return BacktestOutput(out, summary, files)
 
 
@@ -231,6 +239,7 @@ def _backtest_locally(
     summary = summarize(run_a, labels, event_ms)
     # Replay counts a repeated id once in the windows (as a retry), but each row is scored and reported.
     summary["population"]["duplicate_ids"] = len(transactions) - len({t.transaction_id for t in transactions})
+    summary["rejections"] = find_rejections(transactions, run_a.valid, ruleset, dataset.file_rows).to_json()
     timing["summary_s"] = time.perf_counter() - t0
 
     out.mkdir(parents=True, exist_ok=True)

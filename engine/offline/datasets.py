@@ -97,6 +97,8 @@ class Dataset:
     labels: np.ndarray | None  # float 0/1 per transaction (NaN: not labeled), when the mapping has a label
     #: When each label became known, epoch ms (-1: unknown), when the mapping has a label time column.
     label_times_ms: np.ndarray | None = None
+    #: Each transaction's row in the file (from 0): rows are sorted by event time. None: file order.
+    file_rows: np.ndarray | None = None
 
 
 class DatasetError(ValueError):
@@ -182,6 +184,7 @@ def _table_to_dataset(table: pa.Table, mapping: ColumnMapping, sort: bool = True
     event_ms = _event_ms(table, mapping.event_time)
     if mapping.amount not in table.column_names:
         raise DatasetError(f"column {mapping.amount!r} not in the data")
+    order = None
     if sort:
         # Sort once, on the Arrow side: every column below comes out in event-time order.
         order = np.argsort(event_ms, kind="stable")
@@ -237,7 +240,7 @@ def _table_to_dataset(table: pa.Table, mapping: ColumnMapping, sort: bool = True
             categories,
         )
     )
-    return Dataset(out, labels, label_times)
+    return Dataset(out, labels, label_times, order)
 
 
 def _minor_units(amounts: np.ndarray, currencies: list[str], in_minor_units: bool) -> list[int]:

@@ -29,6 +29,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from engine.model.predictor import window_to_dict
 from engine.model.registry import promote as promote_model
 from engine.offline.datasets import load_dataset, mapping_candidates
+from engine.offline.rejections import DEFAULT_MAX_REJECTED, Rejections, check_rejections, find_rejections
 from engine.offline.replay import LabelEvent, ReplayStats, label_events, print_progress, replay
 from engine.rules.loader import load_ruleset
 from engine.transaction import Transaction
@@ -342,6 +343,7 @@ def train(
     promote: bool = False,
     quiet: bool = False,
     spark: SparkOptions | None = None,
+    max_rejected: float = DEFAULT_MAX_REJECTED,
 ) -> Path:
     """Train a model and write a versioned model folder under `out`; return its path.
 
@@ -354,6 +356,10 @@ def train(
     `spark`: the replay runs on the Spark engine (`engine.offline.spark`),
     which gives the same features, hence the same model, byte for byte; the
     model is fitted here, on the collected features.
+
+    Rows rejected by validation are summarized by field and reason in the
+    metadata and the report; over `max_rejected` of the rows, nothing is
+    fitted and TooManyRejected (a DatasetError, hence a ValueError) is raised.
     """
     config = TrainConfig.load(config_path)
     ruleset = load_ruleset(rules)
@@ -394,6 +400,8 @@ def train(
         if not quiet:
             print_progress(n, n)
     replay_seconds = time.perf_counter() - started
+    rejections = find_rejections(dataset.transactions, valid, ruleset, dataset.file_rows)
+    check_rejections(rejections, max_rejected)
 
     times = np.array([t.event_time_ms for t in dataset.transactions], dtype=np.int64)
     days = times // DAY_MS
@@ -462,6 +470,7 @@ def train(
             "sha256": hashlib.sha256(data_bytes).hexdigest(),
             "rows": n,
             "rejected": stats.rejected,
+            "rejections": rejections.to_json(),
             "labels_fed_back": stats.labels,
             "from": datetime.fromtimestamp(times.min() / 1000, UTC).isoformat(),
             "to": datetime.fromtimestamp(times.max() / 1000, UTC).isoformat(),
@@ -513,6 +522,9 @@ def metrics_report(metadata: dict[str, Any]) -> str:
         f"- **time**: replay {metadata['timing_seconds']['replay']} s, fitting {metadata['timing_seconds']['fit']} s",
         "",
     ]
+    if data.get("rejections"):
+        head, *by_reason = Rejections.from_json(data["rejections"]).lines()
+        lines[-1:-1] = [f"- **{head}**", *(f"  - {line.strip()}" for line in by_reason)]
     validation = metadata.get("validation")
     if validation:
         p = validation["protocol"]

@@ -323,6 +323,8 @@ def _train(args: argparse.Namespace) -> int:
     metadata = (folder / "metadata.json").read_text()
     print(metadata)
     _print_rejections(json.loads(metadata)["training_data"]["rejections"])
+    for warning in json.loads(metadata).get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -127,6 +127,16 @@ def resolve_model_dir(path: str | Path) -> Path:
         if not (target / "model.txt").is_file():
             raise ModelInvalid(f"{promoted} names {version!r}, but {target}/model.txt does not exist")
         return target
+    versions = sorted(
+        (p for p in path.glob("*/model.txt") if p.is_file()), key=lambda p: (-p.stat().st_mtime, p.parent.name)
+    )
+    if versions:
+        names = ", ".join(p.parent.name for p in versions)
+        raise ModelInvalid(
+            f"{path} is a registry with no promoted model; it holds {len(versions)} version(s), newest first: "
+            f"{names} (pass --model {path / versions[0].parent.name}, or promote one: "
+            f"risk-engine models promote VERSION --dir {path})"
+        )
     raise ModelInvalid(f"{path} is neither a model folder (model.txt) nor a registry (PROMOTED)")
 
 

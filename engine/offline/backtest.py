@@ -201,7 +201,10 @@ def backtest(
     summary = _json_safe(summary)
     files += report.write_reports(summary, out)
     rejections = summary.get("rejections")
-    if rejections is not None and rejections["share"] > max_rejected:
+    if rejections is None:  # the Spark engine counts rejected rows (and quotes the first) without the summary
+        pop = summary["population"]
+        rejections = Rejections(pop["rows"], pop["rejected"]).to_json()
+    if rejections["share"] > max_rejected:
         raise TooManyRejected(Rejections.from_json(rejections), max_rejected, f"; the reports are in {out}")
     return BacktestOutput(out, summary, files)
 

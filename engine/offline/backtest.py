@@ -156,7 +156,7 @@ def backtest(
     which reads `data` by URI and writes `transactions.parquet` as a folder
     of Parquet files, identical in content; no `compare` there.
     Rows rejected by validation are summarized by field and reason
-    (`population.rejections`); when more than `max_rejected` of the rows
+    (`rejections` of the summary); when more than `max_rejected` of the rows
     are, the outputs are written and TooManyRejected (a DatasetError) raised.
     """
     from engine.model.predictor import load_model

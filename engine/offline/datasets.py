@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from engine.iso import CURRENCY_EXPONENTS
-from engine.offline.transforms import Transform, TransformError, apply_transforms, compile_transform
+from engine.offline.transforms import Transform, TransformError, apply_transforms, compile_transform, names_read
 from engine.rules.ruleset import RuleSet
 from engine.transaction import Channel, Transaction
 
@@ -451,6 +451,10 @@ def load_dataset(
     Raises DatasetError for a file that cannot be read or mapped.
     """
     table = read_table(data)
+    # CSV has no types: a column an expression reads is its text, not a time Arrow guessed (parse_time reads it).
+    guessed = [c for c in names_read(_all_transforms(candidates)) if _guessed_time(table, data, c)]
+    if guessed:
+        table = read_table(data, strings=guessed)
     name, mapping = pick_mapping(table, candidates, str(data))
     if limit is not None:
         table = table.slice(0, limit)
@@ -458,6 +462,16 @@ def load_dataset(
         return name, table_to_dataset(table, mapping)
     except (DatasetError, pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
         raise DatasetError(f"{data}: {exc}") from None
+
+
+def _all_transforms(candidates: Sequence[tuple[str, ColumnMapping]]) -> dict[str, Transform]:
+    return {f"{k}:{name}": t for k, (_, m) in enumerate(candidates) for name, t in m.transforms.items()}
+
+
+def _guessed_time(table: pa.Table, path: str | Path, column: str) -> bool:
+    """A CSV column that Arrow read as a timestamp (CSV holds only text)."""
+    csv = str(path).lower().endswith((".csv", ".csv.gz"))
+    return csv and column in table.column_names and pa.types.is_timestamp(table[column].type)
 
 
 def check_columns(table: pa.Table, mapping: ColumnMapping, where: str) -> None:

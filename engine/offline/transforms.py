@@ -12,6 +12,7 @@ column that the mapping reads like any other (`Transform.column`).
 
 from __future__ import annotations
 
+import ast
 import keyword
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -93,6 +94,18 @@ def _values(table: pa.Table, name: str, kind: str) -> list[Any]:
         col = pc.cast(pc.cast(col, pa.timestamp("ms")), pa.int64())
     values: list[Any] = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).tolist()
     return values  # nulls are NaN: missing, as in rules
+
+
+def names_read(transforms: Mapping[str, Transform]) -> set[str]:
+    """The column names the expressions mention (before they are checked: a bad one simply names nothing)."""
+    out: set[str] = set()
+    for transform in transforms.values():
+        try:
+            tree = ast.parse(transform.text.strip(), mode="eval")
+        except SyntaxError:
+            continue
+        out.update(node.id for node in ast.walk(tree) if isinstance(node, ast.Name))
+    return out
 
 
 def apply_transforms(table: pa.Table, transforms: Mapping[str, Transform]) -> pa.Table:

@@ -105,3 +105,18 @@ def test_a_computed_field_must_be_one_expr(tmp_path: Path) -> None:
     path.write_text(OTHER_MAPPING + "transforms: {}\n")
     with pytest.raises(DatasetError, match="unknown key"):
         load_mapping(path)
+
+
+def test_a_csv_file_maps_like_the_parquet_one(tmp_path: Path, rows: list[dict[str, object]]) -> None:
+    """CSV has no types: Arrow guesses `trans_time` is a timestamp, but the expression reads the text."""
+    import pyarrow.csv
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(to_other_schema(rows))
+    pq.write_table(table, tmp_path / "other.parquet")
+    pyarrow.csv.write_csv(table, tmp_path / "other.csv")
+    assert pa.types.is_timestamp(pyarrow.csv.read_csv(tmp_path / "other.csv").schema.field("trans_time").type)
+    candidates = [("other.yaml", load_mapping(OTHER_MAPPING))]
+    _, from_parquet = load_dataset(tmp_path / "other.parquet", candidates)
+    _, from_csv = load_dataset(tmp_path / "other.csv", candidates)
+    assert from_csv.transactions == from_parquet.transactions

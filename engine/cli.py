@@ -30,7 +30,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.config import ConfigError, ServeConfig, missing_hint
 
@@ -323,13 +323,53 @@ def _train(args: argparse.Namespace) -> int:
         from engine.offline.period import parse_period
 
         period = parse_period(args.since, args.until)
-        folder = train(data, args.rules, args.config, args.out, promote=args.promote, spark=spark, period=period)
+        folder = train(
+            data,
+            args.rules,
+            args.config,
+            args.out,
+            promote=args.promote,
+            spark=spark,
+            period=period,
+            max_rejected=args.max_rejected,
+        )
     except ValueError as exc:
         print(f"risk-engine train: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {folder}")
-    print((folder / "metadata.json").read_text())
+    metadata = (folder / "metadata.json").read_text()
+    print(metadata)
+    _print_rejections(json.loads(metadata)["training_data"]["rejections"])
+    for warning in json.loads(metadata).get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _print_rejections(rejections: dict[str, Any]) -> None:
+    """The rejected rows' summary on stderr, when there are any (under the threshold: the command goes on)."""
+    from engine.offline.rejections import Rejections
+
+    if rejections["rejected"]:
+        print("\n".join(Rejections.from_json(rejections).lines()), file=sys.stderr)
+
+
+def _max_rejected(text: str) -> float:
+    from engine.offline.rejections import parse_share
+
+    try:
+        return parse_share(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_max_rejected(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-rejected",
+        type=_max_rejected,
+        default="1%",
+        metavar="SHARE",
+        help="fail when more than this share of the rows is rejected by validation (default 1%%; e.g. 5%% or 0.05)",
+    )
 
 
 def _backtest(args: argparse.Namespace) -> int:
@@ -361,6 +401,7 @@ def _backtest(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             spark=spark,
             options=options,
+            max_rejected=args.max_rejected,
         )
     except DatasetError as exc:
         print(f"risk-engine backtest: {exc}", file=sys.stderr)
@@ -377,6 +418,8 @@ def _backtest(args: argparse.Namespace) -> int:
         return 2
     for path in result.files:
         print(f"wrote {path}")
+    if "rejections" in result.summary:
+        _print_rejections(result.summary["rejections"])
     return 0
 
 
@@ -800,6 +843,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="models", help="registry folder to write the model into")
     p.add_argument("--promote", action="store_true", help="make it the served model (models/PROMOTED)")
     _period_options(p)
+    _add_max_rejected(p)
     _add_engine_options(p)
     p.set_defaults(func=_train)
 
@@ -829,6 +873,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _period_options(p)
     _cost_options(p)
+    _add_max_rejected(p)
     _add_engine_options(p)
     p.set_defaults(func=_backtest)
 

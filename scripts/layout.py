@@ -33,7 +33,7 @@ OTHER = (
     ("tests/", "unit/<package>/test_<module>.py, integration/, parity/, support/ (shared with benchmarks)"),
     ("benchmarks/", "latency and throughput measurements and their results"),
     ("scripts/", "proto stubs, the geo database, this section, one-off analyses"),
-    ("docs/", "semantics: windows, rules, decisions, models, the review desk (img/: its screenshots), Spark"),
+    ("docs/", "semantics: windows, rules, decisions, models, data mappings, the desk (img/: its screenshots), Spark"),
 )
 
 

@@ -50,6 +50,7 @@ import lightgbm
 import numpy as np
 
 from engine.decision import Thresholds, thresholds
+from engine.model.categories import categories_of, feature_row
 from engine.model.explain import METHODS, Contribution, Explainer, build_explainer, top_contributions
 from engine.rules.ruleset import RuleSet
 from engine.windows.spec import WindowSpec
@@ -126,6 +127,16 @@ def resolve_model_dir(path: str | Path) -> Path:
         if not (target / "model.txt").is_file():
             raise ModelInvalid(f"{promoted} names {version!r}, but {target}/model.txt does not exist")
         return target
+    versions = sorted(
+        (p for p in path.glob("*/model.txt") if p.is_file()), key=lambda p: (-p.stat().st_mtime, p.parent.name)
+    )
+    if versions:
+        names = ", ".join(p.parent.name for p in versions)
+        raise ModelInvalid(
+            f"{path} is a registry with no promoted model; it holds {len(versions)} version(s), newest first: "
+            f"{names} (pass --model {path / versions[0].parent.name}, or promote one: "
+            f"risk-engine models promote VERSION --dir {path})"
+        )
     raise ModelInvalid(f"{path} is neither a model folder (model.txt) nor a registry (PROMOTED)")
 
 
@@ -241,7 +252,10 @@ class Model:
     explainer: Explainer | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_row", operator.itemgetter(*self.features))
+        # The row of one transaction's fields, always a tuple (`engine.model.categories.feature_row`).
+        categories = categories_of(self.metadata)
+        object.__setattr__(self, "categories", categories)
+        object.__setattr__(self, "_row", feature_row(self.features, categories))
         object.__setattr__(self, "_thresholds", model_thresholds(self.metadata))
         # held while this model sets up its explanations, so that only one thread does
         object.__setattr__(self, "_explainer_setup", threading.Lock())
@@ -263,15 +277,14 @@ class Model:
     def matrix(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """One feature row per field map, in the model's order (bools as 0/1, missing as NaN)."""
         # NumPy converts each bool, int and float exactly as float() does.
-        row = operator.itemgetter(*self.features)
+        row = self._row if self.categories else operator.itemgetter(*self.features)  # type: ignore[attr-defined]
         return np.array(list(map(row, rows)), dtype=np.float64).reshape(len(rows), len(self.features))
 
     def predict(self, fields: Mapping[str, Any]) -> float:
         """The score of one transaction: the same value `predict_many` gives it, through the fast path."""
         if self.single_row is None:
             return self.predict_many((fields,))[0]
-        values = self._row(fields)  # type: ignore[attr-defined]
-        score = self.single_row(values if len(self.features) > 1 else (values,))
+        score = self.single_row(self._row(fields))  # type: ignore[attr-defined]
         return score if math.isfinite(score) else float("nan")
 
     def prepare_explanations(self) -> Explainer:
@@ -325,7 +338,11 @@ def load_model(path: str | Path, ruleset: RuleSet) -> Model:
         raise ModelInvalid(f"{folder / 'metadata.json'} must list 'features' and give a 'version'")
 
     produced = ruleset.numeric_features
-    missing = [f for f in features if f not in produced]
+    try:
+        categorical = categories_of(metadata)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelInvalid(f"{folder / 'metadata.json'}: 'categorical' is malformed: {exc}") from None
+    missing = [f for f in features if f not in produced and f not in categorical]
     if missing:
         raise ModelInvalid(
             f"model {version} needs features the pipeline does not produce with rule set "

@@ -79,6 +79,7 @@ from engine.offline.money import (
     sweep,
 )
 from engine.offline.period import Period, select_period
+from engine.offline.rejections import DEFAULT_MAX_REJECTED, Rejections, TooManyRejected, find_rejections
 from engine.offline.replay import label_events
 from engine.offline.rule_value import cause_counts, change_causes, rule_value
 from engine.offline.runs import DECISIONS, Run, changes_table, run_replay, transactions_table
@@ -170,6 +171,7 @@ def backtest(
     progress: bool = True,
     spark: SparkOptions | None = None,
     options: Options | None = None,
+    max_rejected: float = DEFAULT_MAX_REJECTED,
 ) -> BacktestOutput:
     """Run a backtest and write its outputs into `out`; raises DatasetError on bad input (data, mapping, arguments).
 
@@ -181,6 +183,9 @@ def backtest(
     of Parquet files, identical in content; no `compare` there, and none of
     the analysis of `options` (what each rule adds, warnings, money).
     `options`: the period, costs and a second model (`Options`).
+    Rows rejected by validation are summarized by field and reason
+    (`rejections` of the summary); when more than `max_rejected` of the rows
+    are, the outputs are written and TooManyRejected (a DatasetError) raised.
     """
     from engine.model.predictor import load_model
     from engine.offline import report
@@ -246,6 +251,12 @@ def backtest(
     }
     summary = _json_safe(summary)
     files += report.write_reports(summary, out)
+    rejections = summary.get("rejections")
+    if rejections is None:  # the Spark engine counts rejected rows (and quotes the first) without the summary
+        pop = summary["population"]
+        rejections = Rejections(pop["rows"], pop["rejected"]).to_json()
+    if rejections["share"] > max_rejected:
+        raise TooManyRejected(Rejections.from_json(rejections), max_rejected, f"; the reports are in {out}")
     return BacktestOutput(out, summary, files)
 
 
@@ -302,6 +313,7 @@ def _backtest_locally(
     costs, costs_source = costs_in_force
     summary.update(analyse(run_a, model_a, transactions, labels, event_ms, summary, costs))
     summary["money"] = {"costs": costs_json(costs, costs_source), "a": summary.pop("money_view")}
+    summary["rejections"] = find_rejections(transactions, run_a.valid, ruleset, dataset.file_rows).to_json()
     timing["summary_s"] = time.perf_counter() - t0
 
     out.mkdir(parents=True, exist_ok=True)

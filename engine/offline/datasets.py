@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from engine.iso import CURRENCY_EXPONENTS
+from engine.offline.transforms import Transform, TransformError, apply_transforms, compile_transform, names_read
 from engine.rules.ruleset import RuleSet
 from engine.transaction import Channel, Transaction
 
@@ -55,6 +56,9 @@ class ColumnMapping:
     #: When each label became known (a timestamp or epoch ms column); None: the rule set's label_delay after the event.
     label_time: str | None = None
     extra: dict[str, str] = field(default_factory=dict)  # attribute name -> column
+    #: Fields computed by an expression (`engine.offline.transforms`), by field (`extra.NAME` for attributes);
+    #: the field's column above is then the transform's own column.
+    transforms: dict[str, Transform] = field(default_factory=dict)
 
 
 PRESETS: dict[str, ColumnMapping] = {
@@ -97,6 +101,8 @@ class Dataset:
     labels: np.ndarray | None  # float 0/1 per transaction (NaN: not labeled), when the mapping has a label
     #: When each label became known, epoch ms (-1: unknown), when the mapping has a label time column.
     label_times_ms: np.ndarray | None = None
+    #: Each transaction's row in the file (from 0): rows are sorted by event time. None: file order.
+    file_rows: np.ndarray | None = None
 
 
 class DatasetError(ValueError):
@@ -178,10 +184,15 @@ def table_to_dataset(table: pa.Table, mapping: ColumnMapping, sort: bool = True)
 
 
 def _table_to_dataset(table: pa.Table, mapping: ColumnMapping, sort: bool = True) -> Dataset:
+    try:
+        table = apply_transforms(table, mapping.transforms)
+    except TransformError as exc:
+        raise DatasetError(str(exc)) from None
     n = table.num_rows
     event_ms = _event_ms(table, mapping.event_time)
     if mapping.amount not in table.column_names:
         raise DatasetError(f"column {mapping.amount!r} not in the data")
+    order = None
     if sort:
         # Sort once, on the Arrow side: every column below comes out in event-time order.
         order = np.argsort(event_ms, kind="stable")
@@ -237,7 +248,7 @@ def _table_to_dataset(table: pa.Table, mapping: ColumnMapping, sort: bool = True
             categories,
         )
     )
-    return Dataset(out, labels, label_times)
+    return Dataset(out, labels, label_times, order)
 
 
 def _minor_units(amounts: np.ndarray, currencies: list[str], in_minor_units: bool) -> list[int]:
@@ -303,6 +314,7 @@ def load_mapping(text_or_path: str | Path) -> ColumnMapping:
         raise DatasetError(f"mapping {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
     try:
         raw = yaml.safe_load(text)
+        positions = _value_positions(text)
     except yaml.YAMLError as exc:
         raise DatasetError(f"{where}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
@@ -314,21 +326,35 @@ def load_mapping(text_or_path: str | Path) -> ColumnMapping:
             raise DatasetError(f"{where}: unknown preset {preset!r} (presets: {', '.join(PRESETS)})")
         base = PRESETS[preset]
         values = {name: getattr(base, name) for name in _MAPPING_FIELDS}
-    unknown = sorted(set(raw) - set(_MAPPING_FIELDS))
+    unknown = sorted((set(raw) - set(_MAPPING_FIELDS)) | ({"transforms"} & set(raw)))
     if unknown:
         raise DatasetError(
             f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (known: preset, {', '.join(_MAPPING_FIELDS)})"
         )
+    transforms: dict[str, Transform] = {}
+
+    def transform(name: str, value: dict[Any, Any]) -> str:
+        """An `{expr: TEXT}` value: its Transform, and the column it gives."""
+        text = value.get("expr")
+        if set(value) != {"expr"} or not isinstance(text, str) or not text.strip():
+            line = positions.get(name, (0, 0))[0]
+            raise DatasetError(f"{where}:{line}: {name!r}: a computed field is {{expr: TEXT}}, got {value!r}")
+        line, column = positions.get(f"{name}.expr", (1, 1))
+        transforms[name] = Transform(name, text, where, line, column)
+        return transforms[name].column_name
+
     for key, value in raw.items():
+        if isinstance(value, dict) and key not in ("extra", "amount_in_minor_units", "default_currency"):
+            value = transform(key, value)
         if key == "amount_in_minor_units":
             if not isinstance(value, bool):
                 raise DatasetError(f"{where}: 'amount_in_minor_units' must be true or false, got {value!r}")
         elif key == "extra":
             if not isinstance(value, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+                isinstance(k, str) and isinstance(v, str | dict) for k, v in value.items()
             ):
-                raise DatasetError(f"{where}: 'extra' must map attribute names to column names")
-            value = dict(value)
+                raise DatasetError(f"{where}: 'extra' must map attribute names to column names (or {{expr: TEXT}})")
+            value = {k: transform(f"extra.{k}", v) if isinstance(v, dict) else v for k, v in value.items()}
         elif key == "default_currency":
             if value not in CURRENCY_EXPONENTS:
                 raise DatasetError(f"{where}: 'default_currency' {value!r} is not an ISO 4217 currency code")
@@ -338,7 +364,32 @@ def load_mapping(text_or_path: str | Path) -> ColumnMapping:
     missing = [k for k in _REQUIRED if values.get(k) is None]
     if missing:
         raise DatasetError(f"{where}: missing required key(s): {', '.join(missing)}")
+    values["transforms"] = {**values.get("transforms", {}), **transforms}
     return ColumnMapping(**values)
+
+
+def _value_positions(text: str) -> dict[str, tuple[int, int]]:
+    """(line, column) (1-based) of each value of a mapping's YAML, by key path (`field`, `extra.NAME.expr`).
+
+    A quoted value's column is that of its first character inside the quotes.
+    """
+    out: dict[str, tuple[int, int]] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue
+            path = f"{prefix}{key.value}"
+            quoted = isinstance(value, yaml.ScalarNode) and value.style in ("'", '"')
+            out[path] = (value.start_mark.line + 1, value.start_mark.column + 1 + quoted)
+            walk(value, path + ".")
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, "")
+    return out
 
 
 def read_table(path: str | Path, strings: Sequence[str] = ()) -> pa.Table:
@@ -400,6 +451,10 @@ def load_dataset(
     Raises DatasetError for a file that cannot be read or mapped.
     """
     table = read_table(data)
+    # CSV has no types: a column an expression reads is its text, not a time Arrow guessed (parse_time reads it).
+    guessed = [c for c in names_read(_all_transforms(candidates)) if _guessed_time(table, data, c)]
+    if guessed:
+        table = read_table(data, strings=guessed)
     name, mapping = pick_mapping(table, candidates, str(data))
     if limit is not None:
         table = table.slice(0, limit)
@@ -409,19 +464,40 @@ def load_dataset(
         raise DatasetError(f"{data}: {exc}") from None
 
 
+def _all_transforms(candidates: Sequence[tuple[str, ColumnMapping]]) -> dict[str, Transform]:
+    return {f"{k}:{name}": t for k, (_, m) in enumerate(candidates) for name, t in m.transforms.items()}
+
+
+def _guessed_time(table: pa.Table, path: str | Path, column: str) -> bool:
+    """A CSV column that Arrow read as a timestamp (CSV holds only text)."""
+    csv = str(path).lower().endswith((".csv", ".csv.gz"))
+    return csv and column in table.column_names and pa.types.is_timestamp(table[column].type)
+
+
 def check_columns(table: pa.Table, mapping: ColumnMapping, where: str) -> None:
     """Every column the mapping names must be in the table (one message listing all that are not)."""
     wanted: dict[str, str] = {}
     optional = optional_fields(mapping)
     for name in _MAPPING_FIELDS:
         value = getattr(mapping, name)
-        if name in ("amount_in_minor_units", "default_currency", "extra") or value is None:
+        if name in ("amount_in_minor_units", "default_currency", "extra", "transforms") or value is None:
+            continue
+        if name in mapping.transforms:
             continue
         if name in optional and value not in table.column_names:
             continue
         wanted[name] = value
     for attr, column in mapping.extra.items():
-        wanted[f"extra.{attr}"] = column
+        if f"extra.{attr}" not in mapping.transforms:
+            wanted[f"extra.{attr}"] = column
+    problems = []
+    for transform in mapping.transforms.values():
+        try:
+            compile_transform(transform, table.schema)
+        except TransformError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise DatasetError("\n".join([*problems, f"(the data's columns: {', '.join(table.column_names)})"]))
     missing = [f"{col!r} (for {name})" for name, col in wanted.items() if col not in table.column_names]
     if missing:
         raise DatasetError(

@@ -75,4 +75,5 @@ def select_period(dataset: Dataset, period: Period, limit: int | None = None) ->
         transactions=[dataset.transactions[i] for i in rows],
         labels=dataset.labels[index] if dataset.labels is not None else None,
         label_times_ms=dataset.label_times_ms[index] if dataset.label_times_ms is not None else None,
+        file_rows=dataset.file_rows[index] if dataset.file_rows is not None else index,
     )

@@ -259,7 +259,7 @@ class AnswerStore(_ReplaySideStore):
         self._next = 0
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
-        if self._next == len(self._answers):
+        while self._next == len(self._answers):  # a batch whose rows were all rejected sends no answer
             self._answers = self._receive()
             self._next = 0
         event_id, raw = self._answers[self._next]

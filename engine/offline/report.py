@@ -538,6 +538,14 @@ def _md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _rejection_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The rejected rows by field and reason (`engine.offline.rejections`); none when nothing was rejected."""
+    from engine.offline.rejections import Rejections
+
+    raw = summary.get("rejections")
+    return Rejections.from_json(raw).lines() if raw and raw["rejected"] else []
+
+
 def to_markdown(summary: Mapping[str, Any]) -> str:
     cur = summary["population"]["base_currency"]
     parts = ["# Backtest report", ""]
@@ -563,7 +571,10 @@ def to_markdown(summary: Mapping[str, Any]) -> str:
         if rows:
             parts += ["Overlap of the rules and the model:", "", _md_table(columns, rows), ""]
     parts += ["## Population", "", _md_table(("", "value"), _population_rows(summary)), ""]
-    if summary["population"]["first_errors"]:
+    if _rejection_lines(summary):
+        head, *by_reason = _rejection_lines(summary)
+        parts += [f"**{head}**", ""] + [f"- {line.strip()}" for line in by_reason] + [""]
+    elif summary["population"]["first_errors"]:
         parts += ["First rejected rows:", ""] + [f"- `{e}`" for e in summary["population"]["first_errors"]] + [""]
     parts += ["## Decisions", "", _md_table(("decision", "count", "rate"), _decision_rows(summary)), ""]
     parts += ["## The engine's decisions against the labels", ""]
@@ -940,7 +951,12 @@ def to_html(summary: Mapping[str, Any]) -> str:
         "<h2>Population</h2>",
         _html_table(("", "value"), _population_rows(summary)),
     ]
-    if summary["population"]["first_errors"]:
+    if _rejection_lines(summary):
+        head, *by_reason = _rejection_lines(summary)
+        parts.append(
+            f"<p><strong>{e(head)}</strong></p><ul>" + "".join(f"<li>{e(x.strip())}</li>" for x in by_reason) + "</ul>"
+        )
+    elif summary["population"]["first_errors"]:
         parts.append(
             "<p>First rejected rows:</p><ul>"
             + "".join(f"<li><code>{e(x)}</code></li>" for x in summary["population"]["first_errors"])

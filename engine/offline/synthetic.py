@@ -445,6 +445,74 @@ def write_parquet(rows: list[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
+# --- another schema ---------------------------------------------------------------------------
+
+#: A readable category name per merchant category code, as other data sets spell them.
+CATEGORY_NAMES = {
+    "5411": "Grocery Store",
+    "5812": "Restaurant",
+    "5814": "Fast Food",
+    "5999": "Misc Retail",
+    "5311": "Department Store",
+    "5691": "Clothing",
+    "5732": "Electronics",
+    "4121": "Taxi",
+    "4814": "Telecom",
+    "5541": "Fuel",
+    "5912": "Pharmacy",
+    "7011": "Hotel",
+    "4511": "Airline",
+    "5815": "Digital Goods",
+    "5944": "Jewellery",
+    "7995": "Gambling",
+    "4829": "Money Transfer",
+    "6051": "Quasi Cash",
+    "6211": "Securities",
+}
+#: The zone of the other schema's local timestamps.
+OTHER_ZONE = "America/New_York"
+#: Its timestamp format.
+OTHER_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def to_other_schema(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows as another data set would hold them: other column names, string categories,
+    merchant names with spaces, local time stamps as text and amounts in another unit.
+
+    `trans_num` (id), `trans_time` (local time in `OTHER_ZONE`, `OTHER_TIME_FORMAT`, to the second),
+    `amt_thousands` (the amount in thousands of the currency's major unit), `ccy`, `cc_num`,
+    `customer`, `device`, `ip_address`, `country_code`, `merchant` (`Shop 12 Grocery Store`: a name
+    with spaces), `category` (the merchant category's name, e.g. `Grocery Store`), `channel`,
+    `is_fraud` (`yes` or `no`). docs/data.md maps it back with transforms alone.
+    """
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo(OTHER_ZONE)
+    out = []
+    for r in rows:
+        digits = MINOR_DIGITS.get(r["currency"], 2)
+        category = CATEGORY_NAMES[r["merchant_category"]]
+        local = datetime.fromtimestamp(r["event_time_ms"] / 1000, zone)
+        out.append(
+            {
+                "trans_num": r["transaction_id"],
+                "trans_time": local.strftime(OTHER_TIME_FORMAT),
+                "amt_thousands": r["amount_minor"] / 10**digits / 1000,
+                "ccy": r["currency"],
+                "cc_num": r["card_id"],
+                "customer": r["user_id"],
+                "device": r["device_id"],
+                "ip_address": r["ip"],
+                "country_code": r["country"],
+                "merchant": f"Shop {r['merchant_id'].removeprefix('m-')} {category}",
+                "category": category,
+                "channel": r["channel"],
+                "is_fraud": "yes" if r["label"] else "no",
+            }
+        )
+    return out
+
+
 # --- streaming to a live server -------------------------------------------------------------
 
 

@@ -34,11 +34,14 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.enrich import ADDRESS_FIELD, BOOL, NUMBER, STRING
 from engine.iso import COUNTRY_ALIASES, country_hint
@@ -193,6 +196,29 @@ def _nan_max(*xs: float) -> float:
     return math.nan if any(x != x for x in xs) else max(xs)
 
 
+@functools.lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}") from None
+
+
+def _parse_time(text: str, fmt: str, zone: str) -> float:
+    """Epoch milliseconds of `text` read with strptime's `fmt`, in time zone `zone` unless the text gives an offset."""
+    when = datetime.strptime(text, fmt)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_zone(zone))
+    return when.timestamp() * 1000.0
+
+
+def _text(x: float) -> str:
+    """A number as text: whole numbers without a decimal point, missing as ''."""
+    if x != x:
+        return ""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
 #: The safe functions of the language, by name.
 FUNCTIONS: dict[str, Function] = {
     "abs": Function((NUMBER,), NUMBER, abs, "absolute value"),
@@ -207,6 +233,12 @@ FUNCTIONS: dict[str, Function] = {
     "starts_with": Function((STRING, STRING), BOOL, str.startswith, "text begins with a prefix"),
     "ends_with": Function((STRING, STRING), BOOL, str.endswith, "text ends with a suffix"),
     "contains": Function((STRING, STRING), BOOL, lambda s, t: t in s, "text contains a substring"),
+    "replace": Function((STRING, STRING, STRING), STRING, str.replace, "text with every `old` replaced by `new`"),
+    "concat": Function((STRING, STRING, "*"), STRING, lambda *xs: "".join(xs), "the texts joined end to end"),
+    "text": Function((NUMBER,), STRING, _text, "a number as text (whole numbers without '.0'; missing: '')"),
+    "parse_time": Function(
+        (STRING, STRING, STRING), NUMBER, _parse_time, "epoch ms of text in a strptime format and an IANA time zone"
+    ),
     "in_cidr": Function(("ip", STRING, "*"), BOOL, lambda a, c: c.contains(a), "ip lies in one of the networks"),
 }
 
@@ -689,6 +721,8 @@ def compile_condition(text: str, scope: Scope | Mapping[str, str], label: str = 
         raise ExprError(1, 1, f"a condition must be true or false, this one is a {kind}")
     if want == NUMBER and kind not in (NUMBER, BOOL):
         raise ExprError(1, 1, f"a feature must be a number (or true/false), this one is a {kind}")
+    if want == STRING and kind != STRING:
+        raise ExprError(1, 1, f"this must give text, it gives a {kind} (text(x) turns a number into text)")
     try:
         why = contradiction(text) if want == BOOL else None
     except RecursionError:

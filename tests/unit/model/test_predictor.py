@@ -225,3 +225,21 @@ def test_swap_replaces_rules_and_model_for_the_next_transaction(trained_registry
     after = pipe.score(Transaction("s2", 1_767_225_600_001, 2_000, "EUR", card_id="c1")).result
     assert (before.ruleset_version, after.ruleset_version) == ("2026.12.06-2", "next")
     assert after.features["card_count_10m"] == 2  # window state carries over the swap
+
+
+def test_a_registry_without_promoted_lists_the_versions_it_holds(tmp_path: Path) -> None:
+    """`backtest --model models/` after a train without --promote: the versions found, newest first."""
+    import os
+
+    for age, version in enumerate(("m-new", "m-old")):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "model.txt").write_text("tree\n")
+        os.utime(tmp_path / version / "model.txt", (1_000_000 - age, 1_000_000 - age))
+    (tmp_path / "notes").mkdir()  # not a model
+    with pytest.raises(ModelInvalid) as info:
+        resolve_model_dir(tmp_path)
+    message = str(info.value)
+    assert "is a registry with no promoted model; it holds 2 version(s), newest first: m-new, m-old" in message
+    assert f"--model {tmp_path / 'm-new'}" in message and "risk-engine models promote VERSION" in message
+    with pytest.raises(ModelInvalid, match="is neither a model folder"):
+        resolve_model_dir(tmp_path / "notes")

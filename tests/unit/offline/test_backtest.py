@@ -119,8 +119,13 @@ def case(tmp_path: Path) -> dict[str, Path]:
 
 
 def run(*argv: str) -> int:
-    """The CLI on the small hand-made rule sets, which the shipped model does not fit: no model unless given."""
-    return main(["backtest", "--quiet", *argv, *(() if "--model" in argv else ("--no-model",))])
+    """The CLI on the small hand-made rule sets, which the shipped model does not fit: no model unless given.
+
+    The hand-made case rejects 1 row of 13 on purpose: over the default 1 %, so the threshold is raised
+    (`test_rejected_rows_over_the_threshold_fail_with_their_summary` runs it at the default).
+    """
+    extra = () if "--max-rejected" in argv else ("--max-rejected", "10%")
+    return main(["backtest", "--quiet", *argv, *extra, *(() if "--model" in argv else ("--no-model",))])
 
 
 def summary_of(out: Path) -> dict[str, Any]:
@@ -144,6 +149,22 @@ def metrics(hits: int, fraud: int, genuine: int, fraud_minor: int, scored: int =
     }
 
 
+def test_rejected_rows_over_the_threshold_fail_with_their_summary(
+    case: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = case["tmp"] / "out"
+    args = ("--data", str(case["data"]), "--rules", str(case["a"]), "--out", str(out))
+    assert run(*args, "--max-rejected", "1%") == 2
+    err = capsys.readouterr().err
+    assert "7.69% of the rows were rejected, more than the allowed 1.00%" in err
+    assert (
+        "currency: '…' is not an ISO 4217 currency code: 1 rows, e.g. row 1 ('ZZZ')" in err
+    )  # written in reverse: t13 is the file's first row
+    assert "rejected by validation: 1 of 13 rows" in (out / "summary.md").read_text()
+    assert run(*args, "--max-rejected", "0.08") == 0
+    assert "rejected by validation: 1 of 13 rows (7.69%)" in capsys.readouterr().err
+
+
 def test_summary_matches_the_hand_computed_case(case: dict[str, Path]) -> None:
     out = case["tmp"] / "out"
     assert run("--data", str(case["data"]), "--rules", str(case["a"]), "--out", str(out)) == 0
@@ -155,6 +176,14 @@ def test_summary_matches_the_hand_computed_case(case: dict[str, Path]) -> None:
     pop = s["population"]
     assert (pop["rows"], pop["scored"], pop["rejected"]) == (13, 12, 1)
     assert "t13" in pop["first_errors"][0]
+    assert s["rejections"]["by_reason"] == [
+        {
+            "field": "currency",
+            "reason": "'…' is not an ISO 4217 currency code",
+            "count": 1,
+            "examples": [{"row": 1, "id": "t13", "value": "ZZZ"}],  # the file is written in reverse
+        }
+    ]
     assert (pop["labeled"], pop["unlabeled"], pop["frauds"], pop["genuine"]) == (11, 1, 6, 5)
     assert pop["fraud_amount"] == 360.0
     assert pop["fraud_rate"] == 6 / 11

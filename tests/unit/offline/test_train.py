@@ -10,10 +10,15 @@ import pytest
 
 from engine.model.predictor import resolve_model_dir
 from engine.offline.train import (
+    CP_MIN_CARDS_PER_DAY,
+    FEW_TREES,
     ThresholdPolicy,
     choose_thresholds,
+    evaluate_scores,
     known_compromised_mask,
+    precision_top_k,
     train,
+    training_warnings,
 )
 from tests.support import RULES
 from tests.support.served import TEST_TRAIN_CONFIG
@@ -47,6 +52,42 @@ def test_thresholds_by_hand() -> None:
     assert strict["deny"] == {"threshold": 0.9, "rate": 0.3, "precision": 1.0, "recall": 0.6}
     none = choose_thresholds(scores, labels, ThresholdPolicy(review_rate=0.5, deny_precision=0.9, min_deny_count=4))
     assert none["deny_at"] is None and none["deny"] is None
+
+
+def test_warnings_for_few_trees_and_weeks_that_swing() -> None:
+    def week(day: str, trees: int, ap: float) -> dict[str, object]:
+        return {"test": [day, day], "best_iteration": trees, "average_precision": ap}
+
+    steady = {"weeks": [week("2026-01-05", 300, 0.60), week("2026-01-12", 250, 0.70)]}
+    assert training_warnings(FEW_TREES, steady) == []
+    assert training_warnings(FEW_TREES, None) == []
+    final = training_warnings(FEW_TREES - 13, steady)
+    assert len(final) == 1 and final[0].startswith(f"the final model stopped at {FEW_TREES - 13} trees")
+    swinging = {"weeks": [week("2026-01-05", 27, 0.30), week("2026-01-12", 300, 0.80)]}
+    got = training_warnings(300, swinging)
+    assert got == [
+        f"validation weeks stopped under {FEW_TREES} trees: 2026-01-05 (27)",
+        "validation AP swings between weeks: 0.300 to 0.800 (mean 0.550); "
+        "the model's quality depends on the week it is tested on",
+    ]
+
+
+def test_card_precision_only_with_enough_cards_a_day() -> None:
+    rng = np.random.default_rng(3)
+    n = 4_000
+    labels = (rng.random(n) < 0.05).astype(np.float64)
+    scores = labels * 0.5 + rng.random(n)
+    days = np.repeat([0, 1], n // 2)
+    few = np.array([f"c{i % 300}" for i in range(n)], dtype=object)  # 300 cards a day
+    got = evaluate_scores(scores, labels, days, few)
+    assert "card_precision_top_100" not in got and got["top_k"] == 40
+    assert got["precision_top_k"] == pytest.approx(precision_top_k(scores, labels, 40), abs=1e-4)
+    top = np.argsort(-scores)[:40]
+    assert got["precision_top_k"] == pytest.approx(labels[top].mean(), abs=1e-4)
+    many = np.array([f"c{i}" for i in range(n)], dtype=object)  # 2,000 cards a day
+    assert CP_MIN_CARDS_PER_DAY <= n // 2
+    got = evaluate_scores(scores, labels, days, many)
+    assert "card_precision_top_100" in got and "precision_top_k" not in got
 
 
 @pytest.mark.slow

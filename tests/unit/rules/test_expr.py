@@ -183,10 +183,32 @@ def test_bad_list_entries_are_reported_at_their_file_line(tmp_path: Path) -> Non
         ("if_missing(card_avg_amount_7d, 0) == 8", {"card_avg_amount_7d": 8.0}, True),
         ("in_cidr(ip, '192.0.2.0/24', '2001:db8::/32')", {"ip": "192.0.2.77"}, True),
         ("in_cidr(ip, '192.0.2.0/24')", {"ip": "192.0.3.1"}, False),
+        ("replace(card_id, ' ', '_') == 'a_b_c'", {"card_id": "a b c"}, True),
+        ("concat(card_id, '-', device_id) == 'c1-d1'", {"card_id": "c1", "device_id": "d1"}, True),
+        ("text(amount) == '42' and text(amount / 8) == '5.25'", {"amount": 42.0}, True),
+        ("text(card_avg_amount_7d) == ''", {"card_avg_amount_7d": math.nan}, True),
+        # 09:30 in New York in January is 14:30 UTC; an offset in the text wins over the zone
+        (
+            "parse_time(card_id, '%Y-%m-%d %H:%M', 'America/New_York') == 1767277800000",
+            {"card_id": "2026-01-01 09:30"},
+            True,
+        ),
+        (
+            "parse_time(card_id, '%Y-%m-%dT%H:%M%z', 'Asia/Tokyo') == 1767277800000",
+            {"card_id": "2026-01-01T14:30+0000"},
+            True,
+        ),
     ],
 )
 def test_missing_values_and_functions(text: str, fields: dict[str, Any], expected: bool) -> None:
     assert run(text, **fields) is expected
+
+
+def test_parse_time_refuses_an_unknown_zone_and_a_text_off_its_format() -> None:
+    with pytest.raises(ValueError, match="unknown time zone 'Nowhere/Else'"):
+        run("parse_time(card_id, '%Y-%m-%d', 'Nowhere/Else') > 0", card_id="2026-01-01")
+    with pytest.raises(ValueError, match="does not match format"):
+        run("parse_time(card_id, '%Y-%m-%d', 'UTC') > 0", card_id="01/02/2026")
 
 
 @pytest.mark.parametrize(

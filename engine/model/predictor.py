@@ -41,7 +41,7 @@ import math
 import operator
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,8 +267,7 @@ class Model:
 
     def row(self, fields: Mapping[str, Any]) -> tuple[Any, ...]:
         """The raw feature values in the model's order, as read from the fields (no conversion)."""
-        values = self._row(fields)  # type: ignore[attr-defined]
-        return values if len(self.features) > 1 else (values,)  # type: ignore[no-any-return]
+        return self._row(fields)  # type: ignore[attr-defined, no-any-return]
 
     def vector(self, fields: Mapping[str, Any]) -> np.ndarray:
         """The feature row in the model's order (bools as 0/1, missing as NaN)."""
@@ -277,7 +276,9 @@ class Model:
     def matrix(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """One feature row per field map, in the model's order (bools as 0/1, missing as NaN)."""
         # NumPy converts each bool, int and float exactly as float() does.
-        row = self._row if self.categories else operator.itemgetter(*self.features)  # type: ignore[attr-defined]
+        row: Callable[[Mapping[str, Any]], Any] = operator.itemgetter(*self.features)
+        if self.categories:  # type: ignore[attr-defined]
+            row = self._row  # type: ignore[attr-defined]
         return np.array(list(map(row, rows)), dtype=np.float64).reshape(len(rows), len(self.features))
 
     def predict(self, fields: Mapping[str, Any]) -> float:

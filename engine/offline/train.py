@@ -26,8 +26,8 @@ import numpy as np
 import yaml
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from engine.model.drift import reference_histograms
 from engine.model.categories import CategoryMap, category_value
+from engine.model.drift import reference_histograms
 from engine.model.predictor import window_to_dict
 from engine.model.registry import promote as promote_model
 from engine.offline import training_report

@@ -283,8 +283,11 @@ def list_models(registry: Path) -> list[ModelEntry]:
 
 
 #: The validation metrics a promotion compares (docs/models.md), and the one that decides "worse".
-COMPARED = (("auc_roc", "AUC ROC"), ("average_precision", "AP"), ("card_precision_top_100", "CP@100"))
+COMPARED = (("auc_roc", "AUC ROC"), ("average_precision", "AP"))
 DECIDING = "average_precision"
+#: The ranking metric shown beside them when every shared week of both models has it: CP@100 where the data
+#: has enough cards a day, else the precision of the top transactions (`engine.offline.train.evaluate_scores`).
+RANKINGS = (("card_precision_top_100", "CP@100"), ("precision_top_k", "P@k"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +320,14 @@ class Comparison:
         return float(sum(getattr(w, which)[key] for w in self.weeks) / len(self.weeks))
 
     @property
+    def columns(self) -> tuple[tuple[str, str], ...]:
+        """The metrics shown: AUC ROC and AP, and the ranking metric every shared week of both models has."""
+        for key, label in RANKINGS:
+            if all(key in w.candidate and key in w.champion for w in self.weeks):
+                return (*COMPARED, (key, label))
+        return COMPARED
+
+    @property
     def worse(self) -> bool:
         """The candidate's mean AP over the shared weeks is below the champion's (rounded to 4 digits)."""
         if not self.weeks:
@@ -330,7 +341,7 @@ class Comparison:
         lines = [
             f"candidate {self.candidate} against the champion {self.champion}, "
             f"on {len(self.weeks)} validation week(s) with the same test rows:",
-            f"  {'test week':26} {'model':10}" + "".join(f"{label:>9}" for _, label in COMPARED),
+            f"  {'test week':26} {'model':10}" + "".join(f"{label:>9}" for _, label in self.columns),
         ]
 
         def row(when: str, who: str, values: list[float], sign: str = "") -> str:
@@ -338,9 +349,9 @@ class Comparison:
 
         for w in self.weeks:
             when = f"{w.test[0]} .. {w.test[1]}"
-            lines.append(row(when, "candidate", [w.candidate[k] for k, _ in COMPARED]))
-            lines.append(row("", "champion", [w.champion[k] for k, _ in COMPARED]))
-        means = {who: [self.mean(who, k) for k, _ in COMPARED] for who in ("candidate", "champion")}
+            lines.append(row(when, "candidate", [w.candidate[k] for k, _ in self.columns]))
+            lines.append(row("", "champion", [w.champion[k] for k, _ in self.columns]))
+        means = {who: [self.mean(who, k) for k, _ in self.columns] for who in ("candidate", "champion")}
         lines.append(row("mean", "candidate", means["candidate"]))
         lines.append(row("", "champion", means["champion"]))
         lines.append(
@@ -371,7 +382,9 @@ def _validation_weeks(folder: Path) -> dict[tuple[str, str, int, int], dict[str,
     for week in weeks if isinstance(weeks, list) else ():
         try:
             key = (str(week["test"][0]), str(week["test"][1]), int(week["rows"]), int(week["frauds"]))
-            out[key] = {k: float(week[k]) for k, _ in COMPARED}
+            metrics = {k: float(week[k]) for k, _ in COMPARED}
+            metrics.update({k: float(week[k]) for k, _ in RANKINGS if k in week})
+            out[key] = metrics
         except (KeyError, IndexError, TypeError, ValueError):
             continue  # a week the metadata does not describe fully is not compared
     return out

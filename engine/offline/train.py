@@ -35,6 +35,7 @@ from engine.offline.datasets import load_dataset, mapping_candidates
 from engine.offline.period import Period, select_period
 from engine.offline.rejections import DEFAULT_MAX_REJECTED, Rejections, check_rejections, find_rejections
 from engine.offline.replay import LabelEvent, ReplayStats, label_events, print_progress, replay
+from engine.offline.training_report import ranking
 from engine.rules.loader import load_ruleset
 from engine.transaction import Transaction
 
@@ -266,13 +267,6 @@ def evaluate_scores(
         out["precision_top_k"] = round(precision_top_k(scores, labels, k), 4)
         out["top_k"] = k
     return out
-
-
-def ranking(m: dict[str, Any]) -> str:
-    """A period's ranking metric for the report: `CP@100 0.300` or `P@52 0.712`."""
-    if "card_precision_top_100" in m:
-        return f"CP@100 {m['card_precision_top_100']:.3f}"
-    return f"P@{m['top_k']} {m['precision_top_k']:.3f}"
 
 
 def choose_thresholds(scores: np.ndarray, labels: np.ndarray, policy: ThresholdPolicy) -> dict[str, Any]:
@@ -536,7 +530,7 @@ def train(
     held = masks[held_out]
     reference = reference_histograms(x[held], config.features, held_scores, held_out)
     diagnostics = training_report.diagnostics(
-        booster, config.features, x[held], y[held], held_scores, days[held], cards[held], card_precision_top_k, held_out
+        booster, config.features, x[held], y[held], held_scores, days[held], cards[held], evaluate_scores, held_out
     )
 
     text = booster.model_to_string(num_iteration=booster.best_iteration)

@@ -543,12 +543,13 @@ def test_promote_refuses_a_worse_model_unless_forced(
     assert code == 2
     assert (registry / PROMOTED).read_text() == good.name + "\n"  # unchanged
     assert "refused, PROMOTED unchanged" in err and "--force" in err and len(err.strip().splitlines()) == 1
-    # The comparison: both models on the same two weeks, AUC, AP and CP@100, and the means.
+    # The comparison: both models on the same two weeks, AUC, AP and the ranking metric that fits this data
+    # (P@k: too few cards a day for CP@100), and the means.
     assert f"against the champion {good.name}" in out and "on 2 validation week(s)" in out
     assert "2026-01-16 .. 2026-01-22" in out and "2026-01-23 .. 2026-01-29" in out
-    assert "AUC ROC" in out and "CP@100" in out
+    assert "AUC ROC" in out and "P@k" in out and "CP@100" not in out
     mean = out.split("  mean")[1].splitlines()
-    assert mean[0].split()[0] == "candidate" and float(mean[0].split()[2]) == weak_ap  # AUC, AP, CP@100
+    assert mean[0].split()[0] == "candidate" and float(mean[0].split()[2]) == weak_ap  # AUC, AP, P@k
     assert mean[1].split()[0] == "champion" and float(mean[1].split()[2]) == good_ap
     assert "the candidate is worse" in out
 

@@ -164,7 +164,8 @@ def test_training_report_importance_calibration_distribution_weeks_and_reference
     # Per week of the test period (2026-01-23 .. 30: two slices), each with the three metrics.
     weeks = d["held_out_weeks"]
     assert weeks[0]["from"] == "2026-01-23" and sum(w["rows"] for w in weeks) <= test["rows"]
-    assert all(0 <= w["card_precision_top_100"] <= 1 and 0.5 < w["auc_roc"] <= 1 for w in weeks)
+    # the ranking metric that fits this small data: P@k (too few cards a day for CP@100)
+    assert all(0 <= w["precision_top_k"] <= 1 and 0.5 < w["auc_roc"] <= 1 for w in weeks)
 
     # Reference histograms for drift: the score and every feature, shares and missing summing to 1.
     ref = meta["reference"]

@@ -37,14 +37,29 @@ class Limits:
 
 
 def _check_id(field: str, value: str, limits: Limits, required: bool = False) -> None:
+    """An id as real systems send it: any printable Unicode, inner spaces included (merchant names are ids).
+
+    Refused: values longer than `max_id_length` characters; control and
+    other non-printable characters (line breaks, tabs, NUL, format
+    characters such as zero-width joiners or direction marks, which make two
+    ids that look alike differ, and space characters other than U+0020);
+    leading or trailing spaces (`"shop "` and `"shop"` would be two entities).
+    """
     if not value:
         if required:
             raise InvalidTransaction(field, "is required")
         return
     if len(value) > limits.max_id_length:
         raise InvalidTransaction(field, f"is {len(value)} characters long, the limit is {limits.max_id_length}")
-    if not value.isascii() or not value.isprintable() or " " in value:
-        raise InvalidTransaction(field, "must be printable ASCII without spaces")
+    if not value.isprintable():  # str.isprintable: U+0020 is the one space character it accepts
+        raise InvalidTransaction(field, "must be printable text (no control, format or non-U+0020 space characters)")
+    if value[0] == " " or value[-1] == " ":
+        raise InvalidTransaction(field, "must not start or end with a space")
+
+
+def _plain_id(value: str, longest: int) -> bool:
+    """What `_check_id` accepts, in one expression for the common case (absent or a plain token)."""
+    return len(value) <= longest and value.isprintable() and value[0] != " " and value[-1] != " "
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -110,7 +125,7 @@ def validate(txn: Transaction, limits: Limits, now_ms: int | None) -> IPAddress 
         ("merchant_id", txn.merchant_id),
     ):
         # The common case (absent, or a plain token) without a call; anything else gets its reason.
-        if value and (len(value) > longest or not (value.isascii() and value.isprintable()) or " " in value):
+        if value and not _plain_id(value, longest):
             _check_id(name, value, limits)
     if not (txn.user_id or txn.card_id):
         raise InvalidTransaction("card_id", "card_id or user_id is required")

@@ -67,6 +67,7 @@ TOP_KEYS = (
     "model",
     "degraded",
     "geoip",
+    "keep_attributes",
     "lists",
     "rules",
     "tests",
@@ -194,6 +195,7 @@ def load_ruleset(path: str | Path, *, run_tests: bool = True) -> RuleSet:
         features=tuple(features),
         data_mapping=tuple(settings.data_mapping),
         label_delay_ms=settings.label_delay,
+        keep_attributes=frozenset(settings.keep_attributes),
         root=str(root),
         manifest=tuple(manifest),
     )

@@ -43,6 +43,7 @@ KEYS = (
     "model",
     "degraded",
     "geoip",
+    "keep_attributes",
 )
 
 Pos = tuple[int, int]
@@ -114,6 +115,7 @@ class Settings:
     geoip: GeoLookup | None = None
     model: ModelPolicy = field(default_factory=lambda: ModelPolicy(None, None))
     degraded: DegradedPolicy = field(default_factory=lambda: DegradedPolicy(None, None))
+    keep_attributes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +171,15 @@ def _label_delay(b: Collector, value: Any, pos: Pos, _: Context) -> int | None:
     if ms is None:
         b.err(pos, f"'label_delay': {problem}", hint)
     return ms
+
+
+def _keep_attributes(b: Collector, value: Any, pos: Pos, _: Context) -> tuple[str, ...] | None:
+    """The attributes the decision log keeps (every other attribute is left out of it)."""
+    names = value if isinstance(value, list) else None
+    if names is None or not all(isinstance(n, str) and n.isidentifier() and n.isascii() for n in names):
+        b.err(pos, f"'keep_attributes' must be a list of attribute names, got {value!r}")
+        return None
+    return tuple(names)
 
 
 def _data_mapping(b: Collector, value: Any, pos: Pos, ctx: Context) -> list[str]:
@@ -284,6 +295,7 @@ SETTINGS: dict[str, Parser] = {
     "label_delay": _label_delay,
     "data_mapping": _data_mapping,
     "geoip": _geoip,
+    "keep_attributes": _keep_attributes,
 }
 #: Parsed after the sections (they read the catalog of fields, windows and features).
 POLICIES: dict[str, Parser] = {"model": _model, "degraded": _degraded}

@@ -20,6 +20,7 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from engine.privacy import Pseudonyms
 from engine.windows.breaker import Breaker, BreakerPolicy
 from engine.windows.redis_store import CLAIM_SOURCE, OnBreaker, _RedisBase, counts_against_target, unavailable_kind
 from engine.windows.spec import BoundGroup, BoundWindows, WindowPlan
@@ -70,8 +71,11 @@ class RedisClusterStore(_RedisBase):
         max_connections: int = 64,
         max_event_delay_s: float = 86400.0 + 300.0,
         write_behind: bool = True,
+        pseudonyms: Pseudonyms | None = None,
     ) -> None:
-        super().__init__(prefix, breaker, on_breaker, idempotency_ttl_s, max_event_delay_s, budget_s, write_behind)
+        super().__init__(
+            prefix, breaker, on_breaker, idempotency_ttl_s, max_event_delay_s, budget_s, write_behind, pseudonyms
+        )
         if isinstance(nodes, str):
             nodes = parse_cluster_url(nodes)
         self._startup = [ClusterNode(h, p) for h, p in nodes]

@@ -27,7 +27,7 @@ import secrets
 from pathlib import Path
 
 CARD_NUMBER_REASON = "looks like a card number: send a token"
-CARD_SECRET_REASON = "names card security data (CVV/CVC, PIN or track data): never send it"
+CARD_SECRET_REASON = "names card security data (CVV/CVC, PIN or track data): never send it"  # noqa: S105 - a message, not a password
 
 _SEPARATORS = re.compile(r"[ -]")
 #: Attribute key words that name card security data (compared lower-case, per `_`-separated word and whole).

@@ -56,7 +56,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from engine.privacy import Pseudonyms, looks_like_card_number, names_card_secret, truncate_ip
+from engine.privacy import Pseudonyms, card_digits, looks_like_card_number, names_card_secret, truncate_ip
 from engine.transaction import Reason, ScoreResult, Transaction
 
 log = logging.getLogger("risk_engine.decision_log")
@@ -107,7 +107,7 @@ _HASHED_IDS = ("user_id", "card_id", "device_id")
 def _no_card(value: str, pseudonyms: Pseudonyms | None) -> str:
     if not looks_like_card_number(value):
         return value
-    return pseudonyms.of(value) if pseudonyms is not None else "masked"
+    return pseudonyms.of(card_digits(value)) if pseudonyms is not None else "masked"
 
 
 def _transaction(txn: Transaction, policy: RecordPolicy | None) -> dict[str, Any]:
@@ -130,7 +130,11 @@ def _transaction(txn: Transaction, policy: RecordPolicy | None) -> dict[str, Any
     if policy is None:
         return out
     for name in _HASHED_IDS:
-        out[name] = keys.of(out[name]) if keys is not None else _no_card(out[name], None)
+        value = out[name]
+        if looks_like_card_number(value) or keys is None:
+            out[name] = _no_card(value, keys)
+        else:
+            out[name] = keys.of(value)
     if keys is not None:
         out["ip"] = truncate_ip(txn.ip)
     kept = policy.kept_attributes() if policy.kept_attributes is not None else None

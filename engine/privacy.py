@@ -79,6 +79,11 @@ def looks_like_card_number(value: str) -> bool:
     return 12 <= len(digits) <= 19 and digits.isascii() and digits.isdigit() and luhn_ok(digits)
 
 
+def card_digits(value: str) -> str:
+    """A card number without its spaces and dashes: one spelling per card."""
+    return _SEPARATORS.sub("", value)
+
+
 def names_card_secret(key: str) -> bool:
     """Whether an attribute key names card security data: `cvv`, `card_cvc2`, `pin_block`, `track2`, `CVV`..."""
     low = key.lower()

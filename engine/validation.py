@@ -15,6 +15,7 @@ from engine.privacy import (
     CARD_NUMBER_REASON,
     CARD_SECRET_REASON,
     Pseudonyms,
+    card_digits,
     looks_like_card_number,
     names_card_secret,
 )
@@ -190,8 +191,9 @@ _CARD_FIELDS = ("transaction_id", "user_id", "card_id", "device_id", "merchant_i
 def mask_card_data(txn: Transaction, pseudonyms: Pseudonyms) -> Transaction:
     """The transaction with card data masked instead of refused (`RISK_CARD_DATA=mask`).
 
-    A card number in an id or attribute value becomes its pseudonym (the same
-    card, the same pseudonym: its windows still add up); an attribute that
+    A card number in an id or attribute value becomes the pseudonym of its
+    digits (the same card, however spaced, the same pseudonym: its windows
+    still add up); an attribute that
     names card security data is dropped. Unchanged (the same object) when
     there is nothing to mask, the common case.
     """
@@ -199,10 +201,10 @@ def mask_card_data(txn: Transaction, pseudonyms: Pseudonyms) -> Transaction:
     for name in _CARD_FIELDS:
         value = getattr(txn, name)
         if looks_like_card_number(value):
-            changes[name] = pseudonyms.of(value)
+            changes[name] = pseudonyms.of(card_digits(value))
     if any(names_card_secret(k) or looks_like_card_number(v) for k, v in txn.attributes):
         changes["attributes"] = tuple(
-            (k, pseudonyms.of(v) if looks_like_card_number(v) else v)
+            (k, pseudonyms.of(card_digits(v)) if looks_like_card_number(v) else v)
             for k, v in txn.attributes
             if not names_card_secret(k)
         )

@@ -12,7 +12,9 @@ Pseudonyms: `Pseudonyms.of(value)` is `p:` and 32 hex digits of the
 HMAC-SHA256 of the value under the operator's secret. The same value always
 gives the same pseudonym, so windows and distinct counts group exactly as
 they did on the clear values; without the secret the value cannot be
-recovered or confirmed by hashing guesses. Stores and the decision log keep
+recovered or confirmed by hashing guesses. A value that already is a
+pseudonym stays as it is: a transaction read back from the decision log
+(feedback the review desk sends) lands on the same windows as the original. Stores and the decision log keep
 the pseudonym, never the value (see README "Data protection").
 """
 
@@ -93,6 +95,12 @@ def names_card_secret(key: str) -> bool:
 
 
 PSEUDONYM_PREFIX = "p:"
+_PSEUDONYM = re.compile(r"p:[0-9a-f]{32}")
+
+
+def is_pseudonym(value: str) -> bool:
+    """Whether a value has the form of a pseudonym (`p:` and 32 lower-case hex digits)."""
+    return len(value) == 34 and _PSEUDONYM.fullmatch(value) is not None
 
 
 class Pseudonyms:
@@ -108,8 +116,8 @@ class Pseudonyms:
 
     def of(self, value: str) -> str:
         """The pseudonym of a non-empty value ('' stays '': an absent id)."""
-        if not value:
-            return value
+        if not value or is_pseudonym(value):
+            return value  # already one (a transaction read back from the decision log, as the desk sends feedback)
         found = self._cache.get(value)
         if found is not None:
             return found

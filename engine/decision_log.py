@@ -148,6 +148,7 @@ def to_record(
     decided_at: float, txn: Transaction, result: ScoreResult, policy: RecordPolicy | None = None, dry_run: bool = False
 ) -> dict[str, Any]:
     """The decision log record of one scored transaction (`policy`: what of the transaction it keeps)."""
+    dry_run = dry_run or result.dry_run
     record = {
         "v": 1,
         "decided_at_ms": int(decided_at * 1000),

@@ -166,9 +166,9 @@ class RiskEngineServicer:
     def _score(self, request: risk_pb2.ScoreRequest, context: grpc.ServicerContext) -> risk_pb2.ScoreResponse:
         try:
             txn = to_transaction(request, self.pipeline.limits)
-            scored = self.pipeline.score(txn, context.time_remaining())
+            scored = self.pipeline.score(txn, context.time_remaining(), dry_run=request.dry_run)
         except InvalidTransaction as exc:
-            path = exc.field if exc.field == "transaction" else f"transaction.{exc.field}"
+            path = exc.field if exc.field in ("transaction", "dry_run") else f"transaction.{exc.field}"
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{path}: {exc.reason}") from None
         except IdempotencyConflict as exc:
             raise _Refused(
@@ -186,8 +186,9 @@ class RiskEngineServicer:
         if scored.replayed:
             context.send_initial_metadata((("risk-replayed", "true"),))
         else:
-            self.observe(scored.result)
-            self.observe_steps(scored.timings_ns)
+            if not scored.result.dry_run:  # sandbox calls stay out of the decision metrics
+                self.observe(scored.result)
+                self.observe_steps(scored.timings_ns)
             if self.on_scored is not None:
                 self.on_scored(txn, scored.result)
         return to_response(scored.result)

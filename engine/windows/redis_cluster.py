@@ -191,14 +191,23 @@ class RedisClusterStore(_RedisBase):
         return granted
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
+        return self._apply(plan, bound, fingerprint, dry=False)
+
+    def read(self, plan: WindowPlan, bound: BoundWindows) -> WindowsOutcome:
+        """A dry run's windows: read, nothing written, no idempotency record checked or claimed."""
+        return self._apply(plan, bound, "", dry=True)
+
+    def _apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str, dry: bool) -> WindowsOutcome:
         script = self._source(plan)
+        idem, idem_node, idem_conn = "", "", None
         try:
             cluster = self._cluster()
-            idem = self._idem_key(bound.transaction_id)
-            queued = self._queued_answer(bound.transaction_id, idem, fingerprint)
-            if queued is not None:
-                return queued
-            idem_node, idem_conn = self._node_client(cluster, idem)
+            if not dry:
+                idem = self._idem_key(bound.transaction_id)
+                queued = self._queued_answer(bound.transaction_id, idem, fingerprint)
+                if queued is not None:
+                    return queued
+                idem_node, idem_conn = self._node_client(cluster, idem)
             # One script call per entity value, one pipeline per master (built before any call,
             # so that a call needing a master whose breaker is open touches nothing).
             by_entity: dict[tuple[str, str], list[BoundGroup]] = {}
@@ -210,26 +219,30 @@ class RedisClusterStore(_RedisBase):
                 targets.setdefault(name, (conn, []))[1].append((tag, groups))
         except (redis.RedisError, OSError) as exc:
             self._fail(None, exc)
-        names = [idem_node, *(name for name in targets if name != idem_node)]
+        names = list(targets) if dry else [idem_node, *(name for name in targets if name != idem_node)]
         breakers = dict(zip(names, self._admit(names), strict=True))
-        # 1. The idempotency record, in its own slot: checked (and claimed) first.
-        try:
-            claim = self._run_node(idem_conn, [(self._claim_sha, CLAIM_SOURCE, [idem], [fingerprint, self._ttl_ms])])[0]
-            if isinstance(claim, Exception):
-                raise claim
-            status = int(claim[0])
-        except (redis.RedisError, OSError) as exc:
-            self._cancel(breakers, idem_node)
-            self._fail(breakers[idem_node], exc)
-        if status in (0, 1) or idem_node not in targets:
-            breakers[idem_node].success()
-        if status == 0:
-            self._cancel(breakers, idem_node)
-            raise IdempotencyConflict(bound.transaction_id)
-        if status == 1:
-            self._cancel(breakers, idem_node)
-            return WindowsOutcome(replay=zlib.decompress(claim[1]).decode(), raw=())
-        mode = "F" if status == 4 else "R"
+        mode = "D"  # a dry run: no record, nothing written (windows.lua)
+        if idem_conn is not None:
+            # 1. The idempotency record, in its own slot: checked (and claimed) first.
+            try:
+                claim = self._run_node(
+                    idem_conn, [(self._claim_sha, CLAIM_SOURCE, [idem], [fingerprint, self._ttl_ms])]
+                )[0]
+                if isinstance(claim, Exception):
+                    raise claim
+                status = int(claim[0])
+            except (redis.RedisError, OSError) as exc:
+                self._cancel(breakers, idem_node)
+                self._fail(breakers[idem_node], exc)
+            if status in (0, 1) or idem_node not in targets:
+                breakers[idem_node].success()
+            if status == 0:
+                self._cancel(breakers, idem_node)
+                raise IdempotencyConflict(bound.transaction_id)
+            if status == 1:
+                self._cancel(breakers, idem_node)
+                return WindowsOutcome(replay=zlib.decompress(claim[1]).decode(), raw=())
+            mode = "F" if status == 4 else "R"
         # 2. The entity scripts, all masters together.
         per_node: dict[str, tuple[redis.Redis, list[tuple[str, str, list[str], list[Any]]]]] = {}
         for name, (conn, entities) in targets.items():

@@ -391,6 +391,13 @@ class RedisStore(_RedisBase):
             return WindowsOutcome(replay=zlib.decompress(body).decode(), raw=())
         return WindowsOutcome(replay=None, raw=tuple(int(v) for v in reply[1:]))
 
+    def read(self, plan: WindowPlan, bound: BoundWindows) -> WindowsOutcome:
+        """A dry run's windows: read, nothing written, no idempotency record checked or claimed."""
+        script = self._source(plan)
+        keys, args = self._script_args(bound, "", "D", bound.groups, script.groups)
+        reply = self._call(script, keys, args)
+        return WindowsOutcome(replay=None, raw=tuple(int(v) for v in reply[1:]))
+
     def _write_now(self, key: str, record: bytes) -> None:
         self._client.set(key, record, px=self._ttl_ms)
 

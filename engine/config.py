@@ -399,15 +399,39 @@ class ServeConfig:
         if p:
             raise ConfigError(p)
 
-    @property
-    def pseudonym_key_path(self) -> Path:
-        """Where a generated key lives: beside the decision log (shared by the workers of `--workers N`), else in
-        the user's state folder (`$XDG_STATE_HOME/risk-engine`, by default `~/.local/state/risk-engine`)."""
+    def beside_data(self, name: str) -> Path:
+        """Where a generated secret lives: beside the decision log (shared by the workers of `--workers N`), else
+        in the user's state folder (`$XDG_STATE_HOME/risk-engine`, by default `~/.local/state/risk-engine`)."""
         if self.decision_log is not None:
             root = self.decision_log.parent if self.worker_index is not None else self.decision_log
-            return root / "pseudonym.key"
+            return root / name
         state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-        return Path(state) / "risk-engine" / "pseudonym.key"
+        return Path(state) / "risk-engine" / name
+
+    @property
+    def pseudonym_key_path(self) -> Path:
+        return self.beside_data("pseudonym.key")
+
+    @property
+    def admin_token_path(self) -> Path:
+        """The admin token's file: `admin_token_file`, else generated beside the data (`beside_data`)."""
+        return self.admin_token_file if self.admin_token_file is not None else self.beside_data("admin.token")
+
+    def admin_token(self) -> tuple[str, bool]:
+        """The admin bearer token and whether it was generated now (0600, 32 random bytes in hex)."""
+        path = self.admin_token_path
+        try:
+            if self.admin_token_file is None:
+                key, created = load_or_create_key(path)
+                return key.hex(), created
+            token = path.read_text().strip()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--admin-token-file / RISK_ADMIN_TOKEN_FILE {path}: {exc}") from None
+        if len(token) < 16:
+            raise ConfigError(
+                f"--admin-token-file / RISK_ADMIN_TOKEN_FILE {path}: the token has at least 16 characters"
+            )
+        return token, False
 
     def pseudonyms(self) -> tuple[Pseudonyms, str]:
         """The pseudonym key of this server and where it came from (for the start log line; never the key).

@@ -39,7 +39,7 @@ from engine.decision_log import DecisionLog, RecordPolicy
 from engine.pipeline import Pipeline
 from engine.privacy import Pseudonyms
 from engine.reload import Reloader, ReloadStatus, load_serving
-from engine.service.admin import AdminServicer
+from engine.service.admin import AdminAuth, AdminServicer
 from engine.service.admission import Admission, AdmissionPolicy
 from engine.service.metrics import Metrics
 from engine.service.pb import admin_pb2, admin_pb2_grpc, risk_pb2
@@ -362,7 +362,18 @@ def start(config: ServeConfig) -> Running:
             maximum_concurrent_rpcs=4,
             options=[("grpc.so_reuseport", 0)],
         )
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(reloader, store.name, lambda: decisions), admin_server)
+        token, created = config.admin_token()
+        log.info(
+            "admin calls need the bearer token in %s (%s)%s",
+            config.admin_token_path,
+            "generated now" if created else "read",
+            f" or a client certificate named {', '.join(config.admin_allow)}" if config.admin_allow else "",
+            extra={"event": "config", "admin_token_file": str(config.admin_token_path)},
+        )
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminServicer(reloader, store.name, lambda: decisions, AdminAuth(token, config.admin_allow)),
+            admin_server,
+        )
         admin_address = f"{config.admin_host}:{config.admin_port}"
         # Beyond loopback the config check demands mutual TLS: the same credentials as the scoring port.
         admin_port = (

@@ -106,6 +106,7 @@ ENV_VARS = (
     "RISK_ADMIN_TOKEN_FILE",
     "RISK_ADMIN_ALLOW",
     "RISK_INSECURE",
+    "RISK_RULES_ALLOWED_DIRS",
 )
 
 
@@ -357,6 +358,12 @@ class ServeConfig:
                     "RISK_DECISION_LOG_MAX_TOTAL_MB must be at least RISK_DECISION_LOG_MAX_FILE_MB,"
                     f" got {self.decision_log_max_total_mb} < {self.decision_log_max_file_mb}"
                 )
+        if not _is_loopback(self.host) and not self.tls and not self.insecure:
+            p.append(
+                f"--host / RISK_HOST {self.host!r} is not a loopback address: the scoring port listens beyond"
+                " localhost only with TLS (--tls-cert, --tls-key), or in plaintext with an explicit --insecure /"
+                " RISK_INSECURE=on (payment data would cross the network unencrypted)"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             p.append("--tls-cert / RISK_TLS_CERT and --tls-key / RISK_TLS_KEY go together: set both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -467,6 +474,7 @@ class ServeConfig:
             "max_queue_ms": self.max_queue_ms,
             "fallback_horizon_s": self.fallback_horizon_s,
             "tls": "mutual" if self.tls_client_ca else ("on" if self.tls else "off"),
+            "insecure": self.insecure,
             "decision_log": str(self.decision_log) if self.decision_log else "off",
             "ruleset_archive": str(self.archive) if self.archive else "off",
             "card_data": self.card_data,

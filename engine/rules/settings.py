@@ -13,6 +13,7 @@ features).
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -188,7 +189,11 @@ def _data_mapping(b: Collector, value: Any, pos: Pos, ctx: Context) -> list[str]
         if isinstance(entry, str) and ID.match(entry):
             out.append(entry)  # a preset; the offline commands check its name
         elif isinstance(entry, str) and entry.endswith((".yaml", ".yml")):
-            if not (ctx.root / entry).is_file():
+            if not confined(ctx.root / entry, ctx.root):
+                b.err(
+                    pos, f"'data_mapping': {entry!r} must be inside the rules folder ({ALLOWED_DIRS_ENV} allows more)"
+                )
+            elif not (ctx.root / entry).is_file():
                 b.err(pos, f"'data_mapping': no mapping file {entry!r} beside the rules")
             else:
                 out.append(str(ctx.root / entry))
@@ -202,6 +207,18 @@ def _data_mapping(b: Collector, value: Any, pos: Pos, ctx: Context) -> list[str]
     return out
 
 
+#: Folders besides the rules folder that files a rule set names (geoip, mapping files) may be in,
+#: separated by ':' (an operator's choice, e.g. /usr/share/GeoIP); any other path is refused.
+ALLOWED_DIRS_ENV = "RISK_RULES_ALLOWED_DIRS"
+
+
+def confined(path: Path, root: Path) -> bool:
+    """Whether `path` (resolved: no `..`, no symlink out) lies in the rules folder or a folder of ALLOWED_DIRS_ENV."""
+    resolved = path.resolve()
+    allowed = [root.resolve()] + [Path(d).resolve() for d in os.environ.get(ALLOWED_DIRS_ENV, "").split(":") if d]
+    return any(resolved.is_relative_to(folder) for folder in allowed)
+
+
 def _geoip(b: Collector, value: Any, pos: Pos, ctx: Context) -> GeoLookup | None:
     from engine.geo import GeoDB, GeoError
 
@@ -209,6 +226,13 @@ def _geoip(b: Collector, value: Any, pos: Pos, ctx: Context) -> GeoLookup | None
         b.err(pos, "'geoip' must be the path of a MaxMind-format .mmdb file")
         return None
     path = Path(b.file).parent / value
+    if not confined(path, ctx.root):
+        b.err(
+            pos,
+            "'geoip': the file must be inside the rules folder",
+            f"or in a folder the operator allows with {ALLOWED_DIRS_ENV}",
+        )
+        return None
     try:
         db = GeoDB.open(path)
     except GeoError as exc:

@@ -5,7 +5,7 @@ loaded, SERVING after, NOT_SERVING again once a shutdown starts. Every health
 answer carries trailing metadata naming what serves and how the last reload
 went (`risk-ruleset-version`, `risk-ruleset-digest`, `risk-model-version`,
 `risk-challenger`: the challenger model and its mode or '', `risk-last-reload`:
-`ok` or `failed <unix time>: <first error>`). SIGTERM or
+`ok` or `failed <unix time>`: no path and no error text, those are admin `Status`'s). SIGTERM or
 SIGINT stop accepting new calls and let in-flight ones finish within the
 grace period; SIGHUP reloads the rule set at once (it is also watched).
 
@@ -73,7 +73,9 @@ class VersionedHealth(health.HealthServicer):
         status = self.status
         if status is None:
             return ()
-        last = "ok" if status.last_attempt_ok else f"failed {status.last_failure_at:.0f}: {status.last_failure}"
+        # Whether the last reload failed and when, never why: the reason names files and paths, and is
+        # admin's to tell (Status); anyone who reaches the scoring port reads this.
+        last = "ok" if status.last_attempt_ok else f"failed {status.last_failure_at:.0f}"
         return (
             ("risk-ruleset-version", _ascii(status.ruleset_version)),
             ("risk-ruleset-digest", status.ruleset_digest),

@@ -168,9 +168,22 @@ def to_record(
     }
     if policy is not None and policy.pseudonyms is not None:
         record["ids"] = "pseudonyms"
+        _hide_ids_in_messages(record, txn, policy.pseudonyms)
     if dry_run:
         record["dry_run"] = True
     return record
+
+
+def _hide_ids_in_messages(record: dict[str, Any], txn: Transaction, keys: Pseudonyms) -> None:
+    """A rule message that names an id (`{card_id}`) says its pseudonym in the log, as the transaction does."""
+    ids = [(v, keys.of(v)) for v in (txn.user_id, txn.card_id, txn.device_id) if len(v) >= 3]
+    if txn.ip:
+        ids.append((txn.ip, truncate_ip(txn.ip)))
+    for part in ("reasons", "shadow"):
+        for reason in record[part]:
+            for value, pseudonym in ids:
+                if value in reason["message"]:
+                    reason["message"] = reason["message"].replace(value, pseudonym)
 
 
 def _challenger(result: ScoreResult) -> dict[str, Any] | None:

@@ -33,6 +33,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from engine.pipeline import DeadlineTooClose, IdempotencyConflict, InvalidTransaction, Pipeline
+from engine.privacy import looks_like_card_number
 from engine.service.admission import Admission, AdmissionPolicy, AdmittingHandler
 from engine.service.convert import to_feedback, to_feedback_response, to_response, to_transaction
 from engine.service.pb import risk_pb2
@@ -46,6 +47,11 @@ Response = TypeVar("Response", risk_pb2.ScoreResponse, risk_pb2.FeedbackResponse
 
 #: Called once per answered call with its status code name, its server-side duration in seconds and its method.
 OnRequest = Callable[[str, float, str], None]
+
+
+def _loggable(transaction_id: str) -> str:
+    """A transaction id for a log line: never a card number (`RISK_CARD_DATA=mask` lets one through)."""
+    return "masked" if looks_like_card_number(transaction_id) else transaction_id[:128]
 
 
 class _Refused(Exception):
@@ -147,7 +153,7 @@ class RiskEngineServicer:
         except Exception:
             log.exception(
                 "unexpected error while recording feedback",
-                extra={"event": "error", "transaction_id": request.transaction.transaction_id[:128]},
+                extra={"event": "error", "transaction_id": _loggable(request.transaction.transaction_id)},
             )
             raise _Refused(
                 grpc.StatusCode.INTERNAL, "internal error while recording feedback; see the server log"
@@ -180,7 +186,7 @@ class RiskEngineServicer:
         except Exception:
             log.exception(
                 "unexpected error while scoring",
-                extra={"event": "error", "transaction_id": request.transaction.transaction_id[:128]},
+                extra={"event": "error", "transaction_id": _loggable(request.transaction.transaction_id)},
             )
             raise _Refused(grpc.StatusCode.INTERNAL, "internal error while scoring; see the server log") from None
         if scored.replayed:

@@ -334,3 +334,16 @@ def test_a_record_keeps_pseudonyms_networks_and_only_the_kept_attributes() -> No
     assert clear["transaction"]["card_id"] == "tok 1" and clear["transaction"]["ip"] == "85.214.132.117"
     assert clear["transaction"]["attributes"]["note"] == "masked"  # never a card number, even in clear mode
     assert "ids" not in clear and "dry_run" not in clear
+
+
+def test_a_rule_message_that_names_an_id_says_its_pseudonym_in_the_log() -> None:
+    from engine.decision_log import RecordPolicy, to_record
+    from engine.privacy import Pseudonyms
+
+    keys = Pseudonyms(b"k" * 32)
+    txn = Transaction("t-1", 1_700_000_000_000, 100, "EUR", card_id="tok 77", ip="85.214.132.117")
+    said = Reason("R1", ReasonSource.RULE, "card tok 77 from 85.214.132.117", Action.REVIEW, rule_id="r1")
+    result = ScoreResult("t-1", Action.REVIEW, 0.1, (said,), "v", "m", False)
+    record = to_record(1.0, txn, result, RecordPolicy(keys, None))
+    assert record["reasons"][0]["message"] == f"card {keys.of('tok 77')} from 85.214.132.0"
+    assert "tok 77" not in json.dumps(record)

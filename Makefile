@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock setup.py engine/windows/_series.c | sha1sum | cut -c1-12)
 DATA   ?= ../shared/data/handbook/transactions.parquet
 
-.PHONY: install serve console test test-fast lint imports format proto model bench bench-desk demo clean check-redis check-java lock
+.PHONY: install serve console test test-fast lint imports format proto model bench bench-desk demo clean check-redis check-chromium check-java lock
 
 install: $(STAMP)
 
@@ -39,8 +39,12 @@ console: install
 ## The whole test suite, against a Redis the tests start from redis-server (or REDIS_URL), PostgreSQL on
 ## 127.0.0.1:5432 (databases of their own; DESK_TEST_PG names another server), /usr/bin/chromium, and
 ## Spark (a local session and a standalone cluster the tests start from the PySpark install; needs Java).
-test: install check-redis check-java
+test: install check-redis check-chromium check-java
 	$(BIN)/pytest -q
+
+check-chromium:
+	@test -x /usr/bin/chromium || { echo "error: the browser tests drive /usr/bin/chromium:" \
+	  "install it, e.g. apt-get install chromium" >&2; exit 1; }
 
 check-java:
 	@command -v java >/dev/null 2>&1 || { echo "error: the Spark tests need Java 17 or later:" \
@@ -62,8 +66,6 @@ check-redis:
 	    exit 1; \
 	  fi; \
 	done
-	@test -x /usr/bin/chromium || { echo "error: the browser tests drive /usr/bin/chromium:" \
-	  "install it, e.g. apt-get install chromium" >&2; exit 1; }
 
 lint: install imports
 	$(BIN)/ruff check .

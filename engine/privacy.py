@@ -26,6 +26,7 @@ import ipaddress
 import os
 import re
 import secrets
+import time
 from pathlib import Path
 
 CARD_NUMBER_REASON = "looks like a card number: send a token"
@@ -156,8 +157,13 @@ def load_or_create_key(path: Path) -> tuple[bytes, bool]:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process (a sibling worker) created it meanwhile
-        return parse_key(path.read_text()), False
+    except FileExistsError:  # another process created it meanwhile: wait (briefly) for it to be written
+        for _ in range(50):
+            text = path.read_text()
+            if text.endswith("\n"):
+                break
+            time.sleep(0.02)
+        return parse_key(text), False
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32) + "\n")
         f.flush()

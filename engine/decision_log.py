@@ -56,7 +56,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from engine.privacy import Pseudonyms, card_digits, looks_like_card_number, names_card_secret, truncate_ip
+from engine.privacy import (
+    Pseudonyms,
+    card_digits,
+    looks_like_card_number,
+    names_card_secret,
+    replace_card_numbers,
+    truncate_ip,
+)
 from engine.transaction import Reason, ScoreResult, Transaction
 
 log = logging.getLogger("risk_engine.decision_log")
@@ -139,7 +146,9 @@ def _transaction(txn: Transaction, policy: RecordPolicy | None) -> dict[str, Any
         out["ip"] = truncate_ip(txn.ip)
     kept = policy.kept_attributes() if policy.kept_attributes is not None else None
     out["attributes"] = {
-        k: _no_card(v, keys) for k, v in txn.attributes if (kept is None or k in kept) and not names_card_secret(k)
+        k: replace_card_numbers(v, keys.of if keys is not None else lambda _: "masked")
+        for k, v in txn.attributes
+        if (kept is None or k in kept) and not names_card_secret(k)
     }
     return out
 

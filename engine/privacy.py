@@ -27,6 +27,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 CARD_NUMBER_REASON = "looks like a card number: send a token"
@@ -80,6 +81,25 @@ def looks_like_card_number(value: str) -> bool:
         return False
     digits = _SEPARATORS.sub("", value) if ("-" in value or " " in value) else value
     return 12 <= len(digits) <= 19 and digits.isascii() and digits.isdigit() and luhn_ok(digits)
+
+
+_EMBEDDED = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){11,18}(?![0-9])")
+
+
+def contains_card_number(text: str) -> bool:
+    """Whether a text holds a card number anywhere (`note: "card 4111 1111 1111 1111 exp 12/27"`)."""
+    if len(text) < 12:
+        return False
+    return any(looks_like_card_number(m.group(0)) for m in _EMBEDDED.finditer(text))
+
+
+def replace_card_numbers(text: str, by: Callable[[str], str]) -> str:
+    """The text with each card number in it replaced by `by(its digits)`."""
+
+    def one(m: re.Match[str]) -> str:
+        return by(card_digits(m.group(0))) if looks_like_card_number(m.group(0)) else m.group(0)
+
+    return _EMBEDDED.sub(one, text)
 
 
 def card_digits(value: str) -> str:

@@ -16,8 +16,10 @@ from engine.privacy import (
     CARD_SECRET_REASON,
     Pseudonyms,
     card_digits,
+    contains_card_number,
     looks_like_card_number,
     names_card_secret,
+    replace_card_numbers,
 )
 from engine.transaction import Transaction
 
@@ -180,7 +182,7 @@ def validate(txn: Transaction, limits: Limits, now_ms: int | None) -> IPAddress 
             )
         if names_card_secret(key):
             raise InvalidTransaction(f"attributes[{key}]", CARD_SECRET_REASON)
-        if looks_like_card_number(value):
+        if contains_card_number(value):
             raise InvalidTransaction(f"attributes[{key}]", CARD_NUMBER_REASON)
     return addr
 
@@ -202,10 +204,8 @@ def mask_card_data(txn: Transaction, pseudonyms: Pseudonyms) -> Transaction:
         value = getattr(txn, name)
         if looks_like_card_number(value):
             changes[name] = pseudonyms.of(card_digits(value))
-    if any(names_card_secret(k) or looks_like_card_number(v) for k, v in txn.attributes):
+    if any(names_card_secret(k) or contains_card_number(v) for k, v in txn.attributes):
         changes["attributes"] = tuple(
-            (k, pseudonyms.of(card_digits(v)) if looks_like_card_number(v) else v)
-            for k, v in txn.attributes
-            if not names_card_secret(k)
+            (k, replace_card_numbers(v, pseudonyms.of)) for k, v in txn.attributes if not names_card_secret(k)
         )
     return replace(txn, **changes) if changes else txn  # type: ignore[arg-type]

@@ -128,6 +128,7 @@ def test_ids_are_pseudonymous_in_redis_and_the_decision_log(protected: tuple[Run
         ("transaction.user_id", dict(user_id="5555555555554444")),
         ("transaction.device_id", dict(device_id="378282246310005")),
         ("transaction.attributes[note]", dict(attributes={"note": "6011 1111 1111 1117"})),
+        ("transaction.attributes[note]", dict(attributes={"note": "card 4111 1111 1111 1111 exp 12/27"})),
         ("transaction.attributes[cvv]", dict(attributes={"cvv": "739"})),
         ("transaction.attributes[card_pin]", dict(attributes={"card_pin": "1234"})),
         ("transaction.attributes[track2]", dict(attributes={"track2": ";4111111111111111=2512"})),

@@ -142,7 +142,7 @@ class Pseudonyms:
         found = self._cache.get(value)
         if found is not None:
             return found
-        digest = hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()[:32]
+        digest = hmac.digest(self._key, value.encode(), "sha256")[:16].hex()  # the one-shot C path
         out = PSEUDONYM_PREFIX + digest
         if len(self._cache) >= 100_000:
             self._cache.clear()  # bounded: a cache of recent ids, not of every id ever seen

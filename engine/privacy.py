@@ -205,3 +205,26 @@ def truncate_ip(text: str) -> str:
         return ""
     bits = 24 if addr.version == 4 else 48
     return str(ipaddress.ip_network(f"{addr}/{bits}", strict=False).network_address)
+
+
+#: The pseudonym key of this process (set by the server at start; None offline): lists whose entries are
+#: pseudonyms (a card the review desk blocked from a pseudonymous decision log) match the clear value through it.
+_ACTIVE: list[Pseudonyms | None] = [None]
+
+
+def set_active(keys: Pseudonyms | None) -> None:
+    _ACTIVE[0] = keys
+
+
+def active() -> Pseudonyms | None:
+    return _ACTIVE[0]
+
+
+class WithPseudonyms(frozenset):  # type: ignore[type-arg]
+    """The values of a string list some of which are pseudonyms: a clear value is in it when its pseudonym is."""
+
+    def __contains__(self, value: object) -> bool:
+        if frozenset.__contains__(self, value):
+            return True
+        keys = _ACTIVE[0]
+        return keys is not None and isinstance(value, str) and frozenset.__contains__(self, keys.of(value))

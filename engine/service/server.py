@@ -37,7 +37,7 @@ from grpc_reflection.v1alpha import reflection
 from engine.config import ConfigError, ServeConfig, unknown_env
 from engine.decision_log import DecisionLog, RecordPolicy
 from engine.pipeline import Pipeline
-from engine.privacy import Pseudonyms
+from engine.privacy import Pseudonyms, set_active
 from engine.reload import Reloader, ReloadStatus, load_serving
 from engine.service.admin import AdminAuth, AdminServicer
 from engine.service.admission import Admission, AdmissionPolicy
@@ -288,6 +288,7 @@ def start(config: ServeConfig) -> Running:
 
     ruleset, model, challenger = load_serving(config.rules, config.model)
     keys = pseudonym_keys(config)
+    set_active(keys)  # lists holding pseudonyms (blocked from the review desk) match the clear ids through it
     limits = replace(config.limits, card_mask=keys) if config.card_data == "mask" else config.limits
     metrics = Metrics()
     store = make_store(config, breaker_log(metrics.on_breaker), None if config.clear_ids else keys)

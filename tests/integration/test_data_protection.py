@@ -189,3 +189,35 @@ def _key_file(tmp_path: Path) -> Path:
     path.write_text("ab" * 32 + "\n")
     path.chmod(0o600)
     return path
+
+
+def test_a_card_blocked_by_its_pseudonym_is_denied_when_sent_in_clear(
+    trained_registry: Path, redis_url: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review desk blocks what it reads in a pseudonymous decision log: the pseudonym; the rules still match."""
+    import shutil
+
+    from tests.support import RULES
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    log = tmp_path / "decisions"
+    running = start(make_config(trained_registry, redis_url, rules=rules, decision_log=log, reload_interval_s=0))
+    try:
+        stub = risk_pb2_grpc.RiskEngineStub(grpc.insecure_channel(f"127.0.0.1:{running.port}"))
+        first = stub.Score(request(card_id="卡 stolen 9"), timeout=5)
+        assert "BLOCKLISTED" not in [r.code for r in first.reasons]
+        pseudonym = next(iter(read_records(log)))["transaction"]["card_id"]
+        assert pseudonym.startswith("p:")
+        blocked = rules / "lists" / "blocked_cards.txt"
+        blocked.write_text(blocked.read_text() + f"{pseudonym}  # lead: seen in confirmed fraud\n")
+        assert running.reloader.reload_now()
+        again = stub.Score(request(card_id="卡 stolen 9"), timeout=5)
+        assert "BLOCKLISTED" in [r.code for r in again.reasons]
+        other = stub.Score(request(card_id="卡 stolen 10"), timeout=5)
+        assert "BLOCKLISTED" not in [r.code for r in other.reasons]
+        listed = stub.Score(request(card_id="card-stolen-0001"), timeout=5)  # clear entries still match
+        assert "BLOCKLISTED" in [r.code for r in listed.reasons]
+    finally:
+        running.stop(0.5)

@@ -155,7 +155,8 @@ def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
         f"Run {report['when']} on {m.get('cpu', '?')} ({m.get('cpus', '?')} cores, load average"
-        f" {m.get('load_average_at_end', '?')} at the end), `python benchmarks/overload.py`: one `risk-engine serve` process with default settings and its own Redis, open-loop clients on the same"
+        f" {m.get('load_average_at_end', '?')} at the end), `python benchmarks/overload.py`: one `risk-engine serve`"
+        " process with default settings and its own Redis, open-loop clients on the same"
         f" box, 200 ms deadlines; maximum {report['max_per_s']:,.0f}/s ({report['max_source']}).",
         "",
         "| phase | offered /s | answered /s | scored | degraded | shed (RESOURCE_EXHAUSTED) | other errors |"

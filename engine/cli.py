@@ -8,8 +8,10 @@ risk-engine rules fields PATH
 risk-engine rules show --digest D [--archive DIR]
 risk-engine rules diff A B [--archive DIR]
 risk-engine simulate (--out FILE | --target HOST:PORT [--rate N]) [--days N] [--users N] [--seed S]
-risk-engine train --data FILE --config FILE [--rules PATH] [--out DIR] [--promote]
-risk-engine backtest --data FILE [--rules PATH] [--model DIR] [--compare PATH] [--mapping M] --out DIR
+risk-engine train --data FILE --config FILE [--rules PATH] [--out DIR] [--promote] [--since T] [--until T]
+risk-engine backtest --data FILE [--rules PATH] [--model DIR] [--compare PATH] [--compare-model DIR] [--mapping M]
+    [--since T] [--until T] [--review-cost X] [--chargeback-factor X] [--false-decline-margin X]
+    [--review-capacity N] [--max-decline-rate R] --out DIR
 risk-engine audit --log DIR [--rules PATH] [--model DIR] [--feedback FILE] [--out DIR]
   (train, backtest and audit: [--engine local|spark] [--spark-master URL] [--spark-conf KEY=VALUE])
 risk-engine models list [--dir DIR] [--json]
@@ -23,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -319,7 +323,10 @@ def _train(args: argparse.Namespace) -> int:
         print(spark, file=sys.stderr)
         return 2
     try:
-        folder = train(data, args.rules, args.config, args.out, promote=args.promote, spark=spark)
+        from engine.offline.period import parse_period
+
+        period = parse_period(args.since, args.until)
+        folder = train(data, args.rules, args.config, args.out, promote=args.promote, spark=spark, period=period)
     except ValueError as exc:
         print(f"risk-engine train: {exc}", file=sys.stderr)
         return 2
@@ -339,6 +346,13 @@ def _backtest(args: argparse.Namespace) -> int:
         print(spark, file=sys.stderr)
         return 2
     try:
+        from engine.offline.backtest import Options
+        from engine.offline.period import parse_period
+
+        costs = {key: getattr(args, key) for key in COST_FLAGS if getattr(args, key) is not None}
+        if "review_cost" in costs:
+            costs["review"] = costs.pop("review_cost")
+        options = Options(parse_period(args.since, args.until), costs, args.compare_model)
         result = backtest(
             args.data,
             args.rules,
@@ -349,6 +363,7 @@ def _backtest(args: argparse.Namespace) -> int:
             limit=args.limit,
             progress=not args.quiet,
             spark=spark,
+            options=options,
         )
     except DatasetError as exc:
         print(f"risk-engine backtest: {exc}", file=sys.stderr)
@@ -366,6 +381,45 @@ def _backtest(args: argparse.Namespace) -> int:
     for path in result.files:
         print(f"wrote {path}")
     return 0
+
+
+#: The backtest's cost flags (attribute names), over the rule set's `costs:` section.
+COST_FLAGS = ("review_cost", "chargeback_factor", "false_decline_margin", "review_capacity", "max_decline_rate")
+
+
+def _period_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", help="only rows from this event time (inclusive): 2018-07-01, 2018-07-01T12:00:00Z, ms")
+    p.add_argument("--until", help="only rows before this event time (exclusive), same forms")
+
+
+def _cost_options(p: argparse.ArgumentParser) -> None:
+    def number(low: float, high: float | None) -> Callable[[str], float]:
+        def parse(text: str) -> float:
+            try:
+                value = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+            if not math.isfinite(value) or value < low or (high is not None and value > high):
+                raise argparse.ArgumentTypeError(
+                    f"must be from {low:g} to {high:g}" if high is not None else f"must be {low:g} or more"
+                )
+            return value
+
+        return parse
+
+    p.add_argument("--review-cost", type=number(0, None), help="cost of one review (default: costs: in the rules, 5)")
+    p.add_argument(
+        "--chargeback-factor", type=number(0, None), help="a missed fraud costs its amount times this (default 1)"
+    )
+    p.add_argument(
+        "--false-decline-margin",
+        type=number(0, 1),
+        help="share of a declined genuine payment's amount lost (default 0.1)",
+    )
+    p.add_argument("--review-capacity", type=number(0, None), help="reviews a day the team can work (default: none)")
+    p.add_argument(
+        "--max-decline-rate", type=number(0, 1), help="largest share of transactions declined (default: none)"
+    )
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -737,6 +791,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rules", default=str(ROOT / "rules"), help="rule set whose windows give the features")
     p.add_argument("--out", default=str(ROOT / "models"), help="registry folder to write the model into")
     p.add_argument("--promote", action="store_true", help="make it the served model (models/PROMOTED)")
+    _period_options(p)
     _add_engine_options(p)
     p.set_defaults(func=_train)
 
@@ -751,14 +806,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-model", action="store_true", help="backtest the rules alone (score NaN)")
     p.add_argument("--compare", metavar="PATH", help="a second rule set: list the changed decisions and metric deltas")
     p.add_argument(
+        "--compare-model",
+        metavar="DIR",
+        help="a second model: the same rows scored by both (AUC, AP, CP@100, changed decisions)",
+    )
+    p.add_argument(
         "--mapping",
         default=None,
         help="column mapping: a preset (native, handbook) or a YAML file "
         "(default: the rule set's data_mapping, else native)",
     )
     p.add_argument("--out", required=True, help="folder for transactions.parquet, summary.{json,md}, report.html")
-    p.add_argument("--limit", type=int, help="replay only the first N rows of the file")
+    p.add_argument("--limit", type=int, help="replay only the first N rows of the file (of the period)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _period_options(p)
+    _cost_options(p)
     _add_engine_options(p)
     p.set_defaults(func=_backtest)
 

@@ -56,19 +56,34 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.model.predictor import Model
+from engine.iso import CURRENCY_EXPONENTS
+from engine.model.predictor import Model, applicable_thresholds
+from engine.offline.caveats import in_sample, missing_inputs, present_inputs, warm_up
 from engine.offline.datasets import ColumnMapping, DatasetError, load_dataset, mapping_candidates
-from engine.offline.metrics import DEFINITIONS, compare_runs, summarize
+from engine.offline.metrics import DAY_MS, DEFINITIONS, compare_runs, summarize
+from engine.offline.money import (
+    SweepInput,
+    costs_json,
+    money_delta,
+    money_view,
+    reproduces,
+    rule_signatures,
+    sweep,
+)
+from engine.offline.period import Period, select_period
 from engine.offline.replay import label_events
-from engine.offline.runs import changes_table, run_replay, transactions_table
-from engine.rules.ruleset import RuleSet
+from engine.offline.rule_value import cause_counts, change_causes, rule_value
+from engine.offline.runs import DECISIONS, Run, changes_table, run_replay, transactions_table
+from engine.rules.ruleset import Costs, RuleSet
+from engine.transaction import Transaction
 
 if TYPE_CHECKING:
     from engine.offline.spark.jobs import SparkOptions
@@ -133,6 +148,16 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class Options:
+    """What the analysis adds beyond the replay: the period, costs, the review budget, a second model."""
+
+    period: Period = field(default_factory=Period)
+    #: Cost settings from the command line (keys of `Costs`), over the rule set's `costs:`.
+    costs: dict[str, float] | None = None
+    compare_model: str | Path | None = None
+
+
 def backtest(
     data: str | Path,
     rules: str | Path,
@@ -144,6 +169,7 @@ def backtest(
     limit: int | None = None,
     progress: bool = True,
     spark: SparkOptions | None = None,
+    options: Options | None = None,
 ) -> BacktestOutput:
     """Run a backtest and write its outputs into `out`; raises DatasetError on bad input (data, mapping, arguments).
 
@@ -152,7 +178,9 @@ def backtest(
     RuleSetInvalid and ModelInvalid propagate (the CLI reports them).
     `spark`: run on the Spark engine (`engine.offline.spark`, docs/spark.md),
     which reads `data` by URI and writes `transactions.parquet` as a folder
-    of Parquet files, identical in content; no `compare` there.
+    of Parquet files, identical in content; no `compare` there, and none of
+    the analysis of `options` (what each rule adds, warnings, money).
+    `options`: the period, costs and a second model (`Options`).
     """
     from engine.model.predictor import load_model
     from engine.offline import report
@@ -165,18 +193,38 @@ def backtest(
     ruleset_b = load_ruleset(compare) if compare is not None else None
     model_a = load_model(model, ruleset) if model is not None else None
     model_b = load_model(model, ruleset_b) if model is not None and ruleset_b is not None else None
+    options = options or Options()
+    if options.compare_model is not None and model_a is None:
+        raise DatasetError("--compare-model needs a model to compare with (drop --no-model)")
+    other_model = load_model(options.compare_model, ruleset) if options.compare_model is not None else None
+    costs = _costs(ruleset.costs, options.costs)
     out = Path(out)
 
     if spark is not None:
-        if compare is not None:
-            raise DatasetError("--compare runs on the local engine only (drop --engine spark, or --compare)")
+        if compare is not None or options.compare_model is not None or options.period.bounded:
+            raise DatasetError(
+                "--compare, --compare-model, --since and --until run on the local engine only (drop --engine spark)"
+            )
         from engine.offline.spark.commands import backtest_on_spark
 
         mapping, summary, rate = backtest_on_spark(data, rules, model, ruleset, model_a, candidates, out, limit, spark)
         files = [out / "transactions.parquet"]
     else:
         mapping, summary, rate, files = _backtest_locally(
-            data, ruleset, model_a, ruleset_b, model_b, candidates, out, limit, progress, timing, started
+            data,
+            ruleset,
+            model_a,
+            ruleset_b,
+            model_b,
+            candidates,
+            out,
+            limit,
+            progress,
+            timing,
+            started,
+            options,
+            costs,
+            other_model,
         )
     timing = summary.pop("timing", timing)
     summary = {
@@ -187,6 +235,9 @@ def backtest(
             "compare_rules": str(compare) if compare is not None else None,
             "model": str(model) if model is not None else None,
             "model_version": model_a.version if model_a is not None else None,
+            "compare_model": str(options.compare_model) if options.compare_model is not None else None,
+            "since": options.period.since_ms,
+            "until": options.period.until_ms,
         },
         **summary,
         "definitions": DEFINITIONS,
@@ -196,6 +247,16 @@ def backtest(
     summary = _json_safe(summary)
     files += report.write_reports(summary, out)
     return BacktestOutput(out, summary, files)
+
+
+def _costs(from_rules: Costs, overrides: dict[str, float] | None) -> tuple[Costs, str]:
+    """The costs in force (command line over the rule set's `costs:` over the defaults) and where they came from."""
+    given = dict(overrides or {})
+    if not given:
+        return from_rules, ("the rule set's costs:" if from_rules.given else "defaults (no costs: in the rule set)")
+    return replace(from_rules, **given, given=tuple(sorted({*from_rules.given, *given}))), (
+        "command line" + (" over the rule set's costs:" if from_rules.given else "")
+    )
 
 
 def _backtest_locally(
@@ -210,9 +271,16 @@ def _backtest_locally(
     progress: bool,
     timing: dict[str, float],
     started: float,
+    options: Options,
+    costs_in_force: tuple[Costs, str],
+    other_model: Model | None,
 ) -> tuple[str, dict[str, Any], float, list[Path]]:
     """The local engine's backtest: (mapping name, summary, replay rate, files written)."""
-    mapping, dataset = load_dataset(data, candidates, limit)
+    if options.period.bounded:
+        mapping, dataset = load_dataset(data, candidates)
+        dataset = select_period(dataset, options.period, limit)
+    else:
+        mapping, dataset = load_dataset(data, candidates, limit)
     transactions = dataset.transactions
     labels = dataset.labels
     event_ms = np.fromiter((t.event_time_ms for t in transactions), dtype=np.int64, count=len(transactions))
@@ -231,6 +299,9 @@ def _backtest_locally(
     summary = summarize(run_a, labels, event_ms)
     # Replay counts a repeated id once in the windows (as a retry), but each row is scored and reported.
     summary["population"]["duplicate_ids"] = len(transactions) - len({t.transaction_id for t in transactions})
+    costs, costs_source = costs_in_force
+    summary.update(analyse(run_a, model_a, transactions, labels, event_ms, summary, costs))
+    summary["money"] = {"costs": costs_json(costs, costs_source), "a": summary.pop("money_view")}
     timing["summary_s"] = time.perf_counter() - t0
 
     out.mkdir(parents=True, exist_ok=True)
@@ -253,16 +324,148 @@ def _backtest_locally(
         timing["replay_b_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         summary_b = summarize(run_b, labels, event_ms)
+        summary_b.update(analyse(run_b, model_b, transactions, labels, event_ms, summary_b, costs))
         changed, info = compare_runs(run_a, run_b, summary, summary_b)
         if labels is not None:
             info["changed_frauds"] = int((changed & (np.nan_to_num(labels) > 0.5) & ~np.isnan(labels)).sum())
-        info["summary_b"] = {k: summary_b[k] for k in ("population", "decisions", "engine", "fraud_amount_caught")}
-        info["summary_b"]["rules"] = summary_b["rules"]
+        info["summary_b"] = {
+            k: summary_b[k]
+            for k in (
+                "population",
+                "decisions",
+                "engine",
+                "fraud_amount_caught",
+                "rules",
+                "daily",
+                "rule_value",
+                "warnings",
+                "thresholds",
+            )
+        }
+        summary["money"]["b"] = summary_b["money_view"]
+        summary["money"]["delta"] = money_delta(summary["money"]["a"], summary_b["money_view"])
+        causes = change_causes(run_a, run_b, changed)
+        info["causes"] = cause_counts(causes, np.flatnonzero(changed), labels)
         summary["compare"] = info
         files.append(out / "changes.parquet")
-        pq.write_table(changes_table(run_a, run_b, changed, transactions, labels, event_ms), files[-1])
+        table = changes_table(run_a, run_b, changed, transactions, labels, event_ms)
+        table = table.append_column("caused_by", pa.array(causes, pa.list_(pa.string())))
+        pq.write_table(table, files[-1])
         timing["compare_s"] = time.perf_counter() - t0
+
+    if other_model is not None:
+        t0 = time.perf_counter()
+        run_m = run_replay(
+            transactions,
+            ruleset,
+            other_model,
+            Progress("replay with the other model") if progress else None,
+            label_events(transactions, labels, dataset.label_times_ms, ruleset),
+        )
+        summary["compare_model"] = compare_models(run_a, run_m, model_a, other_model, transactions, labels, event_ms)
+        summary["compare_model"]["money"] = money_view(
+            run_m.decision, *_truth(run_m, labels), run_m.valid, len(summary["daily"]), costs
+        )
+        timing["compare_model_s"] = time.perf_counter() - t0
     return mapping, summary, run_a.stats.rate, files
+
+
+def _truth(run: Run, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fraud, genuine, amount in major units) per row of a run."""
+    lab = labels if labels is not None else np.full(len(run.valid), np.nan)
+    labeled = run.valid & ~np.isnan(lab)
+    fraud = labeled & (np.nan_to_num(lab) > 0.5)
+    scale = 10.0 ** -CURRENCY_EXPONENTS[run.base_currency]
+    return fraud, labeled & ~fraud, run.amount_minor * scale
+
+
+def analyse(
+    run: Run,
+    model: Model | None,
+    transactions: Sequence[Transaction],
+    labels: np.ndarray | None,
+    event_ms: np.ndarray,
+    summary: dict[str, Any],
+    costs: Costs,
+) -> dict[str, Any]:
+    """What a run adds to its summary: what each rule adds, the warnings, the money view, the threshold sweep."""
+    scale = 10.0 ** -CURRENCY_EXPONENTS[run.base_currency]
+    value = rule_value(run, labels, scale)
+    fired = {r["rule_id"]: r["hits"] + r["shadow_hits"] for r in value["rules"]}
+    present = present_inputs(transactions, run.valid, labels)
+    warnings = {
+        "inputs": {name: count for name, count in present.items()},
+        "not_exercised": missing_inputs(run.ruleset, present, model is not None, fired),
+        "in_sample": in_sample(run, model, labels, event_ms),
+        "warm_up": warm_up(run.ruleset, event_ms, run.valid, present, model),
+    }
+    fraud, genuine, amount = _truth(run, labels)
+    days = len(summary["daily"])
+    out: dict[str, Any] = {
+        "rule_value": value,
+        "warnings": warnings,
+        "money_view": money_view(run.decision, fraud, genuine, amount, run.valid, days, costs),
+        "thresholds": None,
+    }
+    if model is not None and labels is not None:
+        current = applicable_thresholds(run.ruleset, model)
+        now = (
+            current.review_at.value if current.review_at is not None else None,
+            current.deny_at.value if current.deny_at is not None else None,
+        )
+        rows = run.valid
+        data = SweepInput(
+            score=run.score[rows],
+            signature=rule_signatures(run.active_hits[rows], [r.action for r in run.ruleset.rules]),
+            fraud=fraud[rows],
+            genuine=genuine[rows],
+            amount=amount[rows],
+            day=event_ms[rows] // DAY_MS,
+        )
+        result = sweep(data, costs, now, review_capacity=costs.review_capacity, max_decline_rate=costs.max_decline_rate)
+        result["reproduces"] = {"rows": int(rows.sum()), "same": reproduces(data, run.decision[rows], now)}
+        out["thresholds"] = result
+    return out
+
+
+def compare_models(
+    a: Run,
+    b: Run,
+    model_a: Model | None,
+    model_b: Model,
+    transactions: Sequence[Transaction],
+    labels: np.ndarray | None,
+    event_ms: np.ndarray,
+) -> dict[str, Any]:
+    """The same rows scored by two models: AUC ROC, AP and CP@100 (labeled rows both scored), decision changes."""
+    from engine.offline.train import evaluate_scores
+
+    both = a.valid & b.valid
+    changed = both & (a.decision != b.decision)
+    transitions: dict[str, int] = {}
+    if changed.any():
+        pair = a.decision[changed].astype(np.int64) * 4 + b.decision[changed]
+        for code, count in zip(*np.unique(pair, return_counts=True), strict=True):
+            transitions[f"{DECISIONS[int(code) // 4 - 1]} -> {DECISIONS[int(code) % 4 - 1]}"] = int(count)
+    out: dict[str, Any] = {
+        "a": {"version": model_a.version if model_a is not None else None},
+        "b": {"version": model_b.version},
+        "changed": int(changed.sum()),
+        "transitions": transitions,
+        "changed_frauds": None,
+    }
+    if labels is None:
+        return out
+    rows = both & ~np.isnan(labels) & ~np.isnan(a.score) & ~np.isnan(b.score)
+    y = (labels[rows] > 0.5).astype(np.int64)
+    out["changed_frauds"] = int((changed & ~np.isnan(labels) & (np.nan_to_num(labels) > 0.5)).sum())
+    out["rows"] = int(rows.sum())
+    if 0 < y.sum() < len(y):
+        days = event_ms[rows] // DAY_MS
+        cards = np.array([transactions[i].card_id for i in np.flatnonzero(rows).tolist()], dtype=object)
+        for side, run in (("a", a), ("b", b)):
+            out[side].update(evaluate_scores(run.score[rows], y, days, cards))
+    return out
 
 
 def read_summary(out: str | Path) -> dict[str, Any]:

@@ -296,6 +296,8 @@ def compare_runs(
         # shadow hits too: a candidate rule is usually compared while still in shadow
         va, vb = (ra["shadow"]["hits"] if ra else None), (rb["shadow"]["hits"] if rb else None)
         row["shadow_hits"] = {"a": va, "b": vb, "delta": _delta(va, vb)}
+        va, vb = (ra["shadow"]["precision"] if ra else None), (rb["shadow"]["precision"] if rb else None)
+        row["shadow_precision"] = {"a": va, "b": vb, "delta": _delta(va, vb)}
         rule_deltas.append(row)
     info = {
         "ruleset_b": summary_b["ruleset"],

@@ -198,6 +198,8 @@ def _compare_rows(summary: Mapping[str, Any]) -> tuple[list[list[str]], list[lis
                 pct(r["recall"]["b"]),
                 num(r["shadow_hits"]["a"]),
                 num(r["shadow_hits"]["b"]),
+                pct(r.get("shadow_precision", {}).get("a")),
+                pct(r.get("shadow_precision", {}).get("b")),
             ]
         )
     return metrics, transitions, rules
@@ -215,7 +217,313 @@ COMPARE_RULE_COLUMNS = (
     "recall B",
     "shadow hits A",
     "shadow hits B",
+    "shadow precision A",
+    "shadow precision B",
 )
+
+
+# --------------------------------------------------------------------------- warnings, rule value, money
+
+
+def _not_exercised(items: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(
+        f"{i['rule_id']} ({', '.join(i['missing'])}"
+        + ("" if i["mode"] == "active" else f"; {i['mode']}")
+        + (f"; partly: {i['hits']:,} hits through its other inputs" if i["hits"] else "")
+        + ")"
+        for i in items
+    )
+
+
+def warning_lines(summary: Mapping[str, Any], other: Mapping[str, Any] | None = None) -> list[str]:
+    """The report's warnings, one sentence each (the data's gaps, the model's in-sample rows, the warm-up).
+
+    `other`: rule set A's summary when these are B's; B then lists only what differs from A.
+    """
+    w = summary.get("warnings")
+    if not w:
+        return []
+    out = []
+    lacking = [name for name, count in w["inputs"].items() if count == 0]
+    items = w["not_exercised"]
+    if other is not None:
+        mine = {(i["rule_id"], i["hits"] > 0) for i in other["warnings"]["not_exercised"]}
+        items = [i for i in items if (i["rule_id"], i["hits"] > 0) not in mine]
+        if items:
+            out.append(f"B also: {_not_exercised(items)}.")
+        return out
+    if items:
+        out.append(
+            f"{len(items)} rule(s) read fields no row of the data has ({', '.join(lacking)}), so this data does"
+            f" not exercise them: {_not_exercised(items)}."
+        )
+    elif lacking:
+        out.append(f"The data has no {', '.join(lacking)} (no rule reads them).")
+    ins = w.get("in_sample")
+    if ins and ins["rows"]:
+        out.append(
+            f"{num(ins['rows'])} rows ({pct(ins['share'], 1)}) lie inside the model's training and"
+            f" early-stopping days ({ins['from']} to {ins['until']}, model {ins['model_version']}): its metrics"
+            " there are in-sample and optimistic; see the metrics before, inside and after that period."
+        )
+    warm = w.get("warm_up")
+    if warm and warm["rows"]:
+        out.append(
+            f"Windows warm up for {warm['days']:g} days from the first row ({warm['from']} to"
+            f" {warm['until']}, longest window {warm['longest_window']}): {num(warm['rows'])} rows"
+            f" ({pct(warm['share'], 1)}) were scored with windows still filling."
+        )
+    return out
+
+
+IN_SAMPLE_COLUMNS = (
+    "",
+    "period",
+    "rows",
+    "labeled",
+    "frauds",
+    "flagged precision",
+    "flagged recall",
+    "deny precision",
+    "deny recall",
+    "model AUC",
+    "model AP",
+)
+
+
+def _in_sample_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    ins = (summary.get("warnings") or {}).get("in_sample")
+    if not ins:
+        return []
+    names = {
+        "before": f"before {ins['from']}",
+        "in_sample": f"{ins['from']} to {ins['until']} (in-sample)",
+        "after": f"after {ins['until']} (out-of-sample)",
+    }
+    rows = []
+    for key, m in ins["metrics"].items():
+        rows.append(
+            [
+                key.replace("_", "-"),
+                names[key],
+                num(m["rows"]),
+                num(m["labeled"]),
+                num(m["frauds"]),
+                pct(m["flagged_precision"]),
+                pct(m["flagged_recall"]),
+                pct(m["deny_precision"]),
+                pct(m["deny_recall"]),
+                "-" if m["auc_roc"] is None else f"{m['auc_roc']:.4f}",
+                "-" if m["average_precision"] is None else f"{m['average_precision']:.4f}",
+            ]
+        )
+    return rows
+
+
+RULE_VALUE_COLUMNS = (
+    "rule",
+    "action",
+    "mode",
+    "hits",
+    "precision",
+    "recall",
+    "amount recall",
+    "unique frauds",
+    "unique fraud amount",
+    "shadow hits",
+    "shadow precision",
+    "shadow unique frauds",
+)
+
+
+def _silent(value: Mapping[str, Any]) -> list[str]:
+    """Rules that neither acted nor fired in shadow."""
+    return [r["rule_id"] for r in value["rules"] if not r["hits"] and not r["shadow_hits"]]
+
+
+def _rule_value_rows(summary: Mapping[str, Any], all_rules: bool = True) -> list[list[str]]:
+    """Per rule (and the model); without `all_rules`, only those that fired."""
+    value = summary.get("rule_value")
+    if not value:
+        return []
+    cur = summary["population"]["base_currency"]
+    rows = []
+    silent = set() if all_rules else set(_silent(value))
+    entries = [r for r in value["rules"] if r["rule_id"] not in silent]
+    entries += [value["model"]] if value.get("model") else []
+    for r in entries:
+        if r["mode"] == "model":
+            shadow = ["", "", ""]
+        else:
+            shadow = [num(r["shadow_hits"]), pct(r["shadow_precision"]), num(r["shadow_unique_frauds"])]
+        rows.append(
+            [
+                r["rule_id"],
+                r["action"],
+                r["mode"],
+                num(r["hits"]),
+                pct(r["precision"]),
+                pct(r["recall"]),
+                pct(r["amount_recall"]),
+                num(r["unique_frauds"]),
+                money(r["unique_fraud_amount"], cur),
+                *shadow,
+            ]
+        )
+    return rows
+
+
+def _overlap_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    overlap = (summary.get("rule_value") or {}).get("overlap")
+    if not overlap or not overlap["sources"]:
+        return [], []
+    names = overlap["sources"]
+    rows = []
+    for i, name in enumerate(names):
+        rows.append([name, *(f"{overlap['rows'][i][j]:,} ({overlap['frauds'][i][j]:,})" for j in range(len(names)))])
+    return ["rows flagged by both (frauds)", *names], rows
+
+
+MONEY_ROWS = (
+    ("fraud loss avoided", "fraud_loss_avoided", "amount"),
+    ("missed fraud loss", "missed_fraud_loss", "amount"),
+    ("false-decline cost", "false_decline_cost", "amount"),
+    ("review cost", "review_cost", "amount"),
+    ("reviews", "reviews", "int"),
+    ("reviews per day", "reviews_per_day", "float"),
+    ("declines", "declines", "int"),
+    ("decline rate", "decline_rate", "pct"),
+    ("net value", "net_value", "amount"),
+)
+
+
+def _money_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    m = summary.get("money")
+    if not m:
+        return [], []
+    cur = summary["population"]["base_currency"]
+    sides = [k for k in ("a", "b", "delta") if k in m]
+    columns = ["", *({"a": "A", "b": "B", "delta": "Δ (B - A)"}[k] for k in sides)]
+    rows = []
+    for label, key, kind in MONEY_ROWS:
+        cells = []
+        for side in sides:
+            v = m[side][key]
+            if side == "delta":
+                cells.append(signed(v, "pct" if kind == "pct" else ("int" if kind == "int" else "amount")))
+            elif kind == "amount":
+                cells.append(money(v, cur))
+            elif kind == "pct":
+                cells.append(pct(v, 3))
+            else:
+                cells.append(num(v))
+        rows.append([label, *cells])
+    return columns, rows
+
+
+def costs_line(summary: Mapping[str, Any]) -> str:
+    c = summary["money"]["costs"]
+    cur = summary["population"]["base_currency"]
+    parts = [
+        f"review {c['review']:g} {cur}",
+        f"missed fraud: amount x {c['chargeback_factor']:g}",
+        f"false decline: {c['false_decline_margin'] * 100:g} % of the amount",
+    ]
+    if c["review_capacity"] is not None:
+        parts.append(f"review capacity {c['review_capacity']:g} a day")
+    if c["max_decline_rate"] is not None:
+        parts.append(f"decline rate at most {c['max_decline_rate'] * 100:g} %")
+    return f"Costs ({c['source']}): " + "; ".join(parts) + "."
+
+
+THRESHOLD_COLUMNS = ("", "review at", "deny at", "reviews/day", "decline rate", "recall", "net value", "fits")
+
+
+def _threshold_rows(t: Mapping[str, Any], currency: str) -> list[list[str]]:
+    def thr(v: float | None) -> str:
+        return "off" if v is None else f"{v:.4f}"
+
+    rows = []
+    for label, row in (("now", t["current"]), ("recommended", t["recommended"])):
+        if row is None:
+            rows.append([label, "-", "-", "-", "-", "-", "-", "no pair fits"])
+            continue
+        rows.append(
+            [
+                label,
+                thr(row["review_at"]),
+                thr(row["deny_at"]),
+                f"{row['reviews_per_day']:,.1f}",
+                pct(row["decline_rate"], 3),
+                pct(row["recall"]),
+                money(row["net_value"], currency),
+                "yes" if row["fits"] else "no",
+            ]
+        )
+    return rows
+
+
+def threshold_note(t: Mapping[str, Any]) -> str:
+    budget = []
+    if t["review_capacity"] is not None:
+        budget.append(f"at most {t['review_capacity']:g} reviews a day")
+    if t["max_decline_rate"] is not None:
+        budget.append(f"a decline rate of at most {t['max_decline_rate'] * 100:g} %")
+    rep = t.get("reproduces")
+    text = (
+        f"{t['pairs_tried']:,} pairs of the model's review and deny thresholds tried on these rows"
+        + (f", under {' and '.join(budget)}" if budget else " (no review capacity or decline cap given)")
+        + "."
+    )
+    if t.get("queue"):
+        q = t["queue"]
+        text += (
+            f" Expected review queue at the recommended pair: {q['mean_per_day']:,.1f} cases a day on average,"
+            f" {q['p95_per_day']:,.1f} on the 95th-percentile day, {q['max_per_day']:,} at most."
+        )
+    if rep:
+        text += (
+            f" At the current thresholds the sweep decides {rep['same']:,} of {rep['rows']:,} rows as the replay did."
+        )
+    return text
+
+
+CAUSE_COLUMNS = ("cause (+ fires only in B, - only in A)", "changed decisions", "of them frauds")
+
+
+def _cause_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    cmp = summary.get("compare") or {}
+    return [[c["cause"], num(c["changed"]), num(c["changed_frauds"])] for c in cmp.get("causes", [])]
+
+
+def _model_compare_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    cm = summary["compare_model"]
+    rows = []
+    for key, label in (("auc_roc", "AUC ROC"), ("average_precision", "AP"), ("card_precision_top_100", "CP@100")):
+        a, b = cm["a"].get(key), cm["b"].get(key)
+        rows.append(
+            [
+                label,
+                "-" if a is None else f"{a:.4f}",
+                "-" if b is None else f"{b:.4f}",
+                "-" if a is None or b is None else f"{b - a:+.4f}",
+            ]
+        )
+    money_b = cm.get("money")
+    money_a = (summary.get("money") or {}).get("a")
+    if money_a and money_b:
+        cur = summary["population"]["base_currency"]
+        a, b = money_a["net_value"], money_b["net_value"]
+        rows.append(["net value", money(a, cur), money(b, cur), signed(b - a, "amount")])
+        a, b = money_a["reviews_per_day"], money_b["reviews_per_day"]
+        rows.append(["reviews per day", f"{a:,.1f}", f"{b:,.1f}", f"{b - a:+,.1f}"])
+    return rows
+
+
+def _b_view(summary: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Rule set B's summary (compare mode), shaped like A's for the same tables and charts."""
+    b: Mapping[str, Any] = summary["compare"]["summary_b"]
+    return b
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -235,6 +543,25 @@ def to_markdown(summary: Mapping[str, Any]) -> str:
     parts = ["# Backtest report", ""]
     parts += [f"- **{k}**: {v}" for k, v in _header(summary)]
     parts += ["", "Charts: `report.html`. Per-transaction results: `transactions.parquet`.", ""]
+    warnings = warning_lines(summary) + (warning_lines(_b_view(summary), summary) if summary.get("compare") else [])
+    if warnings:
+        parts += ["## Warnings", ""] + [f"- {line}" for line in warnings] + [""]
+        if _in_sample_rows(summary):
+            parts += [_md_table(IN_SAMPLE_COLUMNS, _in_sample_rows(summary)), ""]
+    if summary.get("money"):
+        columns, rows = _money_rows(summary)
+        parts += ["## Money", "", costs_line(summary), "", _md_table(columns, rows), ""]
+    if summary.get("thresholds"):
+        t = summary["thresholds"]
+        parts += ["## Model thresholds under the review budget", "", threshold_note(t), ""]
+        parts += [_md_table(THRESHOLD_COLUMNS, _threshold_rows(t, cur)), ""]
+    if summary.get("rule_value"):
+        parts += ["## What each rule adds", "", _md_table(RULE_VALUE_COLUMNS, _rule_value_rows(summary)), ""]
+        if summary.get("compare"):
+            parts += ["B:", "", _md_table(RULE_VALUE_COLUMNS, _rule_value_rows(_b_view(summary))), ""]
+        columns, rows = _overlap_rows(summary)
+        if rows:
+            parts += ["Overlap of the rules and the model:", "", _md_table(columns, rows), ""]
     parts += ["## Population", "", _md_table(("", "value"), _population_rows(summary)), ""]
     if summary["population"]["first_errors"]:
         parts += ["First rejected rows:", ""] + [f"- `{e}`" for e in summary["population"]["first_errors"]] + [""]
@@ -268,6 +595,13 @@ def to_markdown(summary: Mapping[str, Any]) -> str:
             parts += [_md_table(("A -> B", "transactions"), transitions), ""]
         parts += [_md_table(("metric", "A", "B", "Δ"), metrics), ""]
         parts += ["Per rule (active hits, then shadow hits):", "", _md_table(COMPARE_RULE_COLUMNS, rules), ""]
+        if _cause_rows(summary):
+            parts += ["What caused the changed decisions:", "", _md_table(CAUSE_COLUMNS, _cause_rows(summary)), ""]
+    if summary.get("compare_model"):
+        cm = summary["compare_model"]
+        parts += [f"## Models side by side: {cm['a']['version']} (A) and {cm['b']['version']} (B)", ""]
+        parts += [f"{num(cm['changed'])} decisions change: {cm['transitions']}.", ""]
+        parts += [_md_table(("metric", "A", "B", "Δ"), _model_compare_rows(summary)), ""]
     parts += ["## Decision mix per day", "", _md_table(DAILY_COLUMNS, _daily_rows(summary)), ""]
     parts += ["## Definitions", ""]
     parts += [f"- **{k}**: {v}" for k, v in summary["definitions"].items()]
@@ -414,6 +748,92 @@ def rules_svg(rules: Sequence[Mapping[str, Any]], which: str, title: str, width:
     return "\n".join(out)
 
 
+def curve_svg(t: Mapping[str, Any], currency: str, width: int = 860, height: int = 260) -> str:
+    """Net value against reviews a day, for each review threshold at the recommended deny threshold."""
+    curve = sorted(t["curve"], key=lambda row: row["reviews_per_day"])
+    left, top, right, bottom = 90, 24, 20, 40
+    plot_w, plot_h = width - left - right, height - top - bottom
+    deny = t["recommended"]["deny_at"]
+    title = f"Net value by review threshold (deny at {'off' if deny is None else f'{deny:.4f}'})"
+    out = _svg_open(width, height, title)
+    if not curve:
+        out.append("</svg>")
+        return "\n".join(out)
+    xs = [row["reviews_per_day"] for row in curve]
+    ys = [row["net_value"] for row in curve]
+    capacity = t["review_capacity"]
+    xmax = _nice_max(max([*xs, capacity or 0.0, 1.0]))
+    ymin, ymax = min([*ys, 0.0]), max([*ys, 0.0])
+    span = (ymax - ymin) or 1.0
+
+    def px(x: float) -> float:
+        return left + plot_w * x / xmax
+
+    def py(y: float) -> float:
+        return top + plot_h - plot_h * (y - ymin) / span
+
+    for k in range(5):
+        v = ymin + span * k / 4
+        out.append(f'<line x1="{left}" y1="{py(v):.1f}" x2="{left + plot_w}" y2="{py(v):.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 4}" y="{py(v) + 4:.1f}" font-size="10" text-anchor="end">{v:,.0f}</text>')
+    for k in range(5):
+        v = xmax * k / 4
+        out.append(
+            f'<text x="{px(v):.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle">{v:,.0f}</text>'
+        )
+    out.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" font-size="11" text-anchor="middle">'
+        f"reviews a day ({html.escape(currency)} net value on the left)</text>"
+    )
+    if capacity is not None:
+        out.append(
+            f'<line x1="{px(capacity):.1f}" y1="{top}" x2="{px(capacity):.1f}" y2="{top + plot_h}" '
+            'stroke="#d0574f" stroke-dasharray="4 3"/>'
+            f'<text x="{px(capacity) + 4:.1f}" y="{top + 12}" font-size="10" fill="#d0574f">review capacity</text>'
+        )
+    points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(xs, ys, strict=True))
+    out.append(f'<polyline points="{points}" fill="none" stroke="{COLORS["precision"]}" stroke-width="1.8"/>')
+    best = t["recommended"]
+    for row in curve:
+        mine = row["review_at"] == best["review_at"]
+        out.append(
+            f'<circle cx="{px(row["reviews_per_day"]):.1f}" cy="{py(row["net_value"]):.1f}" r="{5 if mine else 2.5}" '
+            f'fill="{COLORS["deny"] if mine else COLORS["precision"]}"><title>review at {row["review_at"]:.4f}: '
+            f"{row['reviews_per_day']:,.1f} a day, net {row['net_value']:,.2f}</title></circle>"
+        )
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def unique_svg(summary: Mapping[str, Any], title: str, width: int = 860) -> str:
+    """Bars: each flagging source's frauds caught, and the part no other source catches."""
+    value = summary["rule_value"]
+    entries = [r for r in value["rules"] if r["unique_frauds"] is not None and r["hits"]]
+    if value.get("model"):
+        entries.append(value["model"])
+    label_w, right, top, row_h = 230, 80, 40, 24
+    plot_w = width - label_w - right
+    height = top + row_h * max(len(entries), 1) + 10
+    out = _svg_open(width, height, title)
+    vmax = max([r["fraud_hits"] for r in entries] + [1])
+    for i, r in enumerate(entries):
+        y = top + row_h * i
+        w_all = plot_w * r["fraud_hits"] / vmax
+        w_unique = plot_w * r["unique_frauds"] / vmax
+        out.append(
+            f'<text x="{label_w - 6}" y="{y + 14}" font-size="11" text-anchor="end">{html.escape(r["rule_id"])}</text>'
+            f'<rect x="{label_w}" y="{y + 3}" width="{w_all:.2f}" height="14" fill="#c9d6ea">'
+            f"<title>{html.escape(r['rule_id'])}: {r['fraud_hits']:,} frauds flagged</title></rect>"
+            f'<rect x="{label_w}" y="{y + 3}" width="{w_unique:.2f}" height="14" fill="{COLORS["precision"]}">'
+            f"<title>{html.escape(r['rule_id'])}: {r['unique_frauds']:,} frauds only it flags</title></rect>"
+            f'<text x="{label_w + w_all + 4:.2f}" y="{y + 14}" font-size="10">'
+            f"{r['unique_frauds']:,} of {r['fraud_hits']:,}</text>"
+        )
+    out += _legend([("frauds only this source flags", COLORS["precision"]), ("frauds flagged", "#c9d6ea")], label_w, 32)
+    out.append("</svg>")
+    return "\n".join(out)
+
+
 # --------------------------------------------------------------------------- HTML
 
 
@@ -439,6 +859,9 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; } dt { font-weight: 600; }
 svg.chart { display: block; margin: 0.6em 0; font-family: inherit; }
 details { margin: 0.6em 0; } .note { color: #666; font-size: 0.9em; }
+.warnings { background: #fff6e0; border: 1px solid #e6b450; border-radius: 4px; padding: 0.4em 1em; }
+.warnings h2 { border: none; margin-top: 0.4em; } .warnings li { margin: 0.2em 0; }
+.pair { display: flex; gap: 16px; } .pair > div { flex: 1; min-width: 0; } .pair h3 { margin: 0.4em 0 0; }
 """
 
 
@@ -452,6 +875,68 @@ def to_html(summary: Mapping[str, Any]) -> str:
         f"<style>{_CSS}</style></head><body>",
         "<h1>Backtest report</h1>",
         "<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _header(summary)) + "</dl>",
+    ]
+    compare = summary.get("compare")
+    warnings = warning_lines(summary) + (warning_lines(_b_view(summary), summary) if compare else [])
+    if warnings:
+        parts += [
+            '<section class="warnings"><h2>Warnings</h2><ul>',
+            *(f"<li>{e(line)}</li>" for line in warnings),
+            "</ul>",
+        ]
+        if _in_sample_rows(summary):
+            parts += [
+                "<p>The engine and the model before, inside and after the model's training period:</p>",
+                _html_table(IN_SAMPLE_COLUMNS, _in_sample_rows(summary), numeric_from=2),
+            ]
+        parts.append("</section>")
+    if summary.get("money"):
+        columns, rows = _money_rows(summary)
+        parts += ["<h2>Money</h2>", f'<p class="note">{e(costs_line(summary))}</p>', _html_table(columns, rows)]
+    if summary.get("thresholds"):
+        t = summary["thresholds"]
+        parts += [
+            "<h2>Model thresholds under the review budget</h2>",
+            f"<p>{e(threshold_note(t))}</p>",
+            _html_table(THRESHOLD_COLUMNS, _threshold_rows(t, cur)),
+        ]
+        if t["recommended"] is not None:
+            parts.append(curve_svg(t, cur))
+    if summary.get("rule_value"):
+        parts += [
+            "<h2>What each rule adds</h2>",
+            '<p class="note">Unique frauds: labeled frauds this source flags (review or deny) and no other active'
+            " rule or model threshold does. Shadow: hits while in shadow; the frauds among them nothing active"
+            " flags are what acting on the rule would add.</p>",
+        ]
+        if compare:
+            parts.append("<h3>A</h3>")
+        parts += [
+            _html_table(RULE_VALUE_COLUMNS, _rule_value_rows(summary, all_rules=False), numeric_from=3),
+            _silent_note(summary),
+            unique_svg(
+                summary,
+                "A: frauds each source flags, and those only it flags"
+                if compare
+                else "Frauds each source flags, and those only it flags",
+            ),
+        ]
+        if compare:
+            parts += [
+                "<h3>B</h3>",
+                _html_table(RULE_VALUE_COLUMNS, _rule_value_rows(_b_view(summary), all_rules=False), numeric_from=3),
+                _silent_note(_b_view(summary)),
+                unique_svg(_b_view(summary), "B: frauds each source flags, and those only it flags"),
+            ]
+        for label, side in (("A", summary), ("B", _b_view(summary) if compare else None)):
+            columns, rows = _overlap_rows(side) if side is not None else ([], [])
+            if rows:
+                parts += [
+                    f"<details><summary>Overlap of the rules and the model ({label})</summary>",
+                    _html_table(columns, rows),
+                    "</details>",
+                ]
+    parts += [
         "<h2>Population</h2>",
         _html_table(("", "value"), _population_rows(summary)),
     ]
@@ -465,8 +950,14 @@ def to_html(summary: Mapping[str, Any]) -> str:
         "<h2>Decisions</h2>",
         _html_table(("decision", "count", "rate"), _decision_rows(summary)),
         "<h2>Decision mix over time</h2>",
-        daily_mix_svg(summary["daily"]),
-        daily_rates_svg(summary["daily"]),
+        *(
+            _side_by_side(
+                [daily_mix_svg(summary["daily"], 540), daily_rates_svg(summary["daily"], 540)],
+                [daily_mix_svg(_b_view(summary)["daily"], 540), daily_rates_svg(_b_view(summary)["daily"], 540)],
+            )
+            if compare
+            else [daily_mix_svg(summary["daily"]), daily_rates_svg(summary["daily"])]
+        ),
         "<details><summary>Per day</summary>",
         _html_table(DAILY_COLUMNS, _daily_rows(summary)),
         "</details>",
@@ -475,18 +966,34 @@ def to_html(summary: Mapping[str, Any]) -> str:
         "<h2>Active rules</h2>",
     ]
     active = active_rules(summary)
-    parts += [
-        _html_table(RULE_COLUMNS, _rule_rows(active, "active", cur), numeric_from=4),
-        rules_svg(active, "active", "Active rules: precision and recall"),
-        "<h2>Shadow rules</h2>",
-    ]
+    parts += [_html_table(RULE_COLUMNS, _rule_rows(active, "active", cur), numeric_from=4)]
+    if compare:
+        active_b = active_rules(_b_view(summary))
+        parts += _side_by_side(
+            [rules_svg(active, "active", "A: active rules, precision and recall", 540)],
+            [rules_svg(active_b, "active", "B: active rules, precision and recall", 540)],
+        )
+    else:
+        parts.append(rules_svg(active, "active", "Active rules: precision and recall"))
+    parts.append("<h2>Shadow rules</h2>")
     shadow = shadow_rules(summary)
-    if shadow:
+    shadow_b = shadow_rules(_b_view(summary)) if compare else []
+    if shadow or shadow_b:
         parts += [
             '<p class="note">Hits while in shadow (not acted on).</p>',
             _html_table(RULE_COLUMNS, _rule_rows(shadow, "shadow", cur), numeric_from=4),
-            rules_svg(shadow, "shadow", "Shadow rules: precision and recall"),
         ]
+        if compare:
+            parts += [
+                "<p>B:</p>",
+                _html_table(RULE_COLUMNS, _rule_rows(shadow_b, "shadow", cur), numeric_from=4),
+                *_side_by_side(
+                    [rules_svg(shadow, "shadow", "A: shadow rules, precision and recall", 540)],
+                    [rules_svg(shadow_b, "shadow", "B: shadow rules, precision and recall", 540)],
+                ),
+            ]
+        else:
+            parts.append(rules_svg(shadow, "shadow", "Shadow rules: precision and recall"))
     else:
         parts.append('<p class="note">No rule in shadow mode or partial rollout, and no shadow hits.</p>')
     if summary.get("compare"):
@@ -506,6 +1013,23 @@ def to_html(summary: Mapping[str, Any]) -> str:
             "<p>Per rule (active hits, then shadow hits):</p>",
             _html_table(COMPARE_RULE_COLUMNS, rules, numeric_from=2),
         ]
+        if _cause_rows(summary):
+            parts += [
+                "<p>What caused the changed decisions (a decision may have several causes;"
+                " <code>caused_by</code> in <code>changes.parquet</code> gives them per transaction):</p>",
+                _html_table(CAUSE_COLUMNS, _cause_rows(summary)),
+            ]
+    if summary.get("compare_model"):
+        cm = summary["compare_model"]
+        parts += [
+            f"<h2>Models side by side: {e(str(cm['a']['version']))} (A) and {e(str(cm['b']['version']))} (B)</h2>",
+            f"<p>The same rows and rules scored by both models; {num(cm['changed'])} decisions change"
+            + (f" ({num(cm['changed_frauds'])} of them frauds)" if cm.get("changed_frauds") is not None else "")
+            + ".</p>",
+            _html_table(("metric", "A", "B", "Δ"), _model_compare_rows(summary)),
+        ]
+        if cm["transitions"]:
+            parts.append(_html_table(("A → B", "transactions"), [[k, num(v)] for k, v in cm["transitions"].items()]))
     parts += [
         "<h2>Definitions</h2>",
         "<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in summary["definitions"].items()) + "</dl>",
@@ -521,15 +1045,35 @@ def to_html(summary: Mapping[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _silent_note(summary: Mapping[str, Any]) -> str:
+    silent = _silent(summary["rule_value"])
+    if not silent:
+        return ""
+    return f'<p class="note">No hits, active or shadow ({len(silent)} rules): {html.escape(", ".join(silent))}.</p>'
+
+
+def _side_by_side(left: Sequence[str], right: Sequence[str]) -> list[str]:
+    """A's charts beside B's."""
+    return [
+        '<div class="pair"><div><h3>A</h3>',
+        *left,
+        "</div><div><h3>B</h3>",
+        *right,
+        "</div></div>",
+    ]
+
+
 def to_json(summary: Mapping[str, Any]) -> str:
     return json.dumps(summary, indent=2, allow_nan=False) + "\n"
 
 
 def write_reports(summary: Mapping[str, Any], out: str | Path) -> list[Path]:
-    """Write summary.json, summary.md and report.html into `out`; return their paths."""
+    """Write report.json (and the same as summary.json), summary.md and report.html into `out`; return their paths."""
     out = Path(out)
-    files = [out / "summary.json", out / "summary.md", out / "report.html"]
-    files[0].write_text(to_json(summary))
-    files[1].write_text(to_markdown(summary))
-    files[2].write_text(to_html(summary))
+    files = [out / "report.json", out / "summary.json", out / "summary.md", out / "report.html"]
+    text = to_json(summary)
+    files[0].write_text(text)
+    files[1].write_text(text)
+    files[2].write_text(to_markdown(summary))
+    files[3].write_text(to_html(summary))
     return files

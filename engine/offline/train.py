@@ -29,6 +29,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from engine.model.predictor import window_to_dict
 from engine.model.registry import promote as promote_model
 from engine.offline.datasets import load_dataset, mapping_candidates
+from engine.offline.period import Period, select_period
 from engine.offline.replay import LabelEvent, ReplayStats, label_events, print_progress, replay
 from engine.rules.loader import load_ruleset
 from engine.transaction import Transaction
@@ -342,6 +343,7 @@ def train(
     promote: bool = False,
     quiet: bool = False,
     spark: SparkOptions | None = None,
+    period: Period | None = None,
 ) -> Path:
     """Train a model and write a versioned model folder under `out`; return its path.
 
@@ -364,6 +366,10 @@ def train(
     started = time.perf_counter()
     candidates = mapping_candidates(ruleset, config.mapping)
     mapping_name, dataset = load_dataset(data, candidates)
+    if period is not None and period.bounded:  # --since / --until: only these rows are replayed
+        if spark is not None:
+            raise ValueError("--since and --until run on the local engine only (drop --engine spark)")
+        dataset = select_period(dataset, period)
     if dataset.labels is None:
         raise ValueError("the data has no label column in this mapping")
     ids = [t.transaction_id for t in dataset.transactions]

@@ -5,6 +5,7 @@ A rules folder holds `*.yaml` files, read in name order and merged:
     version: "2026.11.26-1"          # exactly once; every response carries it
     timezone: UTC                    # for hour / day_of_week / is_night
     currency: {base: USD, rates: {EUR: 1.08}}
+    costs:    {review: 5, chargeback_factor: 1.5, false_decline_margin: 0.1}   # backtest money view
     allowed_lateness: 10m            # how late an event may arrive and still be exact
     max_events_per_series: 5000      # cap on the events a sum/min/max/distinct series keeps
     windows:  [ {name, entity, aggregate, field, duration}, ... ]
@@ -68,6 +69,7 @@ TOP_KEYS = (
     "degraded",
     "geoip",
     "keep_attributes",
+    "costs",
     "lists",
     "rules",
     "tests",
@@ -198,6 +200,7 @@ def load_ruleset(path: str | Path, *, run_tests: bool = True) -> RuleSet:
         keep_attributes=frozenset(settings.keep_attributes),
         root=str(root),
         manifest=tuple(manifest),
+        costs=settings.costs,
     )
     if run_tests:
         outcomes = run_rule_tests(ruleset)

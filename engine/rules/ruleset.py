@@ -62,6 +62,26 @@ class ModelPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Costs:
+    """What decisions cost, in the base currency, for the backtest's money view (`costs:`; docs/backtest.md).
+
+    `review`: one manual review; `chargeback_factor`: a missed fraud costs its
+    amount times this (chargeback, fees); `false_decline_margin`: a declined
+    genuine payment costs this share of its amount (the lost margin).
+    `review_capacity`: reviews a day the team can work (None: no limit);
+    `max_decline_rate`: the largest share of transactions that may be
+    declined (None: no cap). `given` lists the keys the rule set sets.
+    """
+
+    review: float = 5.0
+    chargeback_factor: float = 1.0
+    false_decline_margin: float = 0.1
+    review_capacity: float | None = None
+    max_decline_rate: float | None = None
+    given: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class DegradedPolicy:
     """What decides when the windows are unavailable (see docs/decisions.md)."""
 
@@ -115,6 +135,8 @@ class RuleSet:
     manifest: tuple[FileEntry, ...] = ()
     #: Ids of the rules no rule test makes fire (set when the tests ran at load): `rules check` warns.
     without_example: tuple[str, ...] = ()
+    #: The costs of decisions, for the backtest's money view (`costs:`).
+    costs: Costs = field(default_factory=Costs)
 
     def derive(self, fields: dict[str, Any]) -> None:
         """Compute the derived features into `fields` (NaN where a value cannot be computed)."""
@@ -130,4 +152,4 @@ class RuleSet:
         return frozenset(n for n, t in self.catalog.items() if t in (NUMBER, BOOL) and n != SCORE)
 
 
-__all__ = ["DOMAINS", "SCORE", "DegradedPolicy", "ModelPolicy", "Rule", "RuleSet", "RuleTest"]
+__all__ = ["DOMAINS", "SCORE", "Costs", "DegradedPolicy", "ModelPolicy", "Rule", "RuleSet", "RuleTest"]

@@ -2,7 +2,7 @@
 
 A setting (`version`, `timezone`, `currency`, `allowed_lateness`,
 `max_events_per_series`, `label_delay`, `data_mapping`, `geoip`, `model`,
-`degraded`) is set in exactly one file. Each parser takes the value and its
+`degraded`, `costs`) is set in exactly one file. Each parser takes the value and its
 position, reports what is wrong into the `Collector`, and returns the parsed
 value (None after an error, leaving the default). `SETTINGS` runs before the
 sections (whose parsers need the money and the lists' folder), `POLICIES`
@@ -25,7 +25,7 @@ from engine.iso import CURRENCY_EXPONENTS
 from engine.rules.errors import ID, Collector
 from engine.rules.expr import Condition, Scope
 from engine.rules.lists import NamedList
-from engine.rules.ruleset import DOMAINS, SCORE, DegradedPolicy, ModelPolicy
+from engine.rules.ruleset import DOMAINS, SCORE, Costs, DegradedPolicy, ModelPolicy
 from engine.rules.source import Located
 from engine.windows.spec import DEFAULT_MAX_EVENTS
 
@@ -45,6 +45,7 @@ KEYS = (
     "degraded",
     "geoip",
     "keep_attributes",
+    "costs",
 )
 
 Pos = tuple[int, int]
@@ -117,6 +118,7 @@ class Settings:
     model: ModelPolicy = field(default_factory=lambda: ModelPolicy(None, None))
     degraded: DegradedPolicy = field(default_factory=lambda: DegradedPolicy(None, None))
     keep_attributes: tuple[str, ...] = ()
+    costs: Costs = field(default_factory=Costs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +311,43 @@ def _degraded(b: Collector, node: Any, pos: Pos, ctx: Context) -> DegradedPolicy
     return DegradedPolicy(conds["review_when"], conds["deny_when"])
 
 
+#: The keys of `costs:`: (smallest allowed, largest allowed or None, what it is).
+COST_KEYS: dict[str, tuple[float, float | None, str]] = {
+    "review": (0.0, None, "the cost of one manual review, in the base currency"),
+    "chargeback_factor": (0.0, None, "a missed fraud costs its amount times this"),
+    "false_decline_margin": (0.0, 1.0, "the share of a declined genuine payment's amount lost (margin)"),
+    "review_capacity": (0.0, None, "reviews a day the team can work"),
+    "max_decline_rate": (0.0, 1.0, "the largest share of transactions that may be declined"),
+}
+
+
+def _costs(b: Collector, node: Any, pos: Pos, _: Context) -> Costs | None:
+    if not isinstance(node, Located):
+        b.err(pos, "'costs' must be a mapping, e.g. {review: 5, chargeback_factor: 1.5, false_decline_margin: 0.1}")
+        return None
+    b.unknown_keys(node, tuple(COST_KEYS), "'costs'")
+    values: dict[str, float] = {}
+    for key, (low, high, meaning) in COST_KEYS.items():
+        if key not in node:
+            continue
+        value = node.get(key)
+        ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+        if not ok or not isinstance(value, int | float) or value < low or (high is not None and value > high):
+            bounds = f"from {low:g} to {high:g}" if high is not None else f"{low:g} or more"
+            b.err(node.value_at(key), f"'costs.{key}' ({meaning}) must be a number {bounds}, got {value!r}")
+            continue
+        values[key] = float(value)
+    default = Costs()
+    return Costs(
+        review=values.get("review", default.review),
+        chargeback_factor=values.get("chargeback_factor", default.chargeback_factor),
+        false_decline_margin=values.get("false_decline_margin", default.false_decline_margin),
+        review_capacity=values.get("review_capacity"),
+        max_decline_rate=values.get("max_decline_rate"),
+        given=tuple(values),
+    )
+
+
 #: Parsed before the sections, in this order.
 SETTINGS: dict[str, Parser] = {
     "version": _version,
@@ -320,6 +359,7 @@ SETTINGS: dict[str, Parser] = {
     "data_mapping": _data_mapping,
     "geoip": _geoip,
     "keep_attributes": _keep_attributes,
+    "costs": _costs,
 }
 #: Parsed after the sections (they read the catalog of fields, windows and features).
 POLICIES: dict[str, Parser] = {"model": _model, "degraded": _degraded}

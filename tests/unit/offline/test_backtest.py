@@ -299,7 +299,7 @@ def test_reports_hold_the_rule_table_and_svg_charts(case: dict[str, Path]) -> No
     assert "precision" in md and "## Definitions" in md
     page = (out / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>")
-    assert page.count("<svg") == 3  # decision mix, review/deny rates, active rules
+    assert page.count("<svg") == 4  # decision mix, review/deny rates, active rules, what each rule adds
     assert "Decisions per day (UTC)" in page and "Active rules: precision and recall" in page
     assert "<td>big_amount</td>" in page
     assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # self-contained
@@ -425,7 +425,8 @@ def test_shadow_and_rollout_hits_are_measured_apart(case: dict[str, Path]) -> No
     md = (out / "summary.md").read_text()
     assert "| candidate_60 | CANDIDATE_60 | deny | shadow | 100 % | 7 |" in md
     page = (out / "report.html").read_text()
-    assert "Shadow rules: precision and recall" in page and page.count("<svg") == 4
+    assert "Shadow rules: precision and recall" in page
+    assert page.count("<svg") == 5  # and the frauds each rule flags, and those only it flags
 
 
 def test_progress_lines_off_a_terminal() -> None:

@@ -67,6 +67,12 @@ def _serve(args: argparse.Namespace) -> int:
             "tls_client_ca": path(args.tls_client_ca),
             "admin_host": args.admin_host,
             "ruleset_archive": None if args.ruleset_archive is None else _archive_flag(args.ruleset_archive),
+            "card_data": args.card_data,
+            "pseudonym_key_file": path(args.pseudonym_key_file),
+            "clear_ids": True if args.clear_ids else None,
+            "admin_token_file": path(args.admin_token_file),
+            "admin_allow": tuple(args.admin_allow) if args.admin_allow else None,
+            "insecure": True if args.insecure else None,
         }
         config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
         ports: dict[str, int | None] = {}
@@ -785,6 +791,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tls-client-ca", help="CA bundle for client certificates: mutual TLS (RISK_TLS_CLIENT_CA)")
     p.add_argument("--admin-host", help="admin service address (RISK_ADMIN_HOST, 127.0.0.1)")
     p.add_argument("--admin-port", help="admin service port, or 'off' (RISK_ADMIN_PORT, 50052)")
+    p.add_argument(
+        "--admin-token-file",
+        help="file holding the bearer token admin calls must send (RISK_ADMIN_TOKEN_FILE; default: generated"
+        " beside the data)",
+    )
+    p.add_argument(
+        "--admin-allow",
+        action="append",
+        help="a client certificate identity (common name or SAN) allowed to call admin; repeatable"
+        " (RISK_ADMIN_ALLOW, comma-separated)",
+    )
+    p.add_argument(
+        "--card-data",
+        choices=("refuse", "mask"),
+        help="a card number or CVV/PIN/track data in a request: refuse it, or mask it (RISK_CARD_DATA, refuse)",
+    )
+    p.add_argument(
+        "--pseudonym-key-file",
+        help="secret of the keyed hash of ids (RISK_PSEUDONYM_KEY_FILE, or RISK_PSEUDONYM_KEY; default: generated"
+        " beside the data)",
+    )
+    p.add_argument(
+        "--clear-ids", action="store_true", help="keep ids in clear in Redis and the decision log (RISK_CLEAR_IDS)"
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a plaintext scoring port beyond loopback (RISK_INSECURE; otherwise it needs TLS)",
+    )
     p.set_defaults(func=_serve)
 
     decisions = sub.add_parser("decisions", help="the decision log").add_subparsers(

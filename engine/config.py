@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from engine.privacy import Pseudonyms, load_or_create_key, parse_key
 from engine.validation import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,6 +108,14 @@ ENV_VARS = (
     "RISK_GC_TUNING",
     "RISK_CPU_AFFINITY",
     "RISK_REDIS_WRITE_BEHIND",
+    "RISK_CARD_DATA",
+    "RISK_PSEUDONYM_KEY",
+    "RISK_PSEUDONYM_KEY_FILE",
+    "RISK_CLEAR_IDS",
+    "RISK_ADMIN_TOKEN_FILE",
+    "RISK_ADMIN_ALLOW",
+    "RISK_INSECURE",
+    "RISK_RULES_ALLOWED_DIRS",
 )
 
 
@@ -175,6 +184,23 @@ class ServeConfig:
     gc_tuning: bool = True
     #: Pin each server process to one core (`engine.service.server.pin_to_one_core`); off: let the kernel move it.
     cpu_affinity: bool = True
+    #: A card number or card security data in a request: 'refuse' (INVALID_ARGUMENT) or 'mask' (a card
+    #: number becomes its pseudonym, a CVV/PIN/track attribute is dropped). README "Data protection".
+    card_data: str = "refuse"
+    #: The secret of the pseudonyms (engine.privacy): its text (RISK_PSEUDONYM_KEY) or a file holding it;
+    #: neither: generated on first use beside the data (`pseudonym_key_path`).
+    pseudonym_key: str = field(default="", repr=False)
+    pseudonym_key_file: Path | None = None
+    #: Keep ids in clear in Redis keys and the decision log (for operators whose policy allows it).
+    clear_ids: bool = False
+    #: The bearer token admin calls must send (`authorization: Bearer <token>`), read from this file; None:
+    #: generated on first use beside the data (`admin_token_path`). engine.service.admin.
+    admin_token_file: Path | None = None
+    #: Client certificate identities (subject common name or a SAN) that may call admin over mutual TLS;
+    #: a list of its own, separate from the gateway's (whose certificates may score, never call admin).
+    admin_allow: tuple[str, ...] = ()
+    #: Allow the scoring port to listen beyond loopback in plaintext (otherwise it needs TLS).
+    insecure: bool = False
 
     @property
     def redacted_redis_url(self) -> str:
@@ -257,6 +283,13 @@ class ServeConfig:
             "gc_tuning": get("RISK_GC_TUNING", _on_off, d.gc_tuning),
             "cpu_affinity": get("RISK_CPU_AFFINITY", _on_off, d.cpu_affinity),
             "redis_write_behind": get("RISK_REDIS_WRITE_BEHIND", _on_off, d.redis_write_behind),
+            "card_data": get("RISK_CARD_DATA", str, d.card_data),
+            "pseudonym_key": env.get("RISK_PSEUDONYM_KEY", "").strip(),
+            "pseudonym_key_file": get("RISK_PSEUDONYM_KEY_FILE", Path, d.pseudonym_key_file),
+            "clear_ids": get("RISK_CLEAR_IDS", _on_off, d.clear_ids),
+            "admin_token_file": get("RISK_ADMIN_TOKEN_FILE", Path, d.admin_token_file),
+            "admin_allow": get("RISK_ADMIN_ALLOW", _names, d.admin_allow),
+            "insecure": get("RISK_INSECURE", _on_off, d.insecure),
         }
         if problems:
             raise ConfigError(problems)
@@ -340,6 +373,12 @@ class ServeConfig:
                     "RISK_DECISION_LOG_MAX_TOTAL_MB must be at least RISK_DECISION_LOG_MAX_FILE_MB,"
                     f" got {self.decision_log_max_total_mb} < {self.decision_log_max_file_mb}"
                 )
+        if not _is_loopback(self.host) and not self.tls and not self.insecure:
+            p.append(
+                f"--host / RISK_HOST {self.host!r} is not a loopback address: the scoring port listens beyond"
+                " localhost only with TLS (--tls-cert, --tls-key), or in plaintext with an explicit --insecure /"
+                " RISK_INSECURE=on (payment data would cross the network unencrypted)"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             p.append("--tls-cert / RISK_TLS_CERT and --tls-key / RISK_TLS_KEY go together: set both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -363,8 +402,77 @@ class ServeConfig:
                 )
             elif self.admin_port != 0 and self.admin_port == self.port:
                 p.append(f"--admin-port must differ from --port ({self.port})")
+        if self.card_data not in ("refuse", "mask"):
+            p.append(f"--card-data / RISK_CARD_DATA must be 'refuse' or 'mask', got {self.card_data!r}")
+        if self.pseudonym_key and self.pseudonym_key_file is not None:
+            p.append("RISK_PSEUDONYM_KEY and --pseudonym-key-file / RISK_PSEUDONYM_KEY_FILE: set one, not both")
+        elif self.pseudonym_key:
+            try:
+                parse_key(self.pseudonym_key)
+            except ValueError as exc:
+                p.append(f"RISK_PSEUDONYM_KEY: {exc}")  # never the value itself
+        elif self.pseudonym_key_file is not None:
+            try:
+                parse_key(self.pseudonym_key_file.read_text())
+            except OSError as exc:
+                p.append(f"--pseudonym-key-file / RISK_PSEUDONYM_KEY_FILE {self.pseudonym_key_file}: {exc.strerror}")
+            except (ValueError, UnicodeDecodeError) as exc:
+                p.append(f"--pseudonym-key-file / RISK_PSEUDONYM_KEY_FILE {self.pseudonym_key_file}: {exc}")
         if p:
             raise ConfigError(p)
+
+    def beside_data(self, name: str) -> Path:
+        """Where a generated secret lives: beside the decision log (shared by the workers of `--workers N`), else
+        in the user's state folder (`$XDG_STATE_HOME/risk-engine`, by default `~/.local/state/risk-engine`)."""
+        if self.decision_log is not None:
+            root = self.decision_log.parent if self.worker_index is not None else self.decision_log
+            return root / name
+        state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(state) / "risk-engine" / name
+
+    @property
+    def pseudonym_key_path(self) -> Path:
+        return self.beside_data("pseudonym.key")
+
+    @property
+    def admin_token_path(self) -> Path:
+        """The admin token's file: `admin_token_file`, else generated beside the data (`beside_data`)."""
+        return self.admin_token_file if self.admin_token_file is not None else self.beside_data("admin.token")
+
+    def admin_token(self) -> tuple[str, bool]:
+        """The admin bearer token and whether it was generated now (0600, 32 random bytes in hex)."""
+        path = self.admin_token_path
+        try:
+            if self.admin_token_file is None:
+                key, created = load_or_create_key(path)
+                return key.hex(), created
+            token = path.read_text().strip()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--admin-token-file / RISK_ADMIN_TOKEN_FILE {path}: {exc}") from None
+        if len(token) < 16:
+            raise ConfigError(
+                f"--admin-token-file / RISK_ADMIN_TOKEN_FILE {path}: the token has at least 16 characters"
+            )
+        return token, False
+
+    def pseudonyms(self) -> tuple[Pseudonyms, str]:
+        """The pseudonym key of this server and where it came from (for the start log line; never the key).
+
+        Generates and keeps one (0600) at `pseudonym_key_path` when none is configured.
+        """
+        if self.pseudonym_key:
+            return Pseudonyms(parse_key(self.pseudonym_key)), "RISK_PSEUDONYM_KEY"
+        if self.pseudonym_key_file is not None:
+            try:
+                return Pseudonyms(parse_key(self.pseudonym_key_file.read_text())), str(self.pseudonym_key_file)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"--pseudonym-key-file / RISK_PSEUDONYM_KEY_FILE: {exc}") from None
+        path = self.pseudonym_key_path
+        try:
+            key, created = load_or_create_key(path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"pseudonym key {path}: {exc} (set RISK_PSEUDONYM_KEY_FILE)") from None
+        return Pseudonyms(key), f"{path} ({'generated now' if created else 'generated earlier'})"
 
     def summary(self) -> dict[str, object]:
         """What the server runs with, safe to log (no secrets)."""
@@ -381,8 +489,11 @@ class ServeConfig:
             "max_queue_ms": self.max_queue_ms,
             "fallback_horizon_s": self.fallback_horizon_s,
             "tls": "mutual" if self.tls_client_ca else ("on" if self.tls else "off"),
+            "insecure": self.insecure,
             "decision_log": str(self.decision_log) if self.decision_log else "off",
             "ruleset_archive": str(self.archive) if self.archive else "off",
+            "card_data": self.card_data,
+            "ids": "clear" if self.clear_ids else "pseudonyms",
         }
 
 
@@ -407,6 +518,10 @@ def _on_off(text: str) -> bool:
     if text.lower() in ("off", "false", "0", "no"):
         return False
     raise ValueError("expected on or off")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 def _int(text: str) -> int:

@@ -23,7 +23,10 @@ One folder per server process.
 
 Records (one JSON object per line, `"v": 1`): `decided_at_ms`, `transaction`
 (the request as the engine read it: ids, `event_time_ms`, `amount_minor`,
-`currency`, `channel`, `attributes`, ...), `decision`, `score` (null when the
+`currency`, `channel`, `attributes`, ...; as the server writes it, the
+user, card and device ids are pseudonyms, the IP its network and only the
+attributes the rule set keeps, see `RecordPolicy`; `"ids": "pseudonyms"`
+then says so), `dry_run` (true for a dry run, absent otherwise), `decision`, `score` (null when the
 model did not run), `degraded`, `reasons` and `shadow` (rules that fired,
 acting and shadow, with code, source, rule id, action and message),
 `features` (name -> number, null when unknown), `ruleset_version` and
@@ -53,6 +56,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from engine.privacy import (
+    Pseudonyms,
+    card_digits,
+    looks_like_card_number,
+    names_card_secret,
+    replace_card_numbers,
+    truncate_ip,
+)
 from engine.transaction import Reason, ScoreResult, Transaction
 
 log = logging.getLogger("risk_engine.decision_log")
@@ -80,26 +91,77 @@ def _reason(r: Reason) -> dict[str, Any]:
     return out
 
 
-def to_record(decided_at: float, txn: Transaction, result: ScoreResult) -> dict[str, Any]:
-    """The decision log record of one scored transaction."""
-    return {
+@dataclass(frozen=True)
+class RecordPolicy:
+    """What of a transaction a record keeps (README "Data protection").
+
+    `pseudonyms` set: `user_id`, `card_id` and `device_id` are written as
+    their keyed hashes and `ip` cut to its network (IPv4 /24, IPv6 /48);
+    None: in clear (`RISK_CLEAR_IDS`). Either way a value that looks like a
+    card number (any id, any attribute) is never written: its pseudonym is
+    (or `"masked"` without a key), and attributes are kept only when
+    `kept_attributes()` names them (the rule set's `keep_attributes:`;
+    None keeps them all).
+    """
+
+    pseudonyms: Pseudonyms | None = None
+    kept_attributes: Callable[[], frozenset[str]] | None = None
+
+
+_HASHED_IDS = ("user_id", "card_id", "device_id")
+
+
+def _no_card(value: str, pseudonyms: Pseudonyms | None) -> str:
+    if not looks_like_card_number(value):
+        return value
+    return pseudonyms.of(card_digits(value)) if pseudonyms is not None else "masked"
+
+
+def _transaction(txn: Transaction, policy: RecordPolicy | None) -> dict[str, Any]:
+    keys = policy.pseudonyms if policy is not None else None
+    out: dict[str, Any] = {
+        "transaction_id": _no_card(txn.transaction_id, keys),
+        "event_time_ms": txn.event_time_ms,
+        "amount_minor": txn.amount_minor,
+        "currency": txn.currency,
+        "user_id": txn.user_id,
+        "card_id": txn.card_id,
+        "device_id": txn.device_id,
+        "ip": txn.ip,
+        "country": txn.country,
+        "merchant_id": _no_card(txn.merchant_id, keys),
+        "channel": txn.channel.value,
+        "merchant_category": txn.merchant_category,
+        "attributes": dict(txn.attributes),
+    }
+    if policy is None:
+        return out
+    for name in _HASHED_IDS:
+        value = out[name]
+        if looks_like_card_number(value) or keys is None:
+            out[name] = _no_card(value, keys)
+        else:
+            out[name] = keys.of(value)
+    if keys is not None:
+        out["ip"] = truncate_ip(txn.ip)
+    kept = policy.kept_attributes() if policy.kept_attributes is not None else None
+    out["attributes"] = {
+        k: replace_card_numbers(v, keys.of if keys is not None else lambda _: "masked")
+        for k, v in txn.attributes
+        if (kept is None or k in kept) and not names_card_secret(k)
+    }
+    return out
+
+
+def to_record(
+    decided_at: float, txn: Transaction, result: ScoreResult, policy: RecordPolicy | None = None, dry_run: bool = False
+) -> dict[str, Any]:
+    """The decision log record of one scored transaction (`policy`: what of the transaction it keeps)."""
+    dry_run = dry_run or result.dry_run
+    record = {
         "v": 1,
         "decided_at_ms": int(decided_at * 1000),
-        "transaction": {
-            "transaction_id": txn.transaction_id,
-            "event_time_ms": txn.event_time_ms,
-            "amount_minor": txn.amount_minor,
-            "currency": txn.currency,
-            "user_id": txn.user_id,
-            "card_id": txn.card_id,
-            "device_id": txn.device_id,
-            "ip": txn.ip,
-            "country": txn.country,
-            "merchant_id": txn.merchant_id,
-            "channel": txn.channel.value,
-            "merchant_category": txn.merchant_category,
-            "attributes": dict(txn.attributes),
-        },
+        "transaction": _transaction(txn, policy),
         "decision": result.decision.name.lower(),
         "score": _finite(result.score),
         "degraded": result.degraded,
@@ -113,6 +175,24 @@ def to_record(decided_at: float, txn: Transaction, result: ScoreResult) -> dict[
         "elapsed_us": result.elapsed_us,
         "challenger": _challenger(result),
     }
+    if policy is not None and policy.pseudonyms is not None:
+        record["ids"] = "pseudonyms"
+        _hide_ids_in_messages(record, txn, policy.pseudonyms)
+    if dry_run:
+        record["dry_run"] = True
+    return record
+
+
+def _hide_ids_in_messages(record: dict[str, Any], txn: Transaction, keys: Pseudonyms) -> None:
+    """A rule message that names an id (`{card_id}`) says its pseudonym in the log, as the transaction does."""
+    ids = [(v, keys.of(v)) for v in (txn.user_id, txn.card_id, txn.device_id) if len(v) >= 3]
+    if txn.ip:
+        ids.append((txn.ip, truncate_ip(txn.ip)))
+    for part in ("reasons", "shadow"):
+        for reason in record[part]:
+            for value, pseudonym in ids:
+                if value in reason["message"]:
+                    reason["message"] = reason["message"].replace(value, pseudonym)
 
 
 def _challenger(result: ScoreResult) -> dict[str, Any] | None:
@@ -160,8 +240,10 @@ class DecisionLog:
         log_interval_s: float = 10.0,
         on_loss: Callable[[str, int], None] | None = None,
         opener: Callable[[Path], IO[bytes]] | None = None,
+        policy: RecordPolicy | None = None,
     ) -> None:
         self.folder = Path(folder)
+        self.policy = policy
         self.max_file_bytes = max_file_bytes
         self.rotate_s = rotate_s
         self.max_total_bytes = max_total_bytes
@@ -185,7 +267,7 @@ class DecisionLog:
         self._thread.start()
 
     # -- the request thread -------------------------------------------------
-    def record(self, txn: Transaction, result: ScoreResult) -> bool:
+    def record(self, txn: Transaction, result: ScoreResult, dry_run: bool = False) -> bool:
         """Write one record to the current file (one write(2), so a line is never torn); False when it failed.
 
         It returns once the line is in the operating system's hands: a crash of
@@ -194,7 +276,8 @@ class DecisionLog:
         the call is answered as usual.
         """
         try:
-            line = json.dumps(to_record(time.time(), txn, result), separators=(",", ":"), ensure_ascii=False)
+            record = to_record(time.time(), txn, result, self.policy, dry_run)
+            line = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
         except Exception as exc:  # noqa: BLE001 - a bad record must not fail the call
             with self._lock:
                 self._failed(1, exc)

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from engine.iso import CURRENCY_EXPONENTS
 from engine.transaction import Transaction
-from engine.validation import InvalidTransaction, IPAddress, Limits, parse_ip, validate
+from engine.validation import InvalidTransaction, IPAddress, Limits, mask_card_data, parse_ip, validate
 
 NUMBER, STRING, BOOL = "number", "string", "bool"
 
@@ -204,6 +204,8 @@ def prepare(
 
     Raises InvalidTransaction. Shared by scoring and by the rule tests.
     """
+    if limits.card_mask is not None:
+        txn = mask_card_data(txn, limits.card_mask)
     validate(txn, limits, now_ms)
     if txn.ip and (ip := parse_ip(txn.ip)[1]) != txn.ip:
         txn = replace(txn, ip=ip)  # one spelling per address, for windows and retries

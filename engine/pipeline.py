@@ -54,7 +54,7 @@ from engine.transaction import (
 from engine.validation import InvalidTransaction, Limits
 from engine.windows.fallback import FallbackWindows
 from engine.windows.spec import LABELS, BoundWindows
-from engine.windows.store import IdempotencyConflict, StoreUnavailable, WindowStore
+from engine.windows.store import IdempotencyConflict, ReadableStore, StoreUnavailable, WindowStore
 
 # The errors a door must handle, importable from here.
 __all__ = [
@@ -139,6 +139,7 @@ class _Pending:
     store_ns: int = 0
     model_ns: int = 0
     challenger_score: float = float("nan")
+    dry_run: bool = False  # read-only: nothing recorded
 
 
 #: What `score_batch` gives for each transaction: its answer, or the error `score` would raise.
@@ -230,7 +231,7 @@ class Pipeline:
     def swap(self, ruleset: RuleSet, model: Model | None, challenger: Challenger | None = None) -> None:
         self.snapshot = make_snapshot(ruleset, model, challenger)
 
-    def score(self, txn: Transaction, time_left_s: float | None = None) -> Scored:
+    def score(self, txn: Transaction, time_left_s: float | None = None, dry_run: bool = False) -> Scored:
         """Score one transaction.
 
         `time_left_s` is how long the caller will wait (its deadline); when it
@@ -242,11 +243,16 @@ class Pipeline:
         Raises InvalidTransaction (bad input), IdempotencyConflict (an id
         reused with other content) and DeadlineTooClose; a store or model that
         fails degrades the answer instead of failing it.
+
+        `dry_run`: the same pipeline against live state, read-only: the
+        windows are read (without this transaction in them) and nothing is
+        written: no window, no retry record, no fallback window. The result
+        says `dry_run`.
         """
         started = time.perf_counter_ns()
         deadline = None if time_left_s is None else time.monotonic() + time_left_s
         snap = self.snapshot
-        step = self._windows(snap, txn, time_left_s)
+        step = self._windows(snap, txn, time_left_s, dry_run)
         if isinstance(step, Scored):
             return step
         if step.windows_ok:
@@ -374,7 +380,9 @@ class Pipeline:
             out[position] = self._conclude(snap, step, step.elapsed_ns + share, None)
         pending.clear()
 
-    def _windows(self, snap: Snapshot, txn: Transaction, time_left_s: float | None) -> Scored | _Pending:
+    def _windows(
+        self, snap: Snapshot, txn: Transaction, time_left_s: float | None, dry_run: bool = False
+    ) -> Scored | _Pending:
         """Validation, enrichment, then the idempotency check and windows (one store call).
 
         Returns the recorded answer for a retry, else the transaction's fields
@@ -385,7 +393,9 @@ class Pipeline:
         txn, fields, bound = self._bind(ruleset, txn)
         plan = ruleset.windows
         store = self.store
-        fingerprint = txn.fingerprint() if self._fingerprints else ""
+        fingerprint = txn.fingerprint() if self._fingerprints and not dry_run else ""
+        if dry_run and not isinstance(store, ReadableStore):
+            raise InvalidTransaction("dry_run", f"the {store.name} window store cannot read without writing")
 
         windows_ok = True
         unavailable = ""
@@ -393,7 +403,11 @@ class Pipeline:
         self._check_time_left(time_left_s)
         before_store = time.perf_counter_ns()
         try:
-            outcome = store.apply(plan, bound, fingerprint)
+            if dry_run:
+                assert isinstance(store, ReadableStore)
+                outcome = store.read(plan, bound)
+            else:
+                outcome = store.apply(plan, bound, fingerprint)
         except StoreUnavailable as exc:
             windows_ok = False
             unavailable = f"{store.name}: {exc.kind}"
@@ -404,7 +418,7 @@ class Pipeline:
         else:
             if outcome.replay is not None:
                 return Scored(_replayed(outcome.replay, ScoreResult, ScoreResult.from_json), replayed=True, fields={})
-            if self.fallback is not None:
+            if self.fallback is not None and not dry_run:
                 self.fallback.add(plan, txn.transaction_id, txn.event_time_ms, fields, fingerprint)
             plan.finish_into(outcome.raw, fields)
         if ruleset.features:
@@ -419,6 +433,7 @@ class Pipeline:
             fallback,
             prepare_ns=before_store - started,
             store_ns=done - before_store,
+            dry_run=dry_run,
         )
 
     def _bind(self, ruleset: RuleSet, txn: Transaction) -> tuple[Transaction, dict[str, Any], BoundWindows]:
@@ -508,9 +523,10 @@ class Pipeline:
             challenger=self._other_result(snap, step, other, other_score, challenger_decided),
             ruleset_digest=ruleset.digest,
             enrichment=ruleset.enricher.describe(fields),
+            dry_run=step.dry_run,
         )
         concluded = time.perf_counter_ns()
-        if windows_ok and self.record:
+        if windows_ok and self.record and not step.dry_run:
             # The record is a second store call: skipped when it could outlast the
             # caller's deadline (a retry is then scored again, counting nothing twice).
             # Written behind the answer, it never waits for the store.

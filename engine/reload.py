@@ -162,6 +162,11 @@ class Reloader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def changed_on_disk(self) -> bool:
+        """Whether a watched file changed since the rule set and model serving now were loaded (or refused)."""
+        with self._lock:
+            return _fingerprint(self._files, self.rules) != self._seen
+
     def reload_now(self) -> bool:
         """Load, check and test the rule set and model on disk; swap them in if sound. True when swapped.
 

@@ -147,6 +147,9 @@ class ScoreResult:
     #: What enrichment found, as a reviewer reads it: `ip_country`, `ip_region`, `amount_base` (the amount in the
     #: base currency, exact decimal), `base_currency`; a key is left out when its value is unknown.
     enrichment: dict[str, str] = field(default_factory=dict)
+    #: A dry run (`Pipeline.score(dry_run=True)`): scored read-only, nothing counted or recorded; never kept
+    #: for retries, so `to_json` and `packed` leave it out.
+    dry_run: bool = False
 
     def to_json(self) -> str:
         """Serialise for the idempotency record (a retry gets this back)."""

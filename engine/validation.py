@@ -8,9 +8,19 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine.iso import COUNTRIES, CURRENCY_EXPONENTS
+from engine.privacy import (
+    CARD_NUMBER_REASON,
+    CARD_SECRET_REASON,
+    Pseudonyms,
+    card_digits,
+    contains_card_number,
+    looks_like_card_number,
+    names_card_secret,
+    replace_card_numbers,
+)
 from engine.transaction import Transaction
 
 
@@ -34,17 +44,36 @@ class Limits:
     #: How far the event time may lie behind / ahead of the server clock.
     max_event_age_s: float = 86400.0
     max_event_lead_s: float = 300.0
+    #: Card data (`RISK_CARD_DATA`): None refuses a card number in any id or attribute value, and an
+    #: attribute that names CVV/CVC, PIN or track data; set, `mask_card_data` replaces such a number by
+    #: its pseudonym under this key and drops such an attribute before validation sees them.
+    card_mask: Pseudonyms | None = None
 
 
 def _check_id(field: str, value: str, limits: Limits, required: bool = False) -> None:
+    """An id as real systems send it: any printable Unicode, inner spaces included (merchant names are ids).
+
+    Refused: values longer than `max_id_length` characters; control and
+    other non-printable characters (line breaks, tabs, NUL, format
+    characters such as zero-width joiners or direction marks, which make two
+    ids that look alike differ, and space characters other than U+0020);
+    leading or trailing spaces (`"shop "` and `"shop"` would be two entities).
+    """
     if not value:
         if required:
             raise InvalidTransaction(field, "is required")
         return
     if len(value) > limits.max_id_length:
         raise InvalidTransaction(field, f"is {len(value)} characters long, the limit is {limits.max_id_length}")
-    if not value.isascii() or not value.isprintable() or " " in value:
-        raise InvalidTransaction(field, "must be printable ASCII without spaces")
+    if not value.isprintable():  # str.isprintable: U+0020 is the one space character it accepts
+        raise InvalidTransaction(field, "must be printable text (no control, format or non-U+0020 space characters)")
+    if value[0] == " " or value[-1] == " ":
+        raise InvalidTransaction(field, "must not start or end with a space")
+
+
+def _plain_id(value: str, longest: int) -> bool:
+    """What `_check_id` accepts, in one expression for the common case (absent or a plain token)."""
+    return len(value) <= longest and value.isprintable() and value[0] != " " and value[-1] != " "
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -82,6 +111,8 @@ def validate(txn: Transaction, limits: Limits, now_ms: int | None) -> IPAddress 
     parsed once per transaction.
     """
     _check_id("transaction_id", txn.transaction_id, limits, required=True)
+    if looks_like_card_number(txn.transaction_id):
+        raise InvalidTransaction("transaction_id", CARD_NUMBER_REASON)
     if txn.event_time_ms <= 0:
         raise InvalidTransaction("event_time", "is required")
     if now_ms is not None:
@@ -110,8 +141,10 @@ def validate(txn: Transaction, limits: Limits, now_ms: int | None) -> IPAddress 
         ("merchant_id", txn.merchant_id),
     ):
         # The common case (absent, or a plain token) without a call; anything else gets its reason.
-        if value and (len(value) > longest or not (value.isascii() and value.isprintable()) or " " in value):
+        if value and not _plain_id(value, longest):
             _check_id(name, value, limits)
+        if looks_like_card_number(value):
+            raise InvalidTransaction(name, CARD_NUMBER_REASON)
     if not (txn.user_id or txn.card_id):
         raise InvalidTransaction("card_id", "card_id or user_id is required")
     if txn.merchant_category and (
@@ -147,4 +180,32 @@ def validate(txn: Transaction, limits: Limits, now_ms: int | None) -> IPAddress 
             raise InvalidTransaction(
                 f"attributes[{key}]", f"is longer than {limits.max_attribute_value_length} characters"
             )
+        if names_card_secret(key):
+            raise InvalidTransaction(f"attributes[{key}]", CARD_SECRET_REASON)
+        if contains_card_number(value):
+            raise InvalidTransaction(f"attributes[{key}]", CARD_NUMBER_REASON)
     return addr
+
+
+_CARD_FIELDS = ("transaction_id", "user_id", "card_id", "device_id", "merchant_id")
+
+
+def mask_card_data(txn: Transaction, pseudonyms: Pseudonyms) -> Transaction:
+    """The transaction with card data masked instead of refused (`RISK_CARD_DATA=mask`).
+
+    A card number in an id or attribute value becomes the pseudonym of its
+    digits (the same card, however spaced, the same pseudonym: its windows
+    still add up); an attribute that
+    names card security data is dropped. Unchanged (the same object) when
+    there is nothing to mask, the common case.
+    """
+    changes: dict[str, object] = {}
+    for name in _CARD_FIELDS:
+        value = getattr(txn, name)
+        if looks_like_card_number(value):
+            changes[name] = pseudonyms.of(card_digits(value))
+    if any(names_card_secret(k) or contains_card_number(v) for k, v in txn.attributes):
+        changes["attributes"] = tuple(
+            (k, replace_card_numbers(v, pseudonyms.of)) for k, v in txn.attributes if not names_card_secret(k)
+        )
+    return replace(txn, **changes) if changes else txn  # type: ignore[arg-type]

@@ -66,12 +66,14 @@ class Blocks:
         lists: dict[str, str] | None = None,
         admin_target: str | None = None,
         admin_timeout_s: float = 10.0,
+        admin_token: str = "",
     ) -> None:
         self.engine = engine
         self.rules = rules
         self.lists = dict(lists or DEFAULT_LISTS)
         self.admin_target = admin_target
         self.admin_timeout_s = admin_timeout_s
+        self.admin_token = admin_token  # the engine's admin bearer token
 
     def list_for(self, kind: str) -> ListFile:
         if kind not in self.lists:
@@ -225,7 +227,9 @@ class Blocks:
         with grpc.insecure_channel(self.admin_target) as channel:
             try:
                 answer = admin_pb2_grpc.AdminStub(channel).Reload(
-                    admin_pb2.ReloadRequest(), timeout=self.admin_timeout_s
+                    admin_pb2.ReloadRequest(),
+                    timeout=self.admin_timeout_s,
+                    metadata=(("authorization", f"Bearer {self.admin_token}"),) if self.admin_token else None,
                 )
             except grpc.RpcError as exc:
                 return f"the engine did not answer the reload ({exc.code().name}); its watcher will pick the file up"

@@ -50,6 +50,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--engine-cert", help="client certificate (PEM) when the engine requires mutual TLS")
     p.add_argument("--engine-key", help="client key (PEM) for --engine-cert")
     p.add_argument("--engine-admin", help="the engine's admin port (HOST:PORT): reload it right after a list changes")
+    p.add_argument(
+        "--engine-admin-token-file",
+        help="the engine's admin token (its --admin-token-file; by default admin.token in its decision log folder,"
+        " which is tried when this is not given)",
+    )
     p.add_argument("--sla-minutes", type=float, default=60.0, help="a case waiting longer is over its SLA (default 60)")
     p.add_argument(
         "--sample-allows", type=float, default=0.0, help="share of allows that become cases, 0-1 (default 0)"
@@ -213,9 +218,16 @@ def serve_command(args: argparse.Namespace) -> int:
                 _target(args.engine, "--engine"), read(args.engine_ca), read(args.engine_cert), read(args.engine_key)
             )
         admin = _target(args.engine_admin, "--engine-admin") if args.engine_admin else None
+        admin_token = ""
+        if admin is not None:
+            token_file = args.engine_admin_token_file
+            if token_file is None and args.decision_log != "off":
+                token_file = str(Path(args.decision_log) / "admin.token")  # where the engine generates it
+            if token_file is not None and (args.engine_admin_token_file or Path(token_file).is_file()):
+                admin_token = Path(token_file).read_text().strip()
     except (ValueError, OSError) as exc:
         problems.append(str(exc))
-        admin = None
+        admin, admin_token = None, ""
     rules_dir = Path(args.rules)
     if not rules_dir.is_dir():
         problems.append(f"--rules {rules_dir}: no such folder")
@@ -260,7 +272,11 @@ def serve_command(args: argparse.Namespace) -> int:
     labels = LabelSender(engine, channel)
     labels.start()
     blocks = Blocks(
-        engine, rules, {"card": args.card_list, "device": args.device_list, "ip": args.ip_list}, admin_target=admin
+        engine,
+        rules,
+        {"card": args.card_list, "device": args.device_list, "ip": args.ip_list},
+        admin_target=admin,
+        admin_token=admin_token,
     )
     config = DeskConfig(
         sla_minutes=args.sla_minutes,

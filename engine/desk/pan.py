@@ -15,19 +15,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from engine.privacy import luhn_ok
+
 _CANDIDATE = re.compile(r"(?<![0-9])[2-6](?:[ -]?[0-9]){12,18}(?![0-9])")
-
-
-def luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2 == 1:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
 
 
 def _mask(match: re.Match[str]) -> str:

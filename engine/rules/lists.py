@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.iso import COUNTRIES, country_hint
+from engine.privacy import WithPseudonyms, is_pseudonym
 
 KINDS = ("string", "number", "country", "cidr")
 MAX_LIST_SIZE = 1_000_000
@@ -177,7 +178,11 @@ _CACHE_SIZE = 32
 
 def hold(kind: str, values: list[Any]) -> Held:
     """The lookup structure of a list's parsed values."""
-    return CidrSet(values) if kind == "cidr" else frozenset(values)
+    if kind == "cidr":
+        return CidrSet(values)
+    if kind == "string" and any(isinstance(v, str) and is_pseudonym(v) for v in values):
+        return WithPseudonyms(values)  # entries blocked by pseudonym match the clear ids sent (engine.privacy)
+    return frozenset(values)
 
 
 def load_list_file(path: Path, kind: str) -> tuple[Held, int, list[Problem]]:

@@ -127,6 +127,8 @@ class RuleSet:
     data_mapping: tuple[str, ...] = ()
     #: When labels have no time of their own, they become known this long after the transaction.
     label_delay_ms: int = 7 * 86_400_000
+    #: Attributes the decision log keeps (`keep_attributes:`); the others are not written there.
+    keep_attributes: frozenset[str] = frozenset()
     #: The rules folder (absolute) and every file of the set with its hash: what `digest` is the hash of
     #: (engine.rules.archive).
     root: str = ""

@@ -13,6 +13,7 @@ features).
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ KEYS = (
     "model",
     "degraded",
     "geoip",
+    "keep_attributes",
     "costs",
 )
 
@@ -115,6 +117,7 @@ class Settings:
     geoip: GeoLookup | None = None
     model: ModelPolicy = field(default_factory=lambda: ModelPolicy(None, None))
     degraded: DegradedPolicy = field(default_factory=lambda: DegradedPolicy(None, None))
+    keep_attributes: tuple[str, ...] = ()
     costs: Costs = field(default_factory=Costs)
 
 
@@ -173,13 +176,26 @@ def _label_delay(b: Collector, value: Any, pos: Pos, _: Context) -> int | None:
     return ms
 
 
+def _keep_attributes(b: Collector, value: Any, pos: Pos, _: Context) -> tuple[str, ...] | None:
+    """The attributes the decision log keeps (every other attribute is left out of it)."""
+    names = value if isinstance(value, list) else None
+    if names is None or not all(isinstance(n, str) and n.isidentifier() and n.isascii() for n in names):
+        b.err(pos, f"'keep_attributes' must be a list of attribute names, got {value!r}")
+        return None
+    return tuple(names)
+
+
 def _data_mapping(b: Collector, value: Any, pos: Pos, ctx: Context) -> list[str]:
     out: list[str] = []
     for entry in value if isinstance(value, list) else [value]:
         if isinstance(entry, str) and ID.match(entry):
             out.append(entry)  # a preset; the offline commands check its name
         elif isinstance(entry, str) and entry.endswith((".yaml", ".yml")):
-            if not (ctx.root / entry).is_file():
+            if not confined(ctx.root / entry, ctx.root):
+                b.err(
+                    pos, f"'data_mapping': {entry!r} must be inside the rules folder ({ALLOWED_DIRS_ENV} allows more)"
+                )
+            elif not (ctx.root / entry).is_file():
                 b.err(pos, f"'data_mapping': no mapping file {entry!r} beside the rules")
             else:
                 out.append(str(ctx.root / entry))
@@ -193,6 +209,18 @@ def _data_mapping(b: Collector, value: Any, pos: Pos, ctx: Context) -> list[str]
     return out
 
 
+#: Folders besides the rules folder that files a rule set names (geoip, mapping files) may be in,
+#: separated by ':' (an operator's choice, e.g. /usr/share/GeoIP); any other path is refused.
+ALLOWED_DIRS_ENV = "RISK_RULES_ALLOWED_DIRS"
+
+
+def confined(path: Path, root: Path) -> bool:
+    """Whether `path` (resolved: no `..`, no symlink out) lies in the rules folder or a folder of ALLOWED_DIRS_ENV."""
+    resolved = path.resolve()
+    allowed = [root.resolve()] + [Path(d).resolve() for d in os.environ.get(ALLOWED_DIRS_ENV, "").split(":") if d]
+    return any(resolved.is_relative_to(folder) for folder in allowed)
+
+
 def _geoip(b: Collector, value: Any, pos: Pos, ctx: Context) -> GeoLookup | None:
     from engine.geo import GeoDB, GeoError
 
@@ -200,6 +228,13 @@ def _geoip(b: Collector, value: Any, pos: Pos, ctx: Context) -> GeoLookup | None
         b.err(pos, "'geoip' must be the path of a MaxMind-format .mmdb file")
         return None
     path = Path(b.file).parent / value
+    if not confined(path, ctx.root):
+        b.err(
+            pos,
+            "'geoip': the file must be inside the rules folder",
+            f"or in a folder the operator allows with {ALLOWED_DIRS_ENV}",
+        )
+        return None
     try:
         db = GeoDB.open(path)
     except GeoError as exc:
@@ -323,6 +358,7 @@ SETTINGS: dict[str, Parser] = {
     "label_delay": _label_delay,
     "data_mapping": _data_mapping,
     "geoip": _geoip,
+    "keep_attributes": _keep_attributes,
     "costs": _costs,
 }
 #: Parsed after the sections (they read the catalog of fields, windows and features).

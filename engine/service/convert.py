@@ -145,6 +145,7 @@ def to_response(result: ScoreResult) -> risk_pb2.ScoreResponse:
         challenger=_challenger(result),
         ruleset_digest=result.ruleset_digest,
         enrichment=result.enrichment,
+        dry_run=result.dry_run,
     )
 
 

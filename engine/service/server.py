@@ -5,7 +5,7 @@ loaded, SERVING after, NOT_SERVING again once a shutdown starts. Every health
 answer carries trailing metadata naming what serves and how the last reload
 went (`risk-ruleset-version`, `risk-ruleset-digest`, `risk-model-version`,
 `risk-challenger`: the challenger model and its mode or '', `risk-last-reload`:
-`ok` or `failed <unix time>: <first error>`). SIGTERM or
+`ok` or `failed <unix time>`: no path and no error text, those are admin `Status`'s). SIGTERM or
 SIGINT stop accepting new calls and let in-flight ones finish within the
 grace period; SIGHUP reloads the rule set at once (it is also watched).
 
@@ -28,18 +28,19 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine.config import ConfigError, ServeConfig, unknown_env
-from engine.decision_log import DecisionLog
+from engine.decision_log import DecisionLog, RecordPolicy
 from engine.model.drift import DriftMonitor
 from engine.pipeline import Pipeline
+from engine.privacy import Pseudonyms, set_active
 from engine.reload import Reloader, ReloadStatus, load_serving
-from engine.service.admin import AdminServicer
+from engine.service.admin import AdminAuth, AdminServicer
 from engine.service.admission import Admission, AdmissionPolicy
 from engine.service.metrics import Metrics
 from engine.service.pb import admin_pb2, admin_pb2_grpc, risk_pb2
@@ -73,7 +74,9 @@ class VersionedHealth(health.HealthServicer):
         status = self.status
         if status is None:
             return ()
-        last = "ok" if status.last_attempt_ok else f"failed {status.last_failure_at:.0f}: {status.last_failure}"
+        # Whether the last reload failed and when, never why: the reason names files and paths, and is
+        # admin's to tell (Status); anyone who reaches the scoring port reads this.
+        last = "ok" if status.last_attempt_ok else f"failed {status.last_failure_at:.0f}"
         return (
             ("risk-ruleset-version", _ascii(status.ruleset_version)),
             ("risk-ruleset-digest", status.ruleset_digest),
@@ -119,12 +122,33 @@ class Running:
         self.metrics.close()
 
 
-def make_store(config: ServeConfig, on_breaker: OnBreaker | None = None) -> WindowStore:
+def pseudonym_keys(config: ServeConfig) -> Pseudonyms | None:
+    """The key of the pseudonyms of ids (None: ids kept in clear and card data refused), with a log line."""
+    if config.clear_ids and config.card_data != "mask":
+        log.warning(
+            "ids are kept in clear in the window store and the decision log (RISK_CLEAR_IDS)",
+            extra={"event": "config"},
+        )
+        return None
+    keys, source = config.pseudonyms()
+    log.info(
+        "pseudonym key from %s, fingerprint %s: ids are stored as keyed hashes (README, Data protection)",
+        source,
+        keys.fingerprint(),
+        extra={"event": "config", "key_fingerprint": keys.fingerprint()},
+    )
+    return keys
+
+
+def make_store(
+    config: ServeConfig, on_breaker: OnBreaker | None = None, pseudonyms: Pseudonyms | None = None
+) -> WindowStore:
     delay = config.limits.max_event_age_s + config.limits.max_event_lead_s
     if config.redis_url:
         kind = RedisClusterStore if config.redis_url.startswith("redis+cluster://") else RedisStore
         return kind(
             config.redis_url,
+            pseudonyms=pseudonyms,
             prefix=config.redis_prefix,
             budget_s=config.redis_budget_ms / 1000.0,
             breaker=BreakerPolicy(
@@ -224,12 +248,13 @@ def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
-def make_decision_log(config: ServeConfig, metrics: Metrics) -> DecisionLog | None:
+def make_decision_log(config: ServeConfig, metrics: Metrics, policy: RecordPolicy | None = None) -> DecisionLog | None:
     if config.decision_log is None:
         return None
     try:
         dlog = DecisionLog(
             config.decision_log,
+            policy=policy,
             max_file_bytes=int(config.decision_log_max_file_mb * 1024 * 1024),
             rotate_s=config.decision_log_rotate_s,
             max_total_bytes=int(config.decision_log_max_total_mb * 1024 * 1024),
@@ -266,8 +291,11 @@ def start(config: ServeConfig) -> Running:
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
     ruleset, model, challenger = load_serving(config.rules, config.model)
+    keys = pseudonym_keys(config)
+    set_active(keys)  # lists holding pseudonyms (blocked from the review desk) match the clear ids through it
+    limits = replace(config.limits, card_mask=keys) if config.card_data == "mask" else config.limits
     metrics = Metrics()
-    store = make_store(config, breaker_log(metrics.on_breaker))
+    store = make_store(config, breaker_log(metrics.on_breaker), None if config.clear_ids else keys)
     fallback = None
     if config.redis_url and config.fallback_horizon_s > 0:
         fallback = FallbackWindows(
@@ -282,13 +310,20 @@ def start(config: ServeConfig) -> Running:
         ruleset,
         model,
         store,
-        limits=config.limits,
+        limits=limits,
         on_degraded=DegradedLog(count=metrics.on_degraded),
         challenger=challenger,
         fallback=fallback,
         drift=drift,
     )
-    decisions = make_decision_log(config, metrics)
+    decisions = make_decision_log(
+        config,
+        metrics,
+        RecordPolicy(
+            pseudonyms=None if config.clear_ids else keys,
+            kept_attributes=lambda: pipeline.snapshot.ruleset.keep_attributes,
+        ),
+    )
     metrics.watch_store(store)
     if store.records is not None:
         metrics.watch_records(store.records)
@@ -338,7 +373,18 @@ def start(config: ServeConfig) -> Running:
             maximum_concurrent_rpcs=4,
             options=[("grpc.so_reuseport", 0)],
         )
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(reloader, store.name, lambda: decisions), admin_server)
+        token, created = config.admin_token()
+        log.info(
+            "admin calls need the bearer token in %s (%s)%s",
+            config.admin_token_path,
+            "generated now" if created else "read",
+            f" or a client certificate named {', '.join(config.admin_allow)}" if config.admin_allow else "",
+            extra={"event": "config", "admin_token_file": str(config.admin_token_path)},
+        )
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminServicer(reloader, store.name, lambda: decisions, AdminAuth(token, config.admin_allow)),
+            admin_server,
+        )
         admin_address = f"{config.admin_host}:{config.admin_port}"
         # Beyond loopback the config check demands mutual TLS: the same credentials as the scoring port.
         admin_port = (

@@ -33,6 +33,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from engine.pipeline import DeadlineTooClose, IdempotencyConflict, InvalidTransaction, Pipeline
+from engine.privacy import looks_like_card_number
 from engine.service.admission import Admission, AdmissionPolicy, AdmittingHandler
 from engine.service.convert import to_feedback, to_feedback_response, to_response, to_transaction
 from engine.service.pb import risk_pb2
@@ -46,6 +47,11 @@ Response = TypeVar("Response", risk_pb2.ScoreResponse, risk_pb2.FeedbackResponse
 
 #: Called once per answered call with its status code name, its server-side duration in seconds and its method.
 OnRequest = Callable[[str, float, str], None]
+
+
+def _loggable(transaction_id: str) -> str:
+    """A transaction id for a log line: never a card number (`RISK_CARD_DATA=mask` lets one through)."""
+    return "masked" if looks_like_card_number(transaction_id) else transaction_id[:128]
 
 
 class _Refused(Exception):
@@ -147,7 +153,7 @@ class RiskEngineServicer:
         except Exception:
             log.exception(
                 "unexpected error while recording feedback",
-                extra={"event": "error", "transaction_id": request.transaction.transaction_id[:128]},
+                extra={"event": "error", "transaction_id": _loggable(request.transaction.transaction_id)},
             )
             raise _Refused(
                 grpc.StatusCode.INTERNAL, "internal error while recording feedback; see the server log"
@@ -166,9 +172,9 @@ class RiskEngineServicer:
     def _score(self, request: risk_pb2.ScoreRequest, context: grpc.ServicerContext) -> risk_pb2.ScoreResponse:
         try:
             txn = to_transaction(request, self.pipeline.limits)
-            scored = self.pipeline.score(txn, context.time_remaining())
+            scored = self.pipeline.score(txn, context.time_remaining(), dry_run=request.dry_run)
         except InvalidTransaction as exc:
-            path = exc.field if exc.field == "transaction" else f"transaction.{exc.field}"
+            path = exc.field if exc.field in ("transaction", "dry_run") else f"transaction.{exc.field}"
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{path}: {exc.reason}") from None
         except IdempotencyConflict as exc:
             raise _Refused(
@@ -180,14 +186,15 @@ class RiskEngineServicer:
         except Exception:
             log.exception(
                 "unexpected error while scoring",
-                extra={"event": "error", "transaction_id": request.transaction.transaction_id[:128]},
+                extra={"event": "error", "transaction_id": _loggable(request.transaction.transaction_id)},
             )
             raise _Refused(grpc.StatusCode.INTERNAL, "internal error while scoring; see the server log") from None
         if scored.replayed:
             context.send_initial_metadata((("risk-replayed", "true"),))
         else:
-            self.observe(scored.result)
-            self.observe_steps(scored.timings_ns)
+            if not scored.result.dry_run:  # sandbox calls stay out of the decision metrics
+                self.observe(scored.result)
+                self.observe_steps(scored.timings_ns)
             if self.on_scored is not None:
                 self.on_scored(txn, scored.result)
         return to_response(scored.result)

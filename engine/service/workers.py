@@ -41,7 +41,7 @@ from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 
-from engine.config import ServeConfig
+from engine.config import ConfigError, ServeConfig
 from engine.logs import configure
 from engine.reload import load_serving
 from engine.service.server import serve, warn_unknown_env
@@ -149,6 +149,16 @@ def supervise(config: ServeConfig) -> None:
     warn_unknown_env()
     config.check()
     _check_loads(config)
+    if config.decision_log is not None:
+        try:  # the workers' logs are folders of it: private like each of them
+            config.decision_log.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ConfigError(f"--decision-log / RISK_DECISION_LOG {config.decision_log}: {exc}") from None
+    # The secrets the workers share, generated here once (beside the data) rather than raced for by each.
+    if not config.clear_ids or config.card_data == "mask":
+        config.pseudonyms()
+    if config.admin_port is not None:
+        config.admin_token()
     held, port = reserve_port(config.host, config.port)
     ctx = multiprocessing.get_context("spawn")
     workers = [_Worker(i, worker_config(config, i, port)) for i in range(config.workers)]

@@ -266,6 +266,12 @@ class MemoryStore:
                 self._forget_least_recent(self._max_series)
             return WindowsOutcome(replay=None, raw=raw)
 
+    def read(self, plan: WindowPlan, bound: BoundWindows) -> WindowsOutcome:
+        """A dry run's windows: read, nothing written, no idempotency record checked or claimed."""
+        dry = bound._replace(groups=tuple(bg._replace(add=False) for bg in bound.groups))
+        with self._lock:
+            return WindowsOutcome(replay=None, raw=self._update_and_read(plan, dry, False))
+
     def remember(self, transaction_id: str, fingerprint: str, response: Recorded) -> None:
         if not self._remember:
             return

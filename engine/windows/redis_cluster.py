@@ -20,6 +20,7 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from engine.privacy import Pseudonyms
 from engine.windows.breaker import Breaker, BreakerPolicy
 from engine.windows.redis_store import CLAIM_SOURCE, OnBreaker, _RedisBase, counts_against_target, unavailable_kind
 from engine.windows.spec import BoundGroup, BoundWindows, WindowPlan
@@ -70,8 +71,11 @@ class RedisClusterStore(_RedisBase):
         max_connections: int = 64,
         max_event_delay_s: float = 86400.0 + 300.0,
         write_behind: bool = True,
+        pseudonyms: Pseudonyms | None = None,
     ) -> None:
-        super().__init__(prefix, breaker, on_breaker, idempotency_ttl_s, max_event_delay_s, budget_s, write_behind)
+        super().__init__(
+            prefix, breaker, on_breaker, idempotency_ttl_s, max_event_delay_s, budget_s, write_behind, pseudonyms
+        )
         if isinstance(nodes, str):
             nodes = parse_cluster_url(nodes)
         self._startup = [ClusterNode(h, p) for h, p in nodes]
@@ -187,14 +191,23 @@ class RedisClusterStore(_RedisBase):
         return granted
 
     def apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str) -> WindowsOutcome:
+        return self._apply(plan, bound, fingerprint, dry=False)
+
+    def read(self, plan: WindowPlan, bound: BoundWindows) -> WindowsOutcome:
+        """A dry run's windows: read, nothing written, no idempotency record checked or claimed."""
+        return self._apply(plan, bound, "", dry=True)
+
+    def _apply(self, plan: WindowPlan, bound: BoundWindows, fingerprint: str, dry: bool) -> WindowsOutcome:
         script = self._source(plan)
+        idem, idem_node, idem_conn = "", "", None
         try:
             cluster = self._cluster()
-            idem = self._idem_key(bound.transaction_id)
-            queued = self._queued_answer(bound.transaction_id, idem, fingerprint)
-            if queued is not None:
-                return queued
-            idem_node, idem_conn = self._node_client(cluster, idem)
+            if not dry:
+                idem = self._idem_key(bound.transaction_id)
+                queued = self._queued_answer(bound.transaction_id, idem, fingerprint)
+                if queued is not None:
+                    return queued
+                idem_node, idem_conn = self._node_client(cluster, idem)
             # One script call per entity value, one pipeline per master (built before any call,
             # so that a call needing a master whose breaker is open touches nothing).
             by_entity: dict[tuple[str, str], list[BoundGroup]] = {}
@@ -206,26 +219,30 @@ class RedisClusterStore(_RedisBase):
                 targets.setdefault(name, (conn, []))[1].append((tag, groups))
         except (redis.RedisError, OSError) as exc:
             self._fail(None, exc)
-        names = [idem_node, *(name for name in targets if name != idem_node)]
+        names = list(targets) if dry else [idem_node, *(name for name in targets if name != idem_node)]
         breakers = dict(zip(names, self._admit(names), strict=True))
-        # 1. The idempotency record, in its own slot: checked (and claimed) first.
-        try:
-            claim = self._run_node(idem_conn, [(self._claim_sha, CLAIM_SOURCE, [idem], [fingerprint, self._ttl_ms])])[0]
-            if isinstance(claim, Exception):
-                raise claim
-            status = int(claim[0])
-        except (redis.RedisError, OSError) as exc:
-            self._cancel(breakers, idem_node)
-            self._fail(breakers[idem_node], exc)
-        if status in (0, 1) or idem_node not in targets:
-            breakers[idem_node].success()
-        if status == 0:
-            self._cancel(breakers, idem_node)
-            raise IdempotencyConflict(bound.transaction_id)
-        if status == 1:
-            self._cancel(breakers, idem_node)
-            return WindowsOutcome(replay=zlib.decompress(claim[1]).decode(), raw=())
-        mode = "F" if status == 4 else "R"
+        mode = "D"  # a dry run: no record, nothing written (windows.lua)
+        if idem_conn is not None:
+            # 1. The idempotency record, in its own slot: checked (and claimed) first.
+            try:
+                claim = self._run_node(
+                    idem_conn, [(self._claim_sha, CLAIM_SOURCE, [idem], [fingerprint, self._ttl_ms])]
+                )[0]
+                if isinstance(claim, Exception):
+                    raise claim
+                status = int(claim[0])
+            except (redis.RedisError, OSError) as exc:
+                self._cancel(breakers, idem_node)
+                self._fail(breakers[idem_node], exc)
+            if status in (0, 1) or idem_node not in targets:
+                breakers[idem_node].success()
+            if status == 0:
+                self._cancel(breakers, idem_node)
+                raise IdempotencyConflict(bound.transaction_id)
+            if status == 1:
+                self._cancel(breakers, idem_node)
+                return WindowsOutcome(replay=zlib.decompress(claim[1]).decode(), raw=())
+            mode = "F" if status == 4 else "R"
         # 2. The entity scripts, all masters together.
         per_node: dict[str, tuple[redis.Redis, list[tuple[str, str, list[str], list[Any]]]]] = {}
         for name, (conn, entities) in targets.items():

@@ -19,7 +19,11 @@ Key layout (prefix `P`, entity fields `card_id`, value `c1`; `S` is '' or
 - `P:idem:{TXID}`              idempotency record: fingerprint, newline, the response
                                (zlib-compressed JSON: about 300-500 bytes a transaction),
                                written behind the answer by default (engine/windows/records.py)
-The braces are Redis Cluster hash tags: all keys of one entity value share a
+With `pseudonyms` (what the server passes unless `RISK_CLEAR_IDS` is on), `c1`
+and `TXID` are their keyed hashes (`engine.privacy.Pseudonyms`: `p:` and 32 hex
+digits), and so are the string values a group keeps (the ids distinct windows
+count); numbers are kept as they are. Equal values hash equally: windows are
+the same as on the clear values. The braces are Redis Cluster hash tags: all keys of one entity value share a
 slot. Window keys expire after their retention plus the longest accepted event
 delay (wall clock), records after the idempotency TTL, so idle entities cost
 nothing.
@@ -51,6 +55,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from engine.privacy import Pseudonyms
 from engine.transaction import Recorded
 from engine.windows.breaker import Breaker, BreakerPolicy
 from engine.windows.records import RecordWriter
@@ -155,8 +160,11 @@ class _RedisBase:
         max_event_delay_s: float,
         budget_s: float,
         write_behind: bool,
+        pseudonyms: Pseudonyms | None = None,
     ) -> None:
         self.prefix = prefix
+        #: Entity values (and the values distinct windows count) go to Redis as these keyed hashes; None: in clear.
+        self.pseudonyms = pseudonyms
         self.budget_s = budget_s
         # Keys expire by wall clock, windows are in event time: a key must outlive
         # its retention by the longest an event may be delayed (validation's
@@ -216,10 +224,20 @@ class _RedisBase:
 
     # -- keys --------------------------------------------------------------
     def _idem_key(self, transaction_id: str) -> str:
+        if self.pseudonyms is not None:
+            transaction_id = self.pseudonyms.of(transaction_id)
         return f"{self.prefix}:idem:{{{transaction_id}}}"
 
     def _entity_tag(self, group_tag: str, value: str) -> str:
+        if self.pseudonyms is not None:
+            value = self.pseudonyms.of(value)
         return f"{{{self.prefix}:{group_tag}:{value}}}"
+
+    def _stored_value(self, bg: BoundGroup) -> str:
+        """The value a group keeps with an event: a number as it is; an id (distinct windows) as its pseudonym."""
+        if self.pseudonyms is None or bg.group.numeric or not bg.value:
+            return bg.value
+        return self.pseudonyms.of(bg.value)
 
     def _group_keys(self, bg: BoundGroup) -> list[str]:
         tag = self._entity_tag(bg.group.tag, bg.entity_value)
@@ -270,7 +288,7 @@ class _RedisBase:
             at, ends = index[id(bg.group)]
             tag = self._entity_tag(bg.group.tag, bg.entity_value)
             keys += [tag + end for end in ends]
-            args += [at, bg.value, 1 if bg.add else 0]
+            args += [at, self._stored_value(bg), 1 if bg.add else 0]
         return keys, args
 
     # -- failure handling --------------------------------------------------
@@ -328,8 +346,11 @@ class RedisStore(_RedisBase):
         max_connections: int = 64,
         max_event_delay_s: float = 86400.0 + 300.0,
         write_behind: bool = True,
+        pseudonyms: Pseudonyms | None = None,
     ) -> None:
-        super().__init__(prefix, breaker, on_breaker, idempotency_ttl_s, max_event_delay_s, budget_s, write_behind)
+        super().__init__(
+            prefix, breaker, on_breaker, idempotency_ttl_s, max_event_delay_s, budget_s, write_behind, pseudonyms
+        )
         no_retry = Retry(NoBackoff(), 0)
         # A blocking pool: a thread waits (up to the budget) for a free connection
         # instead of failing, and the pool never grows past max_connections.
@@ -368,6 +389,13 @@ class RedisStore(_RedisBase):
             body = reply[1]
             assert isinstance(body, bytes)
             return WindowsOutcome(replay=zlib.decompress(body).decode(), raw=())
+        return WindowsOutcome(replay=None, raw=tuple(int(v) for v in reply[1:]))
+
+    def read(self, plan: WindowPlan, bound: BoundWindows) -> WindowsOutcome:
+        """A dry run's windows: read, nothing written, no idempotency record checked or claimed."""
+        script = self._source(plan)
+        keys, args = self._script_args(bound, "", "D", bound.groups, script.groups)
+        reply = self._call(script, keys, args)
         return WindowsOutcome(replay=None, raw=tuple(int(v) for v in reply[1:]))
 
     def _write_now(self, key: str, record: bytes) -> None:

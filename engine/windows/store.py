@@ -9,7 +9,7 @@ remembers the response for retries.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from engine.transaction import Recorded
 from engine.windows.records import RecordWriter
@@ -101,3 +101,12 @@ class WindowStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ReadableStore(Protocol):
+    """A store that can read a transaction's windows without writing anything (dry runs)."""
+
+    def read(self, plan: WindowPlan, bound: BoundWindows) -> WindowsOutcome:
+        """The windows as `apply` would read them, minus the transaction itself: no group added to, no record."""
+        ...

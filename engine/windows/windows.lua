@@ -4,7 +4,9 @@
 --               number of bound groups, mode:
 --                 'S' standalone: KEYS[1] is the idempotency record, checked here;
 --                 'F' cluster, first attempt (the record was claimed by another call);
---                 'R' cluster, a retry of a transaction seen but not answered.
+--                 'R' cluster, a retry of a transaction seen but not answered;
+--                 'D' a dry run: no record, no group is added to, nothing is
+--                     written (a missing derived index is not rebuilt either).
 -- KEYS[...]     per bound group: its sorted set (member = transaction id,
 --               score = event time ms); for groups that aggregate a value,
 --               the hash transaction id -> value; for groups with a distinct
@@ -63,6 +65,7 @@ local txid = ARGV[1]
 local t = tonumber(ARGV[2])
 local mode = ARGV[6]
 local first = mode ~= 'R'
+local dry = mode == 'D'
 local k = 1
 if mode == 'S' then
   k = 2
@@ -229,7 +232,7 @@ local a = 7
 for _ = 1, tonumber(ARGV[5]) do
   local spec = LAYOUT[tonumber(ARGV[a])]
   local value = ARGV[a + 1]
-  local add = ARGV[a + 2] == '1'
+  local add = ARGV[a + 2] == '1' and not dry
   local passes = add  -- passes the filter (even when too late to be added)
   a = a + 3
   local has_value = spec[1] == 1
@@ -402,7 +405,7 @@ for _ = 1, tonumber(ARGV[5]) do
     if #stale > 0 then hdel(b, stale) end
   end
 
-  if d and not add then
+  if d and not add and not dry then
     -- Only read (filtered out, or too late): the index may still need building.
     if redis.call('EXISTS', d) == 0 and redis.call('EXISTS', z) == 1 then rebuild(z, h, d) end
   end
@@ -411,7 +414,7 @@ for _ = 1, tonumber(ARGV[5]) do
     local top = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
     if top[2] then newest_kept = tonumber(top[2]) end
   end
-  if r and newest_kept and not have_totals and redis.call('EXISTS', r) == 0 and redis.call('EXISTS', b) == 1 then
+  if r and not dry and newest_kept and not have_totals and redis.call('EXISTS', r) == 0 and redis.call('EXISTS', b) == 1 then
     build_totals(r, b, h ~= nil)  -- only read (or a retry), and the totals are missing beside the hours
   end
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import grpc
 import pytest
@@ -18,6 +19,7 @@ from redis.crc import key_slot
 
 from engine.service.pb import risk_pb2_grpc
 from engine.service.server import start
+from engine.windows.redis_cluster import RedisClusterStore
 from tests.support.cluster import LocalCluster, start_cluster
 from tests.support.requests import request
 from tests.support.served import make_config
@@ -47,7 +49,9 @@ def test_a_dead_master_degrades_only_the_calls_whose_keys_it_holds(
         """A fresh (transaction id, card) whose keys all live on the victim's shard, or all elsewhere."""
         while True:
             tid, card = f"t-{uuid.uuid4().hex}", f"c-{uuid.uuid4().hex[:10]}"
-            homes = {master(f"{prefix}:idem:{{{tid}}}"), master(f"{{{prefix}:card_id:{card}}}")}
+            # The keys as the server's store names them (ids as pseudonyms).
+            store = cast(RedisClusterStore, running.store)
+            homes = {master(store._idem_key(tid)), master(store._entity_tag("card_id", card))}
             if (homes == {victim}) if on_victim else (victim not in homes):
                 return tid, card
 

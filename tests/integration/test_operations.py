@@ -94,16 +94,19 @@ def test_tls_files_that_are_missing_or_not_pem_stop_the_start(trained_registry: 
 
 
 def test_admin_actions_live_on_their_own_port_never_the_gateways(trained_registry: Path) -> None:
-    running = start(make_config(trained_registry, admin_port=0))
+    config = make_config(trained_registry, admin_port=0)
+    running = start(config)
     try:
         assert running.admin_port is not None and running.admin_port != running.port
         admin = grpc.insecure_channel(f"127.0.0.1:{running.admin_port}")
         stub = admin_pb2_grpc.AdminStub(admin)
-        status = stub.Status(admin_pb2.StatusRequest(), timeout=5)
+        token = (("authorization", f"Bearer {config.admin_token_path.read_text().strip()}"),)
+        status = stub.Status(admin_pb2.StatusRequest(), timeout=5, metadata=token)
         assert status.ruleset_version == running.reloader.status.ruleset_version
         assert status.model_version and status.store == "memory" and status.last_reload_ok
-        reloaded = stub.Reload(admin_pb2.ReloadRequest(), timeout=30)
-        assert reloaded.reloaded and reloaded.status.reloads_ok == 1
+        # Nothing changed on disk: nothing is reloaded, and the answer says so.
+        reloaded = stub.Reload(admin_pb2.ReloadRequest(), timeout=30, metadata=token)
+        assert not reloaded.reloaded and reloaded.status.reloads_ok == 0 and reloaded.status.last_reload_ok
         admin.close()
         # The gateway's port does not know the admin service (nor does its reflection list it).
         gateway = grpc.insecure_channel(f"127.0.0.1:{running.port}")

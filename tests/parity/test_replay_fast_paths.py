@@ -606,9 +606,10 @@ def test_replay_pauses_the_cycle_collector_only_while_it_runs(synthetic_data: Pa
     ("value", "reason"),
     [
         ("x" * 129, "is 129 characters long, the limit is 128"),
-        ("商户1", "must be printable ASCII without spaces"),
-        ("a b", "must be printable ASCII without spaces"),
-        ("a\x1fb", "must be printable ASCII without spaces"),
+        ("a\x1fb", "must be printable text (no control, format or non-U+0020 space characters)"),
+        ("a\u200bb", "must be printable text (no control, format or non-U+0020 space characters)"),
+        (" ab", "must not start or end with a space"),
+        ("ab ", "must not start or end with a space"),
     ],
 )
 def test_each_id_is_refused_with_its_reason(name: str, value: str, reason: str) -> None:

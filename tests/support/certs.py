@@ -22,11 +22,12 @@ def _issue(folder: Path, name: str, ca: str, usage: str) -> None:
 
 
 def make_certs(folder: Path) -> Path:
-    """Into `folder`: ca, rogue-ca (.pem/.key), server and client (signed by ca), rogue-client (by rogue-ca)."""
+    """Into `folder`: ca, rogue-ca (.pem/.key), server, client and admin (signed by ca), rogue-client (by rogue-ca)."""
     for ca in ("ca", "rogue-ca"):
         _openssl("req", "-x509", *EC, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2",
                  "-subj", f"/CN={ca}", cwd=folder)  # fmt: skip
     _issue(folder, "server", "ca", "serverAuth")
     _issue(folder, "client", "ca", "clientAuth")
+    _issue(folder, "admin", "ca", "clientAuth")  # an operator's: the one on the admin allow-list
     _issue(folder, "rogue-client", "rogue-ca", "clientAuth")
     return folder

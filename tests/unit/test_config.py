@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
 from engine.config import ConfigError, ServeConfig, unknown_env
+from tests.support import ROOT
 
 
 def test_settings_come_from_the_environment() -> None:
@@ -35,3 +39,18 @@ def test_the_rule_set_archive_sits_beside_the_decision_log_unless_set() -> None:
     assert ServeConfig.from_env({"RISK_DECISION_LOG": "/var/log/risk", "RISK_RULESET_ARCHIVE": "off"}).archive is None
     assert ServeConfig.from_env({"RISK_RULESET_ARCHIVE": "/srv/rulesets"}).archive == Path("/srv/rulesets")
     assert unknown_env({"RISK_RULESET_ARCHIVE": "x"}) == []
+
+
+def test_a_plaintext_scoring_port_beyond_loopback_needs_insecure(tmp_path: Path) -> None:
+    base = ServeConfig(rules=ROOT / "rules", model=ROOT / "models")
+    for host in ("127.0.0.1", "::1", "localhost"):
+        replace(base, host=host).check()
+    for host in ("0.0.0.0", "::", "10.1.2.3"):
+        with pytest.raises(ConfigError, match="not a loopback address: the scoring port listens beyond localhost"):
+            replace(base, host=host).check()
+        replace(base, host=host, insecure=True).check()
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x")
+    key.write_text("x")
+    replace(base, host="0.0.0.0", tls_cert=cert, tls_key=key).check()  # TLS: fine
+    assert ServeConfig.from_env({"RISK_INSECURE": "on", "RISK_HOST": "0.0.0.0"}).insecure

@@ -19,6 +19,7 @@ from engine.cli import main
 from engine.decision_log import DecisionLog, files, read_records
 from engine.offline.datasets import PRESETS, read_dataset
 from engine.offline.export import export, parse_time
+from engine.privacy import Pseudonyms, parse_key
 from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import Running, start
 from engine.transaction import Action, Channel, Reason, ReasonSource, ScoreResult, Transaction
@@ -98,9 +99,12 @@ def test_every_scored_transaction_lands_in_the_log_with_its_content(
     assert [r["transaction"]["transaction_id"] for r in records] == [r.transaction.transaction_id for r in sent]
     first, answer = records[0], answers[0]
     t = first["transaction"]
-    assert t["amount_minor"] == 90_000 and t["currency"] == "EUR" and t["card_id"] == "c-log"
-    assert t["attributes"] == {"mcc": "5812"} and t["channel"] == "app"
-    assert t["ip"] == "2001:DB8:0::1"  # the request as sent
+    # Ids as their pseudonyms under the key generated beside the log, the IP as its /48, and no attribute
+    # the rule set does not keep (the shipped rules keep none): README, Data protection.
+    keys = Pseudonyms(parse_key((running.decisions.folder / "pseudonym.key").read_text()))
+    assert t["amount_minor"] == 90_000 and t["currency"] == "EUR" and t["card_id"] == keys.of("c-log")
+    assert t["attributes"] == {} and t["channel"] == "app"
+    assert t["ip"] == "2001:db8::"
     assert t["event_time_ms"] == sent[0].transaction.event_time.ToMilliseconds()
     assert first["decision"] == risk_pb2.Decision.Name(answer.decision).removeprefix("DECISION_").lower()
     assert first["score"] == pytest.approx(answer.score)
@@ -294,3 +298,52 @@ def test_export_refuses_bad_input_with_a_clear_message(tmp_path: Path, capsys: p
     args = ["decisions", "export", "--log", str(tmp_path / "log"), "--feedback", str(bad), "--out", "x"]
     assert main(args) == 2
     assert "no 'transaction_id' column" in capsys.readouterr().err
+
+
+def test_a_record_keeps_pseudonyms_networks_and_only_the_kept_attributes() -> None:
+    from engine.decision_log import RecordPolicy, to_record
+    from engine.privacy import Pseudonyms
+    from engine.transaction import Action, ScoreResult, Transaction
+
+    keys = Pseudonyms(b"k" * 32)
+    txn = Transaction(
+        "t-1",
+        1_700_000_000_000,
+        100,
+        "EUR",
+        user_id="alice@example.com",
+        card_id="tok 1",
+        device_id="dev-1",
+        ip="85.214.132.117",
+        merchant_id="ACME Coffee",
+        attributes=(("device_os", "ios"), ("note", "4111 1111 1111 1111"), ("email", "a@b.c")),
+    )
+    result = ScoreResult("t-1", Action.ALLOW, 0.1, (), "v", "m", False)
+    policy = RecordPolicy(keys, lambda: frozenset({"device_os", "note"}))
+    record = to_record(1.0, txn, result, policy, dry_run=True)
+    t = record["transaction"]
+    assert (t["user_id"], t["card_id"], t["device_id"]) == (
+        keys.of("alice@example.com"),
+        keys.of("tok 1"),
+        keys.of("dev-1"),
+    )
+    assert t["ip"] == "85.214.132.0" and t["merchant_id"] == "ACME Coffee"
+    assert t["attributes"] == {"device_os": "ios", "note": keys.of("4111111111111111")}  # email not kept
+    assert record["ids"] == "pseudonyms" and record["dry_run"] is True
+    clear = to_record(1.0, txn, result, RecordPolicy(None, None))
+    assert clear["transaction"]["card_id"] == "tok 1" and clear["transaction"]["ip"] == "85.214.132.117"
+    assert clear["transaction"]["attributes"]["note"] == "masked"  # never a card number, even in clear mode
+    assert "ids" not in clear and "dry_run" not in clear
+
+
+def test_a_rule_message_that_names_an_id_says_its_pseudonym_in_the_log() -> None:
+    from engine.decision_log import RecordPolicy, to_record
+    from engine.privacy import Pseudonyms
+
+    keys = Pseudonyms(b"k" * 32)
+    txn = Transaction("t-1", 1_700_000_000_000, 100, "EUR", card_id="tok 77", ip="85.214.132.117")
+    said = Reason("R1", ReasonSource.RULE, "card tok 77 from 85.214.132.117", Action.REVIEW, rule_id="r1")
+    result = ScoreResult("t-1", Action.REVIEW, 0.1, (said,), "v", "m", False)
+    record = to_record(1.0, txn, result, RecordPolicy(keys, None))
+    assert record["reasons"][0]["message"] == f"card {keys.of('tok 77')} from 85.214.132.0"
+    assert "tok 77" not in json.dumps(record)

@@ -102,8 +102,9 @@ def test_a_failed_reload_leaves_the_old_version_serving_under_live_traffic(live:
         good_rules = (rules_copy / "rules.yaml").read_text()
         (rules_copy / "rules.yaml").write_text(good_rules.replace("action: deny", "action: [deny", 1))
         wait_for(lambda: health_metadata(channel)["risk-last-reload"].startswith("failed"), "the refusal")
-        status = health_metadata(channel)["risk-last-reload"]
+        status = live.reloader.status.last_failure  # what admin Status says; the scoring port's health does not
         assert "rules.yaml:" in status and "invalid YAML" in status
+        assert "rules.yaml" not in health_metadata(channel)["risk-last-reload"]
         assert health_metadata(channel)["risk-ruleset-version"] == "2026.12.06-2"
         seen = len(traffic.versions)
         wait_for(lambda: len(traffic.versions) > seen + 20, "traffic after the refusal")
@@ -111,7 +112,7 @@ def test_a_failed_reload_leaves_the_old_version_serving_under_live_traffic(live:
         # 2. Valid YAML whose rule tests fail: refused too (the new version never serves).
         (rules_copy / "rules.yaml").write_text(good_rules.replace('"card_count_10m >= 5', '"card_count_10m >= 50'))
         set_version(rules_copy, "never-served")
-        wait_for(lambda: "card testing burst is denied" in health_metadata(channel)["risk-last-reload"], "test refusal")
+        wait_for(lambda: "card testing burst is denied" in live.reloader.status.last_failure, "test refusal")
         seen = len(traffic.versions)
         wait_for(lambda: len(traffic.versions) > seen + 20, "traffic after the second refusal")
 

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12risk/v1/risk.proto\x12\x07risk.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x03\n\x0bTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61mount_minor\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x06 \x01(\t\x12\x11\n\tdevice_id\x18\x07 \x01(\t\x12\n\n\x02ip\x18\x08 \x01(\t\x12\x0f\n\x07\x63ountry\x18\t \x01(\t\x12\x13\n\x0bmerchant_id\x18\n \x01(\t\x12!\n\x07\x63hannel\x18\x0b \x01(\x0e\x32\x10.risk.v1.Channel\x12\x38\n\nattributes\x18\x0c \x03(\x0b\x32$.risk.v1.Transaction.AttributesEntry\x12\x19\n\x11merchant_category\x18\r \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\x0cScoreRequest\x12)\n\x0btransaction\x18\x01 \x01(\x0b\x32\x14.risk.v1.Transaction\"\xb0\x01\n\x06Reason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12%\n\x06source\x18\x02 \x01(\x0e\x32\x15.risk.v1.ReasonSource\x12\x0f\n\x07rule_id\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12!\n\x06\x61\x63tion\x18\x05 \x01(\x0e\x32\x11.risk.v1.Decision\x12,\n\rcontributions\x18\x06 \x03(\x0b\x32\x15.risk.v1.Contribution\"D\n\x0c\x43ontribution\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\"\x9b\x04\n\rScoreResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12#\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x11.risk.v1.Decision\x12\r\n\x05score\x18\x03 \x01(\x01\x12 \n\x07reasons\x18\x04 \x03(\x0b\x32\x0f.risk.v1.Reason\x12\x17\n\x0fruleset_version\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x07 \x01(\x08\x12\x36\n\x08\x66\x65\x61tures\x18\x08 \x03(\x0b\x32$.risk.v1.ScoreResponse.FeaturesEntry\x12\x12\n\nelapsed_us\x18\t \x01(\x03\x12\'\n\x0eshadow_reasons\x18\n \x03(\x0b\x32\x0f.risk.v1.Reason\x12-\n\nchallenger\x18\x0b \x01(\x0b\x32\x19.risk.v1.ChallengerResult\x12\x16\n\x0eruleset_digest\x18\x0c \x01(\t\x12:\n\nenrichment\x18\r \x03(\x0b\x32&.risk.v1.ScoreResponse.EnrichmentEntry\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x31\n\x0f\x45nrichmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x01\n\x10\x43hallengerResult\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12#\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x11.risk.v1.Decision\x12\x1a\n\x12\x63hallenger_decided\x18\x04 \x01(\x08\x12\x0c\n\x04mode\x18\x05 \x01(\t\"\x8d\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12)\n\x0btransaction\x18\x01 \x01(\x0b\x32\x14.risk.v1.Transaction\x12!\n\x07outcome\x18\x02 \x01(\x0e\x32\x10.risk.v1.Outcome\x12,\n\x08known_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x16\n\x0eseries_updated\x18\x03 \x01(\x05\x12\x17\n\x0fruleset_version\x18\x04 \x01(\t*s\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x43HANNEL_APP\x10\x01\x12\x0f\n\x0b\x43HANNEL_WEB\x10\x02\x12\x13\n\x0f\x43HANNEL_QR_CODE\x10\x03\x12\x18\n\x14\x43HANNEL_MINI_PROGRAM\x10\x04*`\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x13\n\x0f\x44\x45\x43ISION_REVIEW\x10\x02\x12\x11\n\rDECISION_DENY\x10\x03*x\n\x0cReasonSource\x12\x1d\n\x19REASON_SOURCE_UNSPECIFIED\x10\x00\x12\x16\n\x12REASON_SOURCE_RULE\x10\x01\x12\x17\n\x13REASON_SOURCE_MODEL\x10\x02\x12\x18\n\x14REASON_SOURCE_SYSTEM\x10\x03*J\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x11\n\rOUTCOME_FRAUD\x10\x01\x12\x13\n\x0fOUTCOME_GENUINE\x10\x02\x32\x85\x01\n\nRiskEngine\x12\x36\n\x05Score\x12\x15.risk.v1.ScoreRequest\x1a\x16.risk.v1.ScoreResponse\x12?\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x18.risk.v1.FeedbackRequest\x1a\x19.risk.v1.FeedbackResponseBT\n\x16\x64\x65v.riskengine.risk.v1P\x01Z8github.com/risk-engine/risk-engine/gen/go/risk/v1;riskv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12risk/v1/risk.proto\x12\x07risk.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x03\n\x0bTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61mount_minor\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x06 \x01(\t\x12\x11\n\tdevice_id\x18\x07 \x01(\t\x12\n\n\x02ip\x18\x08 \x01(\t\x12\x0f\n\x07\x63ountry\x18\t \x01(\t\x12\x13\n\x0bmerchant_id\x18\n \x01(\t\x12!\n\x07\x63hannel\x18\x0b \x01(\x0e\x32\x10.risk.v1.Channel\x12\x38\n\nattributes\x18\x0c \x03(\x0b\x32$.risk.v1.Transaction.AttributesEntry\x12\x19\n\x11merchant_category\x18\r \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\x0cScoreRequest\x12)\n\x0btransaction\x18\x01 \x01(\x0b\x32\x14.risk.v1.Transaction\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"\xb0\x01\n\x06Reason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12%\n\x06source\x18\x02 \x01(\x0e\x32\x15.risk.v1.ReasonSource\x12\x0f\n\x07rule_id\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12!\n\x06\x61\x63tion\x18\x05 \x01(\x0e\x32\x11.risk.v1.Decision\x12,\n\rcontributions\x18\x06 \x03(\x0b\x32\x15.risk.v1.Contribution\"D\n\x0c\x43ontribution\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\"\xac\x04\n\rScoreResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12#\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x11.risk.v1.Decision\x12\r\n\x05score\x18\x03 \x01(\x01\x12 \n\x07reasons\x18\x04 \x03(\x0b\x32\x0f.risk.v1.Reason\x12\x17\n\x0fruleset_version\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x07 \x01(\x08\x12\x36\n\x08\x66\x65\x61tures\x18\x08 \x03(\x0b\x32$.risk.v1.ScoreResponse.FeaturesEntry\x12\x12\n\nelapsed_us\x18\t \x01(\x03\x12\'\n\x0eshadow_reasons\x18\n \x03(\x0b\x32\x0f.risk.v1.Reason\x12-\n\nchallenger\x18\x0b \x01(\x0b\x32\x19.risk.v1.ChallengerResult\x12\x16\n\x0eruleset_digest\x18\x0c \x01(\t\x12:\n\nenrichment\x18\r \x03(\x0b\x32&.risk.v1.ScoreResponse.EnrichmentEntry\x12\x0f\n\x07\x64ry_run\x18\x0e \x01(\x08\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x31\n\x0f\x45nrichmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x01\n\x10\x43hallengerResult\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12#\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x11.risk.v1.Decision\x12\x1a\n\x12\x63hallenger_decided\x18\x04 \x01(\x08\x12\x0c\n\x04mode\x18\x05 \x01(\t\"\x8d\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12)\n\x0btransaction\x18\x01 \x01(\x0b\x32\x14.risk.v1.Transaction\x12!\n\x07outcome\x18\x02 \x01(\x0e\x32\x10.risk.v1.Outcome\x12,\n\x08known_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x16\n\x0eseries_updated\x18\x03 \x01(\x05\x12\x17\n\x0fruleset_version\x18\x04 \x01(\t*s\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x43HANNEL_APP\x10\x01\x12\x0f\n\x0b\x43HANNEL_WEB\x10\x02\x12\x13\n\x0f\x43HANNEL_QR_CODE\x10\x03\x12\x18\n\x14\x43HANNEL_MINI_PROGRAM\x10\x04*`\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x13\n\x0f\x44\x45\x43ISION_REVIEW\x10\x02\x12\x11\n\rDECISION_DENY\x10\x03*x\n\x0cReasonSource\x12\x1d\n\x19REASON_SOURCE_UNSPECIFIED\x10\x00\x12\x16\n\x12REASON_SOURCE_RULE\x10\x01\x12\x17\n\x13REASON_SOURCE_MODEL\x10\x02\x12\x18\n\x14REASON_SOURCE_SYSTEM\x10\x03*J\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x11\n\rOUTCOME_FRAUD\x10\x01\x12\x13\n\x0fOUTCOME_GENUINE\x10\x02\x32\x85\x01\n\nRiskEngine\x12\x36\n\x05Score\x12\x15.risk.v1.ScoreRequest\x1a\x16.risk.v1.ScoreResponse\x12?\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x18.risk.v1.FeedbackRequest\x1a\x19.risk.v1.FeedbackResponseBT\n\x16\x64\x65v.riskengine.risk.v1P\x01Z8github.com/risk-engine/risk-engine/gen/go/risk/v1;riskv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,36 +40,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCORERESPONSE_FEATURESENTRY']._serialized_options = b'8\001'
   _globals['_SCORERESPONSE_ENRICHMENTENTRY']._loaded_options = None
   _globals['_SCORERESPONSE_ENRICHMENTENTRY']._serialized_options = b'8\001'
-  _globals['_CHANNEL']._serialized_start=1710
-  _globals['_CHANNEL']._serialized_end=1825
-  _globals['_DECISION']._serialized_start=1827
-  _globals['_DECISION']._serialized_end=1923
-  _globals['_REASONSOURCE']._serialized_start=1925
-  _globals['_REASONSOURCE']._serialized_end=2045
-  _globals['_OUTCOME']._serialized_start=2047
-  _globals['_OUTCOME']._serialized_end=2121
+  _globals['_CHANNEL']._serialized_start=1744
+  _globals['_CHANNEL']._serialized_end=1859
+  _globals['_DECISION']._serialized_start=1861
+  _globals['_DECISION']._serialized_end=1957
+  _globals['_REASONSOURCE']._serialized_start=1959
+  _globals['_REASONSOURCE']._serialized_end=2079
+  _globals['_OUTCOME']._serialized_start=2081
+  _globals['_OUTCOME']._serialized_end=2155
   _globals['_TRANSACTION']._serialized_start=65
   _globals['_TRANSACTION']._serialized_end=464
   _globals['_TRANSACTION_ATTRIBUTESENTRY']._serialized_start=415
   _globals['_TRANSACTION_ATTRIBUTESENTRY']._serialized_end=464
   _globals['_SCOREREQUEST']._serialized_start=466
-  _globals['_SCOREREQUEST']._serialized_end=523
-  _globals['_REASON']._serialized_start=526
-  _globals['_REASON']._serialized_end=702
-  _globals['_CONTRIBUTION']._serialized_start=704
-  _globals['_CONTRIBUTION']._serialized_end=772
-  _globals['_SCORERESPONSE']._serialized_start=775
-  _globals['_SCORERESPONSE']._serialized_end=1314
-  _globals['_SCORERESPONSE_FEATURESENTRY']._serialized_start=1216
-  _globals['_SCORERESPONSE_FEATURESENTRY']._serialized_end=1263
-  _globals['_SCORERESPONSE_ENRICHMENTENTRY']._serialized_start=1265
-  _globals['_SCORERESPONSE_ENRICHMENTENTRY']._serialized_end=1314
-  _globals['_CHALLENGERRESULT']._serialized_start=1317
-  _globals['_CHALLENGERRESULT']._serialized_end=1452
-  _globals['_FEEDBACKREQUEST']._serialized_start=1455
-  _globals['_FEEDBACKREQUEST']._serialized_end=1596
-  _globals['_FEEDBACKRESPONSE']._serialized_start=1598
-  _globals['_FEEDBACKRESPONSE']._serialized_end=1708
-  _globals['_RISKENGINE']._serialized_start=2124
-  _globals['_RISKENGINE']._serialized_end=2257
+  _globals['_SCOREREQUEST']._serialized_end=540
+  _globals['_REASON']._serialized_start=543
+  _globals['_REASON']._serialized_end=719
+  _globals['_CONTRIBUTION']._serialized_start=721
+  _globals['_CONTRIBUTION']._serialized_end=789
+  _globals['_SCORERESPONSE']._serialized_start=792
+  _globals['_SCORERESPONSE']._serialized_end=1348
+  _globals['_SCORERESPONSE_FEATURESENTRY']._serialized_start=1250
+  _globals['_SCORERESPONSE_FEATURESENTRY']._serialized_end=1297
+  _globals['_SCORERESPONSE_ENRICHMENTENTRY']._serialized_start=1299
+  _globals['_SCORERESPONSE_ENRICHMENTENTRY']._serialized_end=1348
+  _globals['_CHALLENGERRESULT']._serialized_start=1351
+  _globals['_CHALLENGERRESULT']._serialized_end=1486
+  _globals['_FEEDBACKREQUEST']._serialized_start=1489
+  _globals['_FEEDBACKREQUEST']._serialized_end=1630
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1632
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1742
+  _globals['_RISKENGINE']._serialized_start=2158
+  _globals['_RISKENGINE']._serialized_end=2291
 # @@protoc_insertion_point(module_scope)

@@ -93,10 +93,12 @@ class Transaction(_message.Message):
     def __init__(self, transaction_id: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., amount_minor: _Optional[int] = ..., currency: _Optional[str] = ..., user_id: _Optional[str] = ..., card_id: _Optional[str] = ..., device_id: _Optional[str] = ..., ip: _Optional[str] = ..., country: _Optional[str] = ..., merchant_id: _Optional[str] = ..., channel: _Optional[_Union[Channel, str]] = ..., attributes: _Optional[_Mapping[str, str]] = ..., merchant_category: _Optional[str] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("transaction",)
+    __slots__ = ("transaction", "dry_run")
     TRANSACTION_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     transaction: Transaction
-    def __init__(self, transaction: _Optional[_Union[Transaction, _Mapping]] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, transaction: _Optional[_Union[Transaction, _Mapping]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class Reason(_message.Message):
     __slots__ = ("code", "source", "rule_id", "message", "action", "contributions")
@@ -125,7 +127,7 @@ class Contribution(_message.Message):
     def __init__(self, feature: _Optional[str] = ..., value: _Optional[float] = ..., contribution: _Optional[float] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("transaction_id", "decision", "score", "reasons", "ruleset_version", "model_version", "degraded", "features", "elapsed_us", "shadow_reasons", "challenger", "ruleset_digest", "enrichment")
+    __slots__ = ("transaction_id", "decision", "score", "reasons", "ruleset_version", "model_version", "degraded", "features", "elapsed_us", "shadow_reasons", "challenger", "ruleset_digest", "enrichment", "dry_run")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +155,7 @@ class ScoreResponse(_message.Message):
     CHALLENGER_FIELD_NUMBER: _ClassVar[int]
     RULESET_DIGEST_FIELD_NUMBER: _ClassVar[int]
     ENRICHMENT_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     decision: Decision
     score: float
@@ -166,7 +169,8 @@ class ScoreResponse(_message.Message):
     challenger: ChallengerResult
     ruleset_digest: str
     enrichment: _containers.ScalarMap[str, str]
-    def __init__(self, transaction_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., ruleset_version: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., features: _Optional[_Mapping[str, float]] = ..., elapsed_us: _Optional[int] = ..., shadow_reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., challenger: _Optional[_Union[ChallengerResult, _Mapping]] = ..., ruleset_digest: _Optional[str] = ..., enrichment: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, transaction_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., ruleset_version: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., features: _Optional[_Mapping[str, float]] = ..., elapsed_us: _Optional[int] = ..., shadow_reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., challenger: _Optional[_Union[ChallengerResult, _Mapping]] = ..., ruleset_digest: _Optional[str] = ..., enrichment: _Optional[_Mapping[str, str]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class ChallengerResult(_message.Message):
     __slots__ = ("model_version", "score", "decision", "challenger_decided", "mode")

@@ -364,3 +364,34 @@ def test_a_field_that_is_not_a_name_is_an_error_not_a_crash(tmp_path: Path) -> N
     errs = errors_of(tmp_path, text)
     assert errs[0].startswith("3:61: window 'w1': 'field' must be a field name, got ['card_id']")
     assert errs[1].startswith("4:56: window 'w2': 'sum' needs a numeric 'field'")
+
+
+def test_every_file_a_rule_set_names_is_confined_to_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.support.mmdb import write_mmdb
+
+    rules, outside = tmp_path / "rules", tmp_path / "elsewhere"
+    rules.mkdir()
+    outside.mkdir()
+    write_mmdb(outside / "geo.mmdb", {}, database_type="GeoIP2-Country")
+    (outside / "map.yaml").write_text("transaction_id: id\n")
+    for line in (
+        "geoip: ../../../../../../../../etc/passwd",
+        "geoip: ../elsewhere/geo.mmdb",
+        f"geoip: {outside / 'geo.mmdb'}",
+        "data_mapping: ../elsewhere/map.yaml",
+    ):
+        errs = errors_of(rules, HEADER + line + "\n")
+        assert len(errs) == 1 and "must be inside the rules folder" in errs[0], errs
+        assert "root:" not in errs[0]  # nothing of /etc/passwd was read
+    (rules / "link.mmdb").symlink_to(outside / "geo.mmdb")  # a symlink out is outside too
+    assert "must be inside the rules folder" in errors_of(rules, HEADER + "geoip: link.mmdb\n")[0]
+    monkeypatch.setenv("RISK_RULES_ALLOWED_DIRS", str(outside))  # the operator allows that folder
+    (rules / "r.yaml").write_text(HEADER + "geoip: ../elsewhere/geo.mmdb\n")
+    assert load_ruleset(rules).enricher.geo is not None
+
+
+def test_keep_attributes_names_what_the_decision_log_keeps(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text(HEADER + "keep_attributes: [device_os, channel_ref]\n")
+    assert load_ruleset(tmp_path).keep_attributes == {"device_os", "channel_ref"}
+    errs = errors_of(tmp_path, HEADER + "keep_attributes: [device os]\n")
+    assert "'keep_attributes' must be a list of attribute names" in errs[0]

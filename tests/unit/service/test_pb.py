@@ -52,7 +52,10 @@ def test_contract_names_the_gateway_depends_on() -> None:
         "challenger": 11,
         "ruleset_digest": 12,
         "enrichment": 13,
+        "dry_run": 14,
     }
+    request = {f.name: f.number for f in risk_pb2.ScoreRequest.DESCRIPTOR.fields}
+    assert request == {"transaction": 1, "dry_run": 2}
     challenger = {f.name: f.number for f in risk_pb2.ChallengerResult.DESCRIPTOR.fields}
     assert challenger == {"model_version": 1, "score": 2, "decision": 3, "challenger_decided": 4, "mode": 5}
     assert [v.name for v in risk_pb2.Decision.DESCRIPTOR.values] == [

@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from engine.offline.datasets import default_data_path, load_dataset, mapping_candidates
+from engine.offline.model_metrics import DAY_MS, book_test_rows, card_precision_top_k
 from engine.offline.replay import label_events, replay
-from engine.offline.train import DAY_MS, book_test_rows, card_precision_top_k
 from engine.rules.loader import load_ruleset
 
 WEEKS = ("2018-07-11", "2018-07-18", "2018-07-25", "2018-08-01")

@@ -450,7 +450,7 @@ def compare_models(
     event_ms: np.ndarray,
 ) -> dict[str, Any]:
     """The same rows scored by two models: AUC ROC, AP and CP@100 (labeled rows both scored), decision changes."""
-    from engine.offline.train import evaluate_scores
+    from engine.offline.model_metrics import evaluate_scores
 
     both = a.valid & b.valid
     changed = both & (a.decision != b.decision)

@@ -34,17 +34,16 @@ from __future__ import annotations
 
 import ast
 import difflib
-import functools
 import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.enrich import ADDRESS_FIELD, BOOL, NUMBER, STRING
 from engine.iso import COUNTRY_ALIASES, country_hint
+from engine.rules.contradiction import COMPARE_SYMBOLS, contradiction
+from engine.rules.functions import FUNCTIONS, divide
 from engine.rules.lists import CidrSet, ListValueError, NamedList, parse_network
 
 Condition = Callable[[Mapping[str, Any]], bool]
@@ -175,85 +174,6 @@ class Scope:
     domains: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Function:
-    params: tuple[str, ...]  # types; a trailing "*" repeats the last one
-    returns: str
-    impl: Callable[..., Any]
-    doc: str
-
-
-def _divide(a: float, b: float) -> float:
-    """a / b, missing (NaN) for a zero divisor: it falsifies only its own comparison."""
-    return a / b if b else math.nan
-
-
-def _nan_min(*xs: float) -> float:
-    return math.nan if any(x != x for x in xs) else min(xs)
-
-
-def _nan_max(*xs: float) -> float:
-    return math.nan if any(x != x for x in xs) else max(xs)
-
-
-@functools.lru_cache(maxsize=64)
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r}") from None
-
-
-def _parse_time(text: str, fmt: str, zone: str) -> float:
-    """Epoch milliseconds of `text` read with strptime's `fmt`, in time zone `zone` unless the text gives an offset."""
-    when = datetime.strptime(text, fmt)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=_zone(zone))
-    return when.timestamp() * 1000.0
-
-
-def _text(x: float) -> str:
-    """A number as text: whole numbers without a decimal point, missing as ''."""
-    if x != x:
-        return ""
-    return str(int(x)) if float(x).is_integer() else repr(float(x))
-
-
-#: The safe functions of the language, by name.
-FUNCTIONS: dict[str, Function] = {
-    "abs": Function((NUMBER,), NUMBER, abs, "absolute value"),
-    "min": Function((NUMBER, NUMBER, "*"), NUMBER, _nan_min, "smallest argument (missing if any is)"),
-    "max": Function((NUMBER, NUMBER, "*"), NUMBER, _nan_max, "largest argument (missing if any is)"),
-    "if_missing": Function(
-        (NUMBER, NUMBER), NUMBER, lambda x, d: d if x != x else x, "the first argument, or the second when missing"
-    ),
-    "lower": Function((STRING,), STRING, str.lower, "lower-case text"),
-    "upper": Function((STRING,), STRING, str.upper, "upper-case text"),
-    "length": Function((STRING,), NUMBER, len, "number of characters"),
-    "starts_with": Function((STRING, STRING), BOOL, str.startswith, "text begins with a prefix"),
-    "ends_with": Function((STRING, STRING), BOOL, str.endswith, "text ends with a suffix"),
-    "contains": Function((STRING, STRING), BOOL, lambda s, t: t in s, "text contains a substring"),
-    "replace": Function((STRING, STRING, STRING), STRING, str.replace, "text with every `old` replaced by `new`"),
-    "concat": Function((STRING, STRING, "*"), STRING, lambda *xs: "".join(xs), "the texts joined end to end"),
-    "text": Function((NUMBER,), STRING, _text, "a number as text (whole numbers without '.0'; missing: '')"),
-    "parse_time": Function(
-        (STRING, STRING, STRING), NUMBER, _parse_time, "epoch ms of text in a strptime format and an IANA time zone"
-    ),
-    "in_cidr": Function(("ip", STRING, "*"), BOOL, lambda a, c: c.contains(a), "ip lies in one of the networks"),
-}
-
-_COMPARE = {
-    ast.Lt: "<",
-    ast.LtE: "<=",
-    ast.Gt: ">",
-    ast.GtE: ">=",
-    ast.Eq: "==",
-    ast.NotEq: "!=",
-    ast.In: "in",
-    ast.NotIn: "not in",
-    ast.Is: "is",
-    ast.IsNot: "is not",
-}
 _ARITH = (ast.Add, ast.Sub, ast.Mult, ast.Div)
 _LITERAL_NAMES = {"true": True, "false": False}
 MAX_CONDITION_LENGTH = 2000
@@ -333,7 +253,7 @@ class _Checker:
             if lk != NUMBER or rk != NUMBER:
                 raise self.fail(node, f"arithmetic needs numbers, got {lk} and {rk}")
             if isinstance(node.op, ast.Div):
-                return ast.Call(func=self.bind(_divide), args=[left, right], keywords=[]), NUMBER
+                return ast.Call(func=self.bind(divide), args=[left, right], keywords=[]), NUMBER
             return ast.BinOp(left=left, op=node.op, right=right), NUMBER
         if isinstance(node, ast.Compare):
             return self.compare(node)
@@ -540,7 +460,7 @@ class _Checker:
         return (ast.UnaryOp(op=ast.Not(), operand=test) if negate else test), BOOL
 
     def compare(self, node: ast.Compare) -> tuple[ast.expr, str]:
-        symbols = [_COMPARE.get(type(op)) for op in node.ops]
+        symbols = [COMPARE_SYMBOLS.get(type(op)) for op in node.ops]
         if None in symbols:
             raise self.fail(node, "this comparison operator is not allowed")
         special = [s for s in symbols if s in ("in", "not in", "is", "is not")]
@@ -577,96 +497,6 @@ class _Checker:
 
 
 # --- unreachable conditions -------------------------------------------------------------------
-
-
-def _conjuncts(node: ast.AST) -> list[ast.AST]:
-    if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.And):
-        return [part for value in node.values for part in _conjuncts(value)]
-    return [node]
-
-
-def _number(node: ast.AST) -> float | None:
-    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
-        try:
-            return float(node.value)
-        except OverflowError:  # an integer literal beyond float range
-            return math.inf if node.value > 0 else -math.inf
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        inner = _number(node.operand)
-        return -inner if inner is not None else None
-    return None
-
-
-_FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
-
-
-def contradiction(text: str) -> str | None:
-    """Why an already-checked condition can never be true, or None.
-
-    Looks at the comparisons of one field with constants joined by `and`
-    (bounds like `amount > 100 and amount < 50`, two different `==`
-    values, `==` outside an `in` list) and at a constant `false`.
-    """
-    source = text.replace("\r", " ").replace("\n", " ")
-    body = ast.parse(source.strip(), mode="eval").body
-    if isinstance(body, ast.Name) and body.id == "false":
-        return "the condition is always false"
-    lows: dict[str, tuple[float, bool]] = {}  # name -> (bound, inclusive)
-    highs: dict[str, tuple[float, bool]] = {}
-    allowed: dict[str, set[Any]] = {}
-    for part in _conjuncts(body):
-        if isinstance(part, ast.Name) and part.id == "false":
-            return "one of the conditions joined by 'and' is always false"
-        if not (isinstance(part, ast.Compare) and len(part.ops) == 1):
-            continue
-        symbol = _COMPARE.get(type(part.ops[0]))
-        left, right = part.left, part.comparators[0]
-        if symbol in ("in",) and isinstance(left, ast.Name) and isinstance(right, ast.List | ast.Tuple | ast.Set):
-            values = {_number(e) if _number(e) is not None else getattr(e, "value", None) for e in right.elts}
-            allowed[left.id] = allowed[left.id] & values if left.id in allowed else values
-            continue
-        if symbol not in _FLIP:
-            continue
-        if isinstance(right, ast.Name) and not isinstance(left, ast.Name):
-            left, right, symbol = right, left, _FLIP[symbol]
-        if not isinstance(left, ast.Name):
-            continue
-        value: Any = _number(right)
-        if value is None and isinstance(right, ast.Constant) and isinstance(right.value, str):
-            value = right.value
-        if value is None:
-            continue
-        name = left.id
-        if symbol == "==":
-            allowed[name] = allowed[name] & {value} if name in allowed else {value}
-        elif isinstance(value, float):
-            if symbol in (">", ">="):
-                bound = (value, symbol == ">=")
-                old = lows.get(name)
-                if old is None or bound[0] > old[0] or (bound[0] == old[0] and not bound[1]):
-                    lows[name] = bound
-            elif symbol in ("<", "<="):
-                bound = (value, symbol == "<=")
-                old = highs.get(name)
-                if old is None or bound[0] < old[0] or (bound[0] == old[0] and not bound[1]):
-                    highs[name] = bound
-    for name in set(lows) | set(highs) | set(allowed):
-        lo, hi = lows.get(name), highs.get(name)
-        if lo and hi and (lo[0] > hi[0] or (lo[0] == hi[0] and not (lo[1] and hi[1]))):
-            return f"the bounds on '{name}' contradict each other: no value is above {lo[0]:g} and below {hi[0]:g}"
-        if name in allowed:
-            left_values = {
-                v
-                for v in allowed[name]
-                if not isinstance(v, float)
-                or (
-                    (lo is None or v > lo[0] or (v == lo[0] and lo[1]))
-                    and (hi is None or v < hi[0] or (v == hi[0] and hi[1]))
-                )
-            }
-            if not left_values:
-                return f"no value of '{name}' satisfies all the conditions on it joined by 'and'"
-    return None
 
 
 def compile_condition(text: str, scope: Scope | Mapping[str, str], label: str = "<rule>", want: str = BOOL) -> Compiled:

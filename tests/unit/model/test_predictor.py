@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from engine.model.predictor import PROMOTED, ModelInvalid, load_model, resolve_model_dir
-from engine.offline.train import card_precision_top_k, train
+from engine.offline.model_metrics import card_precision_top_k
+from engine.offline.train import train
 from engine.rules import load_ruleset
 from tests.support import ROOT, RULES
 

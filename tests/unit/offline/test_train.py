@@ -9,17 +9,8 @@ import numpy as np
 import pytest
 
 from engine.model.predictor import resolve_model_dir
-from engine.offline.train import (
-    CP_MIN_CARDS_PER_DAY,
-    FEW_TREES,
-    ThresholdPolicy,
-    choose_thresholds,
-    evaluate_scores,
-    known_compromised_mask,
-    precision_top_k,
-    train,
-    training_warnings,
-)
+from engine.offline.model_metrics import CP_MIN_CARDS_PER_DAY, evaluate_scores, known_compromised_mask, precision_top_k
+from engine.offline.train import FEW_TREES, ThresholdPolicy, choose_thresholds, train, training_warnings
 from tests.support import RULES
 from tests.support.served import TEST_TRAIN_CONFIG
 

@@ -1,0 +1,7 @@
+"""`python -m engine.cli`: the `risk-engine` command."""
+
+import sys
+
+from engine.cli import main
+
+sys.exit(main())

@@ -45,23 +45,8 @@ import yaml
 from engine.decision_log import read_records
 from engine.offline.backtest import backtest
 from engine.offline.datasets import DatasetError
-from engine.offline.export import _read_feedback
+from engine.offline.export import TRANSACTION_COLUMNS, read_feedback
 
-#: Columns of the replayed input (the native schema, plus label times and attributes).
-_BASE = (
-    "transaction_id",
-    "event_time_ms",
-    "amount_minor",
-    "currency",
-    "user_id",
-    "card_id",
-    "device_id",
-    "ip",
-    "country",
-    "merchant_id",
-    "channel",
-    "merchant_category",
-)
 ATTRIBUTE_PREFIX = "attribute:"
 
 
@@ -156,7 +141,7 @@ def _latest(log: Path) -> tuple[list[dict[str, Any]], int, int, int]:
 def _input_table(rows: Sequence[Mapping[str, Any]], labels: Mapping[str, tuple[float, int | None]]) -> pa.Table:
     """The logged transactions as the backtest reads them (rows in replay order)."""
     columns: dict[str, pa.Array] = {}
-    for name in _BASE:
+    for name in TRANSACTION_COLUMNS:
         values = [r["transaction"][name] for r in rows]
         kind = pa.int64() if name in ("event_time_ms", "amount_minor") else pa.string()
         columns[name] = pa.array(values, kind)
@@ -204,7 +189,7 @@ def audit(
 
     rows, records, repeated, bad = _latest(Path(log))
     try:
-        labels = _read_feedback(Path(feedback)) if feedback is not None else {}
+        labels = read_feedback(Path(feedback)) if feedback is not None else {}
     except ValueError as exc:  # ExportError: a bad feedback file
         raise AuditError(str(exc)) from None
     ruleset = load_ruleset(rules)

@@ -85,7 +85,24 @@ class ExportSummary:
     path: Path
 
 
-def _read_feedback(path: Path) -> dict[str, tuple[float, int | None]]:
+#: The transaction's own columns in the native schema, as a decision log record holds them (export and audit).
+TRANSACTION_COLUMNS = (
+    "transaction_id",
+    "event_time_ms",
+    "amount_minor",
+    "currency",
+    "user_id",
+    "card_id",
+    "device_id",
+    "ip",
+    "country",
+    "merchant_id",
+    "channel",
+    "merchant_category",
+)
+
+
+def read_feedback(path: Path) -> dict[str, tuple[float, int | None]]:
     try:
         table = read_table(path, strings=("transaction_id",))
     except DatasetError as exc:
@@ -134,7 +151,7 @@ def export(
     """Write the decisions with event time in [since, until) to a Parquet file (module docstring)."""
     if not Path(folder).is_dir():
         raise ExportError(f"--log {folder}: no such folder")
-    labels = _read_feedback(feedback) if feedback is not None else {}
+    labels = read_feedback(feedback) if feedback is not None else {}
     bad: list[int] = []
     latest: dict[str, dict[str, Any]] = {}
     duplicates = 0
@@ -151,21 +168,7 @@ def export(
         latest[tid] = record
     rows = sorted(latest.values(), key=lambda r: (r["transaction"]["event_time_ms"], r["decided_at_ms"]))
     feature_names = sorted({name for r in rows for name in r["features"]})
-    base = [
-        "transaction_id",
-        "event_time_ms",
-        "amount_minor",
-        "currency",
-        "user_id",
-        "card_id",
-        "device_id",
-        "ip",
-        "country",
-        "merchant_id",
-        "channel",
-        "merchant_category",
-    ]
-    columns: dict[str, Any] = {name: [r["transaction"][name] for r in rows] for name in base}
+    columns: dict[str, Any] = {name: [r["transaction"][name] for r in rows] for name in TRANSACTION_COLUMNS}
     columns["event_time"] = pa.array(columns["event_time_ms"], pa.timestamp("ms", tz="UTC"))
     columns["attributes"] = [json.dumps(r["transaction"]["attributes"], sort_keys=True) for r in rows]
     found = [labels.get(r["transaction"]["transaction_id"]) for r in rows]
@@ -193,12 +196,10 @@ def export(
     for name in feature_names:
         column = name if name not in columns else f"feature_{name}"
         columns[column] = pa.array([r["features"].get(name) for r in rows], pa.float64())
-    schema_types = {"event_time_ms": pa.int64(), "amount_minor": pa.int64(), "decided_at_ms": pa.int64()}
+    schema_types = {name: pa.string() for name in TRANSACTION_COLUMNS}
+    schema_types |= {"event_time_ms": pa.int64(), "amount_minor": pa.int64(), "decided_at_ms": pa.int64()}
     table = pa.table(
-        {
-            k: (v if isinstance(v, pa.Array) else pa.array(v, schema_types.get(k, pa.string() if k in base else None)))
-            for k, v in columns.items()
-        }
+        {k: v if isinstance(v, pa.Array) else pa.array(v, schema_types.get(k)) for k, v in columns.items()}
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -85,11 +85,10 @@ def present_inputs(transactions: Sequence[Transaction], valid: np.ndarray, label
     return counts
 
 
-def inputs_of(ruleset: RuleSet, names: frozenset[str] | set[str], has_model: bool) -> set[str]:
-    """The transaction fields (and `label`, `score`) that the catalog names come from."""
+def _reached(ruleset: RuleSet, names: frozenset[str] | set[str]) -> set[str]:
+    """The catalog names `names` read, themselves included: through derived features and windows' inputs."""
     windows = {spec.name: spec for spec in ruleset.windows.specs}
     features = {name: text for name, _, text in ruleset.features}
-    out: set[str] = set()
     seen: set[str] = set()
     todo = list(names)
     while todo:
@@ -97,23 +96,31 @@ def inputs_of(ruleset: RuleSet, names: frozenset[str] | set[str], has_model: boo
         if name in seen:
             continue
         seen.add(name)
-        if name == SCORE:
-            out.add("score")
-        elif name.startswith(ATTRIBUTE_PREFIX):
-            out.add("attributes")
-        elif name in FIELD_INPUTS:
-            out.update(FIELD_INPUTS[name])
-        elif name in windows:
+        if name in windows:
             spec = windows[name]
             todo.extend(spec.entity)
             if spec.field:
                 todo.append(spec.field)
             if spec.filter:
                 todo.extend(n for n in _NAME.findall(spec.filter) if n in ruleset.catalog)
-            if spec.label is not None:
-                out.add("label")
         elif name in features:
             todo.extend(n for n in _NAME.findall(features[name]) if n in ruleset.catalog and n != name)
+    return seen
+
+
+def inputs_of(ruleset: RuleSet, names: frozenset[str] | set[str], has_model: bool) -> set[str]:
+    """The transaction fields (and `label`, `score`) that the catalog names come from."""
+    windows = {spec.name: spec for spec in ruleset.windows.specs}
+    out: set[str] = set()
+    for name in _reached(ruleset, names):
+        if name == SCORE:
+            out.add("score")
+        elif name.startswith(ATTRIBUTE_PREFIX):
+            out.add("attributes")
+        elif name in FIELD_INPUTS:
+            out.update(FIELD_INPUTS[name])
+        elif name in windows and windows[name].label is not None:
+            out.add("label")
     if has_model:
         out.discard("score")
     return out
@@ -145,21 +152,7 @@ def missing_inputs(
 
 def windows_read(ruleset: RuleSet, names: set[str] | frozenset[str]) -> set[str]:
     """The windows that catalog names read, through derived features."""
-    windows = {spec.name for spec in ruleset.windows.specs}
-    features = {name: text for name, _, text in ruleset.features}
-    out: set[str] = set()
-    seen: set[str] = set()
-    todo = list(names)
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        if name in windows:
-            out.add(name)
-        elif name in features:
-            todo.extend(n for n in _NAME.findall(features[name]) if n in ruleset.catalog and n != name)
-    return out
+    return _reached(ruleset, names) & {spec.name for spec in ruleset.windows.specs}
 
 
 def warm_up(

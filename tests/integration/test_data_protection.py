@@ -20,7 +20,7 @@ import redis
 from engine.decision_log import files, read_records
 from engine.service.pb import risk_pb2_grpc
 from engine.service.server import Running, start
-from tests.support.cluster import LocalCluster
+from tests.support.redis import redis_contents, redis_or_cluster
 from tests.support.requests import request
 from tests.support.served import make_config
 
@@ -35,23 +35,7 @@ IP = "85.214.132.117"
 
 def redis_content(clients: list[redis.Redis]) -> bytes:
     """Every key name, member, field and value under every client, as one blob to search."""
-    out = []
-    for client in clients:
-        for key in client.scan_iter(count=1000):
-            out.append(key)
-            kind = client.type(key)
-            if kind == b"string":
-                out.append(client.get(key) or b"")
-            elif kind == b"zset":
-                out += [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
-            elif kind == b"hash":
-                for f, v in client.hgetall(key).items():
-                    out += [f, v]
-            elif kind == b"list":
-                out += client.lrange(key, 0, -1)
-            elif kind == b"set":
-                out += list(client.smembers(key))
-    return b"\n".join(out)
+    return b"\n".join(part for key, parts in redis_contents(clients).items() for part in (key, *parts))
 
 
 @pytest.fixture(params=["redis", "cluster"])
@@ -61,13 +45,7 @@ def protected(
     """A server with a decision log and the default data protection, on Redis or a Redis Cluster."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     prefix = f"dp-{uuid.uuid4().hex[:10]}"
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_process").url
-        clients = [redis.Redis.from_url(url)]
-    else:
-        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
-        url = cluster.url
-        clients = [redis.Redis(port=p) for p in cluster.masters()]
+    url, clients = redis_or_cluster(request)
     log = tmp_path / "decisions"
     running = start(make_config(trained_registry, (url, prefix), decision_log=log))
     yield running, clients, log

@@ -15,26 +15,9 @@ from engine.service.pb import risk_pb2, risk_pb2_grpc
 from engine.service.server import Running, start
 from engine.transaction import Action, Transaction
 from engine.windows.memory import MemoryStore
-from tests.support.cluster import LocalCluster
+from tests.support.redis import redis_contents, redis_or_cluster
 from tests.support.requests import now_ms, request
 from tests.support.served import make_config
-
-
-def redis_state(clients: list[redis.Redis], prefix: str) -> dict[bytes, object]:
-    """Every key under the prefix with its full content (TTLs left out: they run down by themselves)."""
-    state: dict[bytes, object] = {}
-    for client in clients:
-        for key in client.scan_iter(match=f"*{prefix}*", count=1000):
-            kind = client.type(key)
-            if kind == b"string":
-                state[key] = client.get(key)
-            elif kind == b"zset":
-                state[key] = client.zrange(key, 0, -1, withscores=True)
-            elif kind == b"hash":
-                state[key] = sorted(client.hgetall(key).items())
-            else:
-                state[key] = (kind, client.dump(key))
-    return state
 
 
 @pytest.fixture(params=["redis", "cluster"])
@@ -43,13 +26,7 @@ def served(
 ) -> Iterator[tuple[Running, list[redis.Redis], str]]:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     prefix = f"dry-{uuid.uuid4().hex[:10]}"
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_process").url
-        clients = [redis.Redis.from_url(url)]
-    else:
-        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
-        url = cluster.url
-        clients = [redis.Redis(port=p) for p in cluster.masters()]
+    url, clients = redis_or_cluster(request)
     running = start(make_config(trained_registry, (url, prefix), decision_log=tmp_path / "decisions"))
     yield running, clients, prefix
     running.stop(0.5)
@@ -78,7 +55,7 @@ def test_a_thousand_dry_runs_leave_every_window_and_record_unchanged(
         assert not answer.dry_run and not answer.degraded
         real.append((req, answer))
     assert running.store.flush(5.0)
-    before = redis_state(clients, prefix)
+    before = redis_contents(clients, f"*{prefix}*")
     assert len(before) > 10
 
     for i in range(1000):
@@ -105,7 +82,7 @@ def test_a_thousand_dry_runs_leave_every_window_and_record_unchanged(
         elif req.transaction.card_id == "c-2":
             assert answer.features["card_count_10m"] == 0
     assert running.store.flush(5.0)
-    assert redis_state(clients, prefix) == before
+    assert redis_contents(clients, f"*{prefix}*") == before
 
     # The real transactions still answer their retries from their records, and the windows go on from there.
     for req, answer in real:

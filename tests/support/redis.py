@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 
@@ -72,3 +73,40 @@ class RedisProcess:
             self.proc.kill()
             self.proc.wait(10)
             self.proc = None
+
+
+def redis_contents(clients: list[redis.Redis], match: str = "*") -> dict[bytes, list[bytes]]:
+    """Every key matching `match` under every client, with its whole content: a string's value, a sorted
+    set's members and scores, a hash's fields and values, a list's items, a set's members (sorted).
+
+    Equal dicts mean nothing was written; joined, they are a blob to search for a value (TTLs are left out:
+    they run down by themselves).
+    """
+    out: dict[bytes, list[bytes]] = {}
+    for client in clients:
+        for key in client.scan_iter(match=match, count=1000):
+            kind = client.type(key)
+            if kind == b"string":
+                out[key] = [client.get(key) or b""]
+            elif kind == b"zset":
+                out[key] = [
+                    part for m, s in client.zrange(key, 0, -1, withscores=True) for part in (m, repr(s).encode())
+                ]
+            elif kind == b"hash":
+                out[key] = [part for f, v in sorted(client.hgetall(key).items()) for part in (f, v)]
+            elif kind == b"list":
+                out[key] = list(client.lrange(key, 0, -1))
+            elif kind == b"set":
+                out[key] = sorted(client.smembers(key))
+            else:
+                out[key] = [kind, client.dump(key) or b""]
+    return out
+
+
+def redis_or_cluster(request: pytest.FixtureRequest) -> tuple[str, list[redis.Redis]]:
+    """The URL and one client per master of the store a test parametrized with "redis" or "cluster" runs on."""
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_process").url
+        return url, [redis.Redis.from_url(url)]
+    cluster = request.getfixturevalue("redis_cluster")
+    return cluster.url, [redis.Redis(port=p) for p in cluster.masters()]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
+import random
 from dataclasses import replace
 
 import pytest
 
 from engine.transaction import Transaction
-from engine.validation import InvalidTransaction, Limits, validate
+from engine.validation import _V4_STARTS, InvalidTransaction, Limits, canonical, parse_ip, validate
 
 T0 = 1_700_000_000_000
 BASE = Transaction("v-1", T0, 100, "EUR", card_id="c1", user_id="u1")
@@ -174,3 +176,39 @@ def test_a_card_number_inside_an_attribute_text_is_refused(text: str) -> None:
 @pytest.mark.parametrize("text", ["order 4111111111111112 shipped", "ua Mozilla/5.0 (X11) 20100101", "ref 12345"])
 def test_texts_with_numbers_that_are_not_card_numbers_stay_accepted(text: str) -> None:
     assert validate(replace(BASE, attributes=(("note", text),)), Limits(), None) is None
+
+
+def _parsed_by_ipaddress(text: str) -> tuple[object, str, bool]:
+    addr = canonical(ipaddress.ip_address(text))
+    return addr, str(addr), addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved
+
+
+def test_the_fast_ipv4_path_answers_what_ipaddress_answers() -> None:
+    """`parse_ip` reads canonical dotted quads itself: same address, text and private flag as `ipaddress`,
+    for random addresses and for every edge of the networks `ipaddress` calls private or reserved."""
+    rnd = random.Random(23)
+    texts = [str(ipaddress.IPv4Address(rnd.getrandbits(32))) for _ in range(20_000)]
+    for start in _V4_STARTS:
+        texts += [str(ipaddress.IPv4Address(a)) for a in (start - 1, start, start + 1) if 0 <= a <= 0xFFFFFFFF]
+    texts += ["0.0.0.0", "255.255.255.255", "10.0.0.1", "100.64.0.1", "192.0.0.9", "198.18.0.1", "224.0.0.1"]
+    for text in texts:
+        fast = parse_ip.__wrapped__(text)  # type: ignore[attr-defined]
+        assert fast == _parsed_by_ipaddress(text), text
+        assert type(fast[0]) is ipaddress.IPv4Address
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["01.2.3.4", "1.2.3.04", "1.2.3", "1.2.3.4.5", "256.1.1.1", " 1.2.3.4", "1.2.3.4 ", "\u0661.2.3.4", "1..2.3",
+     "+1.2.3.4", "1_0.2.3.4", "", "::ffff:1.2.3.4", "2001:DB8::1", "fe80::1"],
+)  # fmt: skip
+def test_other_spellings_go_through_ipaddress_with_its_answer_or_error(text: str) -> None:
+    try:
+        expected: object = _parsed_by_ipaddress(text)
+    except ValueError as exc:
+        expected = str(exc)
+    try:
+        got: object = parse_ip.__wrapped__(text)  # type: ignore[attr-defined]
+    except ValueError as exc:
+        got = str(exc)
+    assert got == expected

@@ -68,6 +68,9 @@ from engine.transaction import Reason, ScoreResult, Transaction
 
 log = logging.getLogger("risk_engine.decision_log")
 
+#: `json.dumps(record, separators=(",", ":"), ensure_ascii=False)` without an encoder built per line.
+_record_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
 PREFIX = "decisions-"
 SUFFIX = ".jsonl"
 
@@ -277,7 +280,7 @@ class DecisionLog:
         """
         try:
             record = to_record(time.time(), txn, result, self.policy, dry_run)
-            line = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+            line = _record_json(record)
         except Exception as exc:  # noqa: BLE001 - a bad record must not fail the call
             with self._lock:
                 self._failed(1, exc)

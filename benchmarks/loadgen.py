@@ -437,6 +437,64 @@ def build_pool(size: int, path: Path, seed: int = 7) -> int:
     return len(pool)
 
 
+def _pipeline_cpu_main(pool_path: str, count: int, warmup: int, out: Any) -> None:
+    """In a process of its own: the in-process pipeline's CPU per Score, as the server runs it, on the pool's requests.
+
+    The server's pipeline (shipped rules and model, the in-process store, the drift record,
+    explanations, the record of each response for retries), called directly on the requests the
+    load phases send (the first `warmup` not measured): mean thread CPU per call, and the p50 of
+    each call's wall time (what benchmarks/pipeline_steps.py reports).
+    """
+    try:
+        from engine.model.drift import DriftMonitor
+        from engine.model.predictor import load_model
+        from engine.pipeline import Pipeline
+        from engine.rules.loader import load_ruleset
+        from engine.service.convert import to_transaction
+        from engine.service.pb import risk_pb2
+        from engine.service.server import tune_gc
+        from engine.windows.memory import MemoryStore
+
+        with open(pool_path, "rb") as fh:
+            pool: list[bytes] = pickle.load(fh)[: warmup + count]  # our own file
+        ruleset = load_ruleset(ROOT / "rules")
+        model = load_model(ROOT / "models", ruleset)
+        model.prepare_explanations()
+        pipeline = Pipeline(ruleset, model, MemoryStore(), drift=DriftMonitor(interval_s=3600.0))
+        transactions = [to_transaction(risk_pb2.ScoreRequest.FromString(raw), pipeline.limits) for raw in pool]
+        tune_gc()
+        for txn in transactions[:warmup]:
+            pipeline.score(txn, 2.0)
+        walls = array("d")
+        clock, cpu = time.perf_counter_ns, time.thread_time_ns
+        cpu0 = cpu()
+        for txn in transactions[warmup:]:
+            t0 = clock()
+            pipeline.score(txn, 2.0)
+            walls.append((clock() - t0) / 1000)
+        cpu_us = (cpu() - cpu0) / 1000 / max(1, len(walls))
+        ordered = sorted(walls)
+        out.put(
+            {"calls": len(walls), "cpu_us_per_call": round(cpu_us, 1), "wall_p50_us": round(percentile(ordered, 50), 1)}
+        )
+    except BaseException as exc:
+        out.put({"failed": f"{type(exc).__name__}: {exc}"})
+        raise
+
+
+def pipeline_cpu(pool: Path, count: int = 20_000, warmup: int = 2_000) -> dict[str, Any]:
+    """`_pipeline_cpu_main` in a separate process (nothing else runs meanwhile)."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    child = ctx.Process(target=_pipeline_cpu_main, args=(str(pool), count, warmup, out), daemon=True)
+    child.start()
+    result: dict[str, Any] = out.get(timeout=600)
+    child.join(10)
+    if "failed" in result:
+        raise SystemExit(f"loadgen: the in-process pipeline measurement failed: {result['failed']}")
+    return result
+
+
 # --- phases ---------------------------------------------------------------------------------
 
 
@@ -626,20 +684,50 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("ratios"):
         lines += [
             "",
-            "Against the trivial server of the same run, and the goals of issue 6:",
+            "Against the trivial server of the same run: the goals of issue 6 (latency) and issue 23 (throughput,"
+            " CPU per call):",
             "",
-            "| engine | throughput vs trivial (goal ≥ 70 %) | open loop at ½ own max: p99 (goal < 5 ms)"
+            "| engine | throughput vs trivial (goal) | open loop at ½ own max: p99 (goal < 5 ms)"
             " | one in flight: p50 vs trivial (goal < 1.5×) | p99 vs trivial |",
             "|---|---|---|---|---|",
         ]
         for name, r in report["ratios"].items():
+            goal = THROUGHPUT_GOAL_PCT.get(name, 70.0)
+            met = "met" if r["throughput_pct"] >= goal else "not met"
             lines.append(
                 f"| {TARGET_NAMES.get(name, name)}"
-                f" | {r['throughput_pct']:.0f} % {'met' if r['throughput_pct'] >= 70 else 'not met'}"
+                f" | {r['throughput_pct']:.0f} % (≥ {goal:.0f} %: {met})"
                 f" | {fmt(r['open_half_p99_ms'])} ms {'met' if r['open_half_p99_ms'] < 5 else 'not met'}"
                 f" | {r['one_in_flight_p50_x']:.2f}× {'met' if r['one_in_flight_p50_x'] < 1.5 else 'not met'}"
                 f" | {r['one_in_flight_p99_x']:.2f}× |"
             )
+        pipe = report.get("pipeline")
+        if pipe:
+            lines += [
+                "",
+                f"CPU per call at each target's maximum (server process, all threads), and the in-process pipeline"
+                f" on the same requests ({pipe['calls']:,} calls of `Pipeline.score`, in-process store, one thread:"
+                f" {pipe['cpu_us_per_call']:.0f} µs CPU per call on average, p50 {pipe['wall_p50_us']:.0f} µs wall).",
+                f" Goal of issue 23: the engine's CPU per call beyond the trivial server's at most"
+                f" {OVERHEAD_GOAL_X}× the pipeline's (the in-process store).",
+                "",
+                "| target | server CPU µs per call | beyond the trivial server's | as a multiple of the pipeline's"
+                " | Redis CPU µs per call |",
+                "|---|---|---|---|---|",
+            ]
+            trivial_cpu = next(iter(report["ratios"].values()))["trivial_cpu_us"]
+            lines.append(f"| {TARGET_NAMES['trivial']} | {trivial_cpu:.0f} | – | – | – |")
+            for name, r in report["ratios"].items():
+                x = r.get("overhead_x")
+                verdict = ""
+                if name == "memory" and x is not None:
+                    verdict = f" ({'met' if x <= OVERHEAD_GOAL_X else 'not met'})"
+                lines.append(
+                    f"| {TARGET_NAMES.get(name, name)} | {r['server_cpu_us']:.0f}"
+                    f" | {r['server_cpu_us'] - r['trivial_cpu_us']:.0f}"
+                    f" | {fmt(x)}×{verdict}"
+                    f" | {fmt(r['redis_cpu_us'], 0) if name.startswith('redis') else '–'} |"
+                )
     lines += [
         "",
         "Every closed-loop point of the sweep:",
@@ -678,21 +766,35 @@ def update_readme(table: str, path: Path) -> None:
     path.write_text(text)
 
 
-def ratios(targets: dict[str, Any]) -> dict[str, Any]:
+#: Issue 23's goals: throughput at the maximum against the trivial server's, by store.
+THROUGHPUT_GOAL_PCT = {"memory": 70.0, "redis": 50.0, "redis-2w": 50.0}
+#: Issue 23's goal: the engine's CPU per call beyond the trivial server's, as a multiple of the in-process pipeline's.
+OVERHEAD_GOAL_X = 1.5
+
+
+def ratios(targets: dict[str, Any], pipeline: dict[str, Any] | None = None) -> dict[str, Any]:
     if "trivial" not in targets:
         return {}
     t = targets["trivial"]
+    trivial_cpu = 1000 * t["max"]["cpu_ms_per_request"]["server"]
     out = {}
     for name, e in targets.items():
         if name == "trivial":
             continue
+        cpu = 1000 * e["max"]["cpu_ms_per_request"]["server"]
         out[name] = {
             "throughput_pct": 100 * e["max"]["achieved_rate_per_s"] / t["max"]["achieved_rate_per_s"],
             "open_half_p99_ms": e["open_half"]["latency_ms"]["p99"],
             "open_half_p99_x": e["open_half"]["latency_ms"]["p99"] / t["open_half"]["latency_ms"]["p99"],
             "one_in_flight_p50_x": e["one_in_flight"]["latency_ms"]["p50"] / t["one_in_flight"]["latency_ms"]["p50"],
             "one_in_flight_p99_x": e["one_in_flight"]["latency_ms"]["p99"] / t["one_in_flight"]["latency_ms"]["p99"],
+            "server_cpu_us": cpu,
+            "trivial_cpu_us": trivial_cpu,
+            "redis_cpu_us": 1000 * e["max"]["cpu_ms_per_request"]["redis"],
         }
+        if pipeline:
+            out[name]["pipeline_cpu_us"] = pipeline["cpu_us_per_call"]
+            out[name]["overhead_x"] = (cpu - trivial_cpu) / pipeline["cpu_us_per_call"]
     return out
 
 
@@ -732,6 +834,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     size = build_pool(size, pool_path)
     print(f"request pool: {size:,} unique simulated requests in {time.monotonic() - t0:.1f} s", flush=True)
+    pipeline = None
+    if set(targets) - {"trivial"}:
+        # The pipeline alone, on the same requests, before any server runs (nothing else on the machine's cores).
+        pipeline = pipeline_cpu(pool_path, count=max(1, min(20_000, size - 2_000)), warmup=min(2_000, size // 2))
+        print(
+            f"in-process pipeline: {pipeline['cpu_us_per_call']:.0f} µs CPU per call on average,"
+            f" p50 {pipeline['wall_p50_us']:.0f} µs wall ({pipeline['calls']:,} calls)",
+            flush=True,
+        )
     runner = Runner(pool_path, size, args.warmup, args.duration)
     services: list[Service] = []
     results: dict[str, Any] = {}
@@ -775,7 +886,8 @@ def main(argv: list[str] | None = None) -> int:
             "wall_s": round(time.monotonic() - started, 1),
         },
         "targets": results,
-        "ratios": ratios(results),
+        "pipeline": pipeline,
+        "ratios": ratios(results, pipeline),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,10 @@
 """A trivial RiskEngine server: returns a fixed ScoreResponse. The ceiling of Python gRPC on this machine.
 
 python benchmarks/trivial_server.py PORT
+
+Pinned to one core as `risk-engine serve` pins itself (`RISK_CPU_AFFINITY`, on by default): the
+ceiling is the same server setup with nothing to do (unpinned it does about a fifth less and
+costs more CPU per call, so comparing the engine with it would flatter the engine).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.service.pb import risk_pb2, risk_pb2_grpc
+from engine.service.server import pin_to_one_core
 
 FIXED = risk_pb2.ScoreResponse(
     transaction_id="fixed",
@@ -33,6 +38,7 @@ class Trivial(risk_pb2_grpc.RiskEngineServicer):
 
 
 def main() -> None:
+    pin_to_one_core(0)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     risk_pb2_grpc.add_RiskEngineServicer_to_server(Trivial(), server)
     h = health.HealthServicer()

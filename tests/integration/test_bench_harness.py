@@ -72,5 +72,11 @@ def test_a_tiny_run_against_the_trivial_server_and_the_engine(tmp_path: Path) ->
     assert [p["procs"] for p in report["targets"]["trivial"]["closed"]][-1] == 2  # the two-process point
     assert report["targets"]["memory"]["max"]["decisions"]  # the engine's answers were parsed
     assert set(report["ratios"]) == {"memory"}
+    # CPU per call: the engine's beyond the trivial server's, against the in-process pipeline on the same requests.
+    assert report["pipeline"]["calls"] == 1_000 and report["pipeline"]["cpu_us_per_call"] > 0
+    r = report["ratios"]["memory"]
+    assert r["overhead_x"] == pytest.approx((r["server_cpu_us"] - r["trivial_cpu_us"]) / r["pipeline_cpu_us"])
+    assert r["server_cpu_us"] > 0 and r["trivial_cpu_us"] > 0
     text = readme.read_text()
     assert "engine, in-process store" in text and text.startswith("x\n") and text.endswith("y\n")
+    assert "as a multiple of the pipeline's" in text

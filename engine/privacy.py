@@ -127,27 +127,44 @@ def is_pseudonym(value: str) -> bool:
 class Pseudonyms:
     """The keyed hash of ids (module docstring). The key is at least 16 bytes."""
 
-    __slots__ = ("_cache", "_key")
+    __slots__ = ("_cache", "_key", "_once")
 
     def __init__(self, key: bytes) -> None:
         if len(key) < 16:
             raise ValueError("a pseudonym key has at least 16 bytes (32 hex digits)")
         self._key = key
         self._cache: dict[str, str] = {}
+        self._once: dict[str, str] = {}
 
     def of(self, value: str) -> str:
         """The pseudonym of a non-empty value ('' stays '': an absent id)."""
-        if not value or is_pseudonym(value):
-            return value  # already one (a transaction read back from the decision log, as the desk sends feedback)
         found = self._cache.get(value)
         if found is not None:
             return found
-        digest = hmac.digest(self._key, value.encode(), "sha256")[:16].hex()  # the one-shot C path
-        out = PSEUDONYM_PREFIX + digest
+        if not value or is_pseudonym(value):
+            return value  # already one (a transaction read back from the decision log, as the desk sends feedback)
+        out = self._digest(value)
         if len(self._cache) >= 100_000:
             self._cache.clear()  # bounded: a cache of recent ids, not of every id ever seen
         self._cache[value] = out
         return out
+
+    def of_once(self, value: str) -> str:
+        """`of` for a value seen about once, a transaction id: kept in a small cache of its own (the call's
+        record finds it), so that ids never seen again do not push the entities out of `of`'s cache."""
+        found = self._once.get(value)
+        if found is not None:
+            return found
+        if not value or is_pseudonym(value):
+            return value
+        out = self._digest(value)
+        if len(self._once) >= 4_096:
+            self._once.clear()
+        self._once[value] = out
+        return out
+
+    def _digest(self, value: str) -> str:
+        return PSEUDONYM_PREFIX + hmac.digest(self._key, value.encode(), "sha256")[:16].hex()  # the one-shot C path
 
     def fingerprint(self) -> str:
         """Names the key without revealing it (to tell two servers' keys apart in a log line)."""

@@ -52,3 +52,14 @@ def test_a_missing_key_is_generated_private_once(tmp_path: Path) -> None:
 )
 def test_ips_are_cut_to_their_network(sent: str, kept: str) -> None:
     assert truncate_ip(sent) == kept
+
+
+def test_a_transaction_id_gets_the_same_pseudonym_through_its_own_cache() -> None:
+    """`of_once` (transaction ids: a small cache of their own) answers what `of` answers, cached or not."""
+    keys = Pseudonyms(b"k" * 32)
+    ids = [f"txn-{i}" for i in range(10_000)]  # more than the small cache holds: it is cleared on the way
+    once = [keys.of_once(i) for i in ids]
+    assert once == [Pseudonyms(b"k" * 32).of(i) for i in ids]
+    assert [keys.of_once(i) for i in ids[-10:]] == once[-10:]
+    assert keys.of_once("") == "" and keys.of_once(once[0]) == once[0]  # absent stays absent; a pseudonym stays
+    assert all(is_pseudonym(p) for p in once) and len(set(once)) == len(ids)

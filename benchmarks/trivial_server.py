@@ -5,13 +5,19 @@ python benchmarks/trivial_server.py PORT
 Pinned to one core as `risk-engine serve` pins itself (`RISK_CPU_AFFINITY`, on by default): the
 ceiling is the same server setup with nothing to do (unpinned it does about a fifth less and
 costs more CPU per call, so comparing the engine with it would flatter the engine).
+
+`TRIVIAL_BURN_US=N` makes each call first burn N µs of CPU in Python (a busy loop on the thread's
+CPU clock): what gRPC's own cost per call becomes when a handler holds the GIL that long
+(benchmarks/README.md, "Cost per call"): `TRIVIAL_BURN_US=235 python benchmarks/loadgen.py --targets trivial`.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -32,8 +38,15 @@ FIXED = risk_pb2.ScoreResponse(
 )
 
 
+BURN_NS = int(float(os.environ.get("TRIVIAL_BURN_US", "0")) * 1000)
+
+
 class Trivial(risk_pb2_grpc.RiskEngineServicer):
     def Score(self, request: risk_pb2.ScoreRequest, context: grpc.ServicerContext) -> risk_pb2.ScoreResponse:  # noqa: N802
+        if BURN_NS:
+            end = time.thread_time_ns() + BURN_NS
+            while time.thread_time_ns() < end:
+                pass
         return FIXED
 
 

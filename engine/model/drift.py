@@ -30,6 +30,7 @@ metadata (trained before they existed) has no drift values.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -125,6 +126,26 @@ def _variables(reference: Mapping[str, Any], features: Sequence[str]) -> list[_V
         return None
 
 
+def _values(rows: Sequence[tuple[Model, float, float, tuple[Any, ...]]]) -> np.ndarray:
+    """One row per transaction: the score, then the model's features (bools as 0/1, missing as NaN).
+
+    Read with `np.fromiter` (no tuple per row, no dtype discovery per element: a third of the time
+    of `np.array` on a list of rows, and this runs with the GIL held while the server scores); a
+    value it cannot take as a float (None) falls back to `np.array`, which makes it NaN.
+    """
+    width = 1 + len(rows[0][3])
+    try:
+        features = np.fromiter(
+            itertools.chain.from_iterable(row for _, _, _, row in rows), np.float64, len(rows) * (width - 1)
+        )
+    except (TypeError, ValueError):
+        return np.array([(score, *row) for _, _, score, row in rows], dtype=np.float64)
+    values = np.empty((len(rows), width))
+    values[:, 0] = np.fromiter((score for _, _, score, _ in rows), np.float64, len(rows))
+    values[:, 1:] = features.reshape(len(rows), width - 1)
+    return values
+
+
 class DriftMonitor:
     """The PSI of the score and each feature of the served model over the last `window_s`, against its references."""
 
@@ -188,8 +209,8 @@ class DriftMonitor:
         """Add rows of the current model to the counts of their minutes."""
         if self._variables is None or not rows:
             return
-        slots = np.array([int(when // self.slot_s) for _, when, _, _ in rows])
-        values = np.array([(score, *row) for _, _, score, row in rows], dtype=np.float64)
+        slots = (np.fromiter((when for _, when, _, _ in rows), np.float64, len(rows)) // self.slot_s).astype(np.int64)
+        values = _values(rows)
         for slot in np.unique(slots).tolist():
             in_slot = values[slots == slot]
             counts = self._slots.get(slot)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.model.drift import DriftMonitor, bin_counts, psi, reference_histogram
+from engine.model.drift import DriftMonitor, _values, bin_counts, psi, reference_histogram
 from engine.model.predictor import load_model, resolve_model_dir
 from engine.rules import load_ruleset
 from tests.support import RULES
@@ -110,3 +110,12 @@ def test_the_counts_survive_a_reload_of_the_same_model_and_restart_for_another(
     assert monitor.rows == 2 and monitor.model_version == model.version
     monitor.record(other, fields, 0.5)
     assert monitor.refresh() and monitor.rows == 1 and monitor.model_version == "other"
+
+
+def test_the_rows_are_read_as_numpy_would_read_them() -> None:
+    """`_values` (np.fromiter, for speed) gives what np.array gives: bools as 0/1, NaN kept; None falls back to NaN."""
+    rows = [(None, float(i), 0.5 * i, (True, float("nan"), i / 3, False)) for i in range(50)]
+    expected = np.array([(score, *row) for _, _, score, row in rows], dtype=np.float64)
+    assert np.array_equal(_values(rows), expected, equal_nan=True)  # type: ignore[arg-type]
+    with_none = [(None, 1.0, 0.2, (None, 1.0, True, 2.5))]
+    assert np.array_equal(_values(with_none), np.array([[0.2, np.nan, 1.0, 1.0, 2.5]]), equal_nan=True)  # type: ignore[arg-type]

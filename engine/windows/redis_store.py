@@ -5,8 +5,10 @@ The Redis Cluster store is `engine.windows.redis_cluster`.
 Key layout (prefix `P`, entity fields `card_id`, value `c1`; `S` is '' or
 `:f<hash of the filter>` for a window with a filter):
 - `{P:card_id:c1}:nS`          sorted set of the entity's events (counts)
-- `{P:card_id:c1}:z:FIELDS`    sorted set of the events whose FIELD is aggregated
-- `{P:card_id:c1}:h:FIELDS`    hash transaction id -> FIELD value
+- `{P:card_id:c1}:z:FIELDS`    sorted set of the events whose FIELD is aggregated: member =
+                               transaction id, US (\x1f), the FIELD value (issue 23)
+- `{P:card_id:c1}:h:FIELDS`    the previous layout's hash transaction id -> FIELD value: never
+                               written; a call that finds one moves its values into the members
 - `{P:card_id:c1}:tS`          sorted set of the events of a group with time windows
                                (first seen, since previous, is new) longer than a day:
                                their times alone, capped like a value series (shorter
@@ -110,6 +112,7 @@ def _key_ends(g: Group) -> tuple[str, ...]:
     if g.value_field == TIME_FIELD:
         return (f":t{g.suffix}",)  # a time series: its events' times alone
     field = g.suffix if g.value_field is None else f":{g.value_field}{g.suffix}"
+    # (`:h` is the previous layout's hash of values, only read to migrate it: windows.lua)
     ends = [f":n{g.suffix}"] if g.value_field is None else [f":z{field}", f":h{field}"]
     if _has_distinct(g):
         ends.append(f":d{field}")

@@ -98,7 +98,10 @@ end
 
 local B = 3600000
 local CHUNK = 1000
-local function num(x) return string.format('%.0f', x) end
+-- Numbers go to Redis as strings made here: '%d' formats an integer (every number here is
+-- one), where a Lua number passed to redis.call is formatted '%.17g' (and '%.0f' was no
+-- cheaper): those float conversions were a fifth of the script's instructions.
+local function num(x) return string.format('%d', x) end
 local function bucket(x) return math.floor(x / B) end
 local SEP = '\31'
 local function hdel(h, ids)
@@ -144,7 +147,7 @@ local function drop_other(z, id, member)
   local cursor = '0'
   local gone = {}
   repeat
-    local r = redis.call('ZSCAN', z, cursor, 'MATCH', pattern, 'COUNT', 1000)
+    local r = redis.call('ZSCAN', z, cursor, 'MATCH', pattern, 'COUNT', '1000')
     cursor = r[1]
     for i = 1, #r[2], 2 do
       if r[2][i] ~= member then gone[#gone + 1] = r[2][i] end
@@ -187,7 +190,7 @@ local function build_totals(r, b, has_value)
   local before, sbefore = 0, 0
   for _, j in ipairs(hours) do
     local c, sum = stats(at[j])
-    args[#args + 1] = j
+    args[#args + 1] = num(j)
     if has_value then
       args[#args + 1] = member(j, before, c, sbefore, sum)
       sbefore = sbefore + sum
@@ -216,10 +219,10 @@ end
 -- hours only. Returns the newest hour's totals after the event ({hour, before, n[, sum
 -- before, sum]}) when the event is in the newest hour or opens a new one (nil otherwise).
 local function add_total(r, b, jt, v, has_value, jcut, in_hour)
-  local top = redis.call('ZRANGE', r, -1, -1)
+  local top = redis.call('ZRANGE', r, '-1', '-1')
   local f = top[1] and unmember(top[1])
   local later = nil
-  if f and jt < f[1] then later = redis.call('ZRANGEBYSCORE', r, jt, '+inf') end
+  if f and jt < f[1] then later = redis.call('ZRANGEBYSCORE', r, num(jt), '+inf') end
   local g = later and unmember(later[1])
   local expected = 1
   if f and jt == f[1] then
@@ -234,24 +237,24 @@ local function add_total(r, b, jt, v, has_value, jcut, in_hour)
   end
   if jt == f[1] then  -- the newest hour again: the common case
     redis.call('ZREM', r, top[1])
-    redis.call('ZADD', r, jt, member(jt, f[2], f[3] + 1, f[4], f[4] and f[5] + v))
+    redis.call('ZADD', r, num(jt), member(jt, f[2], f[3] + 1, f[4], f[4] and f[5] + v))
     return {jt, f[2], f[3] + 1, f[4], f[4] and f[5] + v}
   elseif jt > f[1] then  -- a new newest hour; once a day, the hours no window needs go
-    redis.call('ZADD', r, jt, member(jt, f[2] + f[3], 1, f[4] and f[4] + f[5], f[4] and v))
+    redis.call('ZADD', r, num(jt), member(jt, f[2] + f[3], 1, f[4] and f[4] + f[5], f[4] and v))
     if math.floor(jt / 24) > math.floor(f[1] / 24) then drop_totals(r, b, jcut) end
     return {jt, f[2] + f[3], 1, f[4] and f[4] + f[5], f[4] and v}
   else  -- a late event: its hour and every later one change
     local adds = {}
     local from = 1
     if g[1] == jt then
-      adds = {jt, member(jt, g[2], g[3] + 1, g[4], g[4] and g[5] + v)}
+      adds = {num(jt), member(jt, g[2], g[3] + 1, g[4], g[4] and g[5] + v)}
       from = 2
     else  -- a new hour: before it, what was before the next one
-      adds = {jt, member(jt, g[2], 1, g[4], g[4] and v)}
+      adds = {num(jt), member(jt, g[2], 1, g[4], g[4] and v)}
     end
     for i = from, #later do
       local x = unmember(later[i])
-      adds[#adds + 1] = x[1]
+      adds[#adds + 1] = num(x[1])
       adds[#adds + 1] = member(x[1], x[2] + 1, x[3], x[4] and x[4] + v, x[5])
     end
     redis.call('ZREM', r, unpack(later))
@@ -262,7 +265,7 @@ end
 -- A distinct index built again from the events (written by a version without
 -- the index, or the index lost): each value at its newest event's time.
 local function rebuild(z, d)
-  local all = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
+  local all = redis.call('ZRANGE', z, '0', '-1', 'WITHSCORES')
   local pairs_ = {}
   for i = 1, #all, 2 do
     local _, v = split(all[i])
@@ -288,7 +291,7 @@ for _ = 1, tonumber(ARGV[5]) do
   a = a + 3
   local has_value = spec[1] == 1
   local retention = spec[2]
-  local ttl = spec[3]
+  local ttl_s = num(spec[3])
   local cap = spec[4]
   local bucket_retention = spec[5]
   local totals = spec[7] == 1
@@ -333,7 +336,7 @@ for _ = 1, tonumber(ARGV[5]) do
   -- after it read the index.
   local newest_kept = nil
   if add then
-    local newest = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
+    local newest = redis.call('ZRANGE', z, '-1', '-1', 'WITHSCORES')
     if newest[2] then newest_kept = tonumber(newest[2]) end
     -- Too late: older than what the series keeps, the event is only read.
     if newest_kept and t < newest_kept - retention then add = false end
@@ -378,7 +381,7 @@ for _ = 1, tonumber(ARGV[5]) do
           redis.call('HSET', b, j, '1 ' .. num(v) .. ' ' .. num(v) .. ' ' .. num(v))
         end
       else
-        in_hour = redis.call('HINCRBY', b, j, 1)
+        in_hour = redis.call('HINCRBY', b, j, '1')
       end
       if r then
         top = add_total(r, b, bucket(t), has_value and tonumber(value) or 0, has_value, bucket(t - bucket_retention), in_hour)
@@ -397,7 +400,7 @@ for _ = 1, tonumber(ARGV[5]) do
       -- oldest go first), so one very busy entity cannot stall Redis.
       local size = redis.call('ZCARD', z)
       if size > cap then
-        local gone = redis.call('ZRANGE', z, 0, size - cap - 1, 'WITHSCORES')
+        local gone = redis.call('ZRANGE', z, '0', num(size - cap - 1), 'WITHSCORES')
         -- The newest dropped event's time: a value whose newest event is older
         -- has none left; one whose newest event is at that very time may still
         -- have one there (ties are ordered by id), so those are checked.
@@ -411,7 +414,7 @@ for _ = 1, tonumber(ARGV[5]) do
             end
           end
         end
-        redis.call('ZREMRANGEBYRANK', z, 0, size - cap - 1)
+        redis.call('ZREMRANGEBYRANK', z, '0', num(size - cap - 1))
         if d then
           redis.call('ZREMRANGEBYSCORE', d, '-inf', '(' .. num(edge))
           local kept = nil
@@ -430,16 +433,16 @@ for _ = 1, tonumber(ARGV[5]) do
           end
         end
       end
-      if d then redis.call('PEXPIRE', d, ttl) end
+      if d then redis.call('PEXPIRE', d, ttl_s) end
     else
       redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. num(cutoff))
       if capped then  -- a time series: at most `cap` events too, the oldest go first
-        redis.call('ZREMRANGEBYRANK', z, 0, -cap - 1)
+        redis.call('ZREMRANGEBYRANK', z, '0', num(-cap - 1))
       end
     end
-    redis.call('PEXPIRE', z, ttl)
-    if b then redis.call('PEXPIRE', b, ttl) end
-    if r then redis.call('PEXPIRE', r, ttl) end
+    redis.call('PEXPIRE', z, ttl_s)
+    if b then redis.call('PEXPIRE', b, ttl_s) end
+    if r then redis.call('PEXPIRE', r, ttl_s) end
   end
 
   -- The buckets, read once (dropping those no window can need, when adding).
@@ -472,7 +475,7 @@ for _ = 1, tonumber(ARGV[5]) do
   end
   if (d or r) and newest_kept == nil then
     -- The newest time is not known yet unless the event was added or too late.
-    local newest = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
+    local newest = redis.call('ZRANGE', z, '-1', '-1', 'WITHSCORES')
     if newest[2] then newest_kept = tonumber(newest[2]) end
   end
   if r and not dry and newest_kept and not have_totals and redis.call('EXISTS', r) == 0 and redis.call('EXISTS', b) == 1 then
@@ -519,7 +522,7 @@ for _ = 1, tonumber(ARGV[5]) do
           local key = num(blo) .. ':' .. num(bhi)
           local first = firsts[key]
           if first == nil then
-            first = redis.call('ZRANGEBYSCORE', r, num(blo), num(bhi), 'LIMIT', 0, 1)[1] or false
+            first = redis.call('ZRANGEBYSCORE', r, num(blo), num(bhi), 'LIMIT', '0', '1')[1] or false
             firsts[key] = first
           end
           if first then
@@ -533,7 +536,7 @@ for _ = 1, tonumber(ARGV[5]) do
               -- The last hour in range: the last up to bhi (one is in range).
               local last = lasts[bhi]
               if last == nil then
-                last = redis.call('ZREVRANGEBYSCORE', r, num(bhi), num(blo), 'LIMIT', 0, 1)[1]
+                last = redis.call('ZREVRANGEBYSCORE', r, num(bhi), num(blo), 'LIMIT', '0', '1')[1]
                 lasts[bhi] = last
               end
               local z2 = unmember(last)
@@ -567,11 +570,11 @@ for _ = 1, tonumber(ARGV[5]) do
       if indexed then
         acc = redis.call('ZCOUNT', d, num(lo), '+inf')
       elseif code == 6 then  -- the oldest event in the window
-        local oldest = redis.call('ZRANGEBYSCORE', z, num(lo), num(hi), 'WITHSCORES', 'LIMIT', 0, 1)
+        local oldest = redis.call('ZRANGEBYSCORE', z, num(lo), num(hi), 'WITHSCORES', 'LIMIT', '0', '1')
         if oldest[2] then acc = t - tonumber(oldest[2]) + 1 end
       elseif code >= 7 then  -- the newest event in the window that is not this transaction
         local gap = 0
-        local newest = redis.call('ZREVRANGEBYSCORE', z, num(hi), num(lo), 'WITHSCORES', 'LIMIT', 0, 2)
+        local newest = redis.call('ZREVRANGEBYSCORE', z, num(hi), num(lo), 'WITHSCORES', 'LIMIT', '0', '2')
         for i = 1, #newest, 2 do
           if split(newest[i]) ~= txid then
             gap = t - tonumber(newest[i + 1]) + 1

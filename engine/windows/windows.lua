@@ -283,6 +283,20 @@ local out = {2}
 for i = 1, RAW_SIZE do out[i + 1] = 0 end
 
 local a = 7
+-- The previous layout's hashes of values, one EXISTS for all of them (none, once migrated).
+local old_hashes = 0
+do
+  local hs = {}
+  local kk = k
+  for g = 1, tonumber(ARGV[5]) do
+    local spec = LAYOUT[tonumber(ARGV[7 + 3 * (g - 1)])]
+    if spec[1] == 1 then hs[#hs + 1] = KEYS[kk + 1] end
+    kk = kk + 1 + spec[1] + spec[6]
+    if spec[5] > 0 then kk = kk + 1 + spec[7] end
+  end
+  if #hs > 0 then old_hashes = redis.call('EXISTS', unpack(hs)) end
+end
+
 for _ = 1, tonumber(ARGV[5]) do
   local spec = LAYOUT[tonumber(ARGV[a])]
   local value = ARGV[a + 1]
@@ -322,7 +336,7 @@ for _ = 1, tonumber(ARGV[5]) do
   end
   -- The previous layout's values (a hash beside the events): migrated, or read through.
   legacy = nil
-  if h and redis.call('EXISTS', h) == 1 then
+  if h and old_hashes > 0 and redis.call('EXISTS', h) == 1 then
     if dry then
       legacy = {}
       local all = redis.call('HGETALL', h)

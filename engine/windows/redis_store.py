@@ -100,11 +100,9 @@ def _has_distinct(group: Group) -> bool:
 
 def _has_totals(group: Group) -> bool:
     """Whether the group keeps running totals of its hourly buckets (LAYOUT tells the script):
-    it has bucketed windows, and none of them is a min or a max."""
-    extremes = (AGG_CODES[Aggregate.MIN], AGG_CODES[Aggregate.MAX])
-    return bool(group.bucket_retention_ms) and not any(
-        w.mode != EXACT and w.agg_code in extremes for w in group.windows
-    )
+    it has bucketed counts or sums (its bucketed minimums and maximums, if any, read the hours)."""
+    sums = (AGG_CODES[Aggregate.COUNT], AGG_CODES[Aggregate.SUM])
+    return bool(group.bucket_retention_ms) and any(w.mode != EXACT and w.agg_code in sums for w in group.windows)
 
 
 def _key_ends(g: Group) -> tuple[str, ...]:

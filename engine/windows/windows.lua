@@ -565,11 +565,16 @@ for _ = 1, tonumber(ARGV[5]) do
         if jcut and blo < jcut then blo = jcut end
         tc[w], ts[w] = 0, 0
         if newest_kept and blo <= bhi then
-          local key = num(blo) .. ':' .. num(bhi)
-          local first = firsts[key]
+          -- (cached by the numbers themselves: a number made a string is a formatting)
+          local by_hi = firsts[blo]
+          if by_hi == nil then
+            by_hi = {}
+            firsts[blo] = by_hi
+          end
+          local first = by_hi[bhi]
           if first == nil then
             first = redis.call('ZRANGEBYSCORE', r, num(blo), num(bhi), 'LIMIT', '0', '1')[1] or false
-            firsts[key] = first
+            by_hi[bhi] = first
           end
           if first then
             local a = unmember(first)
@@ -633,11 +638,15 @@ for _ = 1, tonumber(ARGV[5]) do
           acc = 1
         end
       elseif not has_value then
-        local key = num(lo) .. ':' .. num(hi)
-        acc = counted[key]
+        local by_hi = counted[lo]
+        if by_hi == nil then
+          by_hi = {}
+          counted[lo] = by_hi
+        end
+        acc = by_hi[hi]
         if acc == nil then
           acc = redis.call('ZCOUNT', z, num(lo), num(hi))
-          counted[key] = acc
+          by_hi[hi] = acc
         end
       else
         local seen_values = nil

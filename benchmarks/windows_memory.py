@@ -87,7 +87,7 @@ def main() -> None:
         results["hot_merchant"] = {
             "transactions_over_30d": args.hot,
             "keys_bytes": sizes,
-            "members": {k: client.zcard(k) if k.endswith(":n") or ":z:" in k else client.hlen(k) for k in sizes},
+            "members": {k: client.zcard(k) if client.type(k) == b"zset" else client.hlen(k) for k in sizes},
             "mean_apply_us": round(elapsed / args.hot * 1e6, 1),
         }
         results["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

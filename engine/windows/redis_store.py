@@ -100,12 +100,14 @@ def _has_distinct(group: Group) -> bool:
 
 def _has_totals(group: Group) -> bool:
     """Whether the group keeps running totals of its hourly buckets (LAYOUT tells the script):
-    it has bucketed counts or sums (its bucketed minimums and maximums, if any, read the hours)."""
-    sums = (AGG_CODES[Aggregate.COUNT], AGG_CODES[Aggregate.SUM])
-    return bool(group.bucket_retention_ms) and any(w.mode != EXACT and w.agg_code in sums for w in group.windows)
+    it has bucketed windows, and none of them is a min or a max."""
+    extremes = (AGG_CODES[Aggregate.MIN], AGG_CODES[Aggregate.MAX])
+    return bool(group.bucket_retention_ms) and not any(
+        w.mode != EXACT and w.agg_code in extremes for w in group.windows
+    )
 
 
-def _key_ends(g: Group) -> tuple[str, ...]:
+def _key_ends(g: Group, totals: Callable[[Group], bool] = _has_totals) -> tuple[str, ...]:
     """The group's keys after the entity's tag, in the order the script reads them."""
     if g.value_field == TIME_FIELD:
         return (f":t{g.suffix}",)  # a time series: its events' times alone
@@ -116,7 +118,7 @@ def _key_ends(g: Group) -> tuple[str, ...]:
         ends.append(f":d{field}")
     if g.bucket_retention_ms:
         ends.append(f":b{field}")
-    if _has_totals(g):
+    if totals(g):
         ends.append(f":r{field}")  # running totals of the hours
     return tuple(ends)
 
@@ -242,7 +244,11 @@ class _RedisBase:
 
     def _group_keys(self, bg: BoundGroup) -> list[str]:
         tag = self._entity_tag(bg.group.tag, bg.entity_value)
-        return [tag + end for end in _key_ends(bg.group)]
+        return [tag + end for end in _key_ends(bg.group, self._totals)]
+
+    #: The script (a test gives an older one, with its rule for running totals, to play a worker not upgraded).
+    _lua = LUA_SOURCE
+    _totals = staticmethod(_has_totals)
 
     def _source(self, plan: WindowPlan) -> _PlanScript:
         """The script for this plan (its layout written in as constants), built once per plan."""
@@ -254,16 +260,16 @@ class _RedisBase:
             ttl = max(g.retention_ms, g.bucket_retention_ms) + self._ttl_extra_ms
             timed = g.value_field == TIME_FIELD
             nums = [0 if g.value_field is None or timed else 1, g.retention_ms, ttl, plan.max_events_per_series]
-            nums += [g.bucket_retention_ms, 1 if _has_distinct(g) else 0, 1 if _has_totals(g) else 0, int(timed)]
+            nums += [g.bucket_retention_ms, 1 if _has_distinct(g) else 0, 1 if self._totals(g) else 0, int(timed)]
             for w in g.windows:
                 nums += [w.output, w.agg_code, w.duration_ms + w.delay_ms, w.delay_ms, w.mode]
             groups.append("{" + ", ".join(str(n) for n in nums) + "}")
         header = f"local LAYOUT = {{{', '.join(groups)}}}\nlocal RAW_SIZE = {plan.raw_size}\n"
-        source = header + LUA_SOURCE
+        source = header + self._lua
         built = _PlanScript(
             source,
             hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest(),
-            {id(g): (i + 1, _key_ends(g)) for i, g in enumerate(plan.groups)},
+            {id(g): (i + 1, _key_ends(g, self._totals)) for i, g in enumerate(plan.groups)},
         )
         with self._lock:
             return self._sources.setdefault(plan, built)

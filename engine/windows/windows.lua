@@ -48,9 +48,8 @@
 --
 -- Long (bucketed) windows add up hourly buckets: a busy entity has one per
 -- hour of its last 30-odd days, and reading them all (HGETALL, then a parse of
--- each) was most of a transaction's cost. A group with bucketed counts or sums
--- also keeps running totals (one with bucketed minimums or maximums as well still
--- reads its hours for those, but only the hours they reach), as the in-process store does: a
+-- each) was most of a transaction's cost. A group whose bucketed windows are
+-- counts and sums also keeps running totals, as the in-process store does: a
 -- sorted set, score = hour index, member = "hour:before:n" ("before" the
 -- events of every earlier hour it ever had, n those of this hour), with
 -- ":sum before:sum" for a value group. A window over hours lo..hi is then two
@@ -312,13 +311,6 @@ for _ = 1, tonumber(ARGV[5]) do
   local totals = spec[7] == 1
   local capped = spec[8] == 1
   local nwin = (#spec - 8) / 5
-  local extremes = false  -- minimums or maximums over hours, read from the hours
-  if totals then
-    for w = 1, nwin do
-      local base = 8 + 5 * (w - 1)
-      if spec[base + 5] ~= 0 and (spec[base + 2] == 3 or spec[base + 2] == 4) then extremes = true end
-    end
-  end
   local z = KEYS[k]
   k = k + 1
   local h = nil
@@ -467,53 +459,20 @@ for _ = 1, tonumber(ARGV[5]) do
     if r then redis.call('PEXPIRE', r, ttl_s) end
   end
 
-  if d and not add and not dry then
-    -- Only read (filtered out, or too late): the index may still need building.
-    if redis.call('EXISTS', d) == 0 and redis.call('EXISTS', z) == 1 then rebuild(z, d) end
-  end
-  if (d or r) and newest_kept == nil then
-    -- The newest time is not known yet unless the event was added or too late.
-    local newest = redis.call('ZRANGE', z, '-1', '-1', 'WITHSCORES')
-    if newest[2] then newest_kept = tonumber(newest[2]) end
-  end
-  if r and not dry and newest_kept and not have_totals and redis.call('EXISTS', r) == 0 and redis.call('EXISTS', b) == 1 then
-    build_totals(r, b, has_value)  -- only read (or a retry), and the totals are missing beside the hours
-  end
+  -- A dry run over hours without totals (a Redis written before them) reads the hours, as
+  -- the script did before the totals.
+  if r and dry and redis.call('EXISTS', r) == 0 then r = nil end
 
-  -- The buckets, read once, when the group has no running totals (dropping those no
-  -- window can need, when adding) or has minimums or maximums over hours: then only the
-  -- hours those read (the totals serve its counts and sums, and drop its old hours).
+  -- The buckets, read once (dropping those no window can need, when adding).
   local bj, bc, bs, bmn, bmx = {}, {}, {}, {}, {}
-  if b and (not r or extremes) then
+  if b and not r then
     local all = redis.call('HGETALL', b)
     local jcut = bucket(t - bucket_retention)
-    local from = nil
-    if r then
-      from = jcut
-      for w = 1, nwin do
-        local base = 8 + 5 * (w - 1)
-        local code = spec[base + 2]
-        if spec[base + 5] ~= 0 and (code == 3 or code == 4) then
-          local blo = bucket(t - spec[base + 3]) + 1
-          if blo < from then from = blo end
-        end
-      end
-      -- as the totals: no hour before the oldest one a window may need after the newest event
-      if newest_kept and bucket(newest_kept - bucket_retention) > from then
-        from = bucket(newest_kept - bucket_retention)
-      end
-    end
     local stale = {}
     local nb = 0
     for i = 1, #all, 2 do
       local j = tonumber(all[i])
-      if from then
-        if j >= from then
-          nb = nb + 1
-          bj[nb] = j
-          bc[nb], bs[nb], bmn[nb], bmx[nb] = stats(all[i + 1])
-        end
-      elseif add and j < jcut then
+      if add and j < jcut then
         stale[#stale + 1] = all[i]
       else
         nb = nb + 1
@@ -526,6 +485,19 @@ for _ = 1, tonumber(ARGV[5]) do
       end
     end
     if #stale > 0 then hdel(b, stale) end
+  end
+
+  if d and not add and not dry then
+    -- Only read (filtered out, or too late): the index may still need building.
+    if redis.call('EXISTS', d) == 0 and redis.call('EXISTS', z) == 1 then rebuild(z, d) end
+  end
+  if (d or r) and newest_kept == nil then
+    -- The newest time is not known yet unless the event was added or too late.
+    local newest = redis.call('ZRANGE', z, '-1', '-1', 'WITHSCORES')
+    if newest[2] then newest_kept = tonumber(newest[2]) end
+  end
+  if r and not dry and newest_kept and not have_totals and redis.call('EXISTS', r) == 0 and redis.call('EXISTS', b) == 1 then
+    build_totals(r, b, has_value)  -- only read (or a retry), and the totals are missing beside the hours
   end
 
   -- The exact part of each window: [lower, upper] in ms (inclusive), -1 for none.
@@ -561,7 +533,7 @@ for _ = 1, tonumber(ARGV[5]) do
     local firsts, lasts = {}, {}
     for w = 1, nwin do
       local blo, bhi = wins[w][5], wins[w][6]
-      if blo and wins[w][2] <= 2 then  -- counts and sums (minimums and maximums read the hours)
+      if blo then
         if jcut and blo < jcut then blo = jcut end
         tc[w], ts[w] = 0, 0
         if newest_kept and blo <= bhi then
@@ -675,7 +647,7 @@ for _ = 1, tonumber(ARGV[5]) do
         end
       end
     end
-    if blo and r and code <= 2 then
+    if blo and r then
       if code == 1 then acc = acc + tc[w] else acc = acc + ts[w] end
     elseif blo then
       for i = 1, #bj do

@@ -10,15 +10,14 @@ new workers on one Redis, taking turns) the new workers' answers stay exact too.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from pathlib import Path
 
 import pytest
 
 from engine.windows.memory import MemoryStore
-from engine.windows.redis_store import LUA_SOURCE, RedisStore, _PlanScript
-from engine.windows.spec import Aggregate, WindowPlan, WindowSpec
+from engine.windows.redis_store import RedisStore
+from engine.windows.spec import EXACT, Aggregate, Group, WindowPlan, WindowSpec
 from tests.support.redis import redis_contents
 from tests.support.windows import DAY, HOUR, MIN, PLAN, T0, compiled_plan, event_fields
 
@@ -44,13 +43,16 @@ LONG = compiled_plan(
 )
 
 
-class PreviousStore(RedisStore):
-    """The store with the previous layout's script (a worker not upgraded yet): same keys, same arguments."""
+def _previous_totals(group: Group) -> bool:
+    """The previous version's rule: running totals unless a long window of the group is a min or a max."""
+    return bool(group.bucket_retention_ms) and not any(w.mode != EXACT and w.agg_code in (3, 4) for w in group.windows)
 
-    def _source(self, plan: WindowPlan) -> _PlanScript:
-        current = super()._source(plan)
-        source = current.source.removesuffix(LUA_SOURCE) + PREVIOUS
-        return _PlanScript(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest(), current.groups)
+
+class PreviousStore(RedisStore):
+    """The store of the version before issue 23 (a worker not upgraded yet): its script, its keys."""
+
+    _lua = PREVIOUS
+    _totals = staticmethod(_previous_totals)
 
 
 def _stream(n: int, seed: int, span_ms: int) -> list[tuple[str, int, dict[str, object]]]:

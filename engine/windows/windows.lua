@@ -466,6 +466,11 @@ for _ = 1, tonumber(ARGV[5]) do
   -- The buckets, read once (dropping those no window can need, when adding).
   local bj, bc, bs, bmn, bmx = {}, {}, {}, {}, {}
   if b and not r then
+    local wants_min, wants_max = false, false
+    for w = 1, nwin do
+      local code = spec[8 + 5 * (w - 1) + 2]
+      if code == 3 then wants_min = true elseif code == 4 then wants_max = true end
+    end
     local all = redis.call('HGETALL', b)
     local jcut = bucket(t - bucket_retention)
     local stale = {}
@@ -478,7 +483,12 @@ for _ = 1, tonumber(ARGV[5]) do
         nb = nb + 1
         bj[nb] = j
         if has_value then
-          bc[nb], bs[nb], bmn[nb], bmx[nb] = stats(all[i + 1])
+          -- (only what the windows read: a value group has no count window, and a minimum
+          -- or a maximum only when it has such a window; each tonumber is a strtod)
+          local _, hs, hmn, hmx = string.match(all[i + 1], '^(%S+) (%S+) (%S+) (%S+)$')
+          bs[nb] = tonumber(hs)
+          if wants_min then bmn[nb] = tonumber(hmn) end
+          if wants_max then bmx[nb] = tonumber(hmx) end
         else
           bc[nb] = tonumber(all[i + 1])
         end

@@ -55,7 +55,7 @@ def main() -> None:
                     fields = {
                         "card_id": f"card{e}", "user_id": f"user{e}", "device_id": f"dev{e}",
                         "ip": f"10.{e // 65536}.{e // 256 % 256}.{e % 256}", "merchant_id": f"m{e % 1000}",
-                        "amount_base_minor": 1000 + e % 5000,
+                        "amount_base_minor": 1000 + e % 5000, "ip_country": ["DE", "FR", ""][e % 3], "attributes": {},
                     }  # fmt: skip
                     store.apply(plan, plan.bind(f"t{n}", t, fields), "")
                     n += 1
@@ -79,7 +79,7 @@ def main() -> None:
         for i in range(args.hot):
             fields = {
                 "card_id": f"hc{i % 50_000}", "user_id": "", "device_id": "", "ip": "",
-                "merchant_id": "hot", "amount_base_minor": 100 + i % 900,
+                "merchant_id": "hot", "amount_base_minor": 100 + i % 900, "ip_country": "DE", "attributes": {},
             }  # fmt: skip
             hot.apply(plan, plan.bind(f"h{i}", T0 + i * step, fields), "")
         elapsed = time.perf_counter() - started
@@ -87,7 +87,7 @@ def main() -> None:
         results["hot_merchant"] = {
             "transactions_over_30d": args.hot,
             "keys_bytes": sizes,
-            "members": {k: client.zcard(k) if k.endswith(":n") or ":z:" in k else client.hlen(k) for k in sizes},
+            "members": {k: client.zcard(k) if client.type(k) == b"zset" else client.hlen(k) for k in sizes},
             "mean_apply_us": round(elapsed / args.hot * 1e6, 1),
         }
         results["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

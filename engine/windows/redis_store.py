@@ -5,8 +5,10 @@ The Redis Cluster store is `engine.windows.redis_cluster`.
 Key layout (prefix `P`, entity fields `card_id`, value `c1`; `S` is '' or
 `:f<hash of the filter>` for a window with a filter):
 - `{P:card_id:c1}:nS`          sorted set of the entity's events (counts)
-- `{P:card_id:c1}:z:FIELDS`    sorted set of the events whose FIELD is aggregated
-- `{P:card_id:c1}:h:FIELDS`    hash transaction id -> FIELD value
+- `{P:card_id:c1}:z:FIELDS`    sorted set of the events whose FIELD is aggregated: member =
+                               transaction id, US (\x1f), the FIELD value (issue 23)
+- `{P:card_id:c1}:h:FIELDS`    the previous layout's hash transaction id -> FIELD value: never
+                               written; a call that finds one moves its values into the members
 - `{P:card_id:c1}:tS`          sorted set of the events of a group with time windows
                                (first seen, since previous, is new) longer than a day:
                                their times alone, capped like a value series (shorter
@@ -106,17 +108,18 @@ def _has_totals(group: Group) -> bool:
     )
 
 
-def _key_ends(g: Group) -> tuple[str, ...]:
+def _key_ends(g: Group, totals: Callable[[Group], bool] = _has_totals) -> tuple[str, ...]:
     """The group's keys after the entity's tag, in the order the script reads them."""
     if g.value_field == TIME_FIELD:
         return (f":t{g.suffix}",)  # a time series: its events' times alone
     field = g.suffix if g.value_field is None else f":{g.value_field}{g.suffix}"
+    # (`:h` is the previous layout's hash of values, only read to migrate it: windows.lua)
     ends = [f":n{g.suffix}"] if g.value_field is None else [f":z{field}", f":h{field}"]
     if _has_distinct(g):
         ends.append(f":d{field}")
     if g.bucket_retention_ms:
         ends.append(f":b{field}")
-    if _has_totals(g):
+    if totals(g):
         ends.append(f":r{field}")  # running totals of the hours
     return tuple(ends)
 
@@ -242,7 +245,11 @@ class _RedisBase:
 
     def _group_keys(self, bg: BoundGroup) -> list[str]:
         tag = self._entity_tag(bg.group.tag, bg.entity_value)
-        return [tag + end for end in _key_ends(bg.group)]
+        return [tag + end for end in _key_ends(bg.group, self._totals)]
+
+    #: The script (a test gives an older one, with its rule for running totals, to play a worker not upgraded).
+    _lua = LUA_SOURCE
+    _totals = staticmethod(_has_totals)
 
     def _source(self, plan: WindowPlan) -> _PlanScript:
         """The script for this plan (its layout written in as constants), built once per plan."""
@@ -254,16 +261,16 @@ class _RedisBase:
             ttl = max(g.retention_ms, g.bucket_retention_ms) + self._ttl_extra_ms
             timed = g.value_field == TIME_FIELD
             nums = [0 if g.value_field is None or timed else 1, g.retention_ms, ttl, plan.max_events_per_series]
-            nums += [g.bucket_retention_ms, 1 if _has_distinct(g) else 0, 1 if _has_totals(g) else 0, int(timed)]
+            nums += [g.bucket_retention_ms, 1 if _has_distinct(g) else 0, 1 if self._totals(g) else 0, int(timed)]
             for w in g.windows:
                 nums += [w.output, w.agg_code, w.duration_ms + w.delay_ms, w.delay_ms, w.mode]
             groups.append("{" + ", ".join(str(n) for n in nums) + "}")
         header = f"local LAYOUT = {{{', '.join(groups)}}}\nlocal RAW_SIZE = {plan.raw_size}\n"
-        source = header + LUA_SOURCE
+        source = header + self._lua
         built = _PlanScript(
             source,
             hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest(),
-            {id(g): (i + 1, _key_ends(g)) for i, g in enumerate(plan.groups)},
+            {id(g): (i + 1, _key_ends(g, self._totals)) for i, g in enumerate(plan.groups)},
         )
         with self._lock:
             return self._sources.setdefault(plan, built)

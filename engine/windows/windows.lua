@@ -7,9 +7,12 @@
 --                 'R' cluster, a retry of a transaction seen but not answered;
 --                 'D' a dry run: no record, no group is added to, nothing is
 --                     written (a missing derived index is not rebuilt either).
--- KEYS[...]     per bound group: its sorted set (member = transaction id,
---               score = event time ms); for groups that aggregate a value,
---               the hash transaction id -> value; for groups with a distinct
+-- KEYS[...]     per bound group: its sorted set (score = event time ms;
+--               member = transaction id, or for a group that aggregates a
+--               value "transaction id, US, value", US = \31: the value in the
+--               member itself); for groups that aggregate a value, the hash
+--               transaction id -> value of the previous layout (read through
+--               and migrated, see below); for groups with a distinct
 --               window, the distinct index (see below); for groups with a
 --               bucketed window, the hash bucket index -> "count" or
 --               "count sum min max", then, unless a bucketed window of the
@@ -57,6 +60,15 @@
 -- an event opens a day, and reads ignore hours before the oldest one any
 -- window may still need, so the answers are those of the hours.
 --
+-- Values in the members (issue 23): a value series was a sorted set of ids
+-- beside a hash id -> value (an HSET per event, an HMGET per walk, HDELs per
+-- trim, one key more to expire). A Redis written by the previous layout (or
+-- by a worker still on it, during a rolling upgrade) has that hash: a call
+-- that finds it moves its values into the members of the events it names
+-- and deletes it (HGETALL, ZMSCORE, ZREM, ZADD, DEL, once), before anything
+-- else; a dry run reads it through without writing. Ids hold no control
+-- character, so members ordered by bytes are ordered by id, as before.
+--
 -- Returns {0} on an id reused with other content, {1, response} for a retry
 -- of a scored transaction, {2, v1, v2, ...} with the raw window values.
 -- The in-process store (engine/windows/memory.py) implements the same steps.
@@ -86,21 +98,62 @@ end
 
 local B = 3600000
 local CHUNK = 1000
-local function num(x) return string.format('%.0f', x) end
+-- Numbers go to Redis as strings made here: '%d' formats an integer (every number here is
+-- one), where a Lua number passed to redis.call is formatted '%.17g' (and '%.0f' was no
+-- cheaper): those float conversions were a fifth of the script's instructions.
+local function num(x) return string.format('%d', x) end
 local function bucket(x) return math.floor(x / B) end
+local SEP = '\31'
 local function hdel(h, ids)
   for i = 1, #ids, CHUNK do
     redis.call('HDEL', h, unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
   end
 end
--- The values of `ids` in hash h, in order (false where missing).
-local function hmget_all(h, ids)
-  local vals = {}
-  for i = 1, #ids, CHUNK do
-    local got = redis.call('HMGET', h, unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
-    for j = 1, #got do vals[i + j - 1] = got[j] end
+-- A member's id and value (nil: a member of the previous layout without one; from
+-- `legacy`, the old hash, when a dry run reads it through).
+local legacy = nil
+local function split(m)
+  local p = string.find(m, SEP, 1, true)
+  if p then return string.sub(m, 1, p - 1), string.sub(m, p + 1) end
+  if legacy then return m, legacy[m] end
+  return m, nil
+end
+-- The previous layout's hash h (id -> value): its values move into the members of z.
+local function migrate(z, h)
+  local all = redis.call('HGETALL', h)
+  for i = 1, #all, 2 * CHUNK do
+    local ids = {}
+    for j = i, math.min(i + 2 * CHUNK - 1, #all), 2 do ids[#ids + 1] = all[j] end
+    local scores = redis.call('ZMSCORE', z, unpack(ids))
+    local gone, adds = {}, {}
+    for j = 1, #ids do
+      if scores[j] then
+        gone[#gone + 1] = ids[j]
+        adds[#adds + 1] = scores[j]
+        adds[#adds + 1] = ids[j] .. SEP .. all[i + 2 * j - 1]
+      end
+    end
+    if #gone > 0 then
+      redis.call('ZREM', z, unpack(gone))
+      redis.call('ZADD', z, unpack(adds))
+    end
   end
-  return vals
+  redis.call('DEL', h)
+end
+-- A retry whose value changed (another rate, say): the id's other members go, as
+-- the hash's value was replaced.
+local function drop_other(z, id, member)
+  local pattern = string.gsub(id .. SEP, '[%*%?%[%]\\]', '\\%0') .. '*'
+  local cursor = '0'
+  local gone = {}
+  repeat
+    local r = redis.call('ZSCAN', z, cursor, 'MATCH', pattern, 'COUNT', '1000')
+    cursor = r[1]
+    for i = 1, #r[2], 2 do
+      if r[2][i] ~= member then gone[#gone + 1] = r[2][i] end
+    end
+  until cursor == '0'
+  if #gone > 0 then redis.call('ZREM', z, unpack(gone)) end
 end
 
 -- One bucket's "count sum min max" (or "count") as numbers.
@@ -137,7 +190,7 @@ local function build_totals(r, b, has_value)
   local before, sbefore = 0, 0
   for _, j in ipairs(hours) do
     local c, sum = stats(at[j])
-    args[#args + 1] = j
+    args[#args + 1] = num(j)
     if has_value then
       args[#args + 1] = member(j, before, c, sbefore, sum)
       sbefore = sbefore + sum
@@ -163,12 +216,13 @@ end
 -- One event of value v (0 without a value) in hour jt, whose hash bucket is already counted
 -- (in_hour events there now). Totals that disagree with the hash about that hour are built
 -- again from the hours: an older version (during a rolling upgrade) added events to the
--- hours only.
+-- hours only. Returns the newest hour's totals after the event ({hour, before, n[, sum
+-- before, sum]}) when the event is in the newest hour or opens a new one (nil otherwise).
 local function add_total(r, b, jt, v, has_value, jcut, in_hour)
-  local top = redis.call('ZRANGE', r, -1, -1)
+  local top = redis.call('ZRANGE', r, '-1', '-1')
   local f = top[1] and unmember(top[1])
   local later = nil
-  if f and jt < f[1] then later = redis.call('ZRANGEBYSCORE', r, jt, '+inf') end
+  if f and jt < f[1] then later = redis.call('ZRANGEBYSCORE', r, num(jt), '+inf') end
   local g = later and unmember(later[1])
   local expected = 1
   if f and jt == f[1] then
@@ -183,22 +237,24 @@ local function add_total(r, b, jt, v, has_value, jcut, in_hour)
   end
   if jt == f[1] then  -- the newest hour again: the common case
     redis.call('ZREM', r, top[1])
-    redis.call('ZADD', r, jt, member(jt, f[2], f[3] + 1, f[4], f[4] and f[5] + v))
+    redis.call('ZADD', r, num(jt), member(jt, f[2], f[3] + 1, f[4], f[4] and f[5] + v))
+    return {jt, f[2], f[3] + 1, f[4], f[4] and f[5] + v}
   elseif jt > f[1] then  -- a new newest hour; once a day, the hours no window needs go
-    redis.call('ZADD', r, jt, member(jt, f[2] + f[3], 1, f[4] and f[4] + f[5], f[4] and v))
+    redis.call('ZADD', r, num(jt), member(jt, f[2] + f[3], 1, f[4] and f[4] + f[5], f[4] and v))
     if math.floor(jt / 24) > math.floor(f[1] / 24) then drop_totals(r, b, jcut) end
+    return {jt, f[2] + f[3], 1, f[4] and f[4] + f[5], f[4] and v}
   else  -- a late event: its hour and every later one change
     local adds = {}
     local from = 1
     if g[1] == jt then
-      adds = {jt, member(jt, g[2], g[3] + 1, g[4], g[4] and g[5] + v)}
+      adds = {num(jt), member(jt, g[2], g[3] + 1, g[4], g[4] and g[5] + v)}
       from = 2
     else  -- a new hour: before it, what was before the next one
-      adds = {jt, member(jt, g[2], 1, g[4], g[4] and v)}
+      adds = {num(jt), member(jt, g[2], 1, g[4], g[4] and v)}
     end
     for i = from, #later do
       local x = unmember(later[i])
-      adds[#adds + 1] = x[1]
+      adds[#adds + 1] = num(x[1])
       adds[#adds + 1] = member(x[1], x[2] + 1, x[3], x[4] and x[4] + v, x[5])
     end
     redis.call('ZREM', r, unpack(later))
@@ -208,16 +264,14 @@ end
 
 -- A distinct index built again from the events (written by a version without
 -- the index, or the index lost): each value at its newest event's time.
-local function rebuild(z, h, d)
-  local all = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
-  local ids = {}
-  for i = 1, #all, 2 do ids[#ids + 1] = all[i] end
-  local got = hmget_all(h, ids)
+local function rebuild(z, d)
+  local all = redis.call('ZRANGE', z, '0', '-1', 'WITHSCORES')
   local pairs_ = {}
-  for i = 1, #ids do
-    if got[i] and got[i] ~= '' then
-      pairs_[#pairs_ + 1] = all[2 * i]
-      pairs_[#pairs_ + 1] = got[i]
+  for i = 1, #all, 2 do
+    local _, v = split(all[i])
+    if v and v ~= '' then
+      pairs_[#pairs_ + 1] = all[i + 1]
+      pairs_[#pairs_ + 1] = v
     end
   end
   for i = 1, #pairs_, 2 * CHUNK do
@@ -229,6 +283,20 @@ local out = {2}
 for i = 1, RAW_SIZE do out[i + 1] = 0 end
 
 local a = 7
+-- The previous layout's hashes of values, one EXISTS for all of them (none, once migrated).
+local old_hashes = 0
+do
+  local hs = {}
+  local kk = k
+  for g = 1, tonumber(ARGV[5]) do
+    local spec = LAYOUT[tonumber(ARGV[7 + 3 * (g - 1)])]
+    if spec[1] == 1 then hs[#hs + 1] = KEYS[kk + 1] end
+    kk = kk + 1 + spec[1] + spec[6]
+    if spec[5] > 0 then kk = kk + 1 + spec[7] end
+  end
+  if #hs > 0 then old_hashes = redis.call('EXISTS', unpack(hs)) end
+end
+
 for _ = 1, tonumber(ARGV[5]) do
   local spec = LAYOUT[tonumber(ARGV[a])]
   local value = ARGV[a + 1]
@@ -237,7 +305,7 @@ for _ = 1, tonumber(ARGV[5]) do
   a = a + 3
   local has_value = spec[1] == 1
   local retention = spec[2]
-  local ttl = spec[3]
+  local ttl_s = num(spec[3])
   local cap = spec[4]
   local bucket_retention = spec[5]
   local totals = spec[7] == 1
@@ -257,6 +325,7 @@ for _ = 1, tonumber(ARGV[5]) do
   end
   local b, r = nil, nil
   local have_totals = false  -- the running totals are known to exist
+  local top = nil  -- the newest hour's totals, when the event's adding told them
   if bucket_retention > 0 then
     b = KEYS[k]
     k = k + 1
@@ -265,30 +334,45 @@ for _ = 1, tonumber(ARGV[5]) do
       k = k + 1
     end
   end
+  -- The previous layout's values (a hash beside the events): migrated, or read through.
+  legacy = nil
+  if h and old_hashes > 0 and redis.call('EXISTS', h) == 1 then
+    if dry then
+      legacy = {}
+      local all = redis.call('HGETALL', h)
+      for i = 1, #all, 2 do legacy[all[i]] = all[i + 1] end
+    else
+      migrate(z, h)
+    end
+  end
 
   -- The newest kept event's time (nil: none): distinct windows ending at or
   -- after it read the index.
   local newest_kept = nil
   if add then
-    local newest = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
+    local newest = redis.call('ZRANGE', z, '-1', '-1', 'WITHSCORES')
     if newest[2] then newest_kept = tonumber(newest[2]) end
     -- Too late: older than what the series keeps, the event is only read.
     if newest_kept and t < newest_kept - retention then add = false end
   end
   if add then
     -- ZADD answers 1 for a new member: the same id again adds nothing.
-    local is_new = redis.call('ZADD', z, ARGV[2], txid) == 1
-    if h then redis.call('HSET', h, txid, value) end
+    local m = txid
+    if has_value then
+      m = txid .. SEP .. value
+      if not first then drop_other(z, txid, m) end
+    end
+    local is_new = redis.call('ZADD', z, ARGV[2], m) == 1
     if d then
       if value ~= '' then
         -- GT: the index keeps each value's newest time (a late event leaves it).
         -- An index that is new beside older events was lost: built again.
         if redis.call('ZADD', d, 'GT', ARGV[2], value) == 1 and redis.call('ZCARD', d) == 1
             and redis.call('ZCARD', z) > 1 then
-          rebuild(z, h, d)
+          rebuild(z, d)
         end
       elseif redis.call('EXISTS', d) == 0 then
-        rebuild(z, h, d)
+        rebuild(z, d)
       end
     end
     -- Trimming and the cap drop only the oldest events: the newest stays.
@@ -297,7 +381,7 @@ for _ = 1, tonumber(ARGV[5]) do
       -- Each event enters its bucket once, when its id is first added.
       local j = num(bucket(t))
       local in_hour = 1  -- the hour's events in the hash, this one included
-      if h then
+      if has_value then
         local v = tonumber(value)
         local cur = redis.call('HGET', b, j)
         if cur then
@@ -311,45 +395,40 @@ for _ = 1, tonumber(ARGV[5]) do
           redis.call('HSET', b, j, '1 ' .. num(v) .. ' ' .. num(v) .. ' ' .. num(v))
         end
       else
-        in_hour = redis.call('HINCRBY', b, j, 1)
+        in_hour = redis.call('HINCRBY', b, j, '1')
       end
       if r then
-        add_total(r, b, bucket(t), h and tonumber(value) or 0, h ~= nil, bucket(t - bucket_retention), in_hour)
+        top = add_total(r, b, bucket(t), has_value and tonumber(value) or 0, has_value, bucket(t - bucket_retention), in_hour)
         have_totals = true
       end
     end
     -- Trim what no window can need any more: events older than this event's
     -- time minus the retention (longest exact reach + allowed lateness).
     local cutoff = t - retention
-    if h then
-      local oldest = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
-      if tonumber(oldest[2]) < cutoff then
-        hdel(h, redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. num(cutoff)))
-        redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. num(cutoff))
+    if has_value then
+      if redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. num(cutoff)) > 0 and d then
         -- A value whose newest event is older than the cutoff has no event left.
-        if d then redis.call('ZREMRANGEBYSCORE', d, '-inf', '(' .. num(cutoff)) end
+        redis.call('ZREMRANGEBYSCORE', d, '-inf', '(' .. num(cutoff))
       end
       -- A value series is read by walking it: keep at most `cap` events (the
       -- oldest go first), so one very busy entity cannot stall Redis.
       local size = redis.call('ZCARD', z)
       if size > cap then
-        local gone = redis.call('ZRANGE', z, 0, size - cap - 1, 'WITHSCORES')
-        local ids = {}
-        for i = 1, #gone, 2 do ids[#ids + 1] = gone[i] end
+        local gone = redis.call('ZRANGE', z, '0', num(size - cap - 1), 'WITHSCORES')
         -- The newest dropped event's time: a value whose newest event is older
         -- has none left; one whose newest event is at that very time may still
         -- have one there (ties are ordered by id), so those are checked.
         local edge = tonumber(gone[#gone])
         local at_edge = {}
         if d then
-          local edge_ids = {}
           for i = 1, #gone, 2 do
-            if tonumber(gone[i + 1]) == edge then edge_ids[#edge_ids + 1] = gone[i] end
+            if tonumber(gone[i + 1]) == edge then
+              local _, v = split(gone[i])
+              at_edge[#at_edge + 1] = v or false
+            end
           end
-          at_edge = hmget_all(h, edge_ids)
         end
-        hdel(h, ids)
-        redis.call('ZREMRANGEBYRANK', z, 0, size - cap - 1)
+        redis.call('ZREMRANGEBYRANK', z, '0', num(size - cap - 1))
         if d then
           redis.call('ZREMRANGEBYSCORE', d, '-inf', '(' .. num(edge))
           local kept = nil
@@ -358,8 +437,8 @@ for _ = 1, tonumber(ARGV[5]) do
             if v and v ~= '' and tonumber(redis.call('ZSCORE', d, v)) == edge then
               if kept == nil then
                 kept = {}
-                local same = redis.call('ZRANGEBYSCORE', z, num(edge), num(edge))
-                for _, kv in ipairs(hmget_all(h, same)) do
+                for _, sm in ipairs(redis.call('ZRANGEBYSCORE', z, num(edge), num(edge))) do
+                  local _, kv = split(sm)
                   if kv then kept[kv] = true end
                 end
               end
@@ -368,22 +447,30 @@ for _ = 1, tonumber(ARGV[5]) do
           end
         end
       end
-      redis.call('PEXPIRE', h, ttl)
-      if d then redis.call('PEXPIRE', d, ttl) end
+      if d then redis.call('PEXPIRE', d, ttl_s) end
     else
       redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. num(cutoff))
       if capped then  -- a time series: at most `cap` events too, the oldest go first
-        redis.call('ZREMRANGEBYRANK', z, 0, -cap - 1)
+        redis.call('ZREMRANGEBYRANK', z, '0', num(-cap - 1))
       end
     end
-    redis.call('PEXPIRE', z, ttl)
-    if b then redis.call('PEXPIRE', b, ttl) end
-    if r then redis.call('PEXPIRE', r, ttl) end
+    redis.call('PEXPIRE', z, ttl_s)
+    if b then redis.call('PEXPIRE', b, ttl_s) end
+    if r then redis.call('PEXPIRE', r, ttl_s) end
   end
+
+  -- A dry run over hours without totals (a Redis written before them) reads the hours, as
+  -- the script did before the totals.
+  if r and dry and redis.call('EXISTS', r) == 0 then r = nil end
 
   -- The buckets, read once (dropping those no window can need, when adding).
   local bj, bc, bs, bmn, bmx = {}, {}, {}, {}, {}
   if b and not r then
+    local wants_min, wants_max = false, false
+    for w = 1, nwin do
+      local code = spec[8 + 5 * (w - 1) + 2]
+      if code == 3 then wants_min = true elseif code == 4 then wants_max = true end
+    end
     local all = redis.call('HGETALL', b)
     local jcut = bucket(t - bucket_retention)
     local stale = {}
@@ -395,8 +482,13 @@ for _ = 1, tonumber(ARGV[5]) do
       else
         nb = nb + 1
         bj[nb] = j
-        if h then
-          bc[nb], bs[nb], bmn[nb], bmx[nb] = stats(all[i + 1])
+        if has_value then
+          -- (only what the windows read: a value group has no count window, and a minimum
+          -- or a maximum only when it has such a window; each tonumber is a strtod)
+          local _, hs, hmn, hmx = string.match(all[i + 1], '^(%S+) (%S+) (%S+) (%S+)$')
+          bs[nb] = tonumber(hs)
+          if wants_min then bmn[nb] = tonumber(hmn) end
+          if wants_max then bmx[nb] = tonumber(hmx) end
         else
           bc[nb] = tonumber(all[i + 1])
         end
@@ -407,15 +499,15 @@ for _ = 1, tonumber(ARGV[5]) do
 
   if d and not add and not dry then
     -- Only read (filtered out, or too late): the index may still need building.
-    if redis.call('EXISTS', d) == 0 and redis.call('EXISTS', z) == 1 then rebuild(z, h, d) end
+    if redis.call('EXISTS', d) == 0 and redis.call('EXISTS', z) == 1 then rebuild(z, d) end
   end
   if (d or r) and newest_kept == nil then
     -- The newest time is not known yet unless the event was added or too late.
-    local top = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
-    if top[2] then newest_kept = tonumber(top[2]) end
+    local newest = redis.call('ZRANGE', z, '-1', '-1', 'WITHSCORES')
+    if newest[2] then newest_kept = tonumber(newest[2]) end
   end
   if r and not dry and newest_kept and not have_totals and redis.call('EXISTS', r) == 0 and redis.call('EXISTS', b) == 1 then
-    build_totals(r, b, h ~= nil)  -- only read (or a retry), and the totals are missing beside the hours
+    build_totals(r, b, has_value)  -- only read (or a retry), and the totals are missing beside the hours
   end
 
   -- The exact part of each window: [lower, upper] in ms (inclusive), -1 for none.
@@ -455,22 +547,35 @@ for _ = 1, tonumber(ARGV[5]) do
         if jcut and blo < jcut then blo = jcut end
         tc[w], ts[w] = 0, 0
         if newest_kept and blo <= bhi then
-          local key = num(blo) .. ':' .. num(bhi)
-          local first = firsts[key]
+          -- (cached by the numbers themselves: a number made a string is a formatting)
+          local by_hi = firsts[blo]
+          if by_hi == nil then
+            by_hi = {}
+            firsts[blo] = by_hi
+          end
+          local first = by_hi[bhi]
           if first == nil then
-            first = redis.call('ZRANGEBYSCORE', r, num(blo), num(bhi), 'LIMIT', 0, 1)[1] or false
-            firsts[key] = first
+            first = redis.call('ZRANGEBYSCORE', r, num(blo), num(bhi), 'LIMIT', '0', '1')[1] or false
+            by_hi[bhi] = first
           end
           if first then
-            -- The last hour in range: the last up to bhi (one is in range).
-            local last = lasts[bhi]
-            if last == nil then
-              last = redis.call('ZREVRANGEBYSCORE', r, num(bhi), num(blo), 'LIMIT', 0, 1)[1]
-              lasts[bhi] = last
+            local a = unmember(first)
+            if top and top[1] == bhi + 1 then
+              -- The hour after the range is the newest one, just written: what came
+              -- before it is what the range's last hour ends with (no lookup).
+              tc[w] = top[2] - a[2]
+              if a[4] then ts[w] = top[4] - a[4] end
+            else
+              -- The last hour in range: the last up to bhi (one is in range).
+              local last = lasts[bhi]
+              if last == nil then
+                last = redis.call('ZREVRANGEBYSCORE', r, num(bhi), num(blo), 'LIMIT', '0', '1')[1]
+                lasts[bhi] = last
+              end
+              local z2 = unmember(last)
+              tc[w] = z2[2] + z2[3] - a[2]
+              if a[4] then ts[w] = z2[4] + z2[5] - a[4] end
             end
-            local a, z2 = unmember(first), unmember(last)
-            tc[w] = z2[2] + z2[3] - a[2]
-            if a[4] then ts[w] = z2[4] + z2[5] - a[4] end
           end
         end
       end
@@ -481,16 +586,15 @@ for _ = 1, tonumber(ARGV[5]) do
   -- the events of the widest exact range once.
   local m = {}
   local vals = {}
-  if h and lowest then
+  if has_value and lowest then
     m = redis.call('ZRANGEBYSCORE', z, num(lowest), ARGV[2], 'WITHSCORES')
-    local n = #m / 2
-    if n > 0 then
-      local ids = {}
-      for i = 1, n do ids[i] = m[2 * i - 1] end
-      vals = hmget_all(h, ids)
+    for i = 1, #m / 2 do
+      local _, v = split(m[2 * i - 1])
+      vals[i] = v or false
     end
   end
   local n = #m / 2
+  local counted = {}  -- ZCOUNTs of the count series by range (windows sharing one read it once)
   for w = 1, nwin do
     local pos, code, lo, hi, blo, bhi, indexed = unpack(wins[w])
     local acc = 0
@@ -499,13 +603,13 @@ for _ = 1, tonumber(ARGV[5]) do
       if indexed then
         acc = redis.call('ZCOUNT', d, num(lo), '+inf')
       elseif code == 6 then  -- the oldest event in the window
-        local oldest = redis.call('ZRANGEBYSCORE', z, num(lo), num(hi), 'WITHSCORES', 'LIMIT', 0, 1)
+        local oldest = redis.call('ZRANGEBYSCORE', z, num(lo), num(hi), 'WITHSCORES', 'LIMIT', '0', '1')
         if oldest[2] then acc = t - tonumber(oldest[2]) + 1 end
       elseif code >= 7 then  -- the newest event in the window that is not this transaction
         local gap = 0
-        local newest = redis.call('ZREVRANGEBYSCORE', z, num(hi), num(lo), 'WITHSCORES', 'LIMIT', 0, 2)
+        local newest = redis.call('ZREVRANGEBYSCORE', z, num(hi), num(lo), 'WITHSCORES', 'LIMIT', '0', '2')
         for i = 1, #newest, 2 do
-          if newest[i] ~= txid then
+          if split(newest[i]) ~= txid then
             gap = t - tonumber(newest[i + 1]) + 1
             break
           end
@@ -515,8 +619,17 @@ for _ = 1, tonumber(ARGV[5]) do
         elseif passes and gap == 0 then
           acc = 1
         end
-      elseif not h then
-        acc = redis.call('ZCOUNT', z, num(lo), num(hi))
+      elseif not has_value then
+        local by_hi = counted[lo]
+        if by_hi == nil then
+          by_hi = {}
+          counted[lo] = by_hi
+        end
+        acc = by_hi[hi]
+        if acc == nil then
+          acc = redis.call('ZCOUNT', z, num(lo), num(hi))
+          by_hi[hi] = acc
+        end
       else
         local seen_values = nil
         if code == 5 then seen_values = {} end

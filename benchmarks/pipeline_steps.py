@@ -100,12 +100,24 @@ def redis_cpu(stats: dict[str, tuple[int, int]], cpu_s: float, transactions: int
     }
 
 
-def measure(store_name: str, days: int, users: int, warmup: int, redis_url: str | None) -> dict[str, Any]:
+def simulated_transactions(days: int, users: int) -> list[Any]:
+    """`days` of simulated traffic (every day, not only the last, unlike `shift_to_present`), as
+    transactions moved to the present: the last one a minute ago. Shared with redis_groups.py and
+    redis_instructions.py."""
     import pyarrow as pa
 
-    from engine.model.predictor import load_model
     from engine.offline.datasets import PRESETS, table_to_dataset
     from engine.offline.synthetic import generate
+
+    rows = generate(days=days, users=users)
+    shift = int(time.time() * 1000) - max(int(r["event_time_ms"]) for r in rows) - 60_000
+    for r in rows:
+        r["event_time_ms"] = int(r["event_time_ms"]) + shift
+    return list(table_to_dataset(pa.Table.from_pylist(rows), PRESETS["native"]).transactions)
+
+
+def measure(store_name: str, days: int, users: int, warmup: int, redis_url: str | None) -> dict[str, Any]:
+    from engine.model.predictor import load_model
     from engine.pipeline import Pipeline
     from engine.rules.loader import load_ruleset
     from engine.service.server import tune_gc
@@ -114,11 +126,7 @@ def measure(store_name: str, days: int, users: int, warmup: int, redis_url: str 
     from engine.windows.redis_store import RedisStore
     from engine.windows.store import WindowStore
 
-    rows = generate(days=days, users=users)
-    shift = int(time.time() * 1000) - max(int(r["event_time_ms"]) for r in rows) - 60_000
-    for r in rows:  # moved to the present: the last transaction a minute ago
-        r["event_time_ms"] = int(r["event_time_ms"]) + shift
-    transactions = table_to_dataset(pa.Table.from_pylist(rows), PRESETS["native"]).transactions
+    transactions = simulated_transactions(days, users)
     ruleset = load_ruleset(ROOT / "rules")
     model = load_model(ROOT / "models", ruleset)
     model.prepare_explanations()

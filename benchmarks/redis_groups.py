@@ -35,13 +35,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "redis_groups.json"))
     args = parser.parse_args()
 
-    import pyarrow as pa
     import redis
 
     from benchmarks.loadgen import start_redis
+    from benchmarks.pipeline_steps import simulated_transactions
     from engine.model.predictor import load_model
-    from engine.offline.datasets import PRESETS, table_to_dataset
-    from engine.offline.synthetic import generate
     from engine.pipeline import Pipeline
     from engine.rules.loader import load_ruleset
     from engine.windows.redis_store import RedisStore, _key_ends
@@ -60,11 +58,7 @@ def main() -> None:
                     raw[k] += v
             return WindowsOutcome(replay=None, raw=tuple(raw))
 
-    rows = generate(days=args.days, users=args.users)
-    shift = int(time.time() * 1000) - max(int(r["event_time_ms"]) for r in rows) - 60_000
-    for r in rows:
-        r["event_time_ms"] = int(r["event_time_ms"]) + shift
-    transactions = table_to_dataset(pa.Table.from_pylist(rows), PRESETS["native"]).transactions
+    transactions = simulated_transactions(args.days, args.users)
     ruleset = load_ruleset(ROOT / "rules")
     model = load_model(ROOT / "models", ruleset)
     plan = ruleset.windows

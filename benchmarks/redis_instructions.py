@@ -51,23 +51,19 @@ def main() -> None:
     parser.add_argument("--keep", help="copy callgrind's output here (callgrind_annotate reads it)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "redis_instructions.json"))
     args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        raise SystemExit("redis_instructions: needs valgrind (apt-get install valgrind)")
 
-    import pyarrow as pa
     import redis
 
+    from benchmarks.pipeline_steps import simulated_transactions
     from engine.model.predictor import load_model
-    from engine.offline.datasets import PRESETS, table_to_dataset
-    from engine.offline.synthetic import generate
     from engine.pipeline import Pipeline
     from engine.rules.loader import load_ruleset
     from engine.windows.redis_store import RedisStore
     from tests.support.redis import free_port
 
-    rows = generate(days=args.days, users=args.users)
-    shift = int(time.time() * 1000) - max(int(r["event_time_ms"]) for r in rows) - 60_000
-    for r in rows:
-        r["event_time_ms"] = int(r["event_time_ms"]) + shift
-    transactions = table_to_dataset(pa.Table.from_pylist(rows), PRESETS["native"]).transactions
+    transactions = simulated_transactions(args.days, args.users)
     ruleset = load_ruleset(ROOT / "rules")
     model = load_model(ROOT / "models", ruleset)
     head, sample = transactions[: -args.sample], transactions[-args.sample :]
